@@ -1,0 +1,170 @@
+//! The stream catalog: every stream's definition, kept in `catalog.json` in the data folder.
+//!
+//! The catalog is small and changes rarely (create, drop, alter), so it is rewritten whole on
+//! each change: written to a temporary file, synced and renamed over the old one.
+
+use std::fs;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::StreamFormat;
+use crate::routing::HashKeyRange;
+
+/// Hours of retention when a stream does not say.
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+/// The longest retention Kinesis allows (365 days).
+pub const MAX_RETENTION_HOURS: u32 = 8760;
+/// The shortest retention Kinesis allows.
+pub const MIN_RETENTION_HOURS: u32 = 24;
+
+/// A user column: its name and arrow type (stored as arrow's own type syntax, e.g. `Utf8`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDefinition {
+    pub name: String,
+    pub data_type: String,
+}
+
+/// One shard of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardDefinition {
+    pub index: u32,
+    pub hash_key_range: HashKeyRange,
+    /// The shard this one was split from or merged into (resharding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u32>,
+    /// The other parent of a merged shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjacent_parent: Option<u32>,
+    /// The last sequence counter of a closed shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending_seq: Option<u64>,
+}
+
+/// Everything that defines a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamDefinition {
+    /// Unique for the life of the data folder; names the stream's folder.
+    pub id: u64,
+    pub name: String,
+    pub columns: Vec<ColumnDefinition>,
+    pub format: StreamFormat,
+    /// The user column whose value is each record's partition key on SQL inserts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    pub retention_hours: u32,
+    pub shards: Vec<ShardDefinition>,
+    pub created_at_ms: i64,
+}
+
+impl StreamDefinition {
+    /// The user columns as an arrow schema.
+    pub fn user_schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                let data_type = DataType::from_str(&c.data_type).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "column '{}' of stream '{}' has type '{}' that cannot be read: {e}",
+                        c.name, self.name, c.data_type
+                    ))
+                })?;
+                Ok(Field::new(&c.name, data_type, true))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+/// The catalog file's contents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Catalog {
+    pub version: u32,
+    pub next_stream_id: u64,
+    pub streams: Vec<StreamDefinition>,
+}
+
+impl Catalog {
+    /// Reads the catalog at `path`, or an empty one if there is none yet.
+    pub fn load(path: &Path) -> Result<Self> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                what: "catalog",
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                version: 1,
+                next_stream_id: 1,
+                streams: vec![],
+            }),
+            Err(e) => Err(Error::io("reading catalog", path, e)),
+        }
+    }
+
+    /// Replaces the catalog at `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Corrupt {
+            what: "catalog",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        {
+            use std::io::Write;
+            let mut file = fs::File::create(&tmp).map_err(|e| Error::io("writing catalog", &tmp, e))?;
+            file.write_all(&bytes)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| Error::io("writing catalog", &tmp, e))?;
+        }
+        fs::rename(&tmp, path).map_err(|e| Error::io("replacing catalog", path, e))?;
+        if let Some(dir) = path.parent() {
+            crate::segment::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_round_trips_through_its_file() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let path = dir.path().join("catalog.json");
+        let mut catalog = Catalog::load(&path)?;
+        assert!(catalog.streams.is_empty());
+        catalog.streams.push(StreamDefinition {
+            id: 1,
+            name: "ticker".into(),
+            columns: vec![ColumnDefinition {
+                name: "ts".into(),
+                data_type: DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None)
+                    .to_string(),
+            }],
+            format: StreamFormat::Json,
+            partition_key: Some("symbol".into()),
+            retention_hours: 24,
+            shards: vec![ShardDefinition {
+                index: 0,
+                hash_key_range: HashKeyRange { start: 0, end: u128::MAX },
+                parent: None,
+                adjacent_parent: None,
+                ending_seq: None,
+            }],
+            created_at_ms: 0,
+        });
+        catalog.save(&path)?;
+        let loaded = Catalog::load(&path)?;
+        assert_eq!(loaded.streams, catalog.streams);
+        let schema = loaded.streams[0].user_schema()?;
+        assert!(matches!(schema.field(0).data_type(), DataType::Timestamp(_, None)));
+        Ok(())
+    }
+}

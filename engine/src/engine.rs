@@ -1,0 +1,508 @@
+//! The engine: the catalog of streams in one data folder, and the background work that seals
+//! tails and expires old records.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::{
+    Catalog, ColumnDefinition, DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS,
+    ShardDefinition, StreamDefinition,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::format::StreamFormat;
+use crate::routing::even_split;
+use crate::schema::validate_user_schema;
+use crate::stream::{Stream, StreamRuntime};
+
+/// The name of the stream that collects records that did not decode.
+pub const ERROR_STREAM: &str = "error_stream";
+
+/// How hard an append works to make its records survive a crash before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `fsync` the write-ahead log before acknowledging (survives power loss).
+    #[default]
+    Fsync,
+    /// Hand the write to the operating system and return (survives a process crash, not a
+    /// power loss). Faster; opt in.
+    Buffered,
+}
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The folder holding the catalog, segments and logs.
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// The processing-time clock (`ROWTIME`, retention).
+    pub clock: Arc<dyn Clock>,
+    /// Seal a shard's tail once it holds this many records…
+    pub seal_rows: usize,
+    /// …or this many bytes…
+    pub seal_bytes: usize,
+    /// …or its oldest record has waited this long.
+    pub seal_after: Duration,
+    /// Run a background thread that seals aged tails and expires old records.
+    pub background: bool,
+}
+
+impl EngineOptions {
+    /// Defaults for a data folder: fsync durability, the system clock, background sealing.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            durability: Durability::Fsync,
+            clock: Arc::new(SystemClock),
+            seal_rows: 16 * 1024,
+            seal_bytes: 8 * 1024 * 1024,
+            seal_after: Duration::from_secs(1),
+            background: true,
+        }
+    }
+
+    /// Uses `clock` for processing time.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the durability of appends.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Turns the background sealer on or off (tests turn it off for determinism).
+    pub fn with_background(mut self, background: bool) -> Self {
+        self.background = background;
+        self
+    }
+}
+
+/// What a new stream looks like.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub name: String,
+    pub columns: SchemaRef,
+    pub format: StreamFormat,
+    pub shards: u32,
+    pub partition_key: Option<String>,
+    pub retention_hours: u32,
+}
+
+impl StreamSpec {
+    /// A `raw` stream (no columns) with `shards` shards and default retention.
+    pub fn raw(name: impl Into<String>, shards: u32) -> Self {
+        Self {
+            name: name.into(),
+            columns: Arc::new(Schema::empty()),
+            format: StreamFormat::Raw,
+            shards,
+            partition_key: None,
+            retention_hours: DEFAULT_RETENTION_HOURS,
+        }
+    }
+
+    /// A stream of `format` records decoded into `columns`.
+    pub fn with_columns(
+        name: impl Into<String>,
+        shards: u32,
+        format: StreamFormat,
+        columns: SchemaRef,
+    ) -> Self {
+        Self {
+            columns,
+            format,
+            ..Self::raw(name, shards)
+        }
+    }
+}
+
+/// An embedded Sluice engine over one data folder. Cheap to clone; clones share the engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+    _background: Option<Arc<BackgroundTask>>,
+}
+
+#[derive(Debug)]
+struct EngineInner {
+    options: EngineOptions,
+    runtime: StreamRuntime,
+    catalog: Mutex<Catalog>,
+    streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+    /// Held for the engine's life so a second process cannot open the same folder.
+    _lock: fs::File,
+}
+
+impl Engine {
+    /// Opens the engine on `options.data_dir`, creating it if needed and recovering every
+    /// stream's segments and write-ahead log.
+    pub fn open(options: EngineOptions) -> Result<Self> {
+        let dir = options.data_dir.clone();
+        fs::create_dir_all(dir.join("streams"))
+            .map_err(|e| Error::io("creating data folder", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening lock file", &lock_path, e))?;
+        lock.try_lock().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "data folder {} is in use by another Sluice process",
+                dir.display()
+            ))
+        })?;
+        let catalog = Catalog::load(&dir.join("catalog.json"))?;
+        let runtime = StreamRuntime::from_options(&options);
+        let inner = Arc::new(EngineInner {
+            options,
+            runtime,
+            catalog: Mutex::new(catalog),
+            streams: RwLock::new(BTreeMap::new()),
+            _lock: lock,
+        });
+        inner.recover()?;
+        let background = inner
+            .options
+            .background
+            .then(|| Arc::new(BackgroundTask::spawn(Arc::downgrade(&inner))));
+        Ok(Self {
+            inner,
+            _background: background,
+        })
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.options
+    }
+
+    /// The processing-time clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.options.clock
+    }
+
+    /// Creates a stream. With `if_not_exists`, an existing stream of that name is left as is.
+    pub fn create_stream(&self, spec: StreamSpec, if_not_exists: bool) -> Result<Arc<Stream>> {
+        validate_stream_name(&spec.name)?;
+        if spec.shards == 0 || spec.shards > 1024 {
+            return Err(Error::InvalidArgument(format!(
+                "shards = {} is out of range; a stream has 1 to 1024 shards",
+                spec.shards
+            )));
+        }
+        if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&spec.retention_hours) {
+            return Err(Error::InvalidArgument(format!(
+                "retention of {} hours is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours",
+                spec.retention_hours
+            )));
+        }
+        let columns = validate_user_schema(&spec.columns)?;
+        match (spec.format, columns.fields().is_empty()) {
+            (StreamFormat::Raw, false) => {
+                return Err(Error::InvalidArgument(format!(
+                    "stream '{}' declares columns but format 'raw' decodes none; use format 'json' or 'csv'",
+                    spec.name
+                )));
+            }
+            (StreamFormat::Json | StreamFormat::Csv, true) => {
+                return Err(Error::InvalidArgument(format!(
+                    "stream '{}' has format '{}' but declares no columns to decode into; declare columns or use format 'raw'",
+                    spec.name, spec.format
+                )));
+            }
+            _ => {}
+        }
+        if let Some(key) = &spec.partition_key {
+            if columns.field_with_name(key).is_err() {
+                return Err(Error::InvalidArgument(format!(
+                    "partition_key '{key}' is not a column of stream '{}'; its columns are {}",
+                    spec.name,
+                    column_list(&columns)
+                )));
+            }
+        }
+
+        let mut catalog = self.inner.catalog.lock();
+        if let Some(existing) = self.inner.streams.read().get(&spec.name) {
+            if if_not_exists {
+                return Ok(Arc::clone(existing));
+            }
+            return Err(Error::StreamAlreadyExists(spec.name));
+        }
+        let definition = StreamDefinition {
+            id: catalog.next_stream_id,
+            name: spec.name.clone(),
+            columns: columns
+                .fields()
+                .iter()
+                .map(|f| ColumnDefinition {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                })
+                .collect(),
+            format: spec.format,
+            partition_key: spec.partition_key,
+            retention_hours: spec.retention_hours,
+            shards: even_split(spec.shards)
+                .into_iter()
+                .enumerate()
+                .map(|(index, range)| ShardDefinition {
+                    index: index as u32,
+                    hash_key_range: range,
+                    parent: None,
+                    adjacent_parent: None,
+                    ending_seq: None,
+                })
+                .collect(),
+            created_at_ms: self.inner.options.clock.now_millis(),
+        };
+        let stream = self.inner.open_stream(definition.clone())?;
+        catalog.next_stream_id += 1;
+        catalog.streams.push(definition);
+        catalog.save(&self.inner.catalog_path())?;
+        self.inner
+            .streams
+            .write()
+            .insert(spec.name, Arc::clone(&stream));
+        Ok(stream)
+    }
+
+    /// Drops a stream and deletes its records. With `if_exists`, a missing stream is no error.
+    pub fn drop_stream(&self, name: &str, if_exists: bool) -> Result<()> {
+        if name == ERROR_STREAM {
+            return Err(Error::InvalidArgument(format!(
+                "'{ERROR_STREAM}' is a system stream and cannot be dropped"
+            )));
+        }
+        let mut catalog = self.inner.catalog.lock();
+        let Some(stream) = self.inner.streams.write().remove(name) else {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(Error::StreamNotFound(name.to_string()));
+        };
+        catalog.streams.retain(|s| s.name != name);
+        catalog.save(&self.inner.catalog_path())?;
+        let dir = stream.dir().to_path_buf();
+        drop(stream);
+        fs::remove_dir_all(&dir).map_err(|e| Error::io("deleting stream folder", &dir, e))?;
+        Ok(())
+    }
+
+    /// The stream called `name`.
+    pub fn stream(&self, name: &str) -> Result<Arc<Stream>> {
+        self.inner
+            .streams
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))
+    }
+
+    /// The stream called `name`, if there is one.
+    pub fn try_stream(&self, name: &str) -> Option<Arc<Stream>> {
+        self.inner.streams.read().get(name).cloned()
+    }
+
+    /// Every stream, by name.
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        self.inner.streams.read().values().cloned().collect()
+    }
+
+    /// Seals every tail: afterwards everything appended before the call is in segments (and was
+    /// already visible to readers). The barrier `FLUSH` builds on.
+    pub fn flush(&self) -> Result<()> {
+        for stream in self.streams() {
+            stream.seal(true)?;
+        }
+        Ok(())
+    }
+
+    /// Expires records older than each stream's retention. Returns how many expired.
+    pub fn expire(&self) -> Result<usize> {
+        let mut expired = 0;
+        for stream in self.streams() {
+            expired += stream.expire()?;
+        }
+        Ok(expired)
+    }
+}
+
+impl EngineInner {
+    fn catalog_path(&self) -> PathBuf {
+        self.options.data_dir.join("catalog.json")
+    }
+
+    fn stream_dir(&self, id: u64) -> PathBuf {
+        self.options.data_dir.join("streams").join(id.to_string())
+    }
+
+    fn open_stream(&self, definition: StreamDefinition) -> Result<Arc<Stream>> {
+        let dir = self.stream_dir(definition.id);
+        let errors = if definition.name == ERROR_STREAM {
+            None
+        } else {
+            self.streams.read().get(ERROR_STREAM).cloned()
+        };
+        Stream::open(definition, dir, self.runtime.clone(), errors)
+    }
+
+    /// Opens every stream in the catalog, the error stream first (others report into it).
+    fn recover(&self) -> Result<()> {
+        let mut catalog = self.catalog.lock();
+        if !catalog.streams.iter().any(|s| s.name == ERROR_STREAM) {
+            let definition = error_stream_definition(catalog.next_stream_id, self.options.clock.now_millis());
+            catalog.next_stream_id += 1;
+            catalog.streams.insert(0, definition);
+            catalog.save(&self.catalog_path())?;
+        }
+        let mut definitions = catalog.streams.clone();
+        definitions.sort_by_key(|d| d.name != ERROR_STREAM);
+        for definition in definitions {
+            let name = definition.name.clone();
+            let stream = self.open_stream(definition)?;
+            self.streams.write().insert(name, stream);
+        }
+        remove_orphan_folders(&self.options.data_dir.join("streams"), &catalog)?;
+        Ok(())
+    }
+
+    fn background_pass(&self) {
+        let streams: Vec<Arc<Stream>> = self.streams.read().values().cloned().collect();
+        for stream in streams {
+            if let Err(e) = stream.seal(false) {
+                log::error!("sealing stream '{}': {e}", stream.name());
+            }
+            if let Err(e) = stream.expire() {
+                log::error!("expiring records of stream '{}': {e}", stream.name());
+            }
+        }
+    }
+}
+
+fn error_stream_definition(id: u64, now_ms: i64) -> StreamDefinition {
+    let columns = ["stream", "shard_id", "sequence_number", "reason"]
+        .into_iter()
+        .map(|name| ColumnDefinition {
+            name: name.to_string(),
+            data_type: DataType::Utf8.to_string(),
+        })
+        .collect();
+    StreamDefinition {
+        id,
+        name: ERROR_STREAM.to_string(),
+        columns,
+        format: StreamFormat::Json,
+        partition_key: Some("stream".to_string()),
+        retention_hours: DEFAULT_RETENTION_HOURS,
+        shards: vec![ShardDefinition {
+            index: 0,
+            hash_key_range: even_split(1)[0],
+            parent: None,
+            adjacent_parent: None,
+            ending_seq: None,
+        }],
+        created_at_ms: now_ms,
+    }
+}
+
+/// Deletes stream folders the catalog no longer knows (a drop interrupted by a crash).
+fn remove_orphan_folders(streams_dir: &Path, catalog: &Catalog) -> Result<()> {
+    let entries =
+        fs::read_dir(streams_dir).map_err(|e| Error::io("listing streams", streams_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing streams", streams_dir, e))?;
+        let Ok(id) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        if !catalog.streams.iter().any(|s| s.id == id) {
+            let path = entry.path();
+            log::warn!("removing folder {} of a dropped stream", path.display());
+            fs::remove_dir_all(&path).map_err(|e| Error::io("removing dropped stream", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_stream_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "stream name '{name}' is not valid; names are 1 to 128 characters of letters, digits, '_', '-' and '.'"
+        )))
+    }
+}
+
+fn column_list(schema: &Schema) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    names.join(", ")
+}
+
+/// The background thread: seals aged tails and expires old records until the engine goes away.
+#[derive(Debug)]
+struct BackgroundTask {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl BackgroundTask {
+    fn spawn(engine: Weak<EngineInner>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("sluice-sealer".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
+                    match engine.upgrade() {
+                        Some(inner) => inner.background_pass(),
+                        None => break,
+                    }
+                }
+            })
+            .ok();
+        Self { stop, handle }
+    }
+}
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Fields of a schema, for building [`StreamSpec`]s in tests and examples.
+pub fn fields(columns: &[(&str, DataType)]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, data_type)| Field::new(*name, data_type.clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}

@@ -1,0 +1,65 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the stream store.
+///
+/// User mistakes (an unknown stream, an oversized record, a bad option) get their own variants with
+/// messages that name the thing and say what was expected; storage failures keep the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("stream '{0}' does not exist")]
+    StreamNotFound(String),
+
+    #[error("stream '{0}' already exists")]
+    StreamAlreadyExists(String),
+
+    #[error("shard '{shard}' does not exist in stream '{stream}'")]
+    ShardNotFound { stream: String, shard: String },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("record {index} is {size} bytes; a record's data may be at most 1048576 bytes (1 MiB)")]
+    RecordTooLarge { index: usize, size: usize },
+
+    #[error(
+        "record {index} has a partition key of {len} characters; partition keys must be 1 to 256 characters"
+    )]
+    InvalidPartitionKey { index: usize, len: usize },
+
+    #[error("{context} ({path}): {source}")]
+    Io {
+        context: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("corrupt {what} at {path}: {reason}")]
+    Corrupt {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("the engine is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and to which file.
+    pub fn io(context: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

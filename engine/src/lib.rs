@@ -1,0 +1,54 @@
+//! The Sluice engine: durable, Kinesis-style streams of records held as Arrow batches.
+//!
+//! A stream has shards; a record's partition key (MD5-hashed, as Kinesis) picks its shard, and
+//! each shard numbers its records with increasing sequence numbers. Records are decoded by the
+//! stream's format (`json`, `csv` or `raw`) into columns as they are appended, held in the
+//! shard's open tail, and sealed into Arrow batches persisted as segment files; a per-stream
+//! write-ahead log covers the tail, so an acknowledged append survives a restart. Readers
+//! ([`ShardIterator`]) start anywhere Kinesis allows and see every record as soon as its append
+//! returns. Records expire with their stream's retention, a whole sealed batch at a time.
+//!
+//! The engine is a library first: the SQL layer, the REPL and the servers are all clients of
+//! this API.
+//!
+//! # Example
+//!
+//! ```
+//! use arrow::datatypes::DataType;
+//! use sluice_engine::{Engine, EngineOptions, PutRecord, ShardIterator, StartPosition, StreamFormat, StreamSpec, fields};
+//!
+//! # fn main() -> sluice_engine::Result<()> {
+//! let dir = tempfile::tempdir().expect("temporary folder");
+//! let engine = Engine::open(EngineOptions::new(dir.path()))?;
+//! let columns = fields(&[("symbol", DataType::Utf8), ("price", DataType::Float64)]);
+//! let stream = engine.create_stream(StreamSpec::with_columns("ticker", 4, StreamFormat::Json, columns), false)?;
+//! let put = stream.append(&[PutRecord::new("AMZN", r#"{"symbol":"AMZN","price":130.2}"#)])?;
+//!
+//! let mut reader = ShardIterator::new(&stream, put[0].shard_index, StartPosition::TrimHorizon)?;
+//! let batches = reader.next_batches(100)?;
+//! assert_eq!(batches[0].num_rows(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod catalog;
+pub mod clock;
+mod engine;
+pub mod error;
+pub mod format;
+pub mod reader;
+pub mod routing;
+pub mod schema;
+pub mod segment;
+pub mod sequence;
+pub mod stream;
+pub mod wal;
+
+pub use catalog::{StreamDefinition, DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields};
+pub use error::{Error, Result};
+pub use format::StreamFormat;
+pub use reader::{ShardIterator, StartPosition};
+pub use schema::PublicProjector;
+pub use stream::{PutRecord, PutResult, Shard, ShardStats, Stream};

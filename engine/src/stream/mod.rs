@@ -1,0 +1,485 @@
+//! A stream: its shards, its write-ahead log, and the append path that ties them together.
+//!
+//! An append validates every record first (size, partition key), routes each to its shard by
+//! hash key, numbers them and decodes each shard's records into columns in one pass, logs the
+//! whole call as one write-ahead-log frame, and only then makes the records visible in the shards'
+//! tails. So an append either happens whole or not at all, and a record is durable before anyone
+//! can read it.
+
+pub mod shard;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, BinaryArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
+use arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+
+use crate::catalog::StreamDefinition;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::format::{StreamFormat, decode};
+use crate::routing::{HashKeyRange, hash_key, route};
+use crate::schema::{public_schema, stored_schema};
+use crate::sequence::{format_sequence_number, shard_id};
+use crate::wal::{WalEntry, WalRecord, WriteAheadLog};
+use crate::{Durability, EngineOptions};
+pub use shard::{Shard, ShardStats};
+
+/// The largest data blob a record may carry: 1 MiB, as Kinesis.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// The longest partition key, in characters, as Kinesis.
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+
+/// A record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRecord {
+    /// 1 to 256 characters; hashed with MD5 to choose the shard unless `explicit_hash_key` is set.
+    pub partition_key: String,
+    /// Routes the record by this hash key instead of the partition key's.
+    pub explicit_hash_key: Option<u128>,
+    /// The data blob, up to 1 MiB.
+    pub data: Vec<u8>,
+}
+
+impl PutRecord {
+    /// A record routed by its partition key.
+    pub fn new(partition_key: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+        Self {
+            partition_key: partition_key.into(),
+            explicit_hash_key: None,
+            data: data.into(),
+        }
+    }
+}
+
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub shard_index: u32,
+    /// The per-shard sequence counter.
+    pub seq: u64,
+}
+
+impl PutResult {
+    /// The record's sequence number as Kinesis shows it.
+    pub fn sequence_number(&self) -> String {
+        format_sequence_number(self.shard_index, self.seq)
+    }
+
+    /// The record's shard id, `shardId-000000000000`.
+    pub fn shard_id(&self) -> String {
+        shard_id(self.shard_index)
+    }
+}
+
+/// A record of a bad-input report, sent to the engine's `error_stream`.
+#[derive(Debug, Clone)]
+pub(crate) struct DecodeFailure {
+    pub shard_index: u32,
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Settings every stream of an engine shares.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamRuntime {
+    pub clock: Arc<dyn Clock>,
+    pub durability: Durability,
+    pub seal_rows: usize,
+    pub seal_bytes: usize,
+    pub seal_after: Duration,
+}
+
+impl StreamRuntime {
+    pub fn from_options(options: &EngineOptions) -> Self {
+        Self {
+            clock: Arc::clone(&options.clock),
+            durability: options.durability,
+            seal_rows: options.seal_rows,
+            seal_bytes: options.seal_bytes,
+            seal_after: options.seal_after,
+        }
+    }
+}
+
+/// A stream of records split across shards.
+#[derive(Debug)]
+pub struct Stream {
+    definition: StreamDefinition,
+    user_schema: SchemaRef,
+    stored_schema: SchemaRef,
+    public_schema: SchemaRef,
+    shards: Vec<Arc<Shard>>,
+    ranges: Vec<HashKeyRange>,
+    dir: PathBuf,
+    wal: Mutex<WriteAheadLog>,
+    runtime: StreamRuntime,
+    /// Where records that do not decode are reported (`None` for the error stream itself).
+    errors: Option<Arc<Stream>>,
+}
+
+/// A numbered record on its way into a shard.
+#[derive(Debug, Clone, Copy)]
+struct Numbered<'a> {
+    seq: u64,
+    arrival_ms: i64,
+    partition_key: &'a str,
+    data: &'a [u8],
+}
+
+impl Stream {
+    /// Opens (or creates) the stream's files under `dir`, recovering sealed segments and
+    /// replaying the write-ahead log.
+    pub(crate) fn open(
+        definition: StreamDefinition,
+        dir: PathBuf,
+        runtime: StreamRuntime,
+        errors: Option<Arc<Stream>>,
+    ) -> Result<Arc<Self>> {
+        let user_schema = definition.user_schema()?;
+        let stored = stored_schema(&user_schema);
+        let public = public_schema(&user_schema);
+        let mut shards = Vec::with_capacity(definition.shards.len());
+        for shard_def in &definition.shards {
+            let shard_dir = dir.join("shards").join(shard_def.index.to_string());
+            fs::create_dir_all(&shard_dir)
+                .map_err(|e| Error::io("creating shard folder", &shard_dir, e))?;
+            let mut sealed = Vec::new();
+            for (_, _, path) in crate::segment::list_segments(&shard_dir)? {
+                let batch = crate::segment::read_segment(&path, &stored)?;
+                if let Some(chunk) = shard::Chunk::new(batch, Some(path)) {
+                    sealed.push(chunk);
+                }
+            }
+            shards.push(Arc::new(Shard::new(
+                shard_def.index,
+                shard_def.hash_key_range,
+                shard_dir,
+                Arc::clone(&stored),
+                sealed,
+            )));
+        }
+        let ranges = shards.iter().map(|s| s.range).collect();
+        let (wal, replay) = WriteAheadLog::open(&dir.join("wal"), runtime.durability)?;
+        let stream = Arc::new(Self {
+            definition,
+            user_schema,
+            stored_schema: stored,
+            public_schema: public,
+            shards,
+            ranges,
+            dir,
+            wal: Mutex::new(wal),
+            runtime,
+            errors,
+        });
+        stream.replay(replay.records)?;
+        Ok(stream)
+    }
+
+    /// Puts logged records that were not yet sealed back into their shards' tails.
+    fn replay(&self, records: Vec<WalRecord>) -> Result<()> {
+        let mut replayed = 0usize;
+        let mut start = 0;
+        while start < records.len() {
+            let shard_index = records[start].shard;
+            let mut end = start + 1;
+            while end < records.len() && records[end].shard == shard_index {
+                end += 1;
+            }
+            let Some(shard) = self.shard(shard_index) else {
+                return Err(Error::Corrupt {
+                    what: "write-ahead log",
+                    path: self.dir.join("wal"),
+                    reason: format!("it holds records for shard {shard_index}, which does not exist"),
+                });
+            };
+            let sealed_through = shard.sealed_through();
+            let expected = shard.next_seq();
+            let run: Vec<Numbered<'_>> = records[start..end]
+                .iter()
+                .filter(|r| r.seq > sealed_through && r.seq >= expected)
+                .map(|r| Numbered {
+                    seq: r.seq,
+                    arrival_ms: r.arrival_ms,
+                    partition_key: &r.partition_key,
+                    data: &r.data,
+                })
+                .collect();
+            if let Some(first) = run.first() {
+                if first.seq != expected {
+                    log::warn!(
+                        "stream '{}' shard {shard_index}: write-ahead log resumes at {} but the shard expected {expected}",
+                        self.definition.name,
+                        first.seq
+                    );
+                }
+                let (batch, _) = self.build_batch(shard_index, &run)?;
+                replayed += run.len();
+                if let Some(chunk) = shard::Chunk::new(batch, None) {
+                    shard.push_tail(chunk);
+                }
+            }
+            start = end;
+        }
+        if replayed > 0 {
+            log::info!(
+                "stream '{}': replayed {replayed} records from the write-ahead log",
+                self.definition.name
+            );
+        }
+        Ok(())
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    /// The stream's definition as the catalog holds it.
+    pub fn definition(&self) -> &StreamDefinition {
+        &self.definition
+    }
+
+    /// The user columns.
+    pub fn user_schema(&self) -> &SchemaRef {
+        &self.user_schema
+    }
+
+    /// The columns readers and SQL see: user columns, then system columns.
+    pub fn public_schema(&self) -> &SchemaRef {
+        &self.public_schema
+    }
+
+    /// The stream's record format.
+    pub fn format(&self) -> StreamFormat {
+        self.definition.format
+    }
+
+    /// The shards, in index order.
+    pub fn shards(&self) -> &[Arc<Shard>] {
+        &self.shards
+    }
+
+    /// The shard with `index`.
+    pub fn shard(&self, index: u32) -> Option<&Arc<Shard>> {
+        self.shards.iter().find(|s| s.index == index)
+    }
+
+    /// How long records are kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.definition.retention_hours) * 3600)
+    }
+
+    /// Validates, routes, numbers, decodes, logs and appends `records`, in that order. Either all
+    /// of them are appended or, on error, none.
+    pub fn append(&self, records: &[PutRecord]) -> Result<Vec<PutResult>> {
+        for (index, record) in records.iter().enumerate() {
+            if record.data.len() > MAX_RECORD_BYTES {
+                return Err(Error::RecordTooLarge {
+                    index,
+                    size: record.data.len(),
+                });
+            }
+            let len = record.partition_key.chars().count();
+            if len == 0 || len > MAX_PARTITION_KEY_CHARS {
+                return Err(Error::InvalidPartitionKey { index, len });
+            }
+        }
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        // Route: which shard (by position in `self.shards`) each record goes to.
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, record) in records.iter().enumerate() {
+            let key = record
+                .explicit_hash_key
+                .unwrap_or_else(|| hash_key(&record.partition_key));
+            by_shard[route(&self.ranges, key)].push(i);
+        }
+
+        let mut results = vec![
+            PutResult {
+                shard_index: 0,
+                seq: 0
+            };
+            records.len()
+        ];
+        let mut failures = Vec::new();
+        {
+            let mut wal = self.wal.lock();
+            let now = self.runtime.clock.now_millis();
+            let mut chunks = Vec::with_capacity(self.shards.len());
+            let mut entries = Vec::with_capacity(records.len());
+            for (position, members) in by_shard.iter().enumerate() {
+                if members.is_empty() {
+                    continue;
+                }
+                let shard = &self.shards[position];
+                let (next_seq, last_arrival) = {
+                    let state = shard.state.read();
+                    (state.next_seq, state.last_arrival_ms)
+                };
+                let arrival_ms = now.max(last_arrival);
+                let run: Vec<Numbered<'_>> = members
+                    .iter()
+                    .enumerate()
+                    .map(|(offset, &i)| Numbered {
+                        seq: next_seq + offset as u64,
+                        arrival_ms,
+                        partition_key: &records[i].partition_key,
+                        data: &records[i].data,
+                    })
+                    .collect();
+                let (batch, errors) = self.build_batch(shard.index, &run)?;
+                for (offset, reason) in errors {
+                    failures.push(DecodeFailure {
+                        shard_index: shard.index,
+                        seq: run[offset].seq,
+                        reason,
+                    });
+                }
+                for (n, &i) in run.iter().zip(members) {
+                    results[i] = PutResult {
+                        shard_index: shard.index,
+                        seq: n.seq,
+                    };
+                    entries.push(WalEntry {
+                        shard: shard.index,
+                        seq: n.seq,
+                        arrival_ms: n.arrival_ms,
+                        partition_key: n.partition_key,
+                        data: n.data,
+                    });
+                }
+                chunks.push((position, batch));
+            }
+            wal.append(&entries)?;
+            let mut due = false;
+            for (position, batch) in chunks {
+                let shard = &self.shards[position];
+                if let Some(chunk) = shard::Chunk::new(batch, None) {
+                    shard.push_tail(chunk);
+                }
+                due |= shard.tail_is_due(
+                    self.runtime.seal_rows,
+                    self.runtime.seal_bytes,
+                    self.runtime.seal_after,
+                );
+            }
+            if due {
+                self.seal_locked(&mut wal, false)?;
+            }
+        }
+        self.report_failures(failures)?;
+        Ok(results)
+    }
+
+    /// Builds a stored batch for a run of numbered records of one shard, with the records that
+    /// did not decode.
+    fn build_batch(
+        &self,
+        _shard_index: u32,
+        run: &[Numbered<'_>],
+    ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
+        let blobs: Vec<&[u8]> = run.iter().map(|n| n.data).collect();
+        let decoded = decode(self.definition.format, &self.user_schema, &blobs)?;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + decoded.columns.len());
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            run.iter().map(|n| n.seq),
+        )));
+        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
+            run.iter().map(|n| n.arrival_ms),
+        )));
+        columns.push(Arc::new(StringArray::from_iter_values(
+            run.iter().map(|n| n.partition_key),
+        )));
+        columns.push(Arc::new(BinaryArray::from_iter_values(
+            blobs.iter().copied(),
+        )));
+        columns.extend(decoded.columns);
+        let batch = RecordBatch::try_new(Arc::clone(&self.stored_schema), columns)?;
+        Ok((batch, decoded.errors))
+    }
+
+    fn report_failures(&self, failures: Vec<DecodeFailure>) -> Result<()> {
+        let Some(errors) = &self.errors else {
+            return Ok(());
+        };
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<PutRecord> = failures
+            .iter()
+            .map(|f| {
+                let row = serde_json::json!({
+                    "stream": self.definition.name,
+                    "shard_id": shard_id(f.shard_index),
+                    "sequence_number": format_sequence_number(f.shard_index, f.seq),
+                    "reason": f.reason,
+                });
+                PutRecord::new(self.definition.name.clone(), row.to_string())
+            })
+            .collect();
+        errors.append(&records)?;
+        Ok(())
+    }
+
+    /// Seals the tails that are due (or all of them, with `force`) and trims the log.
+    pub fn seal(&self, force: bool) -> Result<()> {
+        let mut wal = self.wal.lock();
+        self.seal_locked(&mut wal, force)
+    }
+
+    fn seal_locked(&self, wal: &mut WriteAheadLog, force: bool) -> Result<()> {
+        for shard in &self.shards {
+            if force
+                || shard.tail_is_due(
+                    self.runtime.seal_rows,
+                    self.runtime.seal_bytes,
+                    self.runtime.seal_after,
+                )
+            {
+                shard.seal(self.runtime.durability)?;
+            }
+        }
+        wal.trim(|index| self.shard(index).map_or(u64::MAX, |s| s.sealed_through()))
+    }
+
+    /// Drops sealed batches older than the retention period. Returns how many records expired.
+    pub fn expire(&self) -> Result<usize> {
+        let retention_ms = self.retention().as_millis() as i64;
+        let cutoff = self.runtime.clock.now_millis().saturating_sub(retention_ms);
+        let mut expired = 0;
+        for shard in &self.shards {
+            expired += shard.expire(cutoff)?;
+        }
+        Ok(expired)
+    }
+
+    /// Every retained record of every shard, in the stored layout, by shard index: what a
+    /// bounded query scans. Expired batches are dropped first.
+    pub fn snapshot(&self) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
+        self.expire()?;
+        Ok(self
+            .shards
+            .iter()
+            .map(|s| (s.index, s.snapshot()))
+            .collect())
+    }
+
+    /// Counts of retained records, per shard.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.shards.iter().map(|s| s.stats()).collect()
+    }
+
+    /// The stream's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -1,0 +1,312 @@
+//! One shard: an ordered run of records, sealed batches followed by an open tail.
+//!
+//! Appends land in the tail as small batches (one per append call), already decoded into
+//! columns; the tail is *sealed* — concatenated into one batch and persisted as a segment — once it
+//! holds enough rows or bytes or has waited long enough. Readers see sealed batches and the tail
+//! alike, so a record is readable as soon as its append returns. Readers only take the lock long
+//! enough to clone a few `Arc`s; they never hold up a writer.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{SchemaRef, TimestampMillisecondType, UInt64Type};
+use parking_lot::RwLock;
+
+use crate::Durability;
+use crate::error::Result;
+use crate::routing::HashKeyRange;
+use crate::segment::write_segment;
+
+/// A run of consecutive records of one shard, in the stored layout.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub max_arrival_ms: i64,
+    pub batch: RecordBatch,
+    /// The segment file holding it, once sealed.
+    pub path: Option<PathBuf>,
+}
+
+impl Chunk {
+    /// Wraps a non-empty stored batch, reading its sequence and arrival bounds.
+    pub fn new(batch: RecordBatch, path: Option<PathBuf>) -> Option<Self> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return None;
+        }
+        let seqs = batch.column(0).as_primitive::<UInt64Type>();
+        let arrivals = batch.column(1).as_primitive::<TimestampMillisecondType>();
+        Some(Self {
+            first_seq: seqs.value(0),
+            last_seq: seqs.value(rows - 1),
+            max_arrival_ms: arrivals.value(rows - 1),
+            batch,
+            path,
+        })
+    }
+
+    /// The rows of this chunk with sequence counter `>= seq`.
+    fn from_seq(&self, seq: u64) -> RecordBatch {
+        if seq <= self.first_seq {
+            return self.batch.clone();
+        }
+        let seqs = self.batch.column(0).as_primitive::<UInt64Type>();
+        let start = seqs.values().partition_point(|s| *s < seq);
+        self.batch.slice(start, self.batch.num_rows() - start)
+    }
+
+    /// The sequence counter of the first row arriving at or after `ts_ms`, if any.
+    fn first_at_or_after(&self, ts_ms: i64) -> Option<u64> {
+        let arrivals = self.batch.column(1).as_primitive::<TimestampMillisecondType>();
+        let index = arrivals.values().partition_point(|t| *t < ts_ms);
+        let seqs = self.batch.column(0).as_primitive::<UInt64Type>();
+        (index < seqs.len()).then(|| seqs.value(index))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ShardState {
+    pub sealed: Vec<Chunk>,
+    pub tail: Vec<Chunk>,
+    pub tail_rows: usize,
+    pub tail_bytes: usize,
+    pub tail_since: Option<Instant>,
+    /// The counter the next record will get.
+    pub next_seq: u64,
+    /// Arrival times never go backwards within a shard.
+    pub last_arrival_ms: i64,
+    /// The highest counter that is durable in a segment.
+    pub sealed_through: u64,
+}
+
+/// A shard of a stream.
+#[derive(Debug)]
+pub struct Shard {
+    pub(crate) index: u32,
+    pub(crate) range: HashKeyRange,
+    pub(crate) dir: PathBuf,
+    pub(crate) stored_schema: SchemaRef,
+    pub(crate) state: RwLock<ShardState>,
+}
+
+/// A point-in-time summary of a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStats {
+    pub index: u32,
+    pub hash_key_range: HashKeyRange,
+    pub records: usize,
+    pub sealed_batches: usize,
+    pub tail_records: usize,
+    /// The counter the next record will get.
+    pub next_seq: u64,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        index: u32,
+        range: HashKeyRange,
+        dir: PathBuf,
+        stored_schema: SchemaRef,
+        sealed: Vec<Chunk>,
+    ) -> Self {
+        let last = sealed.last().map(|c| (c.last_seq, c.max_arrival_ms));
+        let (sealed_through, last_arrival_ms) = last.unwrap_or((0, i64::MIN));
+        Self {
+            index,
+            range,
+            dir,
+            stored_schema,
+            state: RwLock::new(ShardState {
+                sealed,
+                tail: Vec::new(),
+                tail_rows: 0,
+                tail_bytes: 0,
+                tail_since: None,
+                next_seq: sealed_through + 1,
+                last_arrival_ms,
+                sealed_through,
+            }),
+        }
+    }
+
+    /// The shard's index within its stream.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The hash keys the shard owns.
+    pub fn hash_key_range(&self) -> HashKeyRange {
+        self.range
+    }
+
+    /// Adds an already-numbered chunk to the tail.
+    pub(crate) fn push_tail(&self, chunk: Chunk) {
+        let mut state = self.state.write();
+        state.next_seq = chunk.last_seq + 1;
+        state.last_arrival_ms = state.last_arrival_ms.max(chunk.max_arrival_ms);
+        state.tail_rows += chunk.batch.num_rows();
+        state.tail_bytes += chunk.batch.get_array_memory_size();
+        state.tail_since.get_or_insert_with(Instant::now);
+        state.tail.push(chunk);
+    }
+
+    /// Whether the tail has reached a sealing threshold.
+    pub(crate) fn tail_is_due(&self, rows: usize, bytes: usize, age: std::time::Duration) -> bool {
+        let state = self.state.read();
+        state.tail_rows > 0
+            && (state.tail_rows >= rows
+                || state.tail_bytes >= bytes
+                || state.tail_since.is_some_and(|t| t.elapsed() >= age))
+    }
+
+    /// Seals the tail into one batch persisted as a segment. Returns the highest counter now
+    /// durable in segments.
+    pub(crate) fn seal(&self, durability: Durability) -> Result<u64> {
+        let mut state = self.state.write();
+        if state.tail.is_empty() {
+            return Ok(state.sealed_through);
+        }
+        let batches: Vec<&RecordBatch> = state.tail.iter().map(|c| &c.batch).collect();
+        let batch = arrow::compute::concat_batches(&self.stored_schema, batches)?;
+        let first = state.tail[0].first_seq;
+        let last = state.tail[state.tail.len() - 1].last_seq;
+        let path = write_segment(&self.dir, first, last, &batch, durability)?;
+        if let Some(chunk) = Chunk::new(batch, Some(path)) {
+            state.sealed.push(chunk);
+        }
+        state.tail.clear();
+        state.tail_rows = 0;
+        state.tail_bytes = 0;
+        state.tail_since = None;
+        state.sealed_through = last;
+        Ok(last)
+    }
+
+    /// Drops sealed batches whose newest record arrived before `cutoff_ms`, deleting their
+    /// segments. Returns how many records expired.
+    pub(crate) fn expire(&self, cutoff_ms: i64) -> Result<usize> {
+        {
+            let state = self.state.read();
+            if state.sealed.first().is_none_or(|c| c.max_arrival_ms >= cutoff_ms) {
+                return Ok(0);
+            }
+        }
+        let mut state = self.state.write();
+        let keep_from = state.sealed.partition_point(|c| c.max_arrival_ms < cutoff_ms);
+        let expired: Vec<Chunk> = state.sealed.drain(..keep_from).collect();
+        drop(state);
+        let mut records = 0;
+        for chunk in expired {
+            records += chunk.batch.num_rows();
+            if let Some(path) = &chunk.path {
+                if let Err(e) = std::fs::remove_file(path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(crate::Error::io("removing expired segment", path, e));
+                    }
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Every retained record from counter `seq` on, up to `max_records` (stored layout).
+    pub fn read_from(&self, seq: u64, max_records: usize) -> Vec<RecordBatch> {
+        let chunks: Vec<Chunk> = {
+            let state = self.state.read();
+            let start = state.sealed.partition_point(|c| c.last_seq < seq);
+            let tail_start = state.tail.partition_point(|c| c.last_seq < seq);
+            state.sealed[start..]
+                .iter()
+                .chain(state.tail[tail_start..].iter())
+                .cloned()
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut remaining = max_records;
+        for chunk in chunks {
+            if remaining == 0 {
+                break;
+            }
+            let batch = chunk.from_seq(seq);
+            let batch = if batch.num_rows() > remaining {
+                batch.slice(0, remaining)
+            } else {
+                batch
+            };
+            remaining -= batch.num_rows();
+            if batch.num_rows() > 0 {
+                out.push(batch);
+            }
+        }
+        out
+    }
+
+    /// Every retained record (stored layout): the snapshot a bounded query scans.
+    pub fn snapshot(&self) -> Vec<RecordBatch> {
+        let state = self.state.read();
+        state
+            .sealed
+            .iter()
+            .chain(state.tail.iter())
+            .map(|c| c.batch.clone())
+            .collect()
+    }
+
+    /// The counter the next record will get (where LATEST starts).
+    pub fn next_seq(&self) -> u64 {
+        self.state.read().next_seq
+    }
+
+    /// The counter of the oldest retained record, or the next one if none is retained.
+    pub fn trim_horizon(&self) -> u64 {
+        let state = self.state.read();
+        state
+            .sealed
+            .first()
+            .or(state.tail.first())
+            .map_or(state.next_seq, |c| c.first_seq)
+    }
+
+    /// The counter of the first record that arrived at or after `ts_ms`, or the next one.
+    pub fn seq_at_timestamp(&self, ts_ms: i64) -> u64 {
+        let state = self.state.read();
+        let chunks: Vec<&Chunk> = state.sealed.iter().chain(state.tail.iter()).collect();
+        let index = chunks.partition_point(|c| c.max_arrival_ms < ts_ms);
+        chunks
+            .get(index)
+            .and_then(|c| c.first_at_or_after(ts_ms))
+            .unwrap_or(state.next_seq)
+    }
+
+    /// A summary of the shard now.
+    pub fn stats(&self) -> ShardStats {
+        let state = self.state.read();
+        let sealed_rows: usize = state.sealed.iter().map(|c| c.batch.num_rows()).sum();
+        ShardStats {
+            index: self.index,
+            hash_key_range: self.range,
+            records: sealed_rows + state.tail_rows,
+            sealed_batches: state.sealed.len(),
+            tail_records: state.tail_rows,
+            next_seq: state.next_seq,
+        }
+    }
+
+    /// The highest counter durable in segments.
+    pub(crate) fn sealed_through(&self) -> u64 {
+        self.state.read().sealed_through
+    }
+
+    /// Bytes of memory the retained batches use.
+    pub fn memory_size(&self) -> usize {
+        let state = self.state.read();
+        state
+            .sealed
+            .iter()
+            .chain(state.tail.iter())
+            .map(|c| c.batch.get_array_memory_size())
+            .sum()
+    }
+}

@@ -1,0 +1,448 @@
+//! The write-ahead log: what makes an acknowledged record durable before it is sealed.
+//!
+//! Each stream has its own log, a folder of numbered files. One append call becomes one *frame*
+//! (`[payload length u32][crc32 of payload u32][payload]`, little-endian) holding every record of
+//! the call with the shard, sequence number and arrival time already assigned, so replay rebuilds
+//! exactly what was acknowledged. A frame is all or nothing: recovery stops at the first frame
+//! whose length runs past the end of the file or whose checksum does not match, truncates the
+//! last file there (a torn write that was never acknowledged), and refuses to guess about damage
+//! anywhere else.
+//!
+//! Once every record of a file is in sealed segments, the file is deleted.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::Durability;
+use crate::error::{Error, Result};
+
+/// Rotate to a new log file once the current one holds this many bytes.
+const ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+const HEADER: usize = 8;
+
+/// One record as the log stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRecord {
+    pub shard: u32,
+    pub seq: u64,
+    pub arrival_ms: i64,
+    pub partition_key: String,
+    pub data: Vec<u8>,
+}
+
+/// A borrowed record to log.
+#[derive(Debug, Clone, Copy)]
+pub struct WalEntry<'a> {
+    pub shard: u32,
+    pub seq: u64,
+    pub arrival_ms: i64,
+    pub partition_key: &'a str,
+    pub data: &'a [u8],
+}
+
+#[derive(Debug)]
+struct LogFile {
+    generation: u64,
+    path: PathBuf,
+    /// The highest sequence number logged in this file, per shard.
+    max_seq: HashMap<u32, u64>,
+}
+
+/// What recovery found in a stream's log.
+#[derive(Debug, Default)]
+pub struct WalReplay {
+    /// Every record of every intact frame, in log order.
+    pub records: Vec<WalRecord>,
+    /// Bytes cut from the end of the last file (a torn, unacknowledged write), if any.
+    pub truncated_bytes: u64,
+}
+
+/// The appending side of a stream's log.
+#[derive(Debug)]
+pub struct WriteAheadLog {
+    dir: PathBuf,
+    durability: Durability,
+    files: Vec<LogFile>,
+    current: File,
+    current_size: u64,
+}
+
+fn log_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{generation:020}.wal"))
+}
+
+fn list_generations(dir: &Path) -> Result<Vec<u64>> {
+    let mut generations = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("listing write-ahead log", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing write-ahead log", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".wal") {
+            if let Ok(generation) = stem.parse::<u64>() {
+                generations.push(generation);
+            }
+        }
+    }
+    generations.sort_unstable();
+    Ok(generations)
+}
+
+impl WriteAheadLog {
+    /// Opens the log in `dir`, replaying what it holds. A torn tail of the last file is truncated;
+    /// damage in an earlier file is an error that names the file.
+    pub fn open(dir: &Path, durability: Durability) -> Result<(Self, WalReplay)> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("creating write-ahead log", dir, e))?;
+        let generations = list_generations(dir)?;
+        let mut replay = WalReplay::default();
+        let mut files = Vec::new();
+        for (i, &generation) in generations.iter().enumerate() {
+            let path = log_path(dir, generation);
+            let is_last = i + 1 == generations.len();
+            let (records, good_len, file_len) = read_log_file(&path)?;
+            if good_len < file_len {
+                if !is_last {
+                    return Err(Error::Corrupt {
+                        what: "write-ahead log",
+                        path,
+                        reason: format!(
+                            "damaged frame at byte {good_len} of {file_len} in a file that is not the last"
+                        ),
+                    });
+                }
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io("truncating torn write-ahead log", &path, e))?;
+                file.set_len(good_len)
+                    .and_then(|_| file.sync_all())
+                    .map_err(|e| Error::io("truncating torn write-ahead log", &path, e))?;
+                log::warn!(
+                    "write-ahead log {}: cut {} bytes of a torn, unacknowledged write",
+                    path.display(),
+                    file_len - good_len
+                );
+                replay.truncated_bytes = file_len - good_len;
+            }
+            let mut max_seq = HashMap::new();
+            for record in &records {
+                let entry = max_seq.entry(record.shard).or_insert(record.seq);
+                *entry = (*entry).max(record.seq);
+            }
+            files.push(LogFile {
+                generation,
+                path,
+                max_seq,
+            });
+            replay.records.extend(records);
+        }
+        let generation = generations.last().map_or(1, |g| g + 1);
+        let (current, path) = create_log_file(dir, generation, durability)?;
+        files.push(LogFile {
+            generation,
+            path,
+            max_seq: HashMap::new(),
+        });
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                durability,
+                files,
+                current,
+                current_size: 0,
+            },
+            replay,
+        ))
+    }
+
+    /// Appends one frame holding `entries`; returns once it is as durable as the log's
+    /// [`Durability`] promises.
+    pub fn append(&mut self, entries: &[WalEntry<'_>]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let payload_len: usize = 4 + entries
+            .iter()
+            .map(|e| 4 + 8 + 8 + 2 + e.partition_key.len() + 4 + e.data.len())
+            .sum::<usize>();
+        let mut frame = Vec::with_capacity(HEADER + payload_len);
+        frame.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for e in entries {
+            frame.extend_from_slice(&e.shard.to_le_bytes());
+            frame.extend_from_slice(&e.seq.to_le_bytes());
+            frame.extend_from_slice(&e.arrival_ms.to_le_bytes());
+            frame.extend_from_slice(&(e.partition_key.len() as u16).to_le_bytes());
+            frame.extend_from_slice(e.partition_key.as_bytes());
+            frame.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+            frame.extend_from_slice(e.data);
+        }
+        let crc = crc32fast::hash(&frame[HEADER..]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+
+        let path = self.current_path().to_path_buf();
+        self.current
+            .write_all(&frame)
+            .map_err(|e| Error::io("appending to write-ahead log", &path, e))?;
+        if self.durability == Durability::Fsync {
+            self.current
+                .sync_data()
+                .map_err(|e| Error::io("syncing write-ahead log", &path, e))?;
+        }
+        self.current_size += frame.len() as u64;
+        if let Some(file) = self.files.last_mut() {
+            for e in entries {
+                let max = file.max_seq.entry(e.shard).or_insert(e.seq);
+                *max = (*max).max(e.seq);
+            }
+        }
+        if self.current_size >= ROTATE_BYTES {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes log files whose records are all sealed. `sealed_through(shard)` is the highest
+    /// sequence number of the shard that is durable in a segment. If the current file is fully
+    /// covered it is rotated first, so an idle stream's log shrinks to nothing.
+    pub fn trim(&mut self, sealed_through: impl Fn(u32) -> u64) -> Result<()> {
+        let covered = |file: &LogFile| {
+            file.max_seq
+                .iter()
+                .all(|(shard, max)| *max <= sealed_through(*shard))
+        };
+        if self.current_size > 0 && self.files.last().is_some_and(covered) {
+            self.rotate()?;
+        }
+        let last = self.files.len().saturating_sub(1);
+        let mut kept = Vec::with_capacity(self.files.len());
+        for (i, file) in std::mem::take(&mut self.files).into_iter().enumerate() {
+            if i < last && covered(&file) {
+                fs::remove_file(&file.path)
+                    .map_err(|e| Error::io("removing sealed write-ahead log", &file.path, e))?;
+            } else {
+                kept.push(file);
+            }
+        }
+        self.files = kept;
+        Ok(())
+    }
+
+    /// Bytes in the log files still kept.
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    fn current_path(&self) -> &Path {
+        self.files
+            .last()
+            .map(|f| f.path.as_path())
+            .unwrap_or(self.dir.as_path())
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        let generation = self.files.last().map_or(1, |f| f.generation + 1);
+        let (file, path) = create_log_file(&self.dir, generation, self.durability)?;
+        self.current = file;
+        self.current_size = 0;
+        self.files.push(LogFile {
+            generation,
+            path,
+            max_seq: HashMap::new(),
+        });
+        Ok(())
+    }
+}
+
+fn create_log_file(dir: &Path, generation: u64, durability: Durability) -> Result<(File, PathBuf)> {
+    let path = log_path(dir, generation);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io("creating write-ahead log", &path, e))?;
+    if durability == Durability::Fsync {
+        crate::segment::sync_dir(dir)?;
+    }
+    Ok((file, path))
+}
+
+/// Reads every intact frame of a log file: the records, the length of the intact prefix and the
+/// file's length.
+fn read_log_file(path: &Path) -> Result<(Vec<WalRecord>, u64, u64)> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| Error::io("reading write-ahead log", path, e))?;
+    let mut records = Vec::new();
+    let mut offset = 0usize;
+    while offset + HEADER <= bytes.len() {
+        let len = u32::from_le_bytes([
+            bytes[offset],
+            bytes[offset + 1],
+            bytes[offset + 2],
+            bytes[offset + 3],
+        ]) as usize;
+        let crc = u32::from_le_bytes([
+            bytes[offset + 4],
+            bytes[offset + 5],
+            bytes[offset + 6],
+            bytes[offset + 7],
+        ]);
+        let start = offset + HEADER;
+        let Some(payload) = bytes.get(start..start + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        match parse_frame(payload) {
+            Some(frame) => records.extend(frame),
+            None => break,
+        }
+        offset = start + len;
+    }
+    Ok((records, offset as u64, bytes.len() as u64))
+}
+
+fn parse_frame(payload: &[u8]) -> Option<Vec<WalRecord>> {
+    let mut cursor = payload;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        if cursor.len() < n {
+            return None;
+        }
+        let (head, rest) = cursor.split_at(n);
+        cursor = rest;
+        Some(head)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut records = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let shard = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let seq = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let arrival_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
+        let pk_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+        let partition_key = String::from_utf8(take(pk_len)?.to_vec()).ok()?;
+        let data_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let data = take(data_len)?.to_vec();
+        records.push(WalRecord {
+            shard,
+            seq,
+            arrival_ms,
+            partition_key,
+            data,
+        });
+    }
+    Some(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(shard: u32, seq: u64, data: &[u8]) -> WalEntry<'_> {
+        WalEntry {
+            shard,
+            seq,
+            arrival_ms: 1_000 + seq as i64,
+            partition_key: "key",
+            data,
+        }
+    }
+
+    #[test]
+    fn frames_replay_in_order() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        {
+            let (mut wal, replay) = WriteAheadLog::open(dir.path(), Durability::Fsync)?;
+            assert!(replay.records.is_empty());
+            wal.append(&[entry(0, 1, b"a"), entry(1, 1, b"b")])?;
+            wal.append(&[entry(0, 2, b"c")])?;
+        }
+        let (_wal, replay) = WriteAheadLog::open(dir.path(), Durability::Fsync)?;
+        let data: Vec<_> = replay.records.iter().map(|r| r.data.clone()).collect();
+        assert_eq!(data, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(replay.records[1].shard, 1);
+        assert_eq!(replay.records[2].arrival_ms, 1_002);
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_every_byte_offset() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let path = {
+            let (mut wal, _) = WriteAheadLog::open(dir.path(), Durability::Buffered)?;
+            wal.append(&[entry(0, 1, b"first")])?;
+            wal.append(&[entry(0, 2, b"second"), entry(0, 3, b"third")])?;
+            wal.current_path().to_path_buf()
+        };
+        let full = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let first_frame = HEADER + 4 + 4 + 8 + 8 + 2 + 3 + 4 + 5;
+        for cut in first_frame..full.len() {
+            let case = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+            let copy = case.path().join(path.file_name().unwrap_or_default());
+            fs::write(&copy, &full[..cut]).map_err(|e| Error::io("write", &copy, e))?;
+            let (_wal, replay) = WriteAheadLog::open(case.path(), Durability::Buffered)?;
+            assert_eq!(replay.records.len(), 1, "cut at {cut}");
+            assert_eq!(replay.truncated_bytes as usize, cut - first_frame);
+            let len = fs::metadata(&copy).map_err(|e| Error::io("stat", &copy, e))?.len();
+            assert_eq!(len as usize, first_frame);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_last_frame_is_detected() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let path = {
+            let (mut wal, _) = WriteAheadLog::open(dir.path(), Durability::Buffered)?;
+            wal.append(&[entry(0, 1, b"first")])?;
+            wal.append(&[entry(0, 2, b"second")])?;
+            wal.current_path().to_path_buf()
+        };
+        let mut bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).map_err(|e| Error::io("write", &path, e))?;
+        let (_wal, replay) = WriteAheadLog::open(dir.path(), Durability::Buffered)?;
+        assert_eq!(replay.records.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn damage_before_the_last_file_is_reported_by_name() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        {
+            let (mut wal, _) = WriteAheadLog::open(dir.path(), Durability::Buffered)?;
+            wal.append(&[entry(0, 1, b"first")])?;
+        }
+        {
+            let (mut wal, _) = WriteAheadLog::open(dir.path(), Durability::Buffered)?;
+            wal.append(&[entry(0, 2, b"second")])?;
+        }
+        let first = log_path(dir.path(), 1);
+        let mut bytes = fs::read(&first).map_err(|e| Error::io("read", &first, e))?;
+        bytes.truncate(bytes.len() - 1);
+        fs::write(&first, &bytes).map_err(|e| Error::io("write", &first, e))?;
+        let err = WriteAheadLog::open(dir.path(), Durability::Buffered).err();
+        let message = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("00000000000000000001.wal"), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn covered_files_are_deleted() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let (mut wal, _) = WriteAheadLog::open(dir.path(), Durability::Buffered)?;
+        wal.append(&[entry(0, 1, b"a"), entry(1, 1, b"b")])?;
+        wal.trim(|shard| if shard == 0 { 1 } else { 0 })?;
+        assert_eq!(wal.file_count(), 1);
+        wal.trim(|_| 1)?;
+        assert_eq!(wal.file_count(), 1);
+        assert_eq!(list_generations(dir.path())?.len(), 1);
+        Ok(())
+    }
+}
