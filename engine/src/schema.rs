@@ -2,7 +2,7 @@
 //! and the system columns every record carries.
 //!
 //! Sealed batches are stored in the *stored* layout: `_seq_no` (the per-shard counter),
-//! `ROWTIME`, `_partition_key`, `_data`, then the user columns. Readers and SQL see the *public*
+//! `rowtime`, `_partition_key`, `_data`, then the user columns. Readers and SQL see the *public*
 //! layout: the user columns, then `ROWTIME`, `_shard_id`, `_sequence_number`, `_partition_key`
 //! and `_data`; `_shard_id` and `_sequence_number` are derived when read, so they cost nothing to
 //! store.
@@ -15,8 +15,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::error::{Error, Result};
 use crate::sequence::{format_sequence_number, shard_id};
 
-/// Arrival time of a record (processing time), milliseconds, UTC.
-pub const ROWTIME: &str = "ROWTIME";
+/// Arrival time of a record (processing time), milliseconds, UTC. Lower case so that SQL's
+/// unquoted `ROWTIME` (folded to lower case by the SQL planner) finds it.
+pub const ROWTIME: &str = "rowtime";
 /// The Kinesis shard id of the record's shard, `shardId-000000000000`.
 pub const SHARD_ID: &str = "_shard_id";
 /// The record's sequence number as a decimal string.
@@ -85,12 +86,14 @@ pub fn stored_schema(user: &Schema) -> SchemaRef {
 /// The public layout (what readers and SQL see) for a stream with `user` columns.
 pub fn public_schema(user: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = user.fields().iter().map(|f| f.as_ref().clone()).collect();
+    // Nullable so that an SQL INSERT naming only some columns plans (the planner fills the rest
+    // with NULL); Sluice fills them in on arrival, and every stored record has all of them.
     fields.extend([
-        Field::new(ROWTIME, rowtime_type(), false),
-        Field::new(SHARD_ID, DataType::Utf8, false),
-        Field::new(SEQUENCE_NUMBER, DataType::Utf8, false),
-        Field::new(PARTITION_KEY, DataType::Utf8, false),
-        Field::new(DATA, DataType::Binary, false),
+        Field::new(ROWTIME, rowtime_type(), true),
+        Field::new(SHARD_ID, DataType::Utf8, true),
+        Field::new(SEQUENCE_NUMBER, DataType::Utf8, true),
+        Field::new(PARTITION_KEY, DataType::Utf8, true),
+        Field::new(DATA, DataType::Binary, true),
     ]);
     Arc::new(Schema::new(fields))
 }

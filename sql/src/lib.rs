@@ -1,1 +1,41 @@
-//! placeholder
+//! Sluice's SQL: stream DDL on sqlparser, bounded queries and inserts on DataFusion.
+//!
+//! [`SluiceSession`] runs SQL against an [`Engine`](sluice_engine::Engine). Sluice's own
+//! statements — `CREATE [OR REPLACE] STREAM … WITH (…)`, `DROP STREAM`, `SHOW STREAMS`,
+//! `DESCRIBE stream`, `FLUSH` — are parsed by [`parser`] and run against the engine; every
+//! other statement goes to DataFusion, whose default schema lists the engine's streams as tables
+//! ([`StreamTable`]). So `SELECT … FROM stream` is a bounded query over the retained records,
+//! joinable with other streams and with `CREATE EXTERNAL TABLE`s, and `INSERT INTO stream …`
+//! appends records routed by the stream's partition key.
+//!
+//! # Example
+//!
+//! ```
+//! use sluice_engine::{Engine, EngineOptions};
+//! use sluice_sql::SluiceSession;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> sluice_sql::Result<()> {
+//! let dir = tempfile::tempdir().expect("temporary folder");
+//! let session = SluiceSession::new(Engine::open(EngineOptions::new(dir.path()))?)?;
+//! session.execute_all(
+//!     "CREATE STREAM ticker (symbol VARCHAR, price DOUBLE) WITH (shards = 4, partition_key = 'symbol');
+//!      INSERT INTO ticker VALUES ('AMZN', 130.2), ('MSFT', 410.5);",
+//! ).await?;
+//! let results = session.execute_all("SELECT count(*) FROM ticker").await?;
+//! assert_eq!(results[0].1[0].num_rows(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod create_stream;
+pub mod error;
+pub mod parser;
+pub mod schema_provider;
+pub mod session;
+pub mod table;
+
+pub use error::{Error, Result};
+pub use parser::{SluiceStatement, parse_statements};
+pub use session::{SluiceSession, StatementOutput};
+pub use table::{StreamSink, StreamTable};

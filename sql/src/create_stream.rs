@@ -1,0 +1,184 @@
+//! Turning a parsed `CREATE STREAM` into the engine's [`StreamSpec`]: column types through
+//! DataFusion's own SQL type mapping, `WITH` options checked one by one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::{Result as DFResult, TableReference, plan_err};
+use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
+use datafusion::sql::planner::{ContextProvider, SqlToRel};
+use sluice_engine::{
+    DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, StreamFormat, StreamSpec,
+};
+
+use crate::error::{Error, Result};
+use crate::parser::CreateStream;
+
+/// The `WITH` options `CREATE STREAM` accepts.
+pub const STREAM_OPTIONS: [&str; 4] = ["shards", "format", "partition_key", "retention"];
+
+/// Builds the engine's spec for a `CREATE STREAM`.
+pub fn stream_spec(create: &CreateStream) -> Result<StreamSpec> {
+    let columns = column_schema(create)?;
+    let mut options: HashMap<&str, &str> = HashMap::new();
+    for (key, value) in &create.options {
+        if !STREAM_OPTIONS.contains(&key.as_str()) {
+            return Err(Error::Plan(format!(
+                "unknown WITH option '{key}' for CREATE STREAM; accepted options are {}",
+                STREAM_OPTIONS.join(", ")
+            )));
+        }
+        if options.insert(key, value).is_some() {
+            return Err(Error::Plan(format!("WITH option '{key}' is given twice")));
+        }
+    }
+    let shards = match options.get("shards") {
+        Some(text) => text.parse::<u32>().map_err(|_| {
+            Error::Plan(format!(
+                "WITH option shards = '{text}' is not a whole number; expected 1 to 1024"
+            ))
+        })?,
+        None => 1,
+    };
+    let format = match options.get("format") {
+        Some(text) => text.parse::<StreamFormat>()?,
+        None if columns.fields().is_empty() => StreamFormat::Raw,
+        None => StreamFormat::Json,
+    };
+    let retention_hours = match options.get("retention") {
+        Some(text) => parse_retention_hours(text)?,
+        None => DEFAULT_RETENTION_HOURS,
+    };
+    let partition_key = options.get("partition_key").map(|key| key.to_string());
+    Ok(StreamSpec {
+        name: create.name.clone(),
+        columns,
+        format,
+        shards,
+        partition_key,
+        retention_hours,
+    })
+}
+
+fn column_schema(create: &CreateStream) -> Result<SchemaRef> {
+    let provider = TypeOnlyContext::default();
+    let planner = SqlToRel::new(&provider);
+    let schema = planner.build_schema(create.columns.clone())?;
+    Ok(Arc::new(schema))
+}
+
+/// Parses a retention period: `'24 hours'`, `'7 days'`, `'48h'`, `'2d'` or a number of hours.
+pub fn parse_retention_hours(text: &str) -> Result<u32> {
+    let invalid = || {
+        Error::Plan(format!(
+            "retention = '{text}' is not a period; write e.g. '24 hours' or '7 days' ({MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours)"
+        ))
+    };
+    let trimmed = text.trim().to_ascii_lowercase();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let hours = match unit.trim() {
+        "" | "h" | "hour" | "hours" => number,
+        "d" | "day" | "days" => number.saturating_mul(24),
+        _ => return Err(invalid()),
+    };
+    if !(u64::from(MIN_RETENTION_HOURS)..=u64::from(MAX_RETENTION_HOURS)).contains(&hours) {
+        return Err(Error::Plan(format!(
+            "retention of {hours} hours is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours"
+        )));
+    }
+    Ok(hours as u32)
+}
+
+/// A [`ContextProvider`] that knows no tables or functions: enough for DataFusion to map SQL
+/// column types to Arrow types exactly as its own `CREATE TABLE` does.
+#[derive(Debug, Default)]
+struct TypeOnlyContext {
+    options: ConfigOptions,
+}
+
+impl ContextProvider for TypeOnlyContext {
+    fn get_table_source(&self, name: TableReference) -> DFResult<Arc<dyn TableSource>> {
+        plan_err!("table '{name}' cannot be used in a column definition")
+    }
+    fn get_function_meta(&self, _name: &str) -> Option<Arc<ScalarUDF>> {
+        None
+    }
+    fn get_higher_order_meta(&self, _name: &str) -> Option<Arc<HigherOrderUDF>> {
+        None
+    }
+    fn get_aggregate_meta(&self, _name: &str) -> Option<Arc<AggregateUDF>> {
+        None
+    }
+    fn get_window_meta(&self, _name: &str) -> Option<Arc<WindowUDF>> {
+        None
+    }
+    fn get_variable_type(&self, _variable_names: &[String]) -> Option<DataType> {
+        None
+    }
+    fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+    fn udf_names(&self) -> Vec<String> {
+        vec![]
+    }
+    fn higher_order_function_names(&self) -> Vec<String> {
+        vec![]
+    }
+    fn udaf_names(&self) -> Vec<String> {
+        vec![]
+    }
+    fn udwf_names(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::{SluiceStatement, parse_statements};
+
+    fn spec(sql: &str) -> Result<StreamSpec> {
+        match parse_statements(sql)?.pop() {
+            Some(SluiceStatement::CreateStream(create)) => stream_spec(&create),
+            other => panic!("not a CREATE STREAM: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn types_map_as_datafusion_maps_them() -> Result<()> {
+        let spec = spec("CREATE STREAM t (a VARCHAR, b DOUBLE, c TIMESTAMP, d BIGINT) WITH (shards = 2)")?;
+        let types: Vec<_> = spec.columns.fields().iter().map(|f| f.data_type().clone()).collect();
+        assert_eq!(types[1], DataType::Float64);
+        assert!(matches!(types[2], DataType::Timestamp(_, None)));
+        assert_eq!(types[3], DataType::Int64);
+        assert_eq!(spec.format, StreamFormat::Json);
+        assert_eq!(spec.shards, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_options_list_the_accepted_ones() {
+        let message = spec("CREATE STREAM t (a INT) WITH (shard = 2)")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("'shard'") && message.contains("shards, format"), "{message}");
+    }
+
+    #[test]
+    fn retention_reads_hours_and_days() -> Result<()> {
+        assert_eq!(parse_retention_hours("24 hours")?, 24);
+        assert_eq!(parse_retention_hours("7 days")?, 168);
+        assert_eq!(parse_retention_hours("48h")?, 48);
+        assert_eq!(parse_retention_hours("8760")?, 8760);
+        assert!(parse_retention_hours("1 hour").is_err());
+        assert!(parse_retention_hours("forever").is_err());
+        Ok(())
+    }
+}

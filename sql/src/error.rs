@@ -1,0 +1,53 @@
+//! The SQL layer's error type.
+
+use datafusion::error::DataFusionError;
+
+/// What can go wrong running a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The statement did not parse.
+    #[error("SQL error: {0}")]
+    Parse(String),
+
+    /// The statement parsed but asks for something that cannot be done (an unknown option, a bad
+    /// value), with a message naming the thing.
+    #[error("{0}")]
+    Plan(String),
+
+    /// The stream store refused (unknown stream, oversized record, …).
+    #[error(transparent)]
+    Engine(#[from] sluice_engine::Error),
+
+    /// DataFusion refused or failed while planning or running a query.
+    #[error("{}", datafusion_message(.0))]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// DataFusion's message without the layers of context it wraps around errors from our own
+/// table providers, so a user sees "stream 'x' does not exist" rather than "External error: …".
+fn datafusion_message(error: &DataFusionError) -> String {
+    match error.find_root() {
+        DataFusionError::External(inner) => inner.to_string(),
+        root => root.to_string(),
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        Error::DataFusion(DataFusionError::ArrowError(Box::new(e), None))
+    }
+}
+
+impl From<datafusion::sql::sqlparser::parser::ParserError> for Error {
+    fn from(e: datafusion::sql::sqlparser::parser::ParserError) -> Self {
+        Error::Parse(e.to_string())
+    }
+}
+
+/// Wraps an engine error for DataFusion.
+pub(crate) fn to_datafusion(e: sluice_engine::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// The SQL layer's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,247 @@
+//! Sluice's SQL front-end: the statements DataFusion does not know, on sqlparser's own parser.
+//!
+//! One [`DFParser`] walks the whole input. At the start of each statement we look at the leading
+//! words: `CREATE [OR REPLACE] STREAM`, `DROP STREAM`, `SHOW STREAMS`, `DESCRIBE <name>` and
+//! `FLUSH` are parsed here with sqlparser's building blocks (column definitions, `WITH`
+//! options); everything else is handed to DataFusion's parser untouched, so its whole dialect
+//! (including `CREATE EXTERNAL TABLE`) keeps working.
+
+use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, ObjectName, SqlOption, Value};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::error::{Error, Result};
+
+/// A statement Sluice runs.
+#[derive(Debug, Clone)]
+pub enum SluiceStatement {
+    /// `CREATE [OR REPLACE] STREAM [IF NOT EXISTS] name (columns) [WITH (options)]`
+    CreateStream(CreateStream),
+    /// `DROP STREAM [IF EXISTS] name`
+    DropStream { name: String, if_exists: bool },
+    /// `SHOW STREAMS`
+    ShowStreams,
+    /// `DESCRIBE name` / `DESC name`: a stream's columns, or any table's through DataFusion.
+    Describe { name: String },
+    /// `FLUSH`: returns once everything inserted before it is sealed and visible.
+    Flush,
+    /// Anything DataFusion parses.
+    DataFusion(Box<DFStatement>),
+}
+
+/// A parsed `CREATE STREAM`.
+#[derive(Debug, Clone)]
+pub struct CreateStream {
+    pub name: String,
+    pub or_replace: bool,
+    pub if_not_exists: bool,
+    pub columns: Vec<ColumnDef>,
+    /// `WITH` options, keys lower-cased, values as text.
+    pub options: Vec<(String, String)>,
+}
+
+/// Parses `sql` (one or more statements separated by `;`).
+pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>> {
+    let dialect = GenericDialect {};
+    let mut parser = DFParserBuilder::new(sql).with_dialect(&dialect).build()?;
+    let mut statements = Vec::new();
+    let mut expecting_delimiter = false;
+    loop {
+        while parser.parser.consume_token(&Token::SemiColon) {
+            expecting_delimiter = false;
+        }
+        if parser.parser.peek_token() == Token::EOF {
+            break;
+        }
+        if expecting_delimiter {
+            return Err(Error::Parse(format!(
+                "expected ';' or the end of the statement, found {}",
+                parser.parser.peek_token()
+            )));
+        }
+        statements.push(parse_statement(&mut parser)?);
+        expecting_delimiter = true;
+    }
+    Ok(statements)
+}
+
+fn word(token: &Token) -> Option<String> {
+    match token {
+        Token::Word(w) => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+fn at_statement_end(parser: &DFParser<'_>, n: usize) -> bool {
+    matches!(
+        parser.parser.peek_nth_token(n).token,
+        Token::EOF | Token::SemiColon
+    )
+}
+
+fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
+    let first = word(&parser.parser.peek_nth_token(0).token);
+    let second = word(&parser.parser.peek_nth_token(1).token);
+    let third = word(&parser.parser.peek_nth_token(2).token);
+    match (first.as_deref(), second.as_deref(), third.as_deref()) {
+        (Some("CREATE"), Some("STREAM"), _) => {
+            parser.parser.next_token();
+            parser.parser.next_token();
+            parse_create_stream(parser, false)
+        }
+        (Some("CREATE"), Some("OR"), Some("REPLACE"))
+            if word(&parser.parser.peek_nth_token(3).token).as_deref() == Some("STREAM") =>
+        {
+            for _ in 0..4 {
+                parser.parser.next_token();
+            }
+            parse_create_stream(parser, true)
+        }
+        (Some("DROP"), Some("STREAM"), _) => {
+            parser.parser.next_token();
+            parser.parser.next_token();
+            let if_exists = parser.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(SluiceStatement::DropStream { name, if_exists })
+        }
+        (Some("SHOW"), Some("STREAMS"), _) => {
+            parser.parser.next_token();
+            parser.parser.next_token();
+            Ok(SluiceStatement::ShowStreams)
+        }
+        (Some("DESCRIBE" | "DESC"), Some(_), _) if at_statement_end(parser, 2) => {
+            parser.parser.next_token();
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(SluiceStatement::Describe { name })
+        }
+        (Some("FLUSH"), _, _) if at_statement_end(parser, 1) => {
+            parser.parser.next_token();
+            Ok(SluiceStatement::Flush)
+        }
+        _ => Ok(SluiceStatement::DataFusion(Box::new(
+            parser.parse_statement()?,
+        ))),
+    }
+}
+
+fn parse_create_stream(parser: &mut DFParser<'_>, or_replace: bool) -> Result<SluiceStatement> {
+    let p = &mut parser.parser;
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(&p.parse_object_name(false)?)?;
+    let mut columns = Vec::new();
+    if p.consume_token(&Token::LParen) {
+        loop {
+            if p.consume_token(&Token::RParen) {
+                break;
+            }
+            if word(&p.peek_token().token).as_deref() == Some("WATERMARK") {
+                return Err(Error::Plan(
+                    "WATERMARK FOR is not supported yet: event-time watermarks arrive with continuous queries"
+                        .into(),
+                ));
+            }
+            columns.push(p.parse_column_def()?);
+            if !p.consume_token(&Token::Comma) {
+                p.expect_token(&Token::RParen)?;
+                break;
+            }
+        }
+    }
+    let options = p
+        .parse_options(Keyword::WITH)?
+        .into_iter()
+        .map(option_pair)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SluiceStatement::CreateStream(CreateStream {
+        name,
+        or_replace,
+        if_not_exists,
+        columns,
+        options,
+    }))
+}
+
+/// A stream name: one identifier, lower-cased unless quoted (as DataFusion does for tables).
+fn object_name(name: &ObjectName) -> Result<String> {
+    let parts: Vec<_> = name.0.iter().filter_map(|p| p.as_ident()).collect();
+    match parts.as_slice() {
+        [ident] => Ok(normalize(ident)),
+        _ => Err(Error::Plan(format!(
+            "stream name '{name}' must be a single identifier (streams live in one namespace)"
+        ))),
+    }
+}
+
+fn normalize(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+fn option_pair(option: SqlOption) -> Result<(String, String)> {
+    match option {
+        SqlOption::KeyValue { key, value } => {
+            let text = match value {
+                Expr::Value(v) => match v.value {
+                    Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+                    Value::Number(n, _) => n,
+                    Value::Boolean(b) => b.to_string(),
+                    other => other.to_string(),
+                },
+                Expr::Identifier(ident) => ident.value,
+                other => other.to_string(),
+            };
+            Ok((key.value.to_ascii_lowercase(), text))
+        }
+        other => Err(Error::Plan(format!(
+            "WITH option '{other}' is not of the form key = value"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_stream_parses_columns_and_options() -> Result<()> {
+        let statements = parse_statements(
+            "CREATE STREAM Ticker (symbol VARCHAR, price DOUBLE) WITH (shards = 4, format = 'json', partition_key = 'symbol');",
+        )?;
+        let [SluiceStatement::CreateStream(create)] = statements.as_slice() else {
+            panic!("expected one CREATE STREAM, got {statements:?}");
+        };
+        assert_eq!(create.name, "ticker");
+        assert_eq!(create.columns.len(), 2);
+        assert_eq!(create.options[0], ("shards".into(), "4".into()));
+        assert_eq!(create.options[2], ("partition_key".into(), "symbol".into()));
+        Ok(())
+    }
+
+    #[test]
+    fn several_statements_mix_ours_and_datafusions() -> Result<()> {
+        let statements = parse_statements(
+            "SHOW STREAMS; select 1; DROP STREAM IF EXISTS x; DESCRIBE ticker; FLUSH; DESCRIBE SELECT 1",
+        )?;
+        assert!(matches!(statements[0], SluiceStatement::ShowStreams));
+        assert!(matches!(statements[1], SluiceStatement::DataFusion(_)));
+        assert!(matches!(
+            &statements[2],
+            SluiceStatement::DropStream { name, if_exists: true } if name == "x"
+        ));
+        assert!(matches!(&statements[3], SluiceStatement::Describe { name } if name == "ticker"));
+        assert!(matches!(statements[4], SluiceStatement::Flush));
+        assert!(matches!(statements[5], SluiceStatement::DataFusion(_)));
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_after_a_statement_is_an_error() {
+        assert!(parse_statements("SHOW STREAMS now").is_err());
+        assert!(parse_statements("CREATE STREAM s (a INT").is_err());
+    }
+}

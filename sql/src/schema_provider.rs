@@ -1,0 +1,71 @@
+//! The schema DataFusion resolves table names in: every stream of the engine, live (a stream
+//! created over any interface is visible at once), beside ordinary tables such as
+//! `CREATE EXTERNAL TABLE`s.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::common::{Result as DFResult, plan_err};
+use sluice_engine::Engine;
+
+use crate::table::StreamTable;
+
+/// Streams first, then other tables.
+#[derive(Debug)]
+pub struct StreamSchemaProvider {
+    engine: Engine,
+    tables: MemorySchemaProvider,
+}
+
+impl StreamSchemaProvider {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            tables: MemorySchemaProvider::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for StreamSchemaProvider {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .engine
+            .streams()
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect();
+        names.extend(self.tables.table_names());
+        names
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(stream) = self.engine.try_stream(name) {
+            return Ok(Some(Arc::new(StreamTable::new(stream))));
+        }
+        self.tables.table(name).await
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        table: Arc<dyn TableProvider>,
+    ) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if self.engine.try_stream(&name).is_some() {
+            return plan_err!("'{name}' is already a stream; choose another table name");
+        }
+        self.tables.register_table(name, table)
+    }
+
+    fn deregister_table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if self.engine.try_stream(name).is_some() {
+            return plan_err!("'{name}' is a stream; use DROP STREAM {name}");
+        }
+        self.tables.deregister_table(name)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.engine.try_stream(name).is_some() || self.tables.table_exist(name)
+    }
+}

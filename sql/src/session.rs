@@ -1,0 +1,301 @@
+//! A SQL session over an engine: parses statements with [`parse_statements`], runs Sluice's own
+//! statements against the engine and everything else through a DataFusion [`SessionContext`]
+//! whose default schema is the engine's streams.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    Ident, ObjectName, ObjectType, Statement as SQLStatement, TableObject,
+};
+use sluice_engine::schema::{DATA, PARTITION_KEY, SYSTEM_COLUMNS};
+use sluice_engine::{Engine, StreamFormat};
+
+use crate::create_stream::stream_spec;
+use crate::error::{Error, Result};
+use crate::parser::{SluiceStatement, parse_statements};
+use crate::schema_provider::StreamSchemaProvider;
+
+/// What a statement produced.
+pub enum StatementOutput {
+    /// Rows, streamed.
+    Rows(SendableRecordBatchStream),
+    /// A statement without rows, and a short note of what it did.
+    Done(String),
+}
+
+impl std::fmt::Debug for StatementOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rows(stream) => write!(f, "Rows({:?})", stream.schema()),
+            Self::Done(note) => write!(f, "Done({note})"),
+        }
+    }
+}
+
+/// A SQL session on an engine.
+#[derive(Clone)]
+pub struct SluiceSession {
+    engine: Engine,
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for SluiceSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SluiceSession").field("engine", &self.engine).finish()
+    }
+}
+
+impl SluiceSession {
+    /// A session whose default schema holds the engine's streams.
+    pub fn new(engine: Engine) -> Result<Self> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("sluice", "public");
+        let ctx = SessionContext::new_with_config(config);
+        let catalog = ctx.catalog("sluice").ok_or_else(|| {
+            Error::Plan("the default catalog 'sluice' was not created".to_string())
+        })?;
+        catalog.register_schema("public", Arc::new(StreamSchemaProvider::new(engine.clone())))?;
+        Ok(Self { engine, ctx })
+    }
+
+    /// The engine this session runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The DataFusion context (for registering tables or functions).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs every statement in `sql`, collecting each one's rows.
+    pub async fn execute_all(&self, sql: &str) -> Result<Vec<(SchemaRef, Vec<RecordBatch>)>> {
+        let mut results = Vec::new();
+        for statement in parse_statements(sql)? {
+            match self.execute_statement(statement).await? {
+                StatementOutput::Rows(stream) => {
+                    let schema = stream.schema();
+                    let batches = datafusion::physical_plan::common::collect(stream).await?;
+                    results.push((schema, batches));
+                }
+                StatementOutput::Done(_) => results.push((Arc::new(Schema::empty()), vec![])),
+            }
+        }
+        Ok(results)
+    }
+
+    /// Runs one parsed statement.
+    pub async fn execute_statement(&self, statement: SluiceStatement) -> Result<StatementOutput> {
+        match statement {
+            SluiceStatement::CreateStream(create) => {
+                let spec = stream_spec(&create)?;
+                let engine = self.engine.clone();
+                let name = spec.name.clone();
+                let shards = spec.shards;
+                let replaced = blocking(move || {
+                    let replaced = create.or_replace && engine.try_stream(&spec.name).is_some();
+                    if replaced {
+                        engine.drop_stream(&spec.name, true)?;
+                    }
+                    engine.create_stream(spec, create.if_not_exists)?;
+                    Ok(replaced)
+                })
+                .await?;
+                let verb = if replaced { "replaced" } else { "created" };
+                Ok(StatementOutput::Done(format!(
+                    "Stream '{name}' {verb} with {shards} shard{}.",
+                    if shards == 1 { "" } else { "s" }
+                )))
+            }
+            SluiceStatement::DropStream { name, if_exists } => {
+                let engine = self.engine.clone();
+                let dropped = name.clone();
+                blocking(move || engine.drop_stream(&dropped, if_exists)).await?;
+                Ok(StatementOutput::Done(format!("Stream '{name}' dropped.")))
+            }
+            SluiceStatement::ShowStreams => rows(self.show_streams()?),
+            SluiceStatement::Describe { name } => match self.engine.try_stream(&name) {
+                Some(_) => rows(self.describe_stream(&name)?),
+                None => {
+                    let frame = self.ctx.sql(&format!("DESCRIBE \"{name}\"")).await?;
+                    Ok(StatementOutput::Rows(frame.execute_stream().await?))
+                }
+            },
+            SluiceStatement::Flush => {
+                let engine = self.engine.clone();
+                blocking(move || engine.flush()).await?;
+                Ok(StatementOutput::Done("Flushed.".to_string()))
+            }
+            SluiceStatement::DataFusion(statement) => self.execute_datafusion(*statement).await,
+        }
+    }
+
+    /// Parses and runs `sql`, which must hold exactly one statement.
+    pub async fn execute(&self, sql: &str) -> Result<StatementOutput> {
+        let mut statements = parse_statements(sql)?;
+        if statements.len() != 1 {
+            return Err(Error::Parse(format!(
+                "expected one statement, found {}",
+                statements.len()
+            )));
+        }
+        let statement = statements.remove(0);
+        self.execute_statement(statement).await
+    }
+
+    async fn execute_datafusion(&self, mut statement: DFStatement) -> Result<StatementOutput> {
+        self.refuse_table_commands_on_streams(&statement)?;
+        self.name_insert_columns(&mut statement);
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        let is_command = matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_));
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        if is_command {
+            frame.collect().await?;
+            return Ok(StatementOutput::Done("OK.".to_string()));
+        }
+        Ok(StatementOutput::Rows(frame.execute_stream().await?))
+    }
+
+    /// `DROP TABLE stream` would otherwise say the table does not exist.
+    fn refuse_table_commands_on_streams(&self, statement: &DFStatement) -> Result<()> {
+        let DFStatement::Statement(inner) = statement else {
+            return Ok(());
+        };
+        if let SQLStatement::Drop {
+            object_type: ObjectType::Table | ObjectType::View,
+            names,
+            ..
+        } = inner.as_ref()
+        {
+            for name in names {
+                if let Some(stream) = single_name(name).and_then(|n| self.engine.try_stream(&n)) {
+                    return Err(Error::Plan(format!(
+                        "'{0}' is a stream; use DROP STREAM {0}",
+                        stream.name()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `INSERT INTO stream VALUES …` without a column list means the stream's own columns (for a
+    /// raw stream, `_partition_key` and `_data`), not every column including the system ones.
+    fn name_insert_columns(&self, statement: &mut DFStatement) {
+        let DFStatement::Statement(inner) = statement else {
+            return;
+        };
+        let SQLStatement::Insert(insert) = inner.as_mut() else {
+            return;
+        };
+        if !insert.columns.is_empty() {
+            return;
+        }
+        let TableObject::TableName(table) = &insert.table else {
+            return;
+        };
+        let Some(stream) = single_name(table).and_then(|n| self.engine.try_stream(&n)) else {
+            return;
+        };
+        let columns: Vec<String> = match stream.format() {
+            StreamFormat::Raw => vec![PARTITION_KEY.to_string(), DATA.to_string()],
+            _ => stream
+                .user_schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        };
+        insert.columns = columns
+            .into_iter()
+            .map(|c| ObjectName::from(vec![Ident::with_quote('"', c)]))
+            .collect();
+    }
+
+    fn show_streams(&self) -> Result<RecordBatch> {
+        let streams = self.engine.streams();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("format", DataType::Utf8, false),
+            Field::new("shards", DataType::UInt32, false),
+            Field::new("partition_key", DataType::Utf8, true),
+            Field::new("retention_hours", DataType::UInt32, false),
+            Field::new("records", DataType::UInt64, false),
+        ]));
+        let definitions: Vec<_> = streams.iter().map(|s| s.definition().clone()).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(definitions.iter().map(|d| d.name.as_str()))),
+            Arc::new(StringArray::from_iter_values(definitions.iter().map(|d| d.format.to_string()))),
+            Arc::new(UInt32Array::from_iter_values(definitions.iter().map(|d| d.shards.len() as u32))),
+            Arc::new(StringArray::from_iter(definitions.iter().map(|d| d.partition_key.as_deref()))),
+            Arc::new(UInt32Array::from_iter_values(definitions.iter().map(|d| d.retention_hours))),
+            Arc::new(UInt64Array::from_iter_values(streams.iter().map(|s| {
+                s.stats().iter().map(|st| st.records as u64).sum::<u64>()
+            }))),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    fn describe_stream(&self, name: &str) -> Result<RecordBatch> {
+        let stream = self.engine.stream(name)?;
+        let schema = stream.public_schema();
+        let schema_out = Arc::new(Schema::new(vec![
+            Field::new("column_name", DataType::Utf8, false),
+            Field::new("data_type", DataType::Utf8, false),
+            Field::new("is_nullable", DataType::Boolean, false),
+            Field::new("kind", DataType::Utf8, false),
+        ]));
+        let fields = schema.fields();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.name().as_str()))),
+            Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.data_type().to_string()))),
+            Arc::new(BooleanArray::from_iter(fields.iter().map(|f| Some(f.is_nullable())))),
+            Arc::new(StringArray::from_iter_values(fields.iter().map(|f| {
+                if SYSTEM_COLUMNS.contains(&f.name().as_str()) {
+                    "system"
+                } else {
+                    "column"
+                }
+            }))),
+        ];
+        Ok(RecordBatch::try_new(schema_out, columns)?)
+    }
+}
+
+/// A one-part name as DataFusion resolves it: lower-cased unless quoted.
+fn single_name(name: &ObjectName) -> Option<String> {
+    let idents: Vec<_> = name.0.iter().filter_map(|p| p.as_ident()).collect();
+    let [ident] = idents.as_slice() else {
+        return None;
+    };
+    Some(if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    })
+}
+
+fn rows(batch: RecordBatch) -> Result<StatementOutput> {
+    let schema = batch.schema();
+    let stream = MemoryStream::try_new(vec![batch], schema, None)?;
+    Ok(StatementOutput::Rows(Box::pin(stream)))
+}
+
+/// Runs engine work that touches the disk off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> sluice_engine::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Plan(format!("engine task failed: {e}")))?
+        .map_err(Error::from)
+}

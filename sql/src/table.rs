@@ -1,0 +1,287 @@
+//! Streams as DataFusion tables.
+//!
+//! A bounded `SELECT … FROM stream` scans a snapshot of every retained record: each shard is
+//! one partition of a [`MemorySourceConfig`] over the shard's batches, projected without copying
+//! (the derived `_shard_id` and `_sequence_number` columns are built only when asked for).
+//! `INSERT INTO stream …` plans through DataFusion (so casts and `INSERT … SELECT` just work) and
+//! ends in [`StreamSink`], which turns rows back into records.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Result as DFResult, exec_err, not_impl_err, plan_err};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use sluice_engine::schema::{DATA, PARTITION_KEY, ROWTIME, SEQUENCE_NUMBER, SHARD_ID};
+use sluice_engine::{PublicProjector, PutRecord, Stream, StreamFormat};
+
+use crate::error::to_datafusion;
+
+/// A stream seen as a table.
+#[derive(Debug)]
+pub struct StreamTable {
+    stream: Arc<Stream>,
+}
+
+impl StreamTable {
+    pub fn new(stream: Arc<Stream>) -> Self {
+        Self { stream }
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(self.stream.public_schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let projector = PublicProjector::new(
+            self.stream.user_schema(),
+            projection.map(|p| p.as_slice()),
+        )
+        .map_err(to_datafusion)?;
+        let snapshot = self.stream.snapshot().map_err(to_datafusion)?;
+        let partitions = snapshot
+            .iter()
+            .map(|(shard, batches)| {
+                batches
+                    .iter()
+                    .map(|b| projector.project(*shard, b))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(to_datafusion)?;
+        let exec = MemorySourceConfig::try_new_exec(&partitions, Arc::clone(projector.schema()), None)?;
+        Ok(exec)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return not_impl_err!(
+                "streams are append-only: {insert_op} into stream '{}' is not possible; use INSERT INTO",
+                self.stream.name()
+            );
+        }
+        let sink = StreamSink::new(Arc::clone(&self.stream));
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    async fn delete_from(
+        &self,
+        _state: &dyn Session,
+        _filters: Vec<Expr>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.immutable("DELETE")
+    }
+
+    async fn update(
+        &self,
+        _state: &dyn Session,
+        _assignments: Vec<(String, Expr)>,
+        _filters: Vec<Expr>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.immutable("UPDATE")
+    }
+
+    async fn truncate(&self, _state: &dyn Session) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.immutable("TRUNCATE")
+    }
+}
+
+impl StreamTable {
+    fn immutable(&self, verb: &str) -> DFResult<Arc<dyn ExecutionPlan>> {
+        plan_err!(
+            "streams are immutable: {verb} on stream '{}' is not possible; records expire with the stream's retention ({} hours)",
+            self.stream.name(),
+            self.stream.definition().retention_hours
+        )
+    }
+}
+
+/// Turns inserted rows into records: the user columns encoded in the stream's format become the
+/// data blob (or `_data` is taken as given), and the partition key comes from `_partition_key`,
+/// else the stream's `partition_key` column, else a fresh key that spreads rows over the shards.
+#[derive(Debug)]
+pub struct StreamSink {
+    stream: Arc<Stream>,
+    schema: SchemaRef,
+}
+
+static GENERATED_KEYS: AtomicU64 = AtomicU64::new(0);
+
+impl StreamSink {
+    pub fn new(stream: Arc<Stream>) -> Self {
+        let schema = Arc::clone(stream.public_schema());
+        Self { stream, schema }
+    }
+
+    /// The records for one batch of inserted rows (public layout).
+    fn records(&self, batch: &RecordBatch) -> DFResult<Vec<PutRecord>> {
+        let name = self.stream.name();
+        let n_user = self.stream.user_schema().fields().len();
+        for system in [ROWTIME, SHARD_ID, SEQUENCE_NUMBER] {
+            if let Some(column) = batch.column_by_name(system) {
+                if column.null_count() != column.len() {
+                    return exec_err!(
+                        "{system} is assigned by Sluice when a record arrives and cannot be inserted into stream '{name}'"
+                    );
+                }
+            }
+        }
+        let rows = batch.num_rows();
+        let data = batch.column_by_name(DATA).map(|c| c.as_binary::<i32>().clone());
+        let explicit_keys = batch
+            .column_by_name(PARTITION_KEY)
+            .map(|c| c.as_string::<i32>().clone());
+        let key_column = match &self.stream.definition().partition_key {
+            Some(column) => {
+                let array = batch.column_by_name(column).ok_or_else(|| {
+                    datafusion::error::DataFusionError::Execution(format!(
+                        "partition key column '{column}' is missing from the insert into '{name}'"
+                    ))
+                })?;
+                Some((column.clone(), cast(array, &DataType::Utf8)?))
+            }
+            None => None,
+        };
+        let encoded = match self.stream.format() {
+            StreamFormat::Raw => vec![None; rows],
+            format => encode_rows(format, &batch.project(&(0..n_user).collect::<Vec<_>>())?)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let mut records = Vec::with_capacity(rows);
+        for (row, encoded) in encoded.into_iter().enumerate() {
+            let blob = match data.as_ref().filter(|d| d.is_valid(row)) {
+                Some(d) => d.value(row).to_vec(),
+                None => match encoded {
+                    Some(bytes) => bytes,
+                    None => {
+                        return exec_err!(
+                            "stream '{name}' has format 'raw': each inserted row needs a non-NULL _data value (row {row} has none)"
+                        );
+                    }
+                },
+            };
+            let key = match (explicit_keys.as_ref().filter(|k| k.is_valid(row)), &key_column) {
+                (Some(keys), _) => keys.value(row).to_string(),
+                (None, Some((column, values))) => {
+                    let values = values.as_string::<i32>();
+                    if values.is_null(row) {
+                        return exec_err!(
+                            "row {row} has NULL in '{column}', the partition key column of stream '{name}'; a partition key is required"
+                        );
+                    }
+                    values.value(row).to_string()
+                }
+                (None, None) => {
+                    let n = GENERATED_KEYS.fetch_add(1, Ordering::Relaxed);
+                    format!("{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                }
+            };
+            records.push(PutRecord::new(key, blob));
+        }
+        Ok(records)
+    }
+}
+
+/// Encodes each row of `batch` (the user columns) as one record in `format`.
+fn encode_rows(format: StreamFormat, batch: &RecordBatch) -> DFResult<Vec<Vec<u8>>> {
+    match format {
+        StreamFormat::Json => {
+            let mut buffer = Vec::new();
+            {
+                let mut writer = arrow_json::LineDelimitedWriter::new(&mut buffer);
+                writer.write(batch)?;
+                writer.finish()?;
+            }
+            // JSON escapes newlines inside strings, so every line is one row.
+            let mut rows: Vec<Vec<u8>> = buffer
+                .split(|b| *b == b'\n')
+                .map(|line| line.to_vec())
+                .collect();
+            rows.truncate(batch.num_rows());
+            Ok(rows)
+        }
+        StreamFormat::Csv => (0..batch.num_rows())
+            .map(|row| {
+                let mut buffer = Vec::new();
+                {
+                    let mut writer = arrow_csv::WriterBuilder::new()
+                        .with_header(false)
+                        .build(&mut buffer);
+                    writer.write(&batch.slice(row, 1))?;
+                }
+                if buffer.last() == Some(&b'\n') {
+                    buffer.pop();
+                }
+                Ok(buffer)
+            })
+            .collect(),
+        StreamFormat::Raw => Ok(vec![Vec::new(); batch.num_rows()]),
+    }
+}
+
+impl DisplayAs for StreamSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamSink: stream={}", self.stream.name())
+    }
+}
+
+#[async_trait]
+impl DataSink for StreamSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DFResult<u64> {
+        let mut count = 0u64;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let records = self.records(&batch)?;
+            let stream = Arc::clone(&self.stream);
+            // Appending syncs the write-ahead log: keep it off the async workers.
+            tokio::task::spawn_blocking(move || stream.append(&records))
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+                .map_err(to_datafusion)?;
+            count += batch.num_rows() as u64;
+        }
+        Ok(count)
+    }
+}
