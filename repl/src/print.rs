@@ -1,0 +1,147 @@
+//! Printing results in the formats the REPL offers: an aligned table for people, csv, json and
+//! nd-json for scripts.
+
+use std::fmt;
+use std::io::Write;
+use std::str::FromStr;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table with a row count and timing footer.
+    Table,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// Tab-separated values with a header line.
+    Tsv,
+    /// One JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "table" => Ok(Self::Table),
+            "csv" => Ok(Self::Csv),
+            "tsv" => Ok(Self::Tsv),
+            "json" => Ok(Self::Json),
+            "ndjson" | "nd-json" => Ok(Self::Ndjson),
+            other => Err(format!(
+                "unknown format '{other}'; expected table, csv, tsv, json or ndjson"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Table => "table",
+            Self::Csv => "csv",
+            Self::Tsv => "tsv",
+            Self::Json => "json",
+            Self::Ndjson => "ndjson",
+        })
+    }
+}
+
+/// Writes `batches` to `out` in `format`; with `footer`, the table format ends with
+/// `N rows in set (0.012 s)`.
+pub fn print_batches(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    elapsed: Duration,
+    footer: bool,
+) -> Result<(), ArrowError> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    match format {
+        OutputFormat::Table => {
+            if schema.fields().is_empty() {
+                // Nothing to draw.
+            } else if batches.is_empty() {
+                let empty = RecordBatch::new_empty(schema.clone());
+                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&[empty])?)?;
+            } else {
+                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+            }
+            if footer {
+                let noun = if rows == 1 { "row" } else { "rows" };
+                writeln!(out, "{rows} {noun} in set ({:.3} s)", elapsed.as_secs_f64())?;
+            }
+        }
+        OutputFormat::Csv | OutputFormat::Tsv => {
+            let delimiter = if format == OutputFormat::Csv { b',' } else { b'\t' };
+            let mut writer = arrow_csv::WriterBuilder::new()
+                .with_header(true)
+                .with_delimiter(delimiter)
+                .build(&mut *out);
+            if batches.is_empty() {
+                writer.write(&RecordBatch::new_empty(schema.clone()))?;
+            }
+            for batch in batches {
+                writer.write(batch)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow_json::ArrayWriter::new(&mut *out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            if rows == 0 {
+                write!(out, "[]")?;
+            }
+            writeln!(out)?;
+        }
+        OutputFormat::Ndjson => {
+            let mut writer = arrow_json::LineDelimitedWriter::new(&mut *out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn batch() -> (SchemaRef, RecordBatch) {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let column: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![column]).expect("batch");
+        (schema, batch)
+    }
+
+    fn render(format: OutputFormat) -> String {
+        let (schema, batch) = batch();
+        let mut out = Vec::new();
+        print_batches(&mut out, format, &schema, &[batch], Duration::from_millis(12), true)
+            .expect("prints");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn formats_render_as_scripts_expect() {
+        assert!(render(OutputFormat::Table).ends_with("2 rows in set (0.012 s)\n"));
+        assert_eq!(render(OutputFormat::Csv), "n\n1\n2\n");
+        assert_eq!(render(OutputFormat::Json), "[{\"n\":1},{\"n\":2}]\n");
+        assert_eq!(render(OutputFormat::Ndjson), "{\"n\":1}\n{\"n\":2}\n");
+    }
+}

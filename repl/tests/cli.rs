@@ -1,0 +1,136 @@
+//! End-to-end tests of the `sluice` binary: scripts with `-c` and `-f`, output formats, errors,
+//! the interactive loop on piped input, and records surviving from one process to the next.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn sluice(data_dir: &Path, args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const CREATE: &str = "CREATE STREAM ticker (symbol VARCHAR, sector VARCHAR, change DOUBLE, price DOUBLE, ts TIMESTAMP) \
+    WITH (shards = 4, format = 'json', partition_key = 'symbol', retention = '24 hours');";
+const INSERT: &str = "INSERT INTO ticker VALUES ('AMZN', 'TECH', 1.5, 130.2, '2026-01-01 10:00:01'), \
+    ('MSFT', 'TECH', -0.5, 410.5, '2026-01-01 10:00:02'), ('AMZN', 'TECH', 0.7, 130.9, '2026-01-01 10:00:03');";
+
+#[test]
+fn records_survive_from_one_process_to_the_next() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let first = sluice(dir.path(), &["-c", CREATE, "-c", INSERT])?;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout(&first).contains("Stream 'ticker' created with 4 shards."));
+
+    let second = sluice(
+        dir.path(),
+        &["--format", "csv", "-c", "SELECT symbol, count(*) AS n, max(price) AS top FROM ticker GROUP BY symbol ORDER BY symbol"],
+    )?;
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(stdout(&second), "symbol,n,top\nAMZN,2,130.9\nMSFT,1,410.5\n");
+    Ok(())
+}
+
+#[test]
+fn table_output_ends_with_a_row_count_and_timing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = sluice(dir.path(), &["-c", CREATE, "-c", INSERT, "-c", "SHOW STREAMS"])?;
+    let text = stdout(&output);
+    assert!(text.contains("| ticker       | json   | 4      | symbol"), "{text}");
+    assert!(text.contains("2 rows in set ("), "{text}");
+    let quiet = sluice(dir.path(), &["-q", "-c", "SELECT 1"])?;
+    assert!(!stdout(&quiet).contains("in set"));
+    Ok(())
+}
+
+#[test]
+fn json_and_ndjson_outputs_parse() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    sluice(dir.path(), &["-c", CREATE, "-c", INSERT])?;
+    let query = "SELECT symbol, price FROM ticker WHERE symbol = 'MSFT'";
+    let json = sluice(dir.path(), &["--format", "json", "-c", query])?;
+    assert_eq!(stdout(&json).trim(), r#"[{"symbol":"MSFT","price":410.5}]"#);
+    let ndjson = sluice(dir.path(), &["--format", "ndjson", "-c", query])?;
+    assert_eq!(stdout(&ndjson).trim(), r#"{"symbol":"MSFT","price":410.5}"#);
+    Ok(())
+}
+
+#[test]
+fn a_script_file_runs_in_order_and_stops_at_the_first_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("setup.sql");
+    std::fs::write(
+        &script,
+        format!("{CREATE}\n{INSERT}\nSELECT nope FROM ticker;\nDROP STREAM ticker;\n"),
+    )?;
+    let output = sluice(&dir.path().join("data"), &["-f", script.to_str().unwrap_or_default()])?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nope"), "{stderr}");
+    // The DROP after the error did not run.
+    let check = sluice(&dir.path().join("data"), &["--format", "csv", "-c", "SELECT count(*) AS n FROM ticker"])?;
+    assert_eq!(stdout(&check), "n\n3\n");
+    Ok(())
+}
+
+#[test]
+fn the_interactive_loop_reads_statements_across_lines() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "CREATE STREAM s (n BIGINT)\n  WITH (shards = 2);")?;
+        writeln!(stdin, "INSERT INTO s (_partition_key, n)\nVALUES ('k', 41), ('k', 42);")?;
+        writeln!(stdin, "SELECT nope FROM s;")?;
+        writeln!(stdin, "\\pset format csv")?;
+        writeln!(stdin, "SELECT max(n) AS top FROM s;")?;
+        writeln!(stdin, "\\q")?;
+    }
+    let output = child.wait_with_output()?;
+    let text = stdout(&output);
+    assert!(output.status.success());
+    assert!(text.contains("Stream 's' created with 2 shards."), "{text}");
+    assert!(text.contains("top\n42\n"), "{text}");
+    // An error is reported and the loop goes on.
+    assert!(String::from_utf8_lossy(&output.stderr).contains("No field named nope"));
+    Ok(())
+}
+
+#[test]
+fn a_second_process_on_the_same_folder_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    // The banner is printed once the engine holds the folder.
+    let mut banner = String::new();
+    if let Some(out) = holder.stdout.as_mut() {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut banner)?;
+    }
+    assert!(banner.starts_with("Sluice"), "{banner}");
+    let output = sluice(dir.path(), &["-c", "SELECT 1"])?;
+    let refused = (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned());
+    drop(holder.stdin.take());
+    holder.wait()?;
+    assert!(refused.unwrap_or_default().contains("in use by another Sluice process"));
+    Ok(())
+}
