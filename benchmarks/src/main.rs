@@ -1,1 +1,210 @@
-fn main() {}
+//! Sluice's benchmark harness: each figure is printed beside a baseline measured in the same run.
+//!
+//! ```text
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- ingest [--records N] [--batch N]
+//! ```
+//!
+//! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
+//! the engine's Rust API — routing, JSON decoding, appending and sealing, with the write-ahead log
+//! and segment files on disk — and compares it with arrow-json decoding the same bytes into one
+//! RecordBatch with no routing at all. It reports records per CPU-second (per core), the ratio to
+//! the baseline, and memory per million retained records.
+
+mod measure;
+
+/// The same allocator as the `sluice` binary, so the figures are the ones users get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use sluice_engine::{Durability, Engine, EngineOptions, RecordRef, StreamFormat, StreamSpec};
+
+use crate::measure::{CpuTimer, peak_rss_bytes, rss_bytes};
+
+struct Args {
+    records: usize,
+    batch: usize,
+    durability: Durability,
+}
+
+fn parse_args() -> Result<(String, Args), String> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_else(|| "ingest".to_string());
+    let mut parsed = Args {
+        records: 10_000_000,
+        batch: 500,
+        durability: Durability::Buffered,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--records" => {
+                parsed.records = value()?.parse().map_err(|e| format!("--records: {e}"))?
+            }
+            "--batch" => parsed.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--fsync" => parsed.durability = Durability::Fsync,
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; expected --records N, --batch N, --fsync"
+                ));
+            }
+        }
+    }
+    Ok((command, parsed))
+}
+
+fn main() {
+    match parse_args() {
+        Ok((command, args)) if command == "ingest" => {
+            if let Err(e) = ingest(&args) {
+                eprintln!("ingest benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok((command, _)) => {
+            eprintln!("unknown benchmark '{command}'; available: ingest");
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The records: ~100 bytes of JSON each, 1,000 distinct symbols as partition keys.
+fn generate(records: usize) -> (Vec<u8>, Vec<(usize, usize)>, Vec<String>) {
+    let sectors = ["TECH", "ENERGY", "HEALTH", "RETAIL"];
+    let symbols: Vec<String> = (0..1000).map(|i| format!("SYM{i:04}")).collect();
+    let mut bytes = Vec::with_capacity(records * 112);
+    let mut spans = Vec::with_capacity(records);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..records {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let start = bytes.len();
+        let symbol = &symbols[(state % 1000) as usize];
+        let sector = sectors[(state >> 12) as usize % 4];
+        let change = ((state >> 20) % 1000) as f64 / 100.0 - 5.0;
+        let price = ((state >> 32) % 100_000) as f64 / 100.0;
+        let second = i % 60;
+        use std::io::Write;
+        let _ = write!(
+            bytes,
+            r#"{{"symbol":"{symbol}","sector":"{sector}","change":{change:.2},"price":{price:.2},"ts":"2026-01-01T10:00:{second:02}","seq":{i}}}"#
+        );
+        spans.push((start, bytes.len()));
+        bytes.push(b'\n');
+    }
+    (bytes, spans, symbols)
+}
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, true),
+        Field::new("sector", DataType::Utf8, true),
+        Field::new("change", DataType::Float64, true),
+        Field::new("price", DataType::Float64, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+        Field::new("seq", DataType::Int64, true),
+    ]))
+}
+
+fn ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    println!(
+        "ingest: {} JSON records into a 4-shard stream, {} records per append, durability {:?}",
+        args.records, args.batch, args.durability
+    );
+    let (bytes, spans, _) = generate(args.records);
+    let avg = spans.iter().map(|(s, e)| e - s).sum::<usize>() as f64 / spans.len().max(1) as f64;
+    println!(
+        "  record size: {avg:.0} bytes on average, {:.0} MB in all",
+        bytes.len() as f64 / 1e6
+    );
+
+    // Sluice: the whole columnar path through the engine API.
+    let dir = tempfile::tempdir()?;
+    let options = EngineOptions::new(dir.path())
+        .with_durability(args.durability)
+        .with_background(false);
+    let engine = Engine::open(options)?;
+    let mut spec = StreamSpec::with_columns("ticker", 4, StreamFormat::Json, schema());
+    spec.partition_key = Some("symbol".into());
+    let stream = engine.create_stream(spec, false)?;
+    let rss_before = rss_bytes();
+    let cpu = CpuTimer::start();
+    let wall = Instant::now();
+    for chunk in spans.chunks(args.batch) {
+        let records: Vec<RecordRef<'_>> = chunk
+            .iter()
+            .map(|&(start, end)| {
+                // The partition key is the symbol, as a producer would send it.
+                let key = std::str::from_utf8(&bytes[start + 11..start + 18]).unwrap_or("k");
+                RecordRef::new(key, &bytes[start..end])
+            })
+            .collect();
+        stream.append_refs(&records)?;
+    }
+    engine.flush()?;
+    let sluice_wall = wall.elapsed().as_secs_f64();
+    let sluice_cpu = cpu.elapsed_secs();
+    let retained: usize = stream.stats().iter().map(|s| s.records).sum();
+    assert_eq!(retained, args.records, "every record is retained");
+    let batch_bytes: usize = stream.shards().iter().map(|s| s.memory_size()).sum();
+    let rss_growth = rss_bytes().saturating_sub(rss_before);
+
+    // Baseline: arrow-json decoding the same bytes into one RecordBatch, no routing.
+    let cpu = CpuTimer::start();
+    let wall = Instant::now();
+    let mut decoder = arrow_json::ReaderBuilder::new(schema())
+        .with_batch_size(args.records.max(1))
+        .build_decoder()?;
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let read = decoder.decode(&bytes[offset..])?;
+        if read == 0 {
+            break;
+        }
+        offset += read;
+    }
+    let batch = decoder.flush()?.map(|b| b.num_rows()).unwrap_or(0);
+    assert_eq!(batch, args.records);
+    let base_wall = wall.elapsed().as_secs_f64();
+    let base_cpu = cpu.elapsed_secs();
+
+    let rate = |n: usize, secs: f64| n as f64 / secs.max(1e-9);
+    let per_million = |b: usize| b as f64 / (args.records as f64 / 1e6) / 1e6;
+    println!();
+    println!("  {:<44} {:>14} {:>14}", "", "sluice", "baseline");
+    println!(
+        "  {:<44} {:>14.0} {:>14.0}",
+        "records/s per core (CPU time)",
+        rate(args.records, sluice_cpu),
+        rate(args.records, base_cpu)
+    );
+    println!(
+        "  {:<44} {:>14.0} {:>14.0}",
+        "records/s wall clock",
+        rate(args.records, sluice_wall),
+        rate(args.records, base_wall)
+    );
+    println!(
+        "  {:<44} {:>14.2} {:>14.2}",
+        "CPU seconds", sluice_cpu, base_cpu
+    );
+    println!(
+        "  sluice / baseline CPU time: {:.2}x (target: at most 2x; at least 1,000,000 records/s per core)",
+        sluice_cpu / base_cpu.max(1e-9)
+    );
+    println!(
+        "  retained batches: {:.1} MB per million records; process RSS grew {:.1} MB per million during ingest; peak RSS {:.0} MB",
+        per_million(batch_bytes),
+        per_million(rss_growth),
+        peak_rss_bytes() as f64 / 1e6
+    );
+    Ok(())
+}

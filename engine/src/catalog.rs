@@ -117,7 +117,8 @@ impl Catalog {
         })?;
         {
             use std::io::Write;
-            let mut file = fs::File::create(&tmp).map_err(|e| Error::io("writing catalog", &tmp, e))?;
+            let mut file =
+                fs::File::create(&tmp).map_err(|e| Error::io("writing catalog", &tmp, e))?;
             file.write_all(&bytes)
                 .and_then(|_| file.sync_all())
                 .map_err(|e| Error::io("writing catalog", &tmp, e))?;
@@ -153,7 +154,10 @@ mod tests {
             retention_hours: 24,
             shards: vec![ShardDefinition {
                 index: 0,
-                hash_key_range: HashKeyRange { start: 0, end: u128::MAX },
+                hash_key_range: HashKeyRange {
+                    start: 0,
+                    end: u128::MAX,
+                },
                 parent: None,
                 adjacent_parent: None,
                 ending_seq: None,
@@ -164,7 +168,10 @@ mod tests {
         let loaded = Catalog::load(&path)?;
         assert_eq!(loaded.streams, catalog.streams);
         let schema = loaded.streams[0].user_schema()?;
-        assert!(matches!(schema.field(0).data_type(), DataType::Timestamp(_, None)));
+        assert!(matches!(
+            schema.field(0).data_type(),
+            DataType::Timestamp(_, None)
+        ));
         Ok(())
     }
 }

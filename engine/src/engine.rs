@@ -225,14 +225,14 @@ impl Engine {
             }
             _ => {}
         }
-        if let Some(key) = &spec.partition_key {
-            if columns.field_with_name(key).is_err() {
-                return Err(Error::InvalidArgument(format!(
-                    "partition_key '{key}' is not a column of stream '{}'; its columns are {}",
-                    spec.name,
-                    column_list(&columns)
-                )));
-            }
+        if let Some(key) = &spec.partition_key
+            && columns.field_with_name(key).is_err()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "partition_key '{key}' is not a column of stream '{}'; its columns are {}",
+                spec.name,
+                column_list(&columns)
+            )));
         }
 
         let mut catalog = self.inner.catalog.lock();
@@ -364,7 +364,8 @@ impl EngineInner {
     fn recover(&self) -> Result<()> {
         let mut catalog = self.catalog.lock();
         if !catalog.streams.iter().any(|s| s.name == ERROR_STREAM) {
-            let definition = error_stream_definition(catalog.next_stream_id, self.options.clock.now_millis());
+            let definition =
+                error_stream_definition(catalog.next_stream_id, self.options.clock.now_millis());
             catalog.next_stream_id += 1;
             catalog.streams.insert(0, definition);
             catalog.save(&self.catalog_path())?;
@@ -431,7 +432,8 @@ fn remove_orphan_folders(streams_dir: &Path, catalog: &Catalog) -> Result<()> {
         if !catalog.streams.iter().any(|s| s.id == id) {
             let path = entry.path();
             log::warn!("removing folder {} of a dropped stream", path.display());
-            fs::remove_dir_all(&path).map_err(|e| Error::io("removing dropped stream", &path, e))?;
+            fs::remove_dir_all(&path)
+                .map_err(|e| Error::io("removing dropped stream", &path, e))?;
         }
     }
     Ok(())

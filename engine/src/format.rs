@@ -79,13 +79,25 @@ pub fn decode(format: StreamFormat, schema: &SchemaRef, records: &[&[u8]]) -> Re
             errors: vec![],
         });
     }
-    if let Ok(batch) = decode_run(format, schema, records) {
-        if batch.num_rows() == records.len() {
-            return Ok(Decoded {
-                columns: batch.columns().to_vec(),
-                errors: vec![],
-            });
+    let fast = match format {
+        StreamFormat::Json => decode_json_records(schema, records).ok().flatten(),
+        _ if records
+            .iter()
+            .any(|r| r.contains(&b'\n') || r.contains(&b'\r')) =>
+        {
+            None
         }
+        // Without line breaks inside records, every anomaly (an empty record, an unbalanced
+        // quote joining two lines) loses a row, so a matching row count means one row per record.
+        _ => decode_run(format, schema, records)
+            .ok()
+            .filter(|b| b.num_rows() == records.len()),
+    };
+    if let Some(batch) = fast {
+        return Ok(Decoded {
+            columns: batch.columns().to_vec(),
+            errors: vec![],
+        });
     }
     decode_one_by_one(format, schema, records)
 }
@@ -148,6 +160,24 @@ fn describe_decode_error(format: StreamFormat, error: &arrow::error::ArrowError)
         other => other.to_string(),
     };
     format!("record is not valid {format} for the stream's columns: {message}")
+}
+
+/// Feeds each record to one JSON decoder in turn, checking after each that it held exactly one
+/// complete value. `Ok(None)` means some record did not, and the slow path must sort it out.
+fn decode_json_records(
+    schema: &SchemaRef,
+    records: &[&[u8]],
+) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+    let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(schema))
+        .with_batch_size(records.len() + 1)
+        .build_decoder()?;
+    for (index, record) in records.iter().enumerate() {
+        let read = decoder.decode(record)?;
+        if read != record.len() || decoder.has_partial_record() || decoder.len() != index + 1 {
+            return Ok(None);
+        }
+    }
+    decoder.flush()
 }
 
 /// Decodes records joined by newlines in one pass of the format's decoder.
@@ -252,6 +282,35 @@ mod tests {
         assert_eq!(symbols.value(0), "AMZN");
         assert!(symbols.is_null(1));
         assert_eq!(symbols.value(5), "MSFT");
+    }
+
+    #[test]
+    fn anomalies_that_cancel_out_are_still_caught() {
+        // Two values in one record and an empty record would give the right row count.
+        let records: Vec<&[u8]> = vec![
+            br#"{"symbol":"A"}"#,
+            br#"{"symbol":"B"}{"symbol":"C"}"#,
+            b"",
+            br#"5"#,
+            br#"{"symbol":"D""#,
+        ];
+        let decoded = decode(StreamFormat::Json, &schema(), &records).expect("decodes");
+        let bad: Vec<usize> = decoded.errors.iter().map(|(i, _)| *i).collect();
+        assert_eq!(bad, vec![1, 2, 3, 4]);
+        let symbols = decoded.columns[0].as_string::<i32>();
+        assert_eq!(symbols.value(0), "A");
+        assert!(symbols.is_null(1) && symbols.is_null(2));
+    }
+
+    #[test]
+    fn csv_records_with_line_breaks_decode_one_by_one() {
+        let records: Vec<&[u8]> = vec![b"\"two\nlines\",1", b"", b"x,2"];
+        let decoded = decode(StreamFormat::Csv, &schema(), &records).expect("decodes");
+        assert_eq!(
+            decoded.errors.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(decoded.columns[0].as_string::<i32>().value(0), "two\nlines");
     }
 
     #[test]

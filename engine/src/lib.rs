@@ -44,11 +44,13 @@ pub mod sequence;
 pub mod stream;
 pub mod wal;
 
-pub use catalog::{StreamDefinition, DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS};
+pub use catalog::{
+    DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, StreamDefinition,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields};
 pub use error::{Error, Result};
 pub use format::StreamFormat;
 pub use reader::{ShardIterator, StartPosition};
 pub use schema::PublicProjector;
-pub use stream::{PutRecord, PutResult, Shard, ShardStats, Stream};
+pub use stream::{PutRecord, PutResult, RecordRef, Shard, ShardStats, Stream};

@@ -56,7 +56,11 @@ pub fn even_split(shards: u32) -> Vec<HashKeyRange> {
     // when n divides 2^128 exactly, i.e. when n is a power of two.
     let n = shards as u128;
     let width = if n.is_power_of_two() {
-        if n == 1 { 0 } else { 1u128 << (128 - n.trailing_zeros()) }
+        if n == 1 {
+            0
+        } else {
+            1u128 << (128 - n.trailing_zeros())
+        }
     } else {
         u128::MAX / n
     };
@@ -110,7 +114,13 @@ mod tests {
 
     #[test]
     fn powers_of_two_split_at_exact_boundaries() {
-        assert_eq!(even_split(1), vec![HashKeyRange { start: 0, end: u128::MAX }]);
+        assert_eq!(
+            even_split(1),
+            vec![HashKeyRange {
+                start: 0,
+                end: u128::MAX
+            }]
+        );
         let two = even_split(2);
         assert_eq!(two[0].end, (1u128 << 127) - 1);
         assert_eq!(two[1].start, 1u128 << 127);

@@ -37,9 +37,7 @@ pub(crate) const STORED_SYSTEM_COLUMNS: usize = 4;
 
 /// Whether `name` is a system column name (compared case-insensitively for `ROWTIME`).
 pub fn is_system_column(name: &str) -> bool {
-    SYSTEM_COLUMNS
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(name))
+    SYSTEM_COLUMNS.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
 
 /// The arrow type of `ROWTIME`.

@@ -71,16 +71,17 @@ pub fn read_segment(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| corrupt(e.to_string()))?;
-    if let Some(first) = batches.first() {
-        if first.schema().fields() != schema.fields() {
-            return Err(corrupt(format!(
-                "its columns {:?} do not match the stream's {:?}",
-                first.schema().fields(),
-                schema.fields()
-            )));
-        }
+    if let Some(first) = batches.first()
+        && first.schema().fields() != schema.fields()
+    {
+        return Err(corrupt(format!(
+            "its columns {:?} do not match the stream's {:?}",
+            first.schema().fields(),
+            schema.fields()
+        )));
     }
-    let batch = arrow::compute::concat_batches(schema, &batches).map_err(|e| corrupt(e.to_string()))?;
+    let batch =
+        arrow::compute::concat_batches(schema, &batches).map_err(|e| corrupt(e.to_string()))?;
     Ok(batch)
 }
 
@@ -94,7 +95,8 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
         let name = name.to_string_lossy();
         if name.ends_with(".tmp") {
             let path = entry.path();
-            fs::remove_file(&path).map_err(|e| Error::io("removing unfinished segment", &path, e))?;
+            fs::remove_file(&path)
+                .map_err(|e| Error::io("removing unfinished segment", &path, e))?;
         } else if let Some((first, last)) = parse_segment_file_name(&name) {
             segments.push((first, last, entry.path()));
         }
@@ -122,13 +124,20 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         let batch = |v: Vec<i64>| {
-            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(v)) as ArrayRef])
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from(v)) as ArrayRef],
+            )
         };
         write_segment(dir.path(), 11, 12, &batch(vec![3, 4])?, Durability::Fsync)?;
         write_segment(dir.path(), 1, 10, &batch(vec![1, 2])?, Durability::Fsync)?;
-        fs::write(dir.path().join("x.arrow.tmp"), b"junk").map_err(|e| Error::io("w", dir.path(), e))?;
+        fs::write(dir.path().join("x.arrow.tmp"), b"junk")
+            .map_err(|e| Error::io("w", dir.path(), e))?;
         let listed = list_segments(dir.path())?;
-        assert_eq!(listed.iter().map(|(f, l, _)| (*f, *l)).collect::<Vec<_>>(), vec![(1, 10), (11, 12)]);
+        assert_eq!(
+            listed.iter().map(|(f, l, _)| (*f, *l)).collect::<Vec<_>>(),
+            vec![(1, 10), (11, 12)]
+        );
         let read = read_segment(&listed[1].2, &schema)?;
         assert_eq!(read, batch(vec![3, 4])?);
         assert!(!dir.path().join("x.arrow.tmp").exists());
@@ -141,8 +150,14 @@ mod tests {
         let path = dir.path().join(segment_file_name(1, 2));
         fs::write(&path, b"ARROW1 but not really").map_err(|e| Error::io("w", &path, e))?;
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let message = read_segment(&path, &schema).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.contains("00000000000000000001-00000000000000000002.arrow"), "{message}");
+        let message = read_segment(&path, &schema)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("00000000000000000001-00000000000000000002.arrow"),
+            "{message}"
+        );
         Ok(())
     }
 }

@@ -80,10 +80,10 @@ fn list_generations(dir: &Path) -> Result<Vec<u64>> {
         let entry = entry.map_err(|e| Error::io("listing write-ahead log", dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(stem) = name.strip_suffix(".wal") {
-            if let Ok(generation) = stem.parse::<u64>() {
-                generations.push(generation);
-            }
+        if let Some(stem) = name.strip_suffix(".wal")
+            && let Ok(generation) = stem.parse::<u64>()
+        {
+            generations.push(generation);
         }
     }
     generations.sort_unstable();
@@ -388,7 +388,9 @@ mod tests {
             let (_wal, replay) = WriteAheadLog::open(case.path(), Durability::Buffered)?;
             assert_eq!(replay.records.len(), 1, "cut at {cut}");
             assert_eq!(replay.truncated_bytes as usize, cut - first_frame);
-            let len = fs::metadata(&copy).map_err(|e| Error::io("stat", &copy, e))?.len();
+            let len = fs::metadata(&copy)
+                .map_err(|e| Error::io("stat", &copy, e))?
+                .len();
             assert_eq!(len as usize, first_frame);
         }
         Ok(())

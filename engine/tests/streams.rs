@@ -32,10 +32,17 @@ fn ticker_spec(shards: u32) -> StreamSpec {
 }
 
 fn tick(symbol: &str, price: f64) -> PutRecord {
-    PutRecord::new(symbol, format!(r#"{{"symbol":"{symbol}","price":{price}}}"#))
+    PutRecord::new(
+        symbol,
+        format!(r#"{{"symbol":"{symbol}","price":{price}}}"#),
+    )
 }
 
-fn read_all(stream: &sluice_engine::Stream, shard: u32, start: StartPosition) -> Result<Vec<RecordBatch>, Error> {
+fn read_all(
+    stream: &sluice_engine::Stream,
+    shard: u32,
+    start: StartPosition,
+) -> Result<Vec<RecordBatch>, Error> {
     let mut reader = ShardIterator::new(stream, shard, start)?;
     let mut out = Vec::new();
     loop {
@@ -51,7 +58,9 @@ fn prices(batches: &[RecordBatch]) -> Vec<f64> {
     batches
         .iter()
         .flat_map(|b| {
-            let column = b.column_by_name("price").map(|c| c.as_primitive::<Float64Type>().clone());
+            let column = b
+                .column_by_name("price")
+                .map(|c| c.as_primitive::<Float64Type>().clone());
             column.map(|c| c.values().to_vec()).unwrap_or_default()
         })
         .collect()
@@ -71,7 +80,9 @@ fn records_route_by_md5_and_read_back_in_order() -> TestResult {
     assert!(puts[0].sequence_number() < puts[1].sequence_number());
     let shard_a = read_all(&stream, expected, StartPosition::TrimHorizon)?;
     assert_eq!(prices(&shard_a), vec![1.0, 2.0]);
-    let seqs = shard_a[0].column_by_name("_sequence_number").map(|c| c.as_string::<i32>().value(1).to_string());
+    let seqs = shard_a[0]
+        .column_by_name("_sequence_number")
+        .map(|c| c.as_string::<i32>().value(1).to_string());
     assert_eq!(seqs, Some(puts[1].sequence_number()));
     Ok(())
 }
@@ -89,7 +100,10 @@ fn readers_start_where_kinesis_lets_them() -> TestResult {
     let mut latest = ShardIterator::new(&stream, 0, StartPosition::Latest)?;
     stream.append(&[tick("x", 4.0)])?;
 
-    assert_eq!(prices(&read_all(&stream, 0, StartPosition::TrimHorizon)?), vec![1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(
+        prices(&read_all(&stream, 0, StartPosition::TrimHorizon)?),
+        vec![1.0, 2.0, 3.0, 4.0]
+    );
     assert_eq!(prices(&latest.next_batches(10)?), vec![4.0]);
     assert!(latest.next_batches(10)?.is_empty());
     let at = StartPosition::AtSequenceNumber(first[1].sequence_number());
@@ -117,8 +131,17 @@ fn a_sequence_number_of_another_shard_is_refused() -> TestResult {
     let stream = engine.create_stream(ticker_spec(2), false)?;
     let put = stream.append(&[tick("a", 1.0)])?;
     let other = 1 - put[0].shard_index;
-    let err = ShardIterator::new(&stream, other, StartPosition::AtSequenceNumber(put[0].sequence_number()));
-    assert!(err.err().map(|e| e.to_string()).unwrap_or_default().contains("belongs to"));
+    let err = ShardIterator::new(
+        &stream,
+        other,
+        StartPosition::AtSequenceNumber(put[0].sequence_number()),
+    );
+    assert!(
+        err.err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("belongs to")
+    );
     Ok(())
 }
 
@@ -155,7 +178,13 @@ fn a_second_engine_cannot_open_the_same_folder() -> TestResult {
     let clock = ManualClock::new(START);
     let _engine = Engine::open(options(dir.path(), &clock))?;
     let second = Engine::open(options(dir.path(), &clock));
-    assert!(second.err().map(|e| e.to_string()).unwrap_or_default().contains("in use"));
+    assert!(
+        second
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("in use")
+    );
     Ok(())
 }
 
@@ -172,7 +201,10 @@ fn retention_expires_whole_sealed_batches_only() -> TestResult {
     engine.flush()?;
     clock.advance(2 * 3600 * 1000); // the first batch is now 25 h old, the second 2 h
     assert_eq!(engine.expire()?, 1);
-    assert_eq!(prices(&read_all(&stream, 0, StartPosition::TrimHorizon)?), vec![2.0]);
+    assert_eq!(
+        prices(&read_all(&stream, 0, StartPosition::TrimHorizon)?),
+        vec![2.0]
+    );
     Ok(())
 }
 
@@ -187,16 +219,26 @@ fn bad_records_are_kept_with_null_columns_and_reported() -> TestResult {
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
     let price = batches[0].column_by_name("price").map(|c| c.is_null(1));
     assert_eq!(price, Some(true));
-    let data = batches[0].column_by_name("_data").map(|c| c.as_binary::<i32>().value(1).to_vec());
+    let data = batches[0]
+        .column_by_name("_data")
+        .map(|c| c.as_binary::<i32>().value(1).to_vec());
     assert_eq!(data, Some(b"{oops".to_vec()));
 
     let errors = engine.stream(ERROR_STREAM)?;
     let reported = read_all(&errors, 0, StartPosition::TrimHorizon)?;
     assert_eq!(reported[0].num_rows(), 1);
-    let column = |name: &str| reported[0].column_by_name(name).map(|c| c.as_string::<i32>().value(0).to_string());
+    let column = |name: &str| {
+        reported[0]
+            .column_by_name(name)
+            .map(|c| c.as_string::<i32>().value(0).to_string())
+    };
     assert_eq!(column("stream").as_deref(), Some("ticker"));
     assert_eq!(column("sequence_number"), Some(puts[1].sequence_number()));
-    assert!(column("reason").unwrap_or_default().contains("not valid json"));
+    assert!(
+        column("reason")
+            .unwrap_or_default()
+            .contains("not valid json")
+    );
     Ok(())
 }
 
@@ -207,7 +249,10 @@ fn limits_are_enforced_before_anything_is_accepted() -> TestResult {
     let engine = Engine::open(options(dir.path(), &clock))?;
     let stream = engine.create_stream(StreamSpec::raw("blobs", 2), false)?;
     let big = PutRecord::new("k", vec![0u8; 1024 * 1024 + 1]);
-    let err = stream.append(&[PutRecord::new("k", "ok"), big]).err().map(|e| e.to_string());
+    let err = stream
+        .append(&[PutRecord::new("k", "ok"), big])
+        .err()
+        .map(|e| e.to_string());
     assert!(err.unwrap_or_default().contains("at most 1048576 bytes"));
     let long_key = PutRecord::new("k".repeat(257), "x");
     let err = stream.append(&[long_key]).err().map(|e| e.to_string());
@@ -226,14 +271,23 @@ fn dropped_streams_are_gone_after_restart() -> TestResult {
     {
         let engine = Engine::open(options(dir.path(), &clock))?;
         engine.create_stream(ticker_spec(2), false)?;
-        assert!(matches!(engine.create_stream(ticker_spec(2), false), Err(Error::StreamAlreadyExists(_))));
+        assert!(matches!(
+            engine.create_stream(ticker_spec(2), false),
+            Err(Error::StreamAlreadyExists(_))
+        ));
         engine.drop_stream("ticker", false)?;
         assert!(engine.drop_stream(ERROR_STREAM, false).is_err());
     }
     let engine = Engine::open(options(dir.path(), &clock))?;
-    assert!(matches!(engine.stream("ticker"), Err(Error::StreamNotFound(_))));
+    assert!(matches!(
+        engine.stream("ticker"),
+        Err(Error::StreamNotFound(_))
+    ));
     let recreated = engine.create_stream(ticker_spec(2), false)?;
-    assert_eq!(recreated.stats().iter().map(|s| s.records).sum::<usize>(), 0);
+    assert_eq!(
+        recreated.stats().iter().map(|s| s.records).sum::<usize>(),
+        0
+    );
     Ok(())
 }
 
@@ -261,7 +315,13 @@ fn csv_streams_decode_by_position() -> TestResult {
         fields(&[("symbol", DataType::Utf8), ("price", DataType::Float64)]),
     );
     let stream = engine.create_stream(spec, false)?;
-    stream.append(&[PutRecord::new("k", "AMZN,1.5"), PutRecord::new("k", "MSFT,2.5")])?;
-    assert_eq!(prices(&read_all(&stream, 0, StartPosition::TrimHorizon)?), vec![1.5, 2.5]);
+    stream.append(&[
+        PutRecord::new("k", "AMZN,1.5"),
+        PutRecord::new("k", "MSFT,2.5"),
+    ])?;
+    assert_eq!(
+        prices(&read_all(&stream, 0, StartPosition::TrimHorizon)?),
+        vec![1.5, 2.5]
+    );
     Ok(())
 }

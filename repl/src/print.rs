@@ -71,9 +71,17 @@ pub fn print_batches(
                 // Nothing to draw.
             } else if batches.is_empty() {
                 let empty = RecordBatch::new_empty(schema.clone());
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&[empty])?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(&[empty])?
+                )?;
             } else {
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(batches)?
+                )?;
             }
             if footer {
                 let noun = if rows == 1 { "row" } else { "rows" };
@@ -81,7 +89,11 @@ pub fn print_batches(
             }
         }
         OutputFormat::Csv | OutputFormat::Tsv => {
-            let delimiter = if format == OutputFormat::Csv { b',' } else { b'\t' };
+            let delimiter = if format == OutputFormat::Csv {
+                b','
+            } else {
+                b'\t'
+            };
             let mut writer = arrow_csv::WriterBuilder::new()
                 .with_header(true)
                 .with_delimiter(delimiter)
@@ -132,8 +144,15 @@ mod tests {
     fn render(format: OutputFormat) -> String {
         let (schema, batch) = batch();
         let mut out = Vec::new();
-        print_batches(&mut out, format, &schema, &[batch], Duration::from_millis(12), true)
-            .expect("prints");
+        print_batches(
+            &mut out,
+            format,
+            &schema,
+            &[batch],
+            Duration::from_millis(12),
+            true,
+        )
+        .expect("prints");
         String::from_utf8(out).expect("utf-8")
     }
 

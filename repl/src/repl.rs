@@ -162,10 +162,17 @@ impl Shell {
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
-        println!("Sluice {} — \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"));
+        println!(
+            "Sluice {} — \\? for help, \\q to quit.",
+            env!("CARGO_PKG_VERSION")
+        );
         let mut buffer = String::new();
         loop {
-            let prompt = if buffer.is_empty() { "sluice> " } else { "     -> " };
+            let prompt = if buffer.is_empty() {
+                "sluice> "
+            } else {
+                "     -> "
+            };
             match editor.readline(prompt) {
                 Ok(line) => {
                     let trimmed = line.trim();

@@ -28,24 +28,46 @@ const INSERT: &str = "INSERT INTO ticker VALUES ('AMZN', 'TECH', 1.5, 130.2, '20
 fn records_survive_from_one_process_to_the_next() -> TestResult {
     let dir = tempfile::tempdir()?;
     let first = sluice(dir.path(), &["-c", CREATE, "-c", INSERT])?;
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(stdout(&first).contains("Stream 'ticker' created with 4 shards."));
 
     let second = sluice(
         dir.path(),
-        &["--format", "csv", "-c", "SELECT symbol, count(*) AS n, max(price) AS top FROM ticker GROUP BY symbol ORDER BY symbol"],
+        &[
+            "--format",
+            "csv",
+            "-c",
+            "SELECT symbol, count(*) AS n, max(price) AS top FROM ticker GROUP BY symbol ORDER BY symbol",
+        ],
     )?;
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
-    assert_eq!(stdout(&second), "symbol,n,top\nAMZN,2,130.9\nMSFT,1,410.5\n");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        stdout(&second),
+        "symbol,n,top\nAMZN,2,130.9\nMSFT,1,410.5\n"
+    );
     Ok(())
 }
 
 #[test]
 fn table_output_ends_with_a_row_count_and_timing() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let output = sluice(dir.path(), &["-c", CREATE, "-c", INSERT, "-c", "SHOW STREAMS"])?;
+    let output = sluice(
+        dir.path(),
+        &["-c", CREATE, "-c", INSERT, "-c", "SHOW STREAMS"],
+    )?;
     let text = stdout(&output);
-    assert!(text.contains("| ticker       | json   | 4      | symbol"), "{text}");
+    assert!(
+        text.contains("| ticker       | json   | 4      | symbol"),
+        "{text}"
+    );
     assert!(text.contains("2 rows in set ("), "{text}");
     let quiet = sluice(dir.path(), &["-q", "-c", "SELECT 1"])?;
     assert!(!stdout(&quiet).contains("in set"));
@@ -72,12 +94,18 @@ fn a_script_file_runs_in_order_and_stops_at_the_first_error() -> TestResult {
         &script,
         format!("{CREATE}\n{INSERT}\nSELECT nope FROM ticker;\nDROP STREAM ticker;\n"),
     )?;
-    let output = sluice(&dir.path().join("data"), &["-f", script.to_str().unwrap_or_default()])?;
+    let output = sluice(
+        &dir.path().join("data"),
+        &["-f", script.to_str().unwrap_or_default()],
+    )?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nope"), "{stderr}");
     // The DROP after the error did not run.
-    let check = sluice(&dir.path().join("data"), &["--format", "csv", "-c", "SELECT count(*) AS n FROM ticker"])?;
+    let check = sluice(
+        &dir.path().join("data"),
+        &["--format", "csv", "-c", "SELECT count(*) AS n FROM ticker"],
+    )?;
     assert_eq!(stdout(&check), "n\n3\n");
     Ok(())
 }
@@ -95,7 +123,10 @@ fn the_interactive_loop_reads_statements_across_lines() -> TestResult {
         .spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
         writeln!(stdin, "CREATE STREAM s (n BIGINT)\n  WITH (shards = 2);")?;
-        writeln!(stdin, "INSERT INTO s (_partition_key, n)\nVALUES ('k', 41), ('k', 42);")?;
+        writeln!(
+            stdin,
+            "INSERT INTO s (_partition_key, n)\nVALUES ('k', 41), ('k', 42);"
+        )?;
         writeln!(stdin, "SELECT nope FROM s;")?;
         writeln!(stdin, "\\pset format csv")?;
         writeln!(stdin, "SELECT max(n) AS top FROM s;")?;
@@ -128,9 +159,14 @@ fn a_second_process_on_the_same_folder_is_refused() -> TestResult {
     }
     assert!(banner.starts_with("Sluice"), "{banner}");
     let output = sluice(dir.path(), &["-c", "SELECT 1"])?;
-    let refused = (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned());
+    let refused =
+        (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned());
     drop(holder.stdin.take());
     holder.wait()?;
-    assert!(refused.unwrap_or_default().contains("in use by another Sluice process"));
+    assert!(
+        refused
+            .unwrap_or_default()
+            .contains("in use by another Sluice process")
+    );
     Ok(())
 }

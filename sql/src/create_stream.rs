@@ -152,8 +152,14 @@ mod tests {
 
     #[test]
     fn types_map_as_datafusion_maps_them() -> Result<()> {
-        let spec = spec("CREATE STREAM t (a VARCHAR, b DOUBLE, c TIMESTAMP, d BIGINT) WITH (shards = 2)")?;
-        let types: Vec<_> = spec.columns.fields().iter().map(|f| f.data_type().clone()).collect();
+        let spec =
+            spec("CREATE STREAM t (a VARCHAR, b DOUBLE, c TIMESTAMP, d BIGINT) WITH (shards = 2)")?;
+        let types: Vec<_> = spec
+            .columns
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         assert_eq!(types[1], DataType::Float64);
         assert!(matches!(types[2], DataType::Timestamp(_, None)));
         assert_eq!(types[3], DataType::Int64);
@@ -168,7 +174,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(message.contains("'shard'") && message.contains("shards, format"), "{message}");
+        assert!(
+            message.contains("'shard'") && message.contains("shards, format"),
+            "{message}"
+        );
     }
 
     #[test]

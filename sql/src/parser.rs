@@ -102,7 +102,9 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
         (Some("DROP"), Some("STREAM"), _) => {
             parser.parser.next_token();
             parser.parser.next_token();
-            let if_exists = parser.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let if_exists = parser
+                .parser
+                .parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = object_name(&parser.parser.parse_object_name(false)?)?;
             Ok(SluiceStatement::DropStream { name, if_exists })
         }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
@@ -48,7 +50,9 @@ pub struct SluiceSession {
 
 impl std::fmt::Debug for SluiceSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SluiceSession").field("engine", &self.engine).finish()
+        f.debug_struct("SluiceSession")
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
@@ -62,7 +66,10 @@ impl SluiceSession {
         let catalog = ctx.catalog("sluice").ok_or_else(|| {
             Error::Plan("the default catalog 'sluice' was not created".to_string())
         })?;
-        catalog.register_schema("public", Arc::new(StreamSchemaProvider::new(engine.clone())))?;
+        catalog.register_schema(
+            "public",
+            Arc::new(StreamSchemaProvider::new(engine.clone())),
+        )?;
         Ok(Self { engine, ctx })
     }
 
@@ -233,11 +240,21 @@ impl SluiceSession {
         ]));
         let definitions: Vec<_> = streams.iter().map(|s| s.definition().clone()).collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(definitions.iter().map(|d| d.name.as_str()))),
-            Arc::new(StringArray::from_iter_values(definitions.iter().map(|d| d.format.to_string()))),
-            Arc::new(UInt32Array::from_iter_values(definitions.iter().map(|d| d.shards.len() as u32))),
-            Arc::new(StringArray::from_iter(definitions.iter().map(|d| d.partition_key.as_deref()))),
-            Arc::new(UInt32Array::from_iter_values(definitions.iter().map(|d| d.retention_hours))),
+            Arc::new(StringArray::from_iter_values(
+                definitions.iter().map(|d| d.name.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                definitions.iter().map(|d| d.format.to_string()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                definitions.iter().map(|d| d.shards.len() as u32),
+            )),
+            Arc::new(StringArray::from_iter(
+                definitions.iter().map(|d| d.partition_key.as_deref()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                definitions.iter().map(|d| d.retention_hours),
+            )),
             Arc::new(UInt64Array::from_iter_values(streams.iter().map(|s| {
                 s.stats().iter().map(|st| st.records as u64).sum::<u64>()
             }))),
@@ -256,9 +273,15 @@ impl SluiceSession {
         ]));
         let fields = schema.fields();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.name().as_str()))),
-            Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.data_type().to_string()))),
-            Arc::new(BooleanArray::from_iter(fields.iter().map(|f| Some(f.is_nullable())))),
+            Arc::new(StringArray::from_iter_values(
+                fields.iter().map(|f| f.name().as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                fields.iter().map(|f| f.data_type().to_string()),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                fields.iter().map(|f| Some(f.is_nullable())),
+            )),
             Arc::new(StringArray::from_iter_values(fields.iter().map(|f| {
                 if SYSTEM_COLUMNS.contains(&f.name().as_str()) {
                     "system"

@@ -57,11 +57,9 @@ impl TableProvider for StreamTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let projector = PublicProjector::new(
-            self.stream.user_schema(),
-            projection.map(|p| p.as_slice()),
-        )
-        .map_err(to_datafusion)?;
+        let projector =
+            PublicProjector::new(self.stream.user_schema(), projection.map(|p| p.as_slice()))
+                .map_err(to_datafusion)?;
         let snapshot = self.stream.snapshot().map_err(to_datafusion)?;
         let partitions = snapshot
             .iter()
@@ -73,7 +71,8 @@ impl TableProvider for StreamTable {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_datafusion)?;
-        let exec = MemorySourceConfig::try_new_exec(&partitions, Arc::clone(projector.schema()), None)?;
+        let exec =
+            MemorySourceConfig::try_new_exec(&partitions, Arc::clone(projector.schema()), None)?;
         Ok(exec)
     }
 
@@ -147,16 +146,18 @@ impl StreamSink {
         let name = self.stream.name();
         let n_user = self.stream.user_schema().fields().len();
         for system in [ROWTIME, SHARD_ID, SEQUENCE_NUMBER] {
-            if let Some(column) = batch.column_by_name(system) {
-                if column.null_count() != column.len() {
-                    return exec_err!(
-                        "{system} is assigned by Sluice when a record arrives and cannot be inserted into stream '{name}'"
-                    );
-                }
+            if let Some(column) = batch.column_by_name(system)
+                && column.null_count() != column.len()
+            {
+                return exec_err!(
+                    "{system} is assigned by Sluice when a record arrives and cannot be inserted into stream '{name}'"
+                );
             }
         }
         let rows = batch.num_rows();
-        let data = batch.column_by_name(DATA).map(|c| c.as_binary::<i32>().clone());
+        let data = batch
+            .column_by_name(DATA)
+            .map(|c| c.as_binary::<i32>().clone());
         let explicit_keys = batch
             .column_by_name(PARTITION_KEY)
             .map(|c| c.as_string::<i32>().clone());
@@ -191,7 +192,10 @@ impl StreamSink {
                     }
                 },
             };
-            let key = match (explicit_keys.as_ref().filter(|k| k.is_valid(row)), &key_column) {
+            let key = match (
+                explicit_keys.as_ref().filter(|k| k.is_valid(row)),
+                &key_column,
+            ) {
                 (Some(keys), _) => keys.value(row).to_string(),
                 (None, Some((column, values))) => {
                     let values = values.as_string::<i32>();

@@ -52,14 +52,22 @@ impl SluiceDb {
             .ok_or_else(|| TestError::Harness("the engine is not open".into()))
     }
 
-    fn harness_command(&mut self, sql: &str) -> Result<Option<DBOutput<DefaultColumnType>>, TestError> {
+    fn harness_command(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<DBOutput<DefaultColumnType>>, TestError> {
         let words: Vec<String> = sql
             .trim()
             .trim_end_matches(';')
             .split_whitespace()
             .map(|w| w.to_ascii_uppercase())
             .collect();
-        match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        match words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["RESTART"] => {
                 self.session = None; // closes the engine (and its folder lock) first
                 self.session = Some(Self::open(&self.dir, &self.clock)?);
@@ -103,7 +111,11 @@ impl AsyncDB for SluiceDb {
                     let batches = datafusion::physical_plan::common::collect(stream)
                         .await
                         .map_err(sluice_sql::Error::from)?;
-                    let types = schema.fields().iter().map(|f| column_type(f.data_type())).collect();
+                    let types = schema
+                        .fields()
+                        .iter()
+                        .map(|f| column_type(f.data_type()))
+                        .collect();
                     DBOutput::Rows {
                         types,
                         rows: format_rows(&batches)?,
@@ -161,7 +173,11 @@ fn format_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, TestError> {
                     .iter()
                     .map(|f| {
                         let text = f.value(row).to_string();
-                        if text.is_empty() { "(empty)".to_string() } else { text }
+                        if text.is_empty() {
+                            "(empty)".to_string()
+                        } else {
+                            text
+                        }
                     })
                     .collect(),
             );
@@ -227,9 +243,15 @@ fn main() -> std::process::ExitCode {
     }
     files.sort();
     files.retain(|f| {
-        filters.is_empty() || filters.iter().any(|flt| f.to_string_lossy().contains(flt.as_str()))
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|flt| f.to_string_lossy().contains(flt.as_str()))
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start tokio: {e}");
@@ -238,7 +260,11 @@ fn main() -> std::process::ExitCode {
     };
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        let name = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+        let name = file
+            .strip_prefix(&root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         match runtime.block_on(run_file(file, complete)) {
             Ok(()) => {
                 passed += 1;

@@ -57,6 +57,35 @@ impl PutRecord {
     }
 }
 
+/// A record to append, borrowed: lets a producer append straight from its own buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub partition_key: &'a str,
+    pub explicit_hash_key: Option<u128>,
+    pub data: &'a [u8],
+}
+
+impl<'a> RecordRef<'a> {
+    /// A record routed by its partition key.
+    pub fn new(partition_key: &'a str, data: &'a [u8]) -> Self {
+        Self {
+            partition_key,
+            explicit_hash_key: None,
+            data,
+        }
+    }
+}
+
+impl<'a> From<&'a PutRecord> for RecordRef<'a> {
+    fn from(record: &'a PutRecord) -> Self {
+        Self {
+            partition_key: &record.partition_key,
+            explicit_hash_key: record.explicit_hash_key,
+            data: &record.data,
+        }
+    }
+}
+
 /// Where an appended record went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PutResult {
@@ -196,7 +225,9 @@ impl Stream {
                 return Err(Error::Corrupt {
                     what: "write-ahead log",
                     path: self.dir.join("wal"),
-                    reason: format!("it holds records for shard {shard_index}, which does not exist"),
+                    reason: format!(
+                        "it holds records for shard {shard_index}, which does not exist"
+                    ),
                 });
             };
             let sealed_through = shard.sealed_through();
@@ -279,6 +310,12 @@ impl Stream {
     /// Validates, routes, numbers, decodes, logs and appends `records`, in that order. Either all
     /// of them are appended or, on error, none.
     pub fn append(&self, records: &[PutRecord]) -> Result<Vec<PutResult>> {
+        let refs: Vec<RecordRef<'_>> = records.iter().map(RecordRef::from).collect();
+        self.append_refs(&refs)
+    }
+
+    /// [`Self::append`] for borrowed records.
+    pub fn append_refs(&self, records: &[RecordRef<'_>]) -> Result<Vec<PutResult>> {
         for (index, record) in records.iter().enumerate() {
             if record.data.len() > MAX_RECORD_BYTES {
                 return Err(Error::RecordTooLarge {
@@ -299,7 +336,7 @@ impl Stream {
         for (i, record) in records.iter().enumerate() {
             let key = record
                 .explicit_hash_key
-                .unwrap_or_else(|| hash_key(&record.partition_key));
+                .unwrap_or_else(|| hash_key(record.partition_key));
             by_shard[route(&self.ranges, key)].push(i);
         }
 
@@ -332,8 +369,8 @@ impl Stream {
                     .map(|(offset, &i)| Numbered {
                         seq: next_seq + offset as u64,
                         arrival_ms,
-                        partition_key: &records[i].partition_key,
-                        data: &records[i].data,
+                        partition_key: records[i].partition_key,
+                        data: records[i].data,
                     })
                     .collect();
                 let (batch, errors) = self.build_batch(shard.index, &run)?;

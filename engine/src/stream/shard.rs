@@ -48,7 +48,7 @@ impl Chunk {
     }
 
     /// The rows of this chunk with sequence counter `>= seq`.
-    fn from_seq(&self, seq: u64) -> RecordBatch {
+    fn rows_from(&self, seq: u64) -> RecordBatch {
         if seq <= self.first_seq {
             return self.batch.clone();
         }
@@ -59,7 +59,10 @@ impl Chunk {
 
     /// The sequence counter of the first row arriving at or after `ts_ms`, if any.
     fn first_at_or_after(&self, ts_ms: i64) -> Option<u64> {
-        let arrivals = self.batch.column(1).as_primitive::<TimestampMillisecondType>();
+        let arrivals = self
+            .batch
+            .column(1)
+            .as_primitive::<TimestampMillisecondType>();
         let index = arrivals.values().partition_point(|t| *t < ts_ms);
         let seqs = self.batch.column(0).as_primitive::<UInt64Type>();
         (index < seqs.len()).then(|| seqs.value(index))
@@ -189,23 +192,28 @@ impl Shard {
     pub(crate) fn expire(&self, cutoff_ms: i64) -> Result<usize> {
         {
             let state = self.state.read();
-            if state.sealed.first().is_none_or(|c| c.max_arrival_ms >= cutoff_ms) {
+            if state
+                .sealed
+                .first()
+                .is_none_or(|c| c.max_arrival_ms >= cutoff_ms)
+            {
                 return Ok(0);
             }
         }
         let mut state = self.state.write();
-        let keep_from = state.sealed.partition_point(|c| c.max_arrival_ms < cutoff_ms);
+        let keep_from = state
+            .sealed
+            .partition_point(|c| c.max_arrival_ms < cutoff_ms);
         let expired: Vec<Chunk> = state.sealed.drain(..keep_from).collect();
         drop(state);
         let mut records = 0;
         for chunk in expired {
             records += chunk.batch.num_rows();
-            if let Some(path) = &chunk.path {
-                if let Err(e) = std::fs::remove_file(path) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(crate::Error::io("removing expired segment", path, e));
-                    }
-                }
+            if let Some(path) = &chunk.path
+                && let Err(e) = std::fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(crate::Error::io("removing expired segment", path, e));
             }
         }
         Ok(records)
@@ -229,7 +237,7 @@ impl Shard {
             if remaining == 0 {
                 break;
             }
-            let batch = chunk.from_seq(seq);
+            let batch = chunk.rows_from(seq);
             let batch = if batch.num_rows() > remaining {
                 batch.slice(0, remaining)
             } else {

@@ -1,0 +1,60 @@
+//! CPU time and memory of this process, read from `/proc` (Linux).
+
+use std::fs;
+
+/// Measures the CPU time (user + system, all threads) this process spends from `start`.
+pub struct CpuTimer {
+    start: f64,
+}
+
+impl CpuTimer {
+    pub fn start() -> Self {
+        Self { start: cpu_secs() }
+    }
+
+    pub fn elapsed_secs(&self) -> f64 {
+        cpu_secs() - self.start
+    }
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_secs() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(after_name) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // after_name starts at field 3, so utime (14) is index 11 and stime (15) index 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn status_kb(key: &str) -> usize {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory now, in bytes.
+pub fn rss_bytes() -> usize {
+    status_kb("VmRSS:") * 1024
+}
+
+/// The most resident memory this process has had, in bytes.
+pub fn peak_rss_bytes() -> usize {
+    status_kb("VmHWM:") * 1024
+}
