@@ -32,6 +32,7 @@ System columns: rowtime, _shard_id, _sequence_number, _partition_key, _data.
 ";
 
 /// Runs statements and prints their results.
+#[derive(Clone)]
 pub struct Shell {
     session: SluiceSession,
     format: OutputFormat,
@@ -77,16 +78,16 @@ impl Shell {
             .execute_statement(statement)
             .await
             .map_err(|e| e.to_string())?;
-        let mut stdout = std::io::stdout().lock();
         match output {
             StatementOutput::Done(note) => {
                 if self.format == OutputFormat::Table {
-                    let _ = writeln!(stdout, "{note}");
+                    let _ = writeln!(std::io::stdout().lock(), "{note}");
                 }
             }
             StatementOutput::Rows(stream) => {
                 let schema = stream.schema();
                 let batches = collect(stream).await.map_err(|e| e.to_string())?;
+                let mut stdout = std::io::stdout().lock();
                 print_batches(
                     &mut stdout,
                     self.format,
@@ -98,19 +99,24 @@ impl Shell {
                 .map_err(|e| e.to_string())?;
             }
         }
-        let _ = stdout.flush();
+        let _ = std::io::stdout().flush();
         Ok(())
     }
 
-    /// Runs `sql`; Ctrl-C cancels it (the statement's work is dropped) without leaving.
+    /// Runs `sql` in its own task; Ctrl-C aborts the task (dropping the statement's work) and
+    /// returns to the prompt at once, even while the statement is busy computing.
     async fn run_interruptible(&mut self, sql: &str) {
+        let mut shell = self.clone();
+        let sql = sql.to_string();
+        let mut task = tokio::spawn(async move { shell.run_script(&sql).await });
         tokio::select! {
-            result = self.run_script(sql) => {
-                if let Err(e) = result {
-                    eprintln!("Error: {e}");
-                }
-            }
+            joined = &mut task => match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("Error: {e}"),
+                Err(e) => eprintln!("Error: the statement failed: {e}"),
+            },
             _ = tokio::signal::ctrl_c() => {
+                task.abort();
                 eprintln!("^C (statement cancelled)");
             }
         }
