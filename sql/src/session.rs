@@ -162,6 +162,7 @@ impl SluiceSession {
         self.refuse_table_commands_on_streams(&statement)?;
         self.name_insert_columns(&mut statement);
         let state = self.ctx.state();
+        self.check_tables_exist(&state, &statement)?;
         let plan = state.statement_to_plan(statement).await?;
         let is_command = matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_));
         let frame = self.ctx.execute_logical_plan(plan).await?;
@@ -170,6 +171,46 @@ impl SluiceSession {
             return Ok(StatementOutput::Done("OK.".to_string()));
         }
         Ok(StatementOutput::Rows(frame.execute_stream().await?))
+    }
+
+    /// A query or insert naming a missing table gets an error that says so in Sluice's words,
+    /// before DataFusion's planner reports it as a missing `sluice.public.` table.
+    fn check_tables_exist(
+        &self,
+        state: &datafusion::execution::SessionState,
+        statement: &DFStatement,
+    ) -> Result<()> {
+        let DFStatement::Statement(inner) = statement else {
+            return Ok(());
+        };
+        if !matches!(
+            inner.as_ref(),
+            SQLStatement::Query(_) | SQLStatement::Insert(_)
+        ) {
+            return Ok(());
+        }
+        let Some(schema) = self
+            .ctx
+            .catalog("sluice")
+            .and_then(|catalog| catalog.schema("public"))
+        else {
+            return Ok(());
+        };
+        for reference in state.resolve_table_references(statement)? {
+            let in_default_schema = match reference.schema() {
+                None => true,
+                Some(schema) => {
+                    schema == "public" && reference.catalog().is_none_or(|c| c == "sluice")
+                }
+            };
+            if in_default_schema && !schema.table_exist(reference.table()) {
+                return Err(Error::Plan(format!(
+                    "stream or table '{}' does not exist; SHOW STREAMS lists the streams",
+                    reference.table()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `DROP TABLE stream` would otherwise say the table does not exist.

@@ -166,23 +166,37 @@ impl Shard {
 
     /// Seals the tail into one batch persisted as a segment. Returns the highest counter now
     /// durable in segments.
+    ///
+    /// The caller holds the stream's append lock, so the tail cannot grow meanwhile; the segment
+    /// is written without holding the shard's lock, so readers are not held up by the disk.
     pub(crate) fn seal(&self, durability: Durability) -> Result<u64> {
-        let mut state = self.state.write();
-        if state.tail.is_empty() {
-            return Ok(state.sealed_through);
-        }
-        let batches: Vec<&RecordBatch> = state.tail.iter().map(|c| &c.batch).collect();
+        let tail: Vec<Chunk> = {
+            let state = self.state.read();
+            if state.tail.is_empty() {
+                return Ok(state.sealed_through);
+            }
+            state.tail.clone()
+        };
+        let batches: Vec<&RecordBatch> = tail.iter().map(|c| &c.batch).collect();
         let batch = arrow::compute::concat_batches(&self.stored_schema, batches)?;
-        let first = state.tail[0].first_seq;
-        let last = state.tail[state.tail.len() - 1].last_seq;
+        let first = tail[0].first_seq;
+        let last = tail[tail.len() - 1].last_seq;
         let path = write_segment(&self.dir, first, last, &batch, durability)?;
+        let mut state = self.state.write();
+        // Swap exactly the chunks that were sealed for the sealed batch, atomically for readers.
+        state.tail.drain(..tail.len());
         if let Some(chunk) = Chunk::new(batch, Some(path)) {
             state.sealed.push(chunk);
         }
-        state.tail.clear();
-        state.tail_rows = 0;
-        state.tail_bytes = 0;
-        state.tail_since = None;
+        state.tail_rows = state.tail.iter().map(|c| c.batch.num_rows()).sum();
+        state.tail_bytes = state
+            .tail
+            .iter()
+            .map(|c| c.batch.get_array_memory_size())
+            .sum();
+        if state.tail.is_empty() {
+            state.tail_since = None;
+        }
         state.sealed_through = last;
         Ok(last)
     }
