@@ -209,6 +209,26 @@ fn retention_expires_whole_sealed_batches_only() -> TestResult {
 }
 
 #[test]
+fn numbering_continues_after_everything_expired_and_a_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = ManualClock::new(START);
+    {
+        let engine = Engine::open(options(dir.path(), &clock))?;
+        let stream = engine.create_stream(ticker_spec(1), false)?;
+        stream.append(&[tick("a", 1.0), tick("a", 2.0)])?;
+        engine.flush()?;
+        clock.advance(25 * 3600 * 1000);
+        assert_eq!(engine.expire()?, 2);
+    }
+    let engine = Engine::open(options(dir.path(), &clock))?;
+    let stream = engine.stream("ticker")?;
+    assert!(read_all(&stream, 0, StartPosition::TrimHorizon)?.is_empty());
+    let put = stream.append(&[tick("a", 3.0)])?;
+    assert_eq!(put[0].seq, 3, "sequence numbers are never handed out twice");
+    Ok(())
+}
+
+#[test]
 fn bad_records_are_kept_with_null_columns_and_reported() -> TestResult {
     let dir = tempfile::tempdir()?;
     let clock = ManualClock::new(START);

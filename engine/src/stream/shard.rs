@@ -84,6 +84,27 @@ pub(crate) struct ShardState {
     pub sealed_through: u64,
 }
 
+const HIGH_WATER: &str = "high_water";
+
+/// Records the highest sequence counter ever sealed in the shard (atomically replaced).
+fn write_high_water(dir: &std::path::Path, seq: u64) -> Result<()> {
+    let path = dir.join(HIGH_WATER);
+    let tmp = dir.join(format!("{HIGH_WATER}.tmp"));
+    std::fs::write(&tmp, seq.to_string())
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(|e| crate::Error::io("writing sequence high-water mark", &tmp, e))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| crate::Error::io("writing sequence high-water mark", &path, e))
+}
+
+/// The highest sequence counter recorded before segments expired, or 0.
+fn read_high_water(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join(HIGH_WATER))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A shard of a stream.
 #[derive(Debug)]
 pub struct Shard {
@@ -116,6 +137,7 @@ impl Shard {
     ) -> Self {
         let last = sealed.last().map(|c| (c.last_seq, c.max_arrival_ms));
         let (sealed_through, last_arrival_ms) = last.unwrap_or((0, i64::MIN));
+        let sealed_through = sealed_through.max(read_high_water(&dir));
         Self {
             index,
             range,
@@ -218,6 +240,11 @@ impl Shard {
         let keep_from = state
             .sealed
             .partition_point(|c| c.max_arrival_ms < cutoff_ms);
+        // Remember how far numbering got before the segments that say so are deleted, so a
+        // restart after everything expired does not hand out sequence numbers again.
+        if let Some(newest) = state.sealed[..keep_from].last() {
+            write_high_water(&self.dir, newest.last_seq)?;
+        }
         let expired: Vec<Chunk> = state.sealed.drain(..keep_from).collect();
         drop(state);
         let mut records = 0;
