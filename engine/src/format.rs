@@ -194,44 +194,43 @@ fn decode_run(
     }
     // One more than the records we hold, so a record that holds two values is noticed.
     let batch_size = records.len() + 1;
-    match format {
+    let batch = match format {
         StreamFormat::Json => {
             let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(schema))
                 .with_batch_size(batch_size)
                 .build_decoder()?;
-            let mut offset = 0;
-            while offset < buffer.len() {
-                let read = decoder.decode(&buffer[offset..])?;
-                if read == 0 {
-                    break;
-                }
-                offset += read;
-            }
-            Ok(decoder
-                .flush()?
-                .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema))))
+            feed(&buffer, |bytes| decoder.decode(bytes))?;
+            decoder.flush()?
         }
         StreamFormat::Csv => {
             let mut decoder = arrow_csv::ReaderBuilder::new(Arc::clone(schema))
                 .with_header(false)
                 .with_batch_size(batch_size)
                 .build_decoder();
-            let mut offset = 0;
-            while offset < buffer.len() {
-                let read = decoder.decode(&buffer[offset..])?;
-                if read == 0 {
-                    break;
-                }
-                offset += read;
-            }
+            feed(&buffer, |bytes| decoder.decode(bytes))?;
             // Signal end of input so a final line without a newline is taken.
             decoder.decode(&[])?;
-            Ok(decoder
-                .flush()?
-                .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema))))
+            decoder.flush()?
         }
-        StreamFormat::Raw => Ok(RecordBatch::new_empty(Arc::clone(schema))),
+        StreamFormat::Raw => None,
+    };
+    Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema))))
+}
+
+/// Hands `buffer` to a push decoder until it is all taken or the decoder takes no more.
+fn feed(
+    buffer: &[u8],
+    mut decode: impl FnMut(&[u8]) -> Result<usize, arrow::error::ArrowError>,
+) -> Result<(), arrow::error::ArrowError> {
+    let mut offset = 0;
+    while offset < buffer.len() {
+        let read = decode(&buffer[offset..])?;
+        if read == 0 {
+            break;
+        }
+        offset += read;
     }
+    Ok(())
 }
 
 #[cfg(test)]
