@@ -395,7 +395,7 @@ impl EngineInner {
 }
 
 fn error_stream_definition(id: u64, now_ms: i64) -> StreamDefinition {
-    let columns = ["stream", "shard_id", "sequence_number", "reason"]
+    let columns = ["stream_name", "shard_id", "sequence_number", "reason"]
         .into_iter()
         .map(|name| ColumnDefinition {
             name: name.to_string(),
@@ -407,7 +407,7 @@ fn error_stream_definition(id: u64, now_ms: i64) -> StreamDefinition {
         name: ERROR_STREAM.to_string(),
         columns,
         format: StreamFormat::Json,
-        partition_key: Some("stream".to_string()),
+        partition_key: Some("stream_name".to_string()),
         retention_hours: DEFAULT_RETENTION_HOURS,
         shards: vec![ShardDefinition {
             index: 0,

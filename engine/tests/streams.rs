@@ -252,7 +252,7 @@ fn bad_records_are_kept_with_null_columns_and_reported() -> TestResult {
             .column_by_name(name)
             .map(|c| c.as_string::<i32>().value(0).to_string())
     };
-    assert_eq!(column("stream").as_deref(), Some("ticker"));
+    assert_eq!(column("stream_name").as_deref(), Some("ticker"));
     assert_eq!(column("sequence_number"), Some(puts[1].sequence_number()));
     assert!(
         column("reason")

@@ -127,6 +127,61 @@ pub fn print_batches(
     Ok(())
 }
 
+/// Prints the batches of a continuous query as they arrive: one table per batch, a CSV header
+/// only before the first, and JSON as one object per line (a stream has no end to close an
+/// array at).
+pub struct ContinuousPrinter {
+    format: OutputFormat,
+    rows: usize,
+}
+
+impl ContinuousPrinter {
+    pub fn new(format: OutputFormat) -> Self {
+        Self { format, rows: 0 }
+    }
+
+    /// Prints one batch and flushes, so each row shows as soon as it is produced.
+    pub fn print(&mut self, out: &mut dyn Write, batch: &RecordBatch) -> Result<(), ArrowError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        match self.format {
+            OutputFormat::Table => {
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))?
+                )?;
+            }
+            OutputFormat::Csv | OutputFormat::Tsv => {
+                let delimiter = if self.format == OutputFormat::Csv {
+                    b','
+                } else {
+                    b'\t'
+                };
+                let mut writer = arrow_csv::WriterBuilder::new()
+                    .with_header(self.rows == 0)
+                    .with_delimiter(delimiter)
+                    .build(&mut *out);
+                writer.write(batch)?;
+            }
+            OutputFormat::Json | OutputFormat::Ndjson => {
+                let mut writer = arrow_json::LineDelimitedWriter::new(&mut *out);
+                writer.write(batch)?;
+                writer.finish()?;
+            }
+        }
+        self.rows += batch.num_rows();
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Rows printed so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +209,17 @@ mod tests {
         )
         .expect("prints");
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn continuous_csv_has_one_header() {
+        let (_, batch) = batch();
+        let mut printer = ContinuousPrinter::new(OutputFormat::Csv);
+        let mut out = Vec::new();
+        printer.print(&mut out, &batch).expect("prints");
+        printer.print(&mut out, &batch).expect("prints");
+        assert_eq!(String::from_utf8(out).expect("utf-8"), "n\n1\n2\n1\n2\n");
+        assert_eq!(printer.rows(), 4);
     }
 
     #[test]

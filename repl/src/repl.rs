@@ -9,7 +9,9 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use sluice_sql::{SluiceSession, SluiceStatement, StatementOutput, parse_statements};
 
-use crate::print::{OutputFormat, print_batches};
+use futures::StreamExt;
+
+use crate::print::{ContinuousPrinter, OutputFormat, print_batches};
 
 const HELP: &str = r"Sluice: SQL over Kinesis-style streams.
 
@@ -19,6 +21,7 @@ Statements end with ';' and may span lines.
                                            partition_key = 'col', retention = '24 hours')
   INSERT INTO name VALUES (...) | SELECT ...      append records
   SELECT ... FROM name                            query the retained records
+  SELECT STREAM ... FROM name                     keep running over new records (Ctrl-C stops)
   SHOW STREAMS; DESCRIBE name; DROP STREAM name; FLUSH;
 
 System columns: rowtime, _shard_id, _sequence_number, _partition_key, _data.
@@ -82,6 +85,21 @@ impl Shell {
             StatementOutput::Done(note) => {
                 if self.format == OutputFormat::Table {
                     let _ = writeln!(std::io::stdout().lock(), "{note}");
+                }
+            }
+            StatementOutput::Continuous(mut stream) => {
+                // Rows print as they come, until the query ends (LIMIT) or Ctrl-C drops it.
+                let mut printer = ContinuousPrinter::new(self.format);
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(|e| e.to_string())?;
+                    printer
+                        .print(&mut std::io::stdout().lock(), &batch)
+                        .map_err(|e| e.to_string())?;
+                }
+                if self.footer && self.format == OutputFormat::Table {
+                    let rows = printer.rows();
+                    let noun = if rows == 1 { "row" } else { "rows" };
+                    println!("{rows} {noun} ({:.3} s)", start.elapsed().as_secs_f64());
                 }
             }
             StatementOutput::Rows(stream) => {

@@ -28,11 +28,13 @@
 //! # }
 //! ```
 
+pub mod continuous;
 pub mod create_stream;
 pub mod error;
 pub mod parser;
 pub mod schema_provider;
 pub mod session;
+pub mod streaming_filter;
 pub mod table;
 
 pub use error::{Error, Result};

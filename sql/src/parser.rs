@@ -10,7 +10,7 @@ use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatemen
 use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, ObjectName, SqlOption, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Error, Result};
 
@@ -27,6 +27,8 @@ pub enum SluiceStatement {
     Describe { name: String },
     /// `FLUSH`: returns once everything inserted before it is sealed and visible.
     Flush,
+    /// `SELECT STREAM …`: a continuous query (the query without the `STREAM` keyword).
+    SelectStream(Box<DFStatement>),
     /// Anything DataFusion parses.
     DataFusion(Box<DFStatement>),
 }
@@ -45,7 +47,10 @@ pub struct CreateStream {
 /// Parses `sql` (one or more statements separated by `;`).
 pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>> {
     let dialect = GenericDialect {};
-    let mut parser = DFParserBuilder::new(sql).with_dialect(&dialect).build()?;
+    let (tokens, continuous) = lift_select_stream(sql, &dialect)?;
+    let mut parser = DFParserBuilder::new(tokens)
+        .with_dialect(&dialect)
+        .build()?;
     let mut statements = Vec::new();
     let mut expecting_delimiter = false;
     loop {
@@ -61,10 +66,69 @@ pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>> {
                 parser.parser.peek_token()
             )));
         }
-        statements.push(parse_statement(&mut parser)?);
+        let start = parser.parser.peek_token().span;
+        let statement = parse_statement(&mut parser)?;
+        statements.push(match statement {
+            SluiceStatement::DataFusion(query) if continuous.contains(&start) => {
+                SluiceStatement::SelectStream(query)
+            }
+            other => other,
+        });
         expecting_delimiter = true;
     }
     Ok(statements)
+}
+
+/// Tokenizes `sql`, taking out the `STREAM` of every `SELECT STREAM` (Kinesis Analytics' marker
+/// of a continuous query) and returning the spans of the `SELECT`s that had one.
+///
+/// `STREAM` right after `SELECT` is the keyword when an expression follows it; `SELECT stream,`,
+/// `SELECT stream FROM` and `SELECT stream AS` name a column called `stream`.
+fn lift_select_stream(
+    sql: &str,
+    dialect: &GenericDialect,
+) -> Result<(Vec<TokenWithSpan>, Vec<Span>)> {
+    let tokens = Tokenizer::new(dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    let significant = |from: usize| {
+        tokens[from..]
+            .iter()
+            .position(|t| !matches!(t.token, Token::Whitespace(_)))
+            .map(|i| from + i)
+    };
+    let mut drop = Vec::new();
+    let mut continuous = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        if word(&token.token).as_deref() != Some("SELECT") {
+            continue;
+        }
+        let Some(next) = significant(i + 1) else {
+            continue;
+        };
+        if word(&tokens[next].token).as_deref() != Some("STREAM") {
+            continue;
+        }
+        let follows = significant(next + 1).map(|j| &tokens[j].token);
+        let is_keyword = match follows {
+            Some(Token::Word(w)) => !matches!(w.value.to_ascii_uppercase().as_str(), "FROM" | "AS"),
+            Some(
+                Token::Mul | Token::LParen | Token::Number(_, _) | Token::SingleQuotedString(_),
+            ) => true,
+            _ => false,
+        };
+        if is_keyword {
+            drop.push(next);
+            continuous.push(token.span);
+        }
+    }
+    let tokens = tokens
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop.contains(i))
+        .map(|(_, t)| t)
+        .collect();
+    Ok((tokens, continuous))
 }
 
 fn word(token: &Token) -> Option<String> {
@@ -238,6 +302,22 @@ mod tests {
         assert!(matches!(&statements[3], SluiceStatement::Describe { name } if name == "ticker"));
         assert!(matches!(statements[4], SluiceStatement::Flush));
         assert!(matches!(statements[5], SluiceStatement::DataFusion(_)));
+        Ok(())
+    }
+
+    #[test]
+    fn select_stream_marks_a_continuous_query() -> Result<()> {
+        let statements = parse_statements(
+            "SELECT STREAM url, count(*) FROM clicks; SELECT stream, reason FROM e; SELECT stream FROM e; select stream * from clicks",
+        )?;
+        assert!(matches!(statements[0], SluiceStatement::SelectStream(_)));
+        assert!(matches!(statements[1], SluiceStatement::DataFusion(_)));
+        assert!(matches!(statements[2], SluiceStatement::DataFusion(_)));
+        assert!(matches!(statements[3], SluiceStatement::SelectStream(_)));
+        let SluiceStatement::SelectStream(query) = &statements[0] else {
+            unreachable!()
+        };
+        assert_eq!(query.to_string(), "SELECT url, count(*) FROM clicks");
         Ok(())
     }
 

@@ -9,20 +9,42 @@ use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::common::{Result as DFResult, plan_err};
 use sluice_engine::Engine;
 
+use crate::continuous::continuous_table;
 use crate::table::StreamTable;
+
+/// How streams appear as tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamView {
+    /// A snapshot of the retained records (`SELECT … FROM stream`).
+    Bounded,
+    /// Every retained record, then each new one as it arrives (`SELECT STREAM …`).
+    Continuous,
+}
 
 /// Streams first, then other tables.
 #[derive(Debug)]
 pub struct StreamSchemaProvider {
     engine: Engine,
-    tables: MemorySchemaProvider,
+    view: StreamView,
+    tables: Arc<MemorySchemaProvider>,
 }
 
 impl StreamSchemaProvider {
+    /// Streams as bounded tables, beside a fresh set of other tables.
     pub fn new(engine: Engine) -> Self {
         Self {
             engine,
-            tables: MemorySchemaProvider::new(),
+            view: StreamView::Bounded,
+            tables: Arc::new(MemorySchemaProvider::new()),
+        }
+    }
+
+    /// The same streams and other tables, with streams seen as `view`.
+    pub fn with_view(&self, view: StreamView) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            view,
+            tables: Arc::clone(&self.tables),
         }
     }
 }
@@ -42,7 +64,10 @@ impl SchemaProvider for StreamSchemaProvider {
 
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         if let Some(stream) = self.engine.try_stream(name) {
-            return Ok(Some(Arc::new(StreamTable::new(stream))));
+            return match self.view {
+                StreamView::Bounded => Ok(Some(Arc::new(StreamTable::new(stream)))),
+                StreamView::Continuous => continuous_table(stream).map(Some),
+            };
         }
         self.tables.table(name).await
     }

@@ -8,7 +8,9 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -22,12 +24,16 @@ use sluice_engine::{Engine, StreamFormat};
 use crate::create_stream::stream_spec;
 use crate::error::{Error, Result};
 use crate::parser::{SluiceStatement, parse_statements};
-use crate::schema_provider::StreamSchemaProvider;
+use crate::schema_provider::{StreamSchemaProvider, StreamView};
+use crate::streaming_filter::StreamingFilterRule;
 
 /// What a statement produced.
 pub enum StatementOutput {
     /// Rows, streamed.
     Rows(SendableRecordBatchStream),
+    /// Rows of a continuous query: the stream ends only if the query does (`LIMIT`) or is
+    /// dropped by its reader.
+    Continuous(SendableRecordBatchStream),
     /// A statement without rows, and a short note of what it did.
     Done(String),
 }
@@ -36,6 +42,7 @@ impl std::fmt::Debug for StatementOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Rows(stream) => write!(f, "Rows({:?})", stream.schema()),
+            Self::Continuous(stream) => write!(f, "Continuous({:?})", stream.schema()),
             Self::Done(note) => write!(f, "Done({note})"),
         }
     }
@@ -45,7 +52,10 @@ impl std::fmt::Debug for StatementOutput {
 #[derive(Clone)]
 pub struct SluiceSession {
     engine: Engine,
+    /// Plans bounded statements: streams are snapshots.
     ctx: SessionContext,
+    /// Plans continuous queries: the same tables, with streams unbounded.
+    continuous: SessionContext,
 }
 
 impl std::fmt::Debug for SluiceSession {
@@ -66,11 +76,23 @@ impl SluiceSession {
         let catalog = ctx.catalog("sluice").ok_or_else(|| {
             Error::Plan("the default catalog 'sluice' was not created".to_string())
         })?;
-        catalog.register_schema(
-            "public",
-            Arc::new(StreamSchemaProvider::new(engine.clone())),
-        )?;
-        Ok(Self { engine, ctx })
+        let provider = StreamSchemaProvider::new(engine.clone());
+        let continuous_schema = provider.with_view(StreamView::Continuous);
+        catalog.register_schema("public", Arc::new(provider))?;
+
+        let state = SessionStateBuilder::new_from_existing(ctx.state())
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+            .with_physical_optimizer_rule(Arc::new(StreamingFilterRule))
+            .build();
+        let continuous = SessionContext::new_with_state(state);
+        let continuous_catalog = MemoryCatalogProvider::new();
+        continuous_catalog.register_schema("public", Arc::new(continuous_schema))?;
+        continuous.register_catalog("sluice", Arc::new(continuous_catalog));
+        Ok(Self {
+            engine,
+            ctx,
+            continuous,
+        })
     }
 
     /// The engine this session runs on.
@@ -89,6 +111,11 @@ impl SluiceSession {
         for statement in parse_statements(sql)? {
             match self.execute_statement(statement).await? {
                 StatementOutput::Rows(stream) => {
+                    let schema = stream.schema();
+                    let batches = datafusion::physical_plan::common::collect(stream).await?;
+                    results.push((schema, batches));
+                }
+                StatementOutput::Continuous(stream) => {
                     let schema = stream.schema();
                     let batches = datafusion::physical_plan::common::collect(stream).await?;
                     results.push((schema, batches));
@@ -142,6 +169,7 @@ impl SluiceSession {
                 Ok(StatementOutput::Done("Flushed.".to_string()))
             }
             SluiceStatement::DataFusion(statement) => self.execute_datafusion(*statement).await,
+            SluiceStatement::SelectStream(query) => self.execute_continuous(*query).await,
         }
     }
 
@@ -171,6 +199,26 @@ impl SluiceSession {
             return Ok(StatementOutput::Done("OK.".to_string()));
         }
         Ok(StatementOutput::Rows(frame.execute_stream().await?))
+    }
+
+    /// Plans a `SELECT STREAM` query over unbounded streams and starts it.
+    async fn execute_continuous(&self, query: DFStatement) -> Result<StatementOutput> {
+        let state = self.continuous.state();
+        self.check_tables_exist(&state, &query)?;
+        let plan = state.statement_to_plan(query).await?;
+        refuse_unbounded_state(&plan)?;
+        let frame = self.continuous.execute_logical_plan(plan).await?;
+        let stream = frame.execute_stream().await.map_err(|e| {
+            let message = e.to_string();
+            match message.split_once("pipeline breaking queries, operator: ") {
+                Some((_, rest)) => Error::Plan(format!(
+                    "this query cannot run continuously: its {} would wait for the end of an endless stream",
+                    rest.split([' ', '{']).next().unwrap_or("operator")
+                )),
+                None => Error::from(e),
+            }
+        })?;
+        Ok(StatementOutput::Continuous(stream))
     }
 
     /// A query or insert naming a missing table gets an error that says so in Sluice's words,
@@ -332,6 +380,41 @@ impl SluiceSession {
             }))),
         ];
         Ok(RecordBatch::try_new(schema_out, columns)?)
+    }
+}
+
+/// Refuses continuous queries whose operators would need the whole, endless input, and says
+/// what to write instead.
+fn refuse_unbounded_state(plan: &LogicalPlan) -> Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let bounded_instead =
+        "to compute it over the records retained now, drop STREAM (SELECT … FROM stream)";
+    let mut refusal = None;
+    plan.apply(|node| {
+        refusal = match node {
+            LogicalPlan::Aggregate(_) => Some(format!(
+                "an aggregate over a stream never finishes without a window: group by a window of time (windows are not supported yet); {bounded_instead}"
+            )),
+            LogicalPlan::Sort(_) => Some(format!(
+                "ORDER BY cannot run continuously: an endless stream cannot be sorted; drop ORDER BY, or {bounded_instead}"
+            )),
+            LogicalPlan::Window(_) => Some(format!(
+                "window functions (OVER …) cannot run continuously over an endless stream; {bounded_instead}"
+            )),
+            LogicalPlan::Distinct(_) => Some(format!(
+                "DISTINCT cannot run continuously: it would remember every row of an endless stream; {bounded_instead}"
+            )),
+            _ => None,
+        };
+        Ok(if refusal.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    match refusal {
+        Some(message) => Err(Error::Plan(message)),
+        None => Ok(()),
     }
 }
 

@@ -106,7 +106,7 @@ impl AsyncDB for SluiceDb {
         for statement in parse_statements(sql)? {
             last = match session.execute_statement(statement).await? {
                 StatementOutput::Done(_) => DBOutput::StatementComplete(0),
-                StatementOutput::Rows(stream) => {
+                StatementOutput::Rows(stream) | StatementOutput::Continuous(stream) => {
                     let schema = stream.schema();
                     let batches = datafusion::physical_plan::common::collect(stream)
                         .await

@@ -150,6 +150,8 @@ pub struct Stream {
     runtime: StreamRuntime,
     /// Where records that do not decode are reported (`None` for the error stream itself).
     errors: Option<Arc<Stream>>,
+    /// Counts appends, so tailing readers can wait for new records instead of polling.
+    appends: tokio::sync::watch::Sender<u64>,
 }
 
 /// A numbered record on its way into a shard.
@@ -206,6 +208,7 @@ impl Stream {
             wal: Mutex::new(wal),
             runtime,
             errors,
+            appends: tokio::sync::watch::Sender::new(0),
         });
         stream.replay(replay.records)?;
         Ok(stream)
@@ -409,6 +412,7 @@ impl Stream {
                     self.runtime.seal_after,
                 );
             }
+            self.appends.send_modify(|n| *n += 1);
             if due {
                 self.seal_locked(&mut wal, false)?;
             }
@@ -455,7 +459,7 @@ impl Stream {
             .iter()
             .map(|f| {
                 let row = serde_json::json!({
-                    "stream": self.definition.name,
+                    "stream_name": self.definition.name,
                     "shard_id": shard_id(f.shard_index),
                     "sequence_number": format_sequence_number(f.shard_index, f.seq),
                     "reason": f.reason,
@@ -513,6 +517,12 @@ impl Stream {
     /// Counts of retained records, per shard.
     pub fn stats(&self) -> Vec<ShardStats> {
         self.shards.iter().map(|s| s.stats()).collect()
+    }
+
+    /// A receiver that changes after every append: a tailing reader marks it seen, reads until
+    /// caught up, then awaits `changed()`, and so never misses a record nor polls.
+    pub fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appends.subscribe()
     }
 
     /// The stream's folder.
