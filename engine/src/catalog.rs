@@ -81,12 +81,24 @@ impl StreamDefinition {
     }
 }
 
+/// A pump: a continuous `INSERT INTO … SELECT STREAM …` that runs with the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PumpDefinition {
+    pub name: String,
+    /// The `INSERT INTO … SELECT …` statement, without the `STREAM` keyword.
+    pub sql: String,
+    /// Whether it runs when the engine opens (`START PUMP` / `STOP PUMP`).
+    pub running: bool,
+}
+
 /// The catalog file's contents.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalog {
     pub version: u32,
     pub next_stream_id: u64,
     pub streams: Vec<StreamDefinition>,
+    #[serde(default)]
+    pub pumps: Vec<PumpDefinition>,
 }
 
 impl Catalog {
@@ -102,6 +114,7 @@ impl Catalog {
                 version: 1,
                 next_stream_id: 1,
                 streams: vec![],
+                pumps: vec![],
             }),
             Err(e) => Err(Error::io("reading catalog", path, e)),
         }

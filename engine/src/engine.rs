@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{
     Catalog, ColumnDefinition, DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS,
-    ShardDefinition, StreamDefinition,
+    PumpDefinition, ShardDefinition, StreamDefinition,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -150,6 +150,7 @@ impl Engine {
     pub fn open(options: EngineOptions) -> Result<Self> {
         let dir = options.data_dir.clone();
         fs::create_dir_all(dir.join("streams"))
+            .and_then(|_| fs::create_dir_all(dir.join("pumps")))
             .map_err(|e| Error::io("creating data folder", &dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock = fs::OpenOptions::new()
@@ -329,6 +330,74 @@ impl Engine {
             stream.seal(true)?;
         }
         Ok(())
+    }
+
+    /// Every pump in the catalog.
+    pub fn pumps(&self) -> Vec<PumpDefinition> {
+        self.inner.catalog.lock().pumps.clone()
+    }
+
+    /// Adds a pump to the catalog, or replaces the one of the same name.
+    pub fn save_pump(&self, pump: PumpDefinition) -> Result<()> {
+        let mut catalog = self.inner.catalog.lock();
+        match catalog.pumps.iter_mut().find(|p| p.name == pump.name) {
+            Some(existing) => *existing = pump,
+            None => catalog.pumps.push(pump),
+        }
+        catalog.save(&self.inner.catalog_path())
+    }
+
+    /// Removes a pump and its saved read positions. Returns whether it existed.
+    pub fn drop_pump(&self, name: &str) -> Result<bool> {
+        let mut catalog = self.inner.catalog.lock();
+        let before = catalog.pumps.len();
+        catalog.pumps.retain(|p| p.name != name);
+        if catalog.pumps.len() == before {
+            return Ok(false);
+        }
+        catalog.save(&self.inner.catalog_path())?;
+        let path = self.pump_positions_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(Error::io("removing pump positions", &path, e)),
+        }
+    }
+
+    /// Saves how far a pump has read: `(stream, shard, next sequence counter)` triples.
+    pub fn save_pump_positions(&self, name: &str, positions: &[(String, u32, u64)]) -> Result<()> {
+        let path = self.pump_positions_path(name);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(positions).map_err(|e| Error::Corrupt {
+            what: "pump positions",
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        fs::write(&tmp, bytes)
+            .and_then(|_| fs::rename(&tmp, &path))
+            .map_err(|e| Error::io("saving pump positions", &path, e))
+    }
+
+    /// How far a pump had read when it last saved, if it ever did.
+    pub fn pump_positions(&self, name: &str) -> Result<Vec<(String, u32, u64)>> {
+        let path = self.pump_positions_path(name);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                what: "pump positions",
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(Error::io("reading pump positions", &path, e)),
+        }
+    }
+
+    fn pump_positions_path(&self, name: &str) -> PathBuf {
+        self.inner
+            .options
+            .data_dir
+            .join("pumps")
+            .join(format!("{name}.positions.json"))
     }
 
     /// Expires records older than each stream's retention. Returns how many expired.

@@ -87,18 +87,25 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let session = SluiceSession::new(engine).map_err(|e| e.to_string())?;
     let scripted = !args.commands.is_empty() || !args.files.is_empty();
-    let mut shell = Shell::new(session, args.format, !args.quiet);
-    if scripted {
-        for file in &args.files {
-            let sql = std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            shell.run_script(&sql).await?;
-        }
-        for sql in &args.commands {
-            shell.run_script(sql).await?;
-        }
-        return Ok(());
+    let mut shell = Shell::new(session.clone(), args.format, !args.quiet);
+    let result = if scripted {
+        run_scripts(&mut shell, &args).await
+    } else {
+        let history = dirs::home_dir().map(|home| home.join(".sluice_history"));
+        shell.interactive(history).await
+    };
+    session.shutdown().await;
+    result
+}
+
+async fn run_scripts(shell: &mut Shell, args: &Args) -> Result<(), String> {
+    for file in &args.files {
+        let sql = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        shell.run_script(&sql).await?;
     }
-    let history = dirs::home_dir().map(|home| home.join(".sluice_history"));
-    shell.interactive(history).await
+    for sql in &args.commands {
+        shell.run_script(sql).await?;
+    }
+    Ok(())
 }

@@ -170,3 +170,49 @@ fn a_second_process_on_the_same_folder_is_refused() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_pump_keeps_working_from_one_process_to_the_next() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let setup = sluice(
+        dir.path(),
+        &[
+            "-c",
+            "CREATE STREAM raw_events (kind VARCHAR, n BIGINT) WITH (shards = 2, partition_key = 'kind')",
+            "-c",
+            "CREATE STREAM big (kind VARCHAR, n BIGINT) WITH (shards = 1)",
+            "-c",
+            "CREATE PUMP only_big AS INSERT INTO big SELECT STREAM kind, n FROM raw_events WHERE n >= 100",
+        ],
+    )?;
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let feed = sluice(
+        dir.path(),
+        &[
+            "-c",
+            "INSERT INTO raw_events VALUES ('a', 5), ('b', 500), ('c', 100)",
+            "-c",
+            "FLUSH",
+        ],
+    )?;
+    assert!(
+        feed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&feed.stderr)
+    );
+    let check = sluice(
+        dir.path(),
+        &[
+            "--format",
+            "csv",
+            "-c",
+            "SELECT kind, n FROM big ORDER BY n",
+        ],
+    )?;
+    assert_eq!(stdout(&check), "kind,n\nc,100\nb,500\n");
+    Ok(())
+}

@@ -1,14 +1,17 @@
 //! Continuous queries: `SELECT STREAM …` runs for as long as its reader wants rows.
 //!
 //! In a continuous query every stream is an unbounded DataFusion table
-//! ([`StreamingTable`] marked infinite) with one [`ShardTail`] partition per shard. A tail reads
-//! the shard's retained records from the oldest on, then waits on the stream's append signal and
-//! yields each new batch as it lands, so the DataFusion plan over it (filters, projections,
+//! ([`StreamingTable`] marked infinite) with one [`StreamTail`] partition following all its
+//! shards. A tail reads the retained records from the oldest on (or from a pump's saved
+//! positions), then waits on the stream's append signal and yields each new batch as it lands, so the DataFusion plan over it (filters, projections,
 //! scalar functions, `CASE`, `LIKE`, regular expressions) runs batch by batch forever. Plans
 //! that cannot run on unbounded input are refused by DataFusion's own checks.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -18,39 +21,124 @@ use datafusion::common::Result as DFResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use sluice_engine::{ShardIterator, StartPosition, Stream};
+use sluice_engine::{Engine, ShardIterator, StartPosition, Stream};
 
 use crate::error::to_datafusion;
 
 /// Records read from a shard per step.
 const READ_BATCH: usize = 8192;
 
-/// One shard of a stream, read from `start` and then followed as records arrive.
-#[derive(Debug)]
-pub struct ShardTail {
-    stream: Arc<Stream>,
-    shard: u32,
-    start: StartPosition,
+/// How far a continuous query (a pump) has read, shared between its source and its runner.
+///
+/// `read` moves when the source hands a batch downstream. The source is pulled one batch at a
+/// time through a plan with no buffering (one partition, streaming filters), so when it is
+/// polled again everything it handed out before has been processed; when it then finds nothing
+/// new it copies `read` to `caught_up`, which is what `FLUSH` waits on.
+#[derive(Debug, Default)]
+pub struct PumpCursor {
+    read: Mutex<HashMap<(String, u32), u64>>,
+    caught_up: Mutex<HashMap<(String, u32), u64>>,
+    rows_in: AtomicU64,
 }
 
-impl ShardTail {
-    pub fn new(stream: Arc<Stream>, shard: u32, start: StartPosition) -> Self {
+impl PumpCursor {
+    /// A cursor resuming at saved `(stream, shard, next counter)` positions.
+    pub fn resuming(positions: Vec<(String, u32, u64)>) -> Self {
+        let read = positions
+            .into_iter()
+            .map(|(stream, shard, seq)| ((stream, shard), seq))
+            .collect();
         Self {
-            stream,
-            shard,
-            start,
+            read: Mutex::new(read),
+            ..Self::default()
         }
     }
+
+    /// `(stream, shard, next counter)` for every shard read so far.
+    pub fn positions(&self) -> Vec<(String, u32, u64)> {
+        let mut positions: Vec<_> = self
+            .read
+            .lock()
+            .iter()
+            .map(|((stream, shard), seq)| (stream.clone(), *shard, *seq))
+            .collect();
+        positions.sort();
+        positions
+    }
+
+    /// Records read so far.
+    pub fn rows_in(&self) -> u64 {
+        self.rows_in.load(Ordering::Relaxed)
+    }
+
+    /// Whether everything appended so far to the shards this cursor reads has been read and
+    /// fully processed.
+    pub fn caught_up(&self, engine: &Engine) -> bool {
+        let caught_up = self.caught_up.lock();
+        self.read.lock().keys().all(|(stream, shard)| {
+            let Some(next) = engine
+                .try_stream(stream)
+                .and_then(|s| s.shard(*shard).map(|s| s.next_seq()))
+            else {
+                return true;
+            };
+            caught_up
+                .get(&(stream.clone(), *shard))
+                .is_some_and(|seq| *seq >= next)
+        })
+    }
+
+    fn start(&self, stream: &str, shard: u32) -> Option<u64> {
+        self.read.lock().get(&(stream.to_string(), shard)).copied()
+    }
+}
+
+/// Every shard of a stream, read from the start (or a pump's saved positions) and then followed
+/// as records arrive, as one partition.
+#[derive(Debug)]
+pub struct StreamTail {
+    stream: Arc<Stream>,
+    cursor: Option<Arc<PumpCursor>>,
 }
 
 struct TailState {
     stream: Arc<Stream>,
-    reader: Option<ShardIterator>,
+    readers: Vec<ShardIterator>,
+    cursor: Option<Arc<PumpCursor>>,
     appends: tokio::sync::watch::Receiver<u64>,
     pending: VecDeque<RecordBatch>,
 }
 
-impl PartitionStream for ShardTail {
+impl TailState {
+    /// Reads what is new from every shard into `pending`; false if there was nothing.
+    fn read_more(&mut self) -> sluice_engine::Result<bool> {
+        let name = self.stream.name().to_string();
+        let mut any = false;
+        for reader in &mut self.readers {
+            let batches = reader.next_batches(READ_BATCH)?;
+            if batches.is_empty() {
+                continue;
+            }
+            any = true;
+            if let Some(cursor) = &self.cursor {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                cursor.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+                cursor
+                    .read
+                    .lock()
+                    .insert((name.clone(), reader.shard_index()), reader.position());
+            }
+            self.pending.extend(batches);
+        }
+        if let (false, Some(cursor)) = (any, &self.cursor) {
+            let read = cursor.read.lock().clone();
+            cursor.caught_up.lock().extend(read);
+        }
+        Ok(any)
+    }
+}
+
+impl PartitionStream for StreamTail {
     fn schema(&self) -> &SchemaRef {
         self.stream.public_schema()
     }
@@ -58,16 +146,36 @@ impl PartitionStream for ShardTail {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let schema = Arc::clone(self.stream.public_schema());
         let appends = self.stream.watch_appends();
-        let reader = ShardIterator::new(&self.stream, self.shard, self.start.clone());
-        let state = match reader {
-            Ok(reader) => Ok(TailState {
-                stream: Arc::clone(&self.stream),
-                reader: Some(reader),
-                appends,
-                pending: VecDeque::new(),
-            }),
-            Err(e) => Err(to_datafusion(e)),
-        };
+        let name = self.stream.name().to_string();
+        let readers = self
+            .stream
+            .shards()
+            .iter()
+            .map(|shard| {
+                let index = shard.index();
+                let start = match self.cursor.as_ref().and_then(|c| c.start(&name, index)) {
+                    Some(seq) => StartPosition::AtSequenceNumber(
+                        sluice_engine::sequence::format_sequence_number(index, seq),
+                    ),
+                    None => StartPosition::TrimHorizon,
+                };
+                let reader = ShardIterator::new(&self.stream, index, start)?;
+                if let Some(cursor) = &self.cursor {
+                    cursor
+                        .read
+                        .lock()
+                        .insert((name.clone(), index), reader.position());
+                }
+                Ok(reader)
+            })
+            .collect::<sluice_engine::Result<Vec<_>>>();
+        let state = readers.map_err(to_datafusion).map(|readers| TailState {
+            stream: Arc::clone(&self.stream),
+            readers,
+            cursor: self.cursor.clone(),
+            appends,
+            pending: VecDeque::new(),
+        });
         let batches = futures::stream::unfold(Some(state), |state| async move {
             let mut tail = match state? {
                 Ok(tail) => tail,
@@ -81,18 +189,18 @@ impl PartitionStream for ShardTail {
                 // Mark the current append count seen *before* reading, so an append that lands
                 // after the read still wakes us.
                 tail.appends.borrow_and_update();
-                let reader = tail.reader.as_mut()?;
-                match reader.next_batches(READ_BATCH) {
-                    Ok(batches) if !batches.is_empty() => tail.pending.extend(batches),
-                    Ok(_) => {
+                match tail.read_more() {
+                    Ok(true) => {}
+                    Ok(false) => {
                         if tail.appends.changed().await.is_err() {
-                            // The stream is gone: nothing more will arrive.
-                            return None;
+                            return None; // the stream is gone: nothing more will arrive
                         }
                     }
                     Err(e) => {
-                        let name = tail.stream.name().to_string();
-                        log::warn!("continuous read of stream '{name}' failed: {e}");
+                        log::warn!(
+                            "continuous read of stream '{}' failed: {e}",
+                            tail.stream.name()
+                        );
                         return Some((Err(to_datafusion(e)), None));
                     }
                 }
@@ -102,20 +210,14 @@ impl PartitionStream for ShardTail {
     }
 }
 
-/// The unbounded table a continuous query sees for `stream`.
-pub fn continuous_table(stream: Arc<Stream>) -> DFResult<Arc<dyn TableProvider>> {
-    let partitions: Vec<Arc<dyn PartitionStream>> = stream
-        .shards()
-        .iter()
-        .map(|shard| {
-            Arc::new(ShardTail::new(
-                Arc::clone(&stream),
-                shard.index(),
-                StartPosition::TrimHorizon,
-            )) as Arc<dyn PartitionStream>
-        })
-        .collect();
-    let table = StreamingTable::try_new(Arc::clone(stream.public_schema()), partitions)?
-        .with_infinite_table(true);
+/// The unbounded table a continuous query sees for `stream`: one partition following every
+/// shard, so the plan above it pulls one batch at a time.
+pub fn continuous_table(
+    stream: Arc<Stream>,
+    cursor: Option<Arc<PumpCursor>>,
+) -> DFResult<Arc<dyn TableProvider>> {
+    let schema = Arc::clone(stream.public_schema());
+    let tail: Arc<dyn PartitionStream> = Arc::new(StreamTail { stream, cursor });
+    let table = StreamingTable::try_new(schema, vec![tail])?.with_infinite_table(true);
     Ok(Arc::new(table))
 }

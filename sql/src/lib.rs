@@ -32,6 +32,7 @@ pub mod continuous;
 pub mod create_stream;
 pub mod error;
 pub mod parser;
+pub mod pumps;
 pub mod schema_provider;
 pub mod session;
 pub mod streaming_filter;

@@ -29,6 +29,21 @@ pub enum SluiceStatement {
     Flush,
     /// `SELECT STREAM …`: a continuous query (the query without the `STREAM` keyword).
     SelectStream(Box<DFStatement>),
+    /// `CREATE [OR REPLACE] PUMP name AS INSERT INTO stream SELECT STREAM …`
+    CreatePump {
+        name: String,
+        or_replace: bool,
+        /// The insert, without the `STREAM` keyword.
+        insert: Box<DFStatement>,
+    },
+    /// `DROP PUMP [IF EXISTS] name`
+    DropPump { name: String, if_exists: bool },
+    /// `START PUMP name`
+    StartPump { name: String },
+    /// `STOP PUMP name`
+    StopPump { name: String },
+    /// `SHOW PUMPS`
+    ShowPumps,
     /// Anything DataFusion parses.
     DataFusion(Box<DFStatement>),
 }
@@ -163,6 +178,44 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
             }
             parse_create_stream(parser, true)
         }
+        (Some("CREATE"), Some("PUMP"), _) => {
+            parser.parser.next_token();
+            parser.parser.next_token();
+            parse_create_pump(parser, false)
+        }
+        (Some("CREATE"), Some("OR"), Some("REPLACE"))
+            if word(&parser.parser.peek_nth_token(3).token).as_deref() == Some("PUMP") =>
+        {
+            for _ in 0..4 {
+                parser.parser.next_token();
+            }
+            parse_create_pump(parser, true)
+        }
+        (Some("DROP"), Some("PUMP"), _) => {
+            parser.parser.next_token();
+            parser.parser.next_token();
+            let if_exists = parser
+                .parser
+                .parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(SluiceStatement::DropPump { name, if_exists })
+        }
+        (Some("START" | "STOP"), Some("PUMP"), _) => {
+            let start = first.as_deref() == Some("START");
+            parser.parser.next_token();
+            parser.parser.next_token();
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(if start {
+                SluiceStatement::StartPump { name }
+            } else {
+                SluiceStatement::StopPump { name }
+            })
+        }
+        (Some("SHOW"), Some("PUMPS"), _) => {
+            parser.parser.next_token();
+            parser.parser.next_token();
+            Ok(SluiceStatement::ShowPumps)
+        }
         (Some("DROP"), Some("STREAM"), _) => {
             parser.parser.next_token();
             parser.parser.next_token();
@@ -227,6 +280,23 @@ fn parse_create_stream(parser: &mut DFParser<'_>, or_replace: bool) -> Result<Sl
         columns,
         options,
     }))
+}
+
+fn parse_create_pump(parser: &mut DFParser<'_>, or_replace: bool) -> Result<SluiceStatement> {
+    let name = object_name(&parser.parser.parse_object_name(false)?)?;
+    parser.parser.expect_keyword_is(Keyword::AS)?;
+    let insert = parser.parse_statement()?;
+    let is_insert = matches!(&insert, DFStatement::Statement(s) if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_)));
+    if !is_insert {
+        return Err(Error::Plan(format!(
+            "CREATE PUMP {name} AS … takes INSERT INTO stream SELECT STREAM …, not '{insert}'"
+        )));
+    }
+    Ok(SluiceStatement::CreatePump {
+        name,
+        or_replace,
+        insert: Box::new(insert),
+    })
 }
 
 /// A stream name: one identifier, lower-cased unless quoted (as DataFusion does for tables).
@@ -318,6 +388,38 @@ mod tests {
             unreachable!()
         };
         assert_eq!(query.to_string(), "SELECT url, count(*) FROM clicks");
+        Ok(())
+    }
+
+    #[test]
+    fn pump_statements_parse() -> Result<()> {
+        let statements = parse_statements(
+            "CREATE OR REPLACE PUMP p AS INSERT INTO out SELECT STREAM a FROM src WHERE a > 1; SHOW PUMPS; STOP PUMP p; START PUMP p; DROP PUMP IF EXISTS p",
+        )?;
+        let SluiceStatement::CreatePump {
+            name,
+            or_replace,
+            insert,
+        } = &statements[0]
+        else {
+            panic!("expected CREATE PUMP, got {:?}", statements[0]);
+        };
+        assert_eq!((name.as_str(), *or_replace), ("p", true));
+        assert_eq!(
+            insert.to_string(),
+            "INSERT INTO out SELECT a FROM src WHERE a > 1"
+        );
+        assert!(matches!(statements[1], SluiceStatement::ShowPumps));
+        assert!(matches!(&statements[2], SluiceStatement::StopPump { name } if name == "p"));
+        assert!(matches!(&statements[3], SluiceStatement::StartPump { name } if name == "p"));
+        assert!(matches!(
+            &statements[4],
+            SluiceStatement::DropPump {
+                if_exists: true,
+                ..
+            }
+        ));
+        assert!(parse_statements("CREATE PUMP p AS SELECT 1").is_err());
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::common::{Result as DFResult, plan_err};
 use sluice_engine::Engine;
 
-use crate::continuous::continuous_table;
+use crate::continuous::{PumpCursor, continuous_table};
 use crate::table::StreamTable;
 
 /// How streams appear as tables.
@@ -27,6 +27,8 @@ pub struct StreamSchemaProvider {
     engine: Engine,
     view: StreamView,
     tables: Arc<MemorySchemaProvider>,
+    /// A pump's read positions, for continuous views that resume and report progress.
+    cursor: Option<Arc<PumpCursor>>,
 }
 
 impl StreamSchemaProvider {
@@ -36,15 +38,18 @@ impl StreamSchemaProvider {
             engine,
             view: StreamView::Bounded,
             tables: Arc::new(MemorySchemaProvider::new()),
+            cursor: None,
         }
     }
 
-    /// The same streams and other tables, with streams seen as `view`.
-    pub fn with_view(&self, view: StreamView) -> Self {
+    /// The same streams and other tables, with streams seen as `view`, reading through
+    /// `cursor` when given.
+    pub fn with_view(&self, view: StreamView, cursor: Option<Arc<PumpCursor>>) -> Self {
         Self {
             engine: self.engine.clone(),
             view,
             tables: Arc::clone(&self.tables),
+            cursor,
         }
     }
 }
@@ -66,7 +71,7 @@ impl SchemaProvider for StreamSchemaProvider {
         if let Some(stream) = self.engine.try_stream(name) {
             return match self.view {
                 StreamView::Bounded => Ok(Some(Arc::new(StreamTable::new(stream)))),
-                StreamView::Continuous => continuous_table(stream).map(Some),
+                StreamView::Continuous => continuous_table(stream, self.cursor.clone()).map(Some),
             };
         }
         self.tables.table(name).await

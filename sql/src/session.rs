@@ -19,13 +19,18 @@ use datafusion::sql::sqlparser::ast::{
     Ident, ObjectName, ObjectType, Statement as SQLStatement, TableObject,
 };
 use sluice_engine::schema::{DATA, PARTITION_KEY, SYSTEM_COLUMNS};
-use sluice_engine::{Engine, StreamFormat};
+use sluice_engine::{Engine, PumpDefinition, StreamFormat};
 
+use crate::continuous::PumpCursor;
 use crate::create_stream::stream_spec;
 use crate::error::{Error, Result};
 use crate::parser::{SluiceStatement, parse_statements};
+use crate::pumps::PumpManager;
 use crate::schema_provider::{StreamSchemaProvider, StreamView};
 use crate::streaming_filter::StreamingFilterRule;
+
+/// How long `FLUSH` waits for pumps to catch up.
+const FLUSH_PUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a statement produced.
 pub enum StatementOutput {
@@ -54,8 +59,10 @@ pub struct SluiceSession {
     engine: Engine,
     /// Plans bounded statements: streams are snapshots.
     ctx: SessionContext,
-    /// Plans continuous queries: the same tables, with streams unbounded.
-    continuous: SessionContext,
+    /// The streams and tables the contexts resolve names in.
+    provider: Arc<StreamSchemaProvider>,
+    /// The pumps running on this session's engine.
+    pumps: Arc<PumpManager>,
 }
 
 impl std::fmt::Debug for SluiceSession {
@@ -67,7 +74,8 @@ impl std::fmt::Debug for SluiceSession {
 }
 
 impl SluiceSession {
-    /// A session whose default schema holds the engine's streams.
+    /// A session whose default schema holds the engine's streams. Pumps saved in the engine's
+    /// catalog as running are started (this needs a Tokio runtime).
     pub fn new(engine: Engine) -> Result<Self> {
         let config = SessionConfig::new()
             .with_information_schema(true)
@@ -76,23 +84,43 @@ impl SluiceSession {
         let catalog = ctx.catalog("sluice").ok_or_else(|| {
             Error::Plan("the default catalog 'sluice' was not created".to_string())
         })?;
-        let provider = StreamSchemaProvider::new(engine.clone());
-        let continuous_schema = provider.with_view(StreamView::Continuous);
-        catalog.register_schema("public", Arc::new(provider))?;
+        let provider = Arc::new(StreamSchemaProvider::new(engine.clone()));
+        catalog.register_schema("public", Arc::clone(&provider) as _)?;
+        let session = Self {
+            engine,
+            ctx,
+            provider,
+            pumps: Arc::new(PumpManager::default()),
+        };
+        session.pumps.start_saved(&session)?;
+        Ok(session)
+    }
 
-        let state = SessionStateBuilder::new_from_existing(ctx.state())
+    /// A context for continuous queries: the same tables, with streams unbounded and read
+    /// through `cursor` when given. One partition, so the plan pulls one batch at a time.
+    pub(crate) fn continuous_context(
+        &self,
+        cursor: Option<Arc<PumpCursor>>,
+    ) -> Result<SessionContext> {
+        let config = self.ctx.copied_config().with_target_partitions(1);
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
             .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
             .with_physical_optimizer_rule(Arc::new(StreamingFilterRule))
             .build();
         let continuous = SessionContext::new_with_state(state);
-        let continuous_catalog = MemoryCatalogProvider::new();
-        continuous_catalog.register_schema("public", Arc::new(continuous_schema))?;
-        continuous.register_catalog("sluice", Arc::new(continuous_catalog));
-        Ok(Self {
-            engine,
-            ctx,
-            continuous,
-        })
+        let schema = self.provider.with_view(StreamView::Continuous, cursor);
+        let catalog = MemoryCatalogProvider::new();
+        catalog.register_schema("public", Arc::new(schema))?;
+        continuous.register_catalog("sluice", Arc::new(catalog));
+        Ok(continuous)
+    }
+
+    /// Stops this session's pumps and waits for them, so that dropping the session (and its
+    /// clones) closes the engine. Pumps stay marked running in the catalog and start again
+    /// with the next session.
+    pub async fn shutdown(&self) {
+        self.pumps.stop_all().await;
     }
 
     /// The engine this session runs on.
@@ -164,12 +192,22 @@ impl SluiceSession {
                 }
             },
             SluiceStatement::Flush => {
+                // Pumps first take in everything inserted before the FLUSH (and what other
+                // pumps write meanwhile), then every tail is sealed.
+                self.pumps
+                    .wait_caught_up(&self.engine, FLUSH_PUMP_TIMEOUT)
+                    .await?;
                 let engine = self.engine.clone();
                 blocking(move || engine.flush()).await?;
                 Ok(StatementOutput::Done("Flushed.".to_string()))
             }
             SluiceStatement::DataFusion(statement) => self.execute_datafusion(*statement).await,
             SluiceStatement::SelectStream(query) => self.execute_continuous(*query).await,
+            pump @ (SluiceStatement::CreatePump { .. }
+            | SluiceStatement::DropPump { .. }
+            | SluiceStatement::StartPump { .. }
+            | SluiceStatement::StopPump { .. }
+            | SluiceStatement::ShowPumps) => self.execute_pump_statement(pump).await,
         }
     }
 
@@ -203,12 +241,33 @@ impl SluiceSession {
 
     /// Plans a `SELECT STREAM` query over unbounded streams and starts it.
     async fn execute_continuous(&self, query: DFStatement) -> Result<StatementOutput> {
-        let state = self.continuous.state();
-        self.check_tables_exist(&state, &query)?;
-        let plan = state.statement_to_plan(query).await?;
+        let context = self.continuous_context(None)?;
+        let plan = self.plan_in(&context, query).await?;
+        let rows = self.start_continuous(&context, plan).await?;
+        Ok(StatementOutput::Continuous(rows))
+    }
+
+    /// Plans `statement` in `context` as this session plans any statement.
+    pub(crate) async fn plan_in(
+        &self,
+        context: &SessionContext,
+        mut statement: DFStatement,
+    ) -> Result<LogicalPlan> {
+        self.name_insert_columns(&mut statement);
+        let state = context.state();
+        self.check_tables_exist(&state, &statement)?;
+        Ok(state.statement_to_plan(statement).await?)
+    }
+
+    /// Starts a continuous plan, refusing what cannot run on endless input.
+    pub(crate) async fn start_continuous(
+        &self,
+        context: &SessionContext,
+        plan: LogicalPlan,
+    ) -> Result<SendableRecordBatchStream> {
         refuse_unbounded_state(&plan)?;
-        let frame = self.continuous.execute_logical_plan(plan).await?;
-        let stream = frame.execute_stream().await.map_err(|e| {
+        let frame = context.execute_logical_plan(plan).await?;
+        frame.execute_stream().await.map_err(|e| {
             let message = e.to_string();
             match message.split_once("pipeline breaking queries, operator: ") {
                 Some((_, rest)) => Error::Plan(format!(
@@ -217,8 +276,85 @@ impl SluiceSession {
                 )),
                 None => Error::from(e),
             }
-        })?;
-        Ok(StatementOutput::Continuous(stream))
+        })
+    }
+
+    async fn execute_pump_statement(&self, statement: SluiceStatement) -> Result<StatementOutput> {
+        let engine = self.engine.clone();
+        let unknown = |name: &str| {
+            Error::Plan(format!(
+                "pump '{name}' does not exist; SHOW PUMPS lists the pumps"
+            ))
+        };
+        let find = |name: &str| engine.pumps().into_iter().find(|p| p.name == name);
+        match statement {
+            SluiceStatement::CreatePump {
+                name,
+                or_replace,
+                insert,
+            } => {
+                if find(&name).is_some() {
+                    if !or_replace {
+                        return Err(Error::Plan(format!(
+                            "pump '{name}' already exists; CREATE OR REPLACE PUMP replaces it"
+                        )));
+                    }
+                    self.pumps.stop(&name).await;
+                    let dropped = name.clone();
+                    let engine = engine.clone();
+                    blocking(move || engine.drop_pump(&dropped)).await?;
+                }
+                let sql = insert.to_string();
+                self.pumps.start(self, &name, &sql).await?;
+                let definition = PumpDefinition {
+                    name: name.clone(),
+                    sql,
+                    running: true,
+                };
+                let saved = engine.clone();
+                if let Err(e) = blocking(move || saved.save_pump(definition)).await {
+                    self.pumps.stop(&name).await;
+                    return Err(e);
+                }
+                Ok(StatementOutput::Done(format!(
+                    "Pump '{name}' created and running."
+                )))
+            }
+            SluiceStatement::DropPump { name, if_exists } => {
+                if find(&name).is_none() {
+                    return if if_exists {
+                        Ok(StatementOutput::Done("OK.".into()))
+                    } else {
+                        Err(unknown(&name))
+                    };
+                }
+                self.pumps.stop(&name).await;
+                let dropped = name.clone();
+                blocking(move || engine.drop_pump(&dropped)).await?;
+                Ok(StatementOutput::Done(format!("Pump '{name}' dropped.")))
+            }
+            SluiceStatement::StartPump { name } => {
+                let mut pump = find(&name).ok_or_else(|| unknown(&name))?;
+                if self.pumps.is_running(&name) {
+                    return Ok(StatementOutput::Done(format!(
+                        "Pump '{name}' is already running."
+                    )));
+                }
+                self.pumps.start(self, &name, &pump.sql).await?;
+                pump.running = true;
+                blocking(move || engine.save_pump(pump)).await?;
+                Ok(StatementOutput::Done(format!("Pump '{name}' started.")))
+            }
+            SluiceStatement::StopPump { name } => {
+                let mut pump = find(&name).ok_or_else(|| unknown(&name))?;
+                self.pumps.stop(&name).await;
+                pump.running = false;
+                blocking(move || engine.save_pump(pump)).await?;
+                Ok(StatementOutput::Done(format!("Pump '{name}' stopped.")))
+            }
+            SluiceStatement::ShowPumps => rows(self.pumps.show(&self.engine)?),
+            other => Err(Error::Plan(format!("not a pump statement: {other:?}"))),
+        }
     }
 
     /// A query or insert naming a missing table gets an error that says so in Sluice's words,

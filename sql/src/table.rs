@@ -142,7 +142,7 @@ impl StreamSink {
     }
 
     /// The records for one batch of inserted rows (public layout).
-    fn records(&self, batch: &RecordBatch) -> DFResult<Vec<PutRecord>> {
+    pub(crate) fn records(&self, batch: &RecordBatch) -> DFResult<Vec<PutRecord>> {
         let name = self.stream.name();
         let n_user = self.stream.user_schema().fields().len();
         for system in [ROWTIME, SHARD_ID, SEQUENCE_NUMBER] {

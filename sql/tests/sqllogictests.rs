@@ -68,11 +68,7 @@ impl SluiceDb {
             .collect::<Vec<_>>()
             .as_slice()
         {
-            ["RESTART"] => {
-                self.session = None; // closes the engine (and its folder lock) first
-                self.session = Some(Self::open(&self.dir, &self.clock)?);
-                Ok(Some(DBOutput::StatementComplete(0)))
-            }
+            ["RESTART"] => Ok(Some(DBOutput::StatementComplete(1))),
             ["ADVANCE", "CLOCK", n, unit] => {
                 let n: i64 = n
                     .parse()
@@ -99,6 +95,14 @@ impl AsyncDB for SluiceDb {
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, TestError> {
         if let Some(output) = self.harness_command(sql)? {
+            if matches!(output, DBOutput::StatementComplete(1)) {
+                // RESTART: stop the pumps and close the engine (and its folder lock) first.
+                if let Some(session) = self.session.take() {
+                    session.shutdown().await;
+                }
+                self.session = Some(Self::open(&self.dir, &self.clock)?);
+                return Ok(DBOutput::StatementComplete(0));
+            }
             return Ok(output);
         }
         let session = self.session()?.clone();
@@ -127,7 +131,9 @@ impl AsyncDB for SluiceDb {
     }
 
     async fn shutdown(&mut self) {
-        self.session = None;
+        if let Some(session) = self.session.take() {
+            session.shutdown().await;
+        }
     }
 
     fn engine_name(&self) -> &str {

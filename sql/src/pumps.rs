@@ -1,0 +1,320 @@
+//! Pumps: continuous `INSERT INTO stream SELECT STREAM …` statements that run with the engine.
+//!
+//! A pump plans its statement in a continuous context whose streams are read through a
+//! [`PumpCursor`], so it resumes where it stopped: after each batch it writes into its target
+//! stream, it saves the positions its source had read when that batch came out (at-least-once:
+//! a crash between the write and the save repeats that batch). Pumps are kept in the engine's
+//! catalog and the ones marked running start again when a session opens the engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use sluice_engine::{Engine, PumpDefinition, Stream};
+
+use crate::continuous::PumpCursor;
+use crate::error::{Error, Result};
+use crate::parser::{SluiceStatement, parse_statements};
+use crate::session::SluiceSession;
+use crate::table::StreamSink;
+
+/// What a running pump shares with the statements that ask about it.
+#[derive(Debug, Default)]
+struct PumpProgress {
+    cursor: Arc<PumpCursor>,
+    rows_out: AtomicU64,
+    /// Planned and reading (a saved pump plans in the background).
+    ready: AtomicBool,
+    /// Why it stopped, if it failed.
+    failure: Mutex<Option<String>>,
+}
+
+#[derive(Debug)]
+struct RunningPump {
+    progress: Arc<PumpProgress>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningPump {
+    fn new(progress: Arc<PumpProgress>, task: tokio::task::JoinHandle<()>) -> Self {
+        Self {
+            progress,
+            task: Some(task),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Aborts the pump's task and waits until it is gone, and with it the engine handles it
+    /// held.
+    async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningPump {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The pumps running on an engine.
+#[derive(Debug, Default)]
+pub struct PumpManager {
+    running: Mutex<HashMap<String, RunningPump>>,
+}
+
+/// A pump ready to run: its source stream of rows and the stream they go into.
+struct PreparedPump {
+    rows: SendableRecordBatchStream,
+    target: Arc<Stream>,
+    progress: Arc<PumpProgress>,
+}
+
+impl PumpManager {
+    /// Starts every pump the catalog marks as running, each planning in the background.
+    pub fn start_saved(&self, session: &SluiceSession) -> Result<()> {
+        let saved: Vec<PumpDefinition> = session
+            .engine()
+            .pumps()
+            .into_iter()
+            .filter(|p| p.running)
+            .collect();
+        if saved.is_empty() {
+            return Ok(());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Plan(
+                "pumps need a Tokio runtime to run; open the session inside one".into(),
+            ));
+        }
+        for pump in saved {
+            let progress = Arc::new(PumpProgress {
+                cursor: Arc::new(PumpCursor::resuming(
+                    session.engine().pump_positions(&pump.name)?,
+                )),
+                ..PumpProgress::default()
+            });
+            let task_session = session.clone();
+            let task_progress = Arc::clone(&progress);
+            let name = pump.name.clone();
+            let task = tokio::spawn(async move {
+                match prepare(&task_session, &pump.sql, task_progress).await {
+                    Ok(prepared) => run(task_session.engine().clone(), pump.name, prepared).await,
+                    Err(e) => {
+                        log::error!("pump '{}' could not start: {e}", pump.name);
+                    }
+                }
+            });
+            self.running
+                .lock()
+                .insert(name, RunningPump::new(progress, task));
+        }
+        Ok(())
+    }
+
+    /// Plans `sql` for pump `name` (reporting any error now), then runs it in the background.
+    pub async fn start(&self, session: &SluiceSession, name: &str, sql: &str) -> Result<()> {
+        let positions = session.engine().pump_positions(name)?;
+        let progress = Arc::new(PumpProgress {
+            cursor: Arc::new(PumpCursor::resuming(positions)),
+            ..PumpProgress::default()
+        });
+        let prepared = prepare(session, sql, Arc::clone(&progress)).await?;
+        let task = tokio::spawn(run(session.engine().clone(), name.to_string(), prepared));
+        self.running
+            .lock()
+            .insert(name.to_string(), RunningPump::new(progress, task));
+        Ok(())
+    }
+
+    /// Stops pump `name` if it runs, and waits until it has stopped.
+    pub async fn stop(&self, name: &str) {
+        let pump = self.running.lock().remove(name);
+        if let Some(pump) = pump {
+            pump.stop().await;
+        }
+    }
+
+    /// Stops every pump and waits until they have stopped.
+    pub async fn stop_all(&self) {
+        let pumps: Vec<RunningPump> = self.running.lock().drain().map(|(_, p)| p).collect();
+        for pump in pumps {
+            pump.stop().await;
+        }
+    }
+
+    /// Whether pump `name` runs.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.running
+            .lock()
+            .get(name)
+            .is_some_and(|p| !p.is_finished())
+    }
+
+    /// Waits until every running pump has read and processed everything appended to its source
+    /// streams, including what other pumps append meanwhile.
+    pub async fn wait_caught_up(&self, engine: &Engine, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lagging: Vec<String> = self
+                .running
+                .lock()
+                .iter()
+                .filter(|(_, pump)| {
+                    let done = pump.is_finished()
+                        || (pump.progress.ready.load(Ordering::Acquire)
+                            && pump.progress.cursor.caught_up(engine));
+                    !done
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Plan(format!(
+                    "FLUSH gave up after {} s waiting for pumps {} to catch up",
+                    timeout.as_secs(),
+                    lagging.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// `SHOW PUMPS`: every pump of the catalog with its state and counters.
+    pub fn show(&self, engine: &Engine) -> Result<RecordBatch> {
+        let pumps = engine.pumps();
+        let running = self.running.lock();
+        let mut states = Vec::with_capacity(pumps.len());
+        let mut rows_in = Vec::with_capacity(pumps.len());
+        let mut rows_out = Vec::with_capacity(pumps.len());
+        for pump in &pumps {
+            let live = running.get(&pump.name);
+            let failure = live.and_then(|p| p.progress.failure.lock().clone());
+            states.push(match (live, failure) {
+                (_, Some(reason)) => format!("failed: {reason}"),
+                (Some(p), None) if !p.is_finished() => "running".to_string(),
+                (Some(_), None) => "ended".to_string(),
+                (None, _) => "stopped".to_string(),
+            });
+            rows_in.push(live.map_or(0, |p| p.progress.cursor.rows_in()));
+            rows_out.push(live.map_or(0, |p| p.progress.rows_out.load(Ordering::Relaxed)));
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("rows_in", DataType::UInt64, false),
+            Field::new("rows_out", DataType::UInt64, false),
+            Field::new("statement", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                pumps.iter().map(|p| p.name.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(states)),
+            Arc::new(UInt64Array::from(rows_in)),
+            Arc::new(UInt64Array::from(rows_out)),
+            Arc::new(StringArray::from_iter_values(
+                pumps.iter().map(|p| p.sql.as_str()),
+            )),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// Plans a pump's `INSERT INTO stream SELECT …` over unbounded streams read through the pump's
+/// cursor, and starts its source.
+async fn prepare(
+    session: &SluiceSession,
+    sql: &str,
+    progress: Arc<PumpProgress>,
+) -> Result<PreparedPump> {
+    let not_insert = || {
+        Error::Plan(format!(
+            "a pump runs INSERT INTO stream SELECT STREAM …; '{sql}' is not one"
+        ))
+    };
+    let mut statements = parse_statements(sql)?;
+    let statement = match (statements.pop(), statements.is_empty()) {
+        (Some(SluiceStatement::DataFusion(statement)), true) => *statement,
+        _ => return Err(not_insert()),
+    };
+    let context = session.continuous_context(Some(Arc::clone(&progress.cursor)))?;
+    let plan = session.plan_in(&context, statement).await?;
+    let LogicalPlan::Dml(dml) = plan else {
+        return Err(not_insert());
+    };
+    let target_name = dml.table_name.table().to_string();
+    let target = session.engine().try_stream(&target_name).ok_or_else(|| {
+        Error::Plan(format!(
+            "a pump writes into a stream, and '{target_name}' is not one; CREATE STREAM it first"
+        ))
+    })?;
+    let rows = session
+        .start_continuous(&context, dml.input.as_ref().clone())
+        .await?;
+    progress.ready.store(true, Ordering::Release);
+    Ok(PreparedPump {
+        rows,
+        target,
+        progress,
+    })
+}
+
+/// Runs a pump until its source ends, it fails, or it is stopped (its task aborted).
+async fn run(engine: Engine, name: String, prepared: PreparedPump) {
+    let PreparedPump {
+        mut rows,
+        target,
+        progress,
+    } = prepared;
+    let sink = StreamSink::new(Arc::clone(&target));
+    while let Some(batch) = rows.next().await {
+        // The positions read when this batch came out: all of it is in this batch (or was
+        // filtered away), so once it is written they can be saved.
+        let positions = progress.cursor.positions();
+        let written = async {
+            let batch = batch?;
+            let records = sink.records(&batch)?;
+            let count = records.len() as u64;
+            let target = Arc::clone(&target);
+            let engine = engine.clone();
+            let pump = name.clone();
+            tokio::task::spawn_blocking(move || {
+                target.append(&records)?;
+                engine.save_pump_positions(&pump, &positions)
+            })
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            .map_err(crate::error::to_datafusion)?;
+            Ok::<u64, datafusion::error::DataFusionError>(count)
+        };
+        match written.await {
+            Ok(count) => {
+                progress.rows_out.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let reason = Error::from(e).to_string();
+                log::error!("pump '{name}' stopped: {reason}");
+                *progress.failure.lock() = Some(reason);
+                return;
+            }
+        }
+    }
+}
