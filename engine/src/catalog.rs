@@ -45,6 +45,15 @@ pub struct ShardDefinition {
     pub ending_seq: Option<u64>,
 }
 
+/// A stream's event-time watermark: `WATERMARK FOR column AS column - INTERVAL '…'`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkDefinition {
+    /// The timestamp column holding event time.
+    pub column: String,
+    /// How far the watermark trails the newest event time seen, in milliseconds.
+    pub delay_ms: i64,
+}
+
 /// Everything that defines a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamDefinition {
@@ -59,6 +68,9 @@ pub struct StreamDefinition {
     pub retention_hours: u32,
     pub shards: Vec<ShardDefinition>,
     pub created_at_ms: i64,
+    /// The event-time watermark, if the stream declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkDefinition>,
 }
 
 impl StreamDefinition {
@@ -89,6 +101,16 @@ pub struct PumpDefinition {
     pub sql: String,
     /// Whether it runs when the engine opens (`START PUMP` / `STOP PUMP`).
     pub running: bool,
+}
+
+/// How far a pump has got: where to resume reading, and its watermark then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PumpCheckpoint {
+    /// `(stream, shard, next sequence counter)` for every shard the pump reads.
+    pub positions: Vec<(String, u32, u64)>,
+    /// The event-time watermark of a windowed pump (in its time column's unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
 }
 
 /// The catalog file's contents.
@@ -176,6 +198,7 @@ mod tests {
                 ending_seq: None,
             }],
             created_at_ms: 0,
+            watermark: None,
         });
         catalog.save(&path)?;
         let loaded = Catalog::load(&path)?;

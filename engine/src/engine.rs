@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{
     Catalog, ColumnDefinition, DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS,
-    PumpDefinition, ShardDefinition, StreamDefinition,
+    PumpCheckpoint, PumpDefinition, ShardDefinition, StreamDefinition, WatermarkDefinition,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -97,6 +97,8 @@ pub struct StreamSpec {
     pub shards: u32,
     pub partition_key: Option<String>,
     pub retention_hours: u32,
+    /// `WATERMARK FOR column AS column - delay`.
+    pub watermark: Option<WatermarkDefinition>,
 }
 
 impl StreamSpec {
@@ -109,6 +111,7 @@ impl StreamSpec {
             shards,
             partition_key: None,
             retention_hours: DEFAULT_RETENTION_HOURS,
+            watermark: None,
         }
     }
 
@@ -236,6 +239,23 @@ impl Engine {
             )));
         }
 
+        if let Some(watermark) = &spec.watermark {
+            let is_timestamp = columns
+                .field_with_name(&watermark.column)
+                .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(_, _)));
+            if !is_timestamp {
+                return Err(Error::InvalidArgument(format!(
+                    "WATERMARK FOR {0}: '{0}' must be a TIMESTAMP column of stream '{1}'",
+                    watermark.column, spec.name
+                )));
+            }
+            if watermark.delay_ms < 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "WATERMARK FOR {}: the delay must not be negative",
+                    watermark.column
+                )));
+            }
+        }
         let mut catalog = self.inner.catalog.lock();
         if let Some(existing) = self.inner.streams.read().get(&spec.name) {
             if if_not_exists {
@@ -269,6 +289,7 @@ impl Engine {
                 })
                 .collect(),
             created_at_ms: self.inner.options.clock.now_millis(),
+            watermark: spec.watermark,
         };
         let stream = self.inner.open_stream(definition.clone())?;
         catalog.next_stream_id += 1;
@@ -364,31 +385,31 @@ impl Engine {
         }
     }
 
-    /// Saves how far a pump has read: `(stream, shard, next sequence counter)` triples.
-    pub fn save_pump_positions(&self, name: &str, positions: &[(String, u32, u64)]) -> Result<()> {
+    /// Saves how far a pump has got.
+    pub fn save_pump_checkpoint(&self, name: &str, checkpoint: &PumpCheckpoint) -> Result<()> {
         let path = self.pump_positions_path(name);
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(positions).map_err(|e| Error::Corrupt {
-            what: "pump positions",
+        let bytes = serde_json::to_vec(checkpoint).map_err(|e| Error::Corrupt {
+            what: "pump checkpoint",
             path: path.clone(),
             reason: e.to_string(),
         })?;
         fs::write(&tmp, bytes)
             .and_then(|_| fs::rename(&tmp, &path))
-            .map_err(|e| Error::io("saving pump positions", &path, e))
+            .map_err(|e| Error::io("saving pump checkpoint", &path, e))
     }
 
-    /// How far a pump had read when it last saved, if it ever did.
-    pub fn pump_positions(&self, name: &str) -> Result<Vec<(String, u32, u64)>> {
+    /// How far a pump had got when it last saved (empty if it never did).
+    pub fn pump_checkpoint(&self, name: &str) -> Result<PumpCheckpoint> {
         let path = self.pump_positions_path(name);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                what: "pump positions",
+                what: "pump checkpoint",
                 path,
                 reason: e.to_string(),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
-            Err(e) => Err(Error::io("reading pump positions", &path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PumpCheckpoint::default()),
+            Err(e) => Err(Error::io("reading pump checkpoint", &path, e)),
         }
     }
 
@@ -486,6 +507,7 @@ fn error_stream_definition(id: u64, now_ms: i64) -> StreamDefinition {
             ending_seq: None,
         }],
         created_at_ms: now_ms,
+        watermark: None,
     }
 }
 

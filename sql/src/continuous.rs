@@ -21,7 +21,7 @@ use datafusion::common::Result as DFResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use sluice_engine::{Engine, ShardIterator, StartPosition, Stream};
+use sluice_engine::{Engine, PumpCheckpoint, ShardIterator, StartPosition, Stream};
 
 use crate::error::to_datafusion;
 
@@ -39,31 +39,70 @@ pub struct PumpCursor {
     read: Mutex<HashMap<(String, u32), u64>>,
     caught_up: Mutex<HashMap<(String, u32), u64>>,
     rows_in: AtomicU64,
+    /// Per shard, the oldest record still held in an open window: a restart must read again
+    /// from there.
+    held: Mutex<HashMap<(String, u32), u64>>,
+    /// The watermark of a windowed pump.
+    watermark: Mutex<Option<i64>>,
+    /// Rows dropped for arriving behind the watermark.
+    late_rows: AtomicU64,
 }
 
 impl PumpCursor {
-    /// A cursor resuming at saved `(stream, shard, next counter)` positions.
-    pub fn resuming(positions: Vec<(String, u32, u64)>) -> Self {
-        let read = positions
+    /// A cursor resuming from a saved checkpoint.
+    pub fn resuming(checkpoint: PumpCheckpoint) -> Self {
+        let read = checkpoint
+            .positions
             .into_iter()
             .map(|(stream, shard, seq)| ((stream, shard), seq))
             .collect();
         Self {
             read: Mutex::new(read),
+            watermark: Mutex::new(checkpoint.watermark),
             ..Self::default()
         }
     }
 
-    /// `(stream, shard, next counter)` for every shard read so far.
-    pub fn positions(&self) -> Vec<(String, u32, u64)> {
+    /// What to save: for every shard the position to resume from (before any record still
+    /// held in an open window), and the watermark.
+    pub fn checkpoint(&self) -> PumpCheckpoint {
+        let held = self.held.lock();
         let mut positions: Vec<_> = self
             .read
             .lock()
             .iter()
-            .map(|((stream, shard), seq)| (stream.clone(), *shard, *seq))
+            .map(|(key, seq)| {
+                let resume = held.get(key).map_or(*seq, |h| (*h).min(*seq));
+                (key.0.clone(), key.1, resume)
+            })
             .collect();
         positions.sort();
-        positions
+        PumpCheckpoint {
+            positions,
+            watermark: *self.watermark.lock(),
+        }
+    }
+
+    /// The watermark saved or reached so far.
+    pub fn watermark(&self) -> Option<i64> {
+        *self.watermark.lock()
+    }
+
+    /// Records that a windowed runtime reached `watermark` and still holds records from
+    /// `held` (stream, shard) → oldest counter.
+    pub fn set_window_state(&self, watermark: Option<i64>, held: HashMap<(String, u32), u64>) {
+        *self.watermark.lock() = watermark;
+        *self.held.lock() = held;
+    }
+
+    /// Counts rows dropped for lateness.
+    pub fn add_late_rows(&self, rows: u64) {
+        self.late_rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Rows dropped for lateness so far.
+    pub fn late_rows(&self) -> u64 {
+        self.late_rows.load(Ordering::Relaxed)
     }
 
     /// Records read so far.
@@ -99,6 +138,12 @@ impl PumpCursor {
 pub struct StreamTail {
     stream: Arc<Stream>,
     cursor: Option<Arc<PumpCursor>>,
+}
+
+impl StreamTail {
+    pub fn new(stream: Arc<Stream>, cursor: Option<Arc<PumpCursor>>) -> Self {
+        Self { stream, cursor }
+    }
 }
 
 struct TailState {

@@ -13,6 +13,11 @@ use sluice_engine::{
     DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, StreamFormat, StreamSpec,
 };
 
+use datafusion::common::DFSchema;
+use datafusion::sql::planner::PlannerContext;
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SQLExpr};
+use sluice_engine::WatermarkDefinition;
+
 use crate::error::{Error, Result};
 use crate::parser::CreateStream;
 
@@ -52,6 +57,10 @@ pub fn stream_spec(create: &CreateStream) -> Result<StreamSpec> {
         None => DEFAULT_RETENTION_HOURS,
     };
     let partition_key = options.get("partition_key").map(|key| key.to_string());
+    let watermark = match &create.watermark {
+        Some((column, expression)) => Some(watermark_definition(column, expression)?),
+        None => None,
+    };
     Ok(StreamSpec {
         name: create.name.clone(),
         columns,
@@ -59,7 +68,65 @@ pub fn stream_spec(create: &CreateStream) -> Result<StreamSpec> {
         shards,
         partition_key,
         retention_hours,
+        watermark,
     })
+}
+
+/// `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND` (or `AS ts`, no delay).
+fn watermark_definition(column: &str, expression: &SQLExpr) -> Result<WatermarkDefinition> {
+    let invalid = || {
+        Error::Plan(format!(
+            "WATERMARK FOR {column} AS {expression}: expected {column} - INTERVAL '…' (or just {column})"
+        ))
+    };
+    let is_column =
+        |e: &SQLExpr| matches!(e, SQLExpr::Identifier(i) if i.value.eq_ignore_ascii_case(column));
+    let delay_ms = match expression {
+        e if is_column(e) => 0,
+        SQLExpr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } if is_column(left) => interval_millis(right).map_err(|_| invalid())?,
+        _ => return Err(invalid()),
+    };
+    Ok(WatermarkDefinition {
+        column: column.to_string(),
+        delay_ms,
+    })
+}
+
+/// The length of an SQL interval literal in milliseconds, as DataFusion reads it.
+pub fn interval_millis(expression: &SQLExpr) -> Result<i64> {
+    let provider = TypeOnlyContext::default();
+    let planner = SqlToRel::new(&provider);
+    let planned = planner.sql_to_expr(
+        expression.clone(),
+        &DFSchema::empty(),
+        &mut PlannerContext::new(),
+    )?;
+    literal_interval_millis(&planned).ok_or_else(|| {
+        Error::Plan(format!(
+            "'{expression}' is not an interval of days, hours, minutes or seconds"
+        ))
+    })
+}
+
+/// The milliseconds of an interval literal without months, if `expr` is one.
+pub fn literal_interval_millis(expr: &datafusion::logical_expr::Expr) -> Option<i64> {
+    use datafusion::common::ScalarValue;
+    let datafusion::logical_expr::Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
+        }
+        _ => None,
+    }
 }
 
 fn column_schema(create: &CreateStream) -> Result<SchemaRef> {
@@ -166,6 +233,27 @@ mod tests {
         assert_eq!(spec.format, StreamFormat::Json);
         assert_eq!(spec.shards, 2);
         Ok(())
+    }
+
+    #[test]
+    fn watermarks_read_their_delay() -> Result<()> {
+        let spec = spec(
+            "CREATE STREAM c (u VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)",
+        )?;
+        assert_eq!(
+            spec.watermark.map(|w| (w.column, w.delay_ms)),
+            Some(("ts".to_string(), 5_000))
+        );
+        let spec = spec_of(
+            "CREATE STREAM c (ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE)",
+        )?;
+        assert_eq!(spec.watermark.map(|w| w.delay_ms), Some(60_000));
+        assert!(spec_of("CREATE STREAM c (ts TIMESTAMP, WATERMARK FOR ts AS ts + 1)").is_err());
+        Ok(())
+    }
+
+    fn spec_of(sql: &str) -> Result<StreamSpec> {
+        spec(sql)
     }
 
     #[test]

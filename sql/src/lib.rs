@@ -37,6 +37,8 @@ pub mod schema_provider;
 pub mod session;
 pub mod streaming_filter;
 pub mod table;
+pub mod window;
+pub mod window_runtime;
 
 pub use error::{Error, Result};
 pub use parser::{SluiceStatement, parse_statements};

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub enum SluiceStatement {
     /// `CREATE [OR REPLACE] STREAM [IF NOT EXISTS] name (columns) [WITH (options)]`
-    CreateStream(CreateStream),
+    CreateStream(Box<CreateStream>),
     /// `DROP STREAM [IF EXISTS] name`
     DropStream { name: String, if_exists: bool },
     /// `SHOW STREAMS`
@@ -55,6 +55,8 @@ pub struct CreateStream {
     pub or_replace: bool,
     pub if_not_exists: bool,
     pub columns: Vec<ColumnDef>,
+    /// `WATERMARK FOR column AS expression`.
+    pub watermark: Option<(String, Expr)>,
     /// `WITH` options, keys lower-cased, values as text.
     pub options: Vec<(String, String)>,
 }
@@ -137,11 +139,66 @@ fn lift_select_stream(
             continuous.push(token.span);
         }
     }
+    // Flink's window spelling, TUMBLE(TABLE s, DESCRIPTOR(ts), …), becomes tumble(s, ts, …).
+    for (i, token) in tokens.iter().enumerate() {
+        match word(&token.token).as_deref() {
+            Some("TABLE") => {
+                let opens_call = i
+                    .checked_sub(1)
+                    .and_then(|p| {
+                        tokens[..=p]
+                            .iter()
+                            .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
+                    })
+                    .filter(|&p| tokens[p].token == Token::LParen)
+                    .and_then(|p| {
+                        tokens[..p]
+                            .iter()
+                            .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
+                    })
+                    .is_some_and(|f| {
+                        matches!(
+                            word(&tokens[f].token).as_deref(),
+                            Some("TUMBLE" | "HOP" | "SESSION")
+                        )
+                    });
+                if opens_call {
+                    drop.push(i);
+                }
+            }
+            Some("DESCRIPTOR") => {
+                let open = significant(i + 1).filter(|&o| tokens[o].token == Token::LParen);
+                let name = open.and_then(|o| significant(o + 1));
+                let close = name
+                    .and_then(|n| significant(n + 1))
+                    .filter(|&c| tokens[c].token == Token::RParen);
+                if let (Some(open), Some(close)) = (open, close) {
+                    drop.extend([i, open, close]);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Table function names are looked up as written; window functions are registered in lower
+    // case, so `TUMBLE(` finds `tumble`.
+    let window_calls: Vec<usize> = (0..tokens.len())
+        .filter(|&i| {
+            matches!(
+                word(&tokens[i].token).as_deref(),
+                Some("TUMBLE" | "HOP" | "SESSION")
+            ) && significant(i + 1).is_some_and(|o| tokens[o].token == Token::LParen)
+        })
+        .collect();
     let tokens = tokens
         .into_iter()
         .enumerate()
         .filter(|(i, _)| !drop.contains(i))
-        .map(|(_, t)| t)
+        .map(|(i, mut t)| {
+            if let (true, Token::Word(w)) = (window_calls.contains(&i), &mut t.token) {
+                w.value = w.value.to_ascii_lowercase();
+            }
+            t
+        })
         .collect();
     Ok((tokens, continuous))
 }
@@ -250,18 +307,24 @@ fn parse_create_stream(parser: &mut DFParser<'_>, or_replace: bool) -> Result<Sl
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = object_name(&p.parse_object_name(false)?)?;
     let mut columns = Vec::new();
+    let mut watermark = None;
     if p.consume_token(&Token::LParen) {
         loop {
             if p.consume_token(&Token::RParen) {
                 break;
             }
             if word(&p.peek_token().token).as_deref() == Some("WATERMARK") {
-                return Err(Error::Plan(
-                    "WATERMARK FOR is not supported yet: event-time watermarks arrive with continuous queries"
-                        .into(),
-                ));
+                p.next_token();
+                p.expect_keyword_is(Keyword::FOR)?;
+                let column = normalize(&p.parse_identifier()?);
+                p.expect_keyword_is(Keyword::AS)?;
+                let expression = p.parse_expr()?;
+                if watermark.replace((column, expression)).is_some() {
+                    return Err(Error::Plan("a stream has at most one WATERMARK".into()));
+                }
+            } else {
+                columns.push(p.parse_column_def()?);
             }
-            columns.push(p.parse_column_def()?);
             if !p.consume_token(&Token::Comma) {
                 p.expect_token(&Token::RParen)?;
                 break;
@@ -273,13 +336,14 @@ fn parse_create_stream(parser: &mut DFParser<'_>, or_replace: bool) -> Result<Sl
         .into_iter()
         .map(option_pair)
         .collect::<Result<Vec<_>>>()?;
-    Ok(SluiceStatement::CreateStream(CreateStream {
+    Ok(SluiceStatement::CreateStream(Box::new(CreateStream {
         name,
         or_replace,
         if_not_exists,
         columns,
+        watermark,
         options,
-    }))
+    })))
 }
 
 fn parse_create_pump(parser: &mut DFParser<'_>, or_replace: bool) -> Result<SluiceStatement> {

@@ -105,7 +105,7 @@ impl PumpManager {
         for pump in saved {
             let progress = Arc::new(PumpProgress {
                 cursor: Arc::new(PumpCursor::resuming(
-                    session.engine().pump_positions(&pump.name)?,
+                    session.engine().pump_checkpoint(&pump.name)?,
                 )),
                 ..PumpProgress::default()
             });
@@ -129,9 +129,9 @@ impl PumpManager {
 
     /// Plans `sql` for pump `name` (reporting any error now), then runs it in the background.
     pub async fn start(&self, session: &SluiceSession, name: &str, sql: &str) -> Result<()> {
-        let positions = session.engine().pump_positions(name)?;
+        let checkpoint = session.engine().pump_checkpoint(name)?;
         let progress = Arc::new(PumpProgress {
-            cursor: Arc::new(PumpCursor::resuming(positions)),
+            cursor: Arc::new(PumpCursor::resuming(checkpoint)),
             ..PumpProgress::default()
         });
         let prepared = prepare(session, sql, Arc::clone(&progress)).await?;
@@ -204,6 +204,7 @@ impl PumpManager {
         let mut states = Vec::with_capacity(pumps.len());
         let mut rows_in = Vec::with_capacity(pumps.len());
         let mut rows_out = Vec::with_capacity(pumps.len());
+        let mut late_rows = Vec::with_capacity(pumps.len());
         for pump in &pumps {
             let live = running.get(&pump.name);
             let failure = live.and_then(|p| p.progress.failure.lock().clone());
@@ -215,12 +216,14 @@ impl PumpManager {
             });
             rows_in.push(live.map_or(0, |p| p.progress.cursor.rows_in()));
             rows_out.push(live.map_or(0, |p| p.progress.rows_out.load(Ordering::Relaxed)));
+            late_rows.push(live.map_or(0, |p| p.progress.cursor.late_rows()));
         }
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
             Field::new("state", DataType::Utf8, false),
             Field::new("rows_in", DataType::UInt64, false),
             Field::new("rows_out", DataType::UInt64, false),
+            Field::new("late_rows", DataType::UInt64, false),
             Field::new("statement", DataType::Utf8, false),
         ]));
         let columns: Vec<ArrayRef> = vec![
@@ -230,6 +233,7 @@ impl PumpManager {
             Arc::new(StringArray::from_iter_values(states)),
             Arc::new(UInt64Array::from(rows_in)),
             Arc::new(UInt64Array::from(rows_out)),
+            Arc::new(UInt64Array::from(late_rows)),
             Arc::new(StringArray::from_iter_values(
                 pumps.iter().map(|p| p.sql.as_str()),
             )),
@@ -286,9 +290,10 @@ async fn run(engine: Engine, name: String, prepared: PreparedPump) {
     } = prepared;
     let sink = StreamSink::new(Arc::clone(&target));
     while let Some(batch) = rows.next().await {
-        // The positions read when this batch came out: all of it is in this batch (or was
-        // filtered away), so once it is written they can be saved.
-        let positions = progress.cursor.positions();
+        // Where to resume once this batch is written: what was read when it came out (all of
+        // it is in this batch, filtered away, or still held in an open window, which the
+        // checkpoint accounts for), and the watermark then.
+        let checkpoint = progress.cursor.checkpoint();
         let written = async {
             let batch = batch?;
             let records = sink.records(&batch)?;
@@ -298,7 +303,7 @@ async fn run(engine: Engine, name: String, prepared: PreparedPump) {
             let pump = name.clone();
             tokio::task::spawn_blocking(move || {
                 target.append(&records)?;
-                engine.save_pump_positions(&pump, &positions)
+                engine.save_pump_checkpoint(&pump, &checkpoint)
             })
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?

@@ -28,6 +28,8 @@ use crate::parser::{SluiceStatement, parse_statements};
 use crate::pumps::PumpManager;
 use crate::schema_provider::{StreamSchemaProvider, StreamView};
 use crate::streaming_filter::StreamingFilterRule;
+use crate::window::TumbleFunction;
+use crate::window_runtime::{has_aggregate, start_windowed};
 
 /// How long `FLUSH` waits for pumps to catch up.
 const FLUSH_PUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -86,6 +88,14 @@ impl SluiceSession {
         })?;
         let provider = Arc::new(StreamSchemaProvider::new(engine.clone()));
         catalog.register_schema("public", Arc::clone(&provider) as _)?;
+        ctx.register_udtf(
+            "tumble",
+            Arc::new(TumbleFunction::new(
+                engine.clone(),
+                StreamView::Bounded,
+                None,
+            )),
+        );
         let session = Self {
             engine,
             ctx,
@@ -109,6 +119,14 @@ impl SluiceSession {
             .with_physical_optimizer_rule(Arc::new(StreamingFilterRule))
             .build();
         let continuous = SessionContext::new_with_state(state);
+        continuous.register_udtf(
+            "tumble",
+            Arc::new(TumbleFunction::new(
+                self.engine.clone(),
+                StreamView::Continuous,
+                cursor.clone(),
+            )),
+        );
         let schema = self.provider.with_view(StreamView::Continuous, cursor);
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema("public", Arc::new(schema))?;
@@ -265,6 +283,11 @@ impl SluiceSession {
         context: &SessionContext,
         plan: LogicalPlan,
     ) -> Result<SendableRecordBatchStream> {
+        if has_aggregate(&plan)
+            && let Some(rows) = start_windowed(context, &plan).await?
+        {
+            return Ok(rows);
+        }
         refuse_unbounded_state(&plan)?;
         let frame = context.execute_logical_plan(plan).await?;
         frame.execute_stream().await.map_err(|e| {
@@ -387,7 +410,8 @@ impl SluiceSession {
                     schema == "public" && reference.catalog().is_none_or(|c| c == "sluice")
                 }
             };
-            if in_default_schema && !schema.table_exist(reference.table()) {
+            let is_function = state.table_functions().contains_key(reference.table());
+            if in_default_schema && !is_function && !schema.table_exist(reference.table()) {
                 return Err(Error::Plan(format!(
                     "stream or table '{}' does not exist; SHOW STREAMS lists the streams",
                     reference.table()
@@ -529,7 +553,7 @@ fn refuse_unbounded_state(plan: &LogicalPlan) -> Result<()> {
     plan.apply(|node| {
         refusal = match node {
             LogicalPlan::Aggregate(_) => Some(format!(
-                "an aggregate over a stream never finishes without a window: group by a window of time (windows are not supported yet); {bounded_instead}"
+                "an aggregate over a stream never finishes without a window: aggregate over tumble(stream, time_column, INTERVAL '1' MINUTE) and group by window_start; {bounded_instead}"
             )),
             LogicalPlan::Sort(_) => Some(format!(
                 "ORDER BY cannot run continuously: an endless stream cannot be sorted; drop ORDER BY, or {bounded_instead}"

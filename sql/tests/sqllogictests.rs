@@ -21,6 +21,9 @@ use sluice_engine::{Engine, EngineOptions, ManualClock};
 use sluice_sql::{SluiceSession, StatementOutput, parse_statements};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 
+/// How long one file may run.
+const FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 const CLOCK_START_MS: i64 = 1_767_225_600_000; // 2026-01-01 00:00:00 UTC
 
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +274,15 @@ fn main() -> std::process::ExitCode {
             .unwrap_or(file)
             .display()
             .to_string();
-        match runtime.block_on(run_file(file, complete)) {
+        // A continuous query that never ends would otherwise hang the whole suite.
+        let run = async {
+            tokio::time::timeout(FILE_TIMEOUT, run_file(file, complete))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!("timed out after {} s", FILE_TIMEOUT.as_secs()).into())
+                })
+        };
+        match runtime.block_on(run) {
             Ok(()) => {
                 passed += 1;
                 println!("ok     {name}");

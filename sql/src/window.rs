@@ -1,0 +1,347 @@
+//! Tumbling windows: `tumble(stream, time_column, size [, offset])` in `FROM`.
+//!
+//! The table function turns a stream into the same rows plus `window_start` and `window_end`:
+//! the bounds of the fixed-size window (aligned to the epoch, shifted by the offset) that each
+//! row's time falls in. In a bounded query that is all there is to it. In a continuous query an
+//! aggregate grouped by the window runs in [`crate::window_runtime`], which holds each window's
+//! rows until the watermark passes its end.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{Result as DFResult, ScalarValue, plan_err};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use futures::StreamExt;
+use sluice_engine::{Engine, PublicProjector, Stream};
+
+use crate::continuous::{PumpCursor, StreamTail};
+use crate::create_stream::literal_interval_millis;
+use crate::error::to_datafusion;
+use crate::schema_provider::StreamView;
+
+/// The window columns every windowed row gets.
+pub const WINDOW_START: &str = "window_start";
+pub const WINDOW_END: &str = "window_end";
+
+/// A tumbling window over one time column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TumbleSpec {
+    /// The time column's name and position in the stream's public schema.
+    pub time_column: String,
+    pub time_index: usize,
+    /// The time column's unit; sizes below are in it.
+    pub unit: TimeUnit,
+    pub timezone: Option<Arc<str>>,
+    pub size: i64,
+    pub offset: i64,
+    /// How far the watermark trails the newest time seen, in the column's unit (the stream's
+    /// `WATERMARK FOR` delay when it is declared on this column, else 0).
+    pub delay: i64,
+}
+
+impl TumbleSpec {
+    /// The window start of time `t`.
+    pub fn start_of(&self, t: i64) -> i64 {
+        (t - self.offset).div_euclid(self.size) * self.size + self.offset
+    }
+}
+
+fn units_per_milli(unit: TimeUnit) -> (i64, i64) {
+    // (multiply, divide) to go from milliseconds to `unit`.
+    match unit {
+        TimeUnit::Second => (1, 1000),
+        TimeUnit::Millisecond => (1, 1),
+        TimeUnit::Microsecond => (1000, 1),
+        TimeUnit::Nanosecond => (1_000_000, 1),
+    }
+}
+
+/// The `tumble` table function. One instance per planning context, so it knows whether
+/// streams are snapshots or endless, and which pump cursor (if any) reads them.
+#[derive(Debug)]
+pub struct TumbleFunction {
+    engine: Engine,
+    view: StreamView,
+    cursor: Option<Arc<PumpCursor>>,
+}
+
+impl TumbleFunction {
+    pub fn new(engine: Engine, view: StreamView, cursor: Option<Arc<PumpCursor>>) -> Self {
+        Self {
+            engine,
+            view,
+            cursor,
+        }
+    }
+}
+
+fn name_of(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Column(column) => Some(column.name.clone()),
+        Expr::Literal(ScalarValue::Utf8(Some(name)), _) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+impl TableFunctionImpl for TumbleFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DFResult<Arc<dyn TableProvider>> {
+        let exprs = args.exprs();
+        if !(3..=4).contains(&exprs.len()) {
+            return plan_err!(
+                "tumble takes (stream, time_column, size [, offset]), e.g. tumble(clicks, ts, INTERVAL '1' MINUTE); got {} arguments",
+                exprs.len()
+            );
+        }
+        let Some(stream_name) = name_of(&exprs[0]) else {
+            return plan_err!(
+                "tumble's first argument must name a stream, not {}",
+                exprs[0]
+            );
+        };
+        let Some(stream) = self.engine.try_stream(&stream_name) else {
+            return plan_err!(
+                "tumble: stream '{stream_name}' does not exist; SHOW STREAMS lists the streams"
+            );
+        };
+        let Some(column) = name_of(&exprs[1]) else {
+            return plan_err!(
+                "tumble's second argument must be a time column, not {}",
+                exprs[1]
+            );
+        };
+        let schema = stream.public_schema();
+        let Ok(time_index) = schema.index_of(&column) else {
+            return plan_err!("tumble: stream '{stream_name}' has no column '{column}'");
+        };
+        let DataType::Timestamp(unit, timezone) = schema.field(time_index).data_type().clone()
+        else {
+            return plan_err!(
+                "tumble's time column must be a TIMESTAMP; '{column}' of '{stream_name}' is {}",
+                schema.field(time_index).data_type()
+            );
+        };
+        let (mul, div) = units_per_milli(unit);
+        let to_unit = |what: &str, expr: &Expr| -> DFResult<i64> {
+            let Some(ms) = literal_interval_millis(expr) else {
+                return plan_err!(
+                    "tumble's {what} must be an interval such as INTERVAL '1' MINUTE, not {expr}"
+                );
+            };
+            if ms % div != 0 {
+                return plan_err!("tumble's {what} must be whole seconds for a seconds column");
+            }
+            Ok(ms * mul / div)
+        };
+        let size = to_unit("window size", &exprs[2])?;
+        if size <= 0 {
+            return plan_err!("tumble's window size must be positive, not {}", exprs[2]);
+        }
+        let offset = match exprs.get(3) {
+            Some(expr) => to_unit("offset", expr)?,
+            None => 0,
+        };
+        if offset < 0 || offset >= size {
+            return plan_err!(
+                "tumble's offset must be at least zero and less than the window size"
+            );
+        }
+        let delay = match &stream.definition().watermark {
+            Some(w) if w.column == column => w.delay_ms * mul / div,
+            _ => 0,
+        };
+        let spec = TumbleSpec {
+            time_column: column,
+            time_index,
+            unit,
+            timezone,
+            size,
+            offset,
+            delay,
+        };
+        Ok(Arc::new(WindowedTable::new(
+            stream,
+            spec,
+            self.view,
+            self.cursor.clone(),
+        )))
+    }
+}
+
+/// A stream with each row's tumbling window added.
+#[derive(Debug)]
+pub struct WindowedTable {
+    stream: Arc<Stream>,
+    spec: TumbleSpec,
+    schema: SchemaRef,
+    view: StreamView,
+    cursor: Option<Arc<PumpCursor>>,
+}
+
+impl WindowedTable {
+    fn new(
+        stream: Arc<Stream>,
+        spec: TumbleSpec,
+        view: StreamView,
+        cursor: Option<Arc<PumpCursor>>,
+    ) -> Self {
+        let time_type = DataType::Timestamp(spec.unit, spec.timezone.clone());
+        let mut fields: Vec<Field> = stream
+            .public_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(WINDOW_START, time_type.clone(), true));
+        fields.push(Field::new(WINDOW_END, time_type, true));
+        Self {
+            stream,
+            spec,
+            schema: Arc::new(Schema::new(fields)),
+            view,
+            cursor,
+        }
+    }
+
+    /// The window.
+    pub fn spec(&self) -> &TumbleSpec {
+        &self.spec
+    }
+
+    /// The windowed rows' schema.
+    pub fn schema_ref(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The pump cursor reading through this table, if any.
+    pub fn cursor(&self) -> Option<Arc<PumpCursor>> {
+        self.cursor.clone()
+    }
+
+    /// The windowed stream's name.
+    pub fn stream_name(&self) -> &str {
+        self.stream.name()
+    }
+
+    /// The windowed rows of the stream, endlessly: what a windowed aggregate consumes.
+    pub fn continuous_rows(&self) -> SendableRecordBatchStream {
+        let tail = StreamTail::new(Arc::clone(&self.stream), self.cursor.clone());
+        let rows = tail.execute(Arc::new(TaskContext::default()));
+        let spec = self.spec.clone();
+        let schema = Arc::clone(&self.schema);
+        let out_schema = Arc::clone(&schema);
+        let windowed =
+            rows.map(move |batch| batch.and_then(|b| add_window_columns(&b, &spec, &schema)));
+        Box::pin(RecordBatchStreamAdapter::new(out_schema, windowed))
+    }
+}
+
+/// Appends `window_start` and `window_end` to a public-layout batch.
+pub fn add_window_columns(
+    batch: &RecordBatch,
+    spec: &TumbleSpec,
+    schema: &SchemaRef,
+) -> DFResult<RecordBatch> {
+    let times = cast(batch.column(spec.time_index), &DataType::Int64)?;
+    let times = times
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("time column cast".into()))?;
+    let starts: Int64Array = times.iter().map(|t| t.map(|t| spec.start_of(t))).collect();
+    let ends: Int64Array = starts.iter().map(|s| s.map(|s| s + spec.size)).collect();
+    let time_type = DataType::Timestamp(spec.unit, spec.timezone.clone());
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(cast(&starts, &time_type)?);
+    columns.push(cast(&ends, &time_type)?);
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+#[derive(Debug)]
+struct WindowedTail {
+    table_schema: SchemaRef,
+    stream: Arc<Stream>,
+    spec: TumbleSpec,
+    cursor: Option<Arc<PumpCursor>>,
+}
+
+impl PartitionStream for WindowedTail {
+    fn schema(&self) -> &SchemaRef {
+        &self.table_schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let tail = StreamTail::new(Arc::clone(&self.stream), self.cursor.clone());
+        let rows = tail.execute(ctx);
+        let spec = self.spec.clone();
+        let schema = Arc::clone(&self.table_schema);
+        let out = Arc::clone(&schema);
+        let windowed =
+            rows.map(move |batch| batch.and_then(|b| add_window_columns(&b, &spec, &schema)));
+        Box::pin(RecordBatchStreamAdapter::new(out, windowed))
+    }
+}
+
+#[async_trait]
+impl TableProvider for WindowedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        match self.view {
+            StreamView::Bounded => {
+                let projector =
+                    PublicProjector::new(self.stream.user_schema(), None).map_err(to_datafusion)?;
+                let snapshot = self.stream.snapshot().map_err(to_datafusion)?;
+                let partitions = snapshot
+                    .iter()
+                    .map(|(shard, batches)| {
+                        batches
+                            .iter()
+                            .map(|b| {
+                                let public = projector.project(*shard, b).map_err(to_datafusion)?;
+                                add_window_columns(&public, &self.spec, &self.schema)
+                            })
+                            .collect::<DFResult<Vec<_>>>()
+                    })
+                    .collect::<DFResult<Vec<_>>>()?;
+                let exec = MemorySourceConfig::try_new_exec(
+                    &partitions,
+                    Arc::clone(&self.schema),
+                    projection.cloned(),
+                )?;
+                Ok(exec)
+            }
+            StreamView::Continuous => {
+                let tail: Arc<dyn PartitionStream> = Arc::new(WindowedTail {
+                    table_schema: Arc::clone(&self.schema),
+                    stream: Arc::clone(&self.stream),
+                    spec: self.spec.clone(),
+                    cursor: self.cursor.clone(),
+                });
+                let table = StreamingTable::try_new(Arc::clone(&self.schema), vec![tail])?
+                    .with_infinite_table(true);
+                table.scan(state, projection, filters, limit).await
+            }
+        }
+    }
+}
