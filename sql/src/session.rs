@@ -88,14 +88,9 @@ impl SluiceSession {
         })?;
         let provider = Arc::new(StreamSchemaProvider::new(engine.clone()));
         catalog.register_schema("public", Arc::clone(&provider) as _)?;
-        ctx.register_udtf(
-            "tumble",
-            Arc::new(TumbleFunction::new(
-                engine.clone(),
-                StreamView::Bounded,
-                None,
-            )),
-        );
+        let bounded = || TumbleFunction::new(engine.clone(), StreamView::Bounded, None);
+        ctx.register_udtf("tumble", Arc::new(bounded()));
+        ctx.register_udtf("hop", Arc::new(bounded().hopping()));
         let session = Self {
             engine,
             ctx,
@@ -119,14 +114,10 @@ impl SluiceSession {
             .with_physical_optimizer_rule(Arc::new(StreamingFilterRule))
             .build();
         let continuous = SessionContext::new_with_state(state);
-        continuous.register_udtf(
-            "tumble",
-            Arc::new(TumbleFunction::new(
-                self.engine.clone(),
-                StreamView::Continuous,
-                cursor.clone(),
-            )),
-        );
+        let windows =
+            || TumbleFunction::new(self.engine.clone(), StreamView::Continuous, cursor.clone());
+        continuous.register_udtf("tumble", Arc::new(windows()));
+        continuous.register_udtf("hop", Arc::new(windows().hopping()));
         let schema = self.provider.with_view(StreamView::Continuous, cursor);
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema("public", Arc::new(schema))?;

@@ -1,8 +1,9 @@
-//! Tumbling windows: `tumble(stream, time_column, size [, offset])` in `FROM`.
+//! Windows in `FROM`: `tumble(stream, time_column, size [, offset])` and
+//! `hop(stream, time_column, slide, size [, offset])`.
 //!
-//! The table function turns a stream into the same rows plus `window_start` and `window_end`:
+//! The table functions turn a stream into the same rows plus `window_start` and `window_end`:
 //! the bounds of the fixed-size window (aligned to the epoch, shifted by the offset) that each
-//! row's time falls in. In a bounded query that is all there is to it. In a continuous query an
+//! row's time falls in — for hopping windows, one copy of the row per window holding it. In a bounded query that is all there is to it. In a continuous query an
 //! aggregate grouped by the window runs in [`crate::window_runtime`], which holds each window's
 //! rows until the watermark passes its end.
 
@@ -43,6 +44,8 @@ pub struct TumbleSpec {
     pub unit: TimeUnit,
     pub timezone: Option<Arc<str>>,
     pub size: i64,
+    /// How far apart windows start: the size for tumbling windows, less for hopping ones.
+    pub slide: i64,
     pub offset: i64,
     /// How far the watermark trails the newest time seen, in the column's unit (the stream's
     /// `WATERMARK FOR` delay when it is declared on this column, else 0).
@@ -50,9 +53,14 @@ pub struct TumbleSpec {
 }
 
 impl TumbleSpec {
-    /// The window start of time `t`.
+    /// The start of the last window holding time `t` (the only one, for tumbling windows).
     pub fn start_of(&self, t: i64) -> i64 {
-        (t - self.offset).div_euclid(self.size) * self.size + self.offset
+        (t - self.offset).div_euclid(self.slide) * self.slide + self.offset
+    }
+
+    /// How many windows hold each time.
+    pub fn windows_per_row(&self) -> i64 {
+        self.size / self.slide
     }
 }
 
@@ -66,13 +74,23 @@ fn units_per_milli(unit: TimeUnit) -> (i64, i64) {
     }
 }
 
-/// The `tumble` table function. One instance per planning context, so it knows whether
-/// streams are snapshots or endless, and which pump cursor (if any) reads them.
+/// Which window table function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `tumble(stream, time, size [, offset])`
+    Tumble,
+    /// `hop(stream, time, slide, size [, offset])`
+    Hop,
+}
+
+/// The `tumble` and `hop` table functions. One instance per planning context, so it knows
+/// whether streams are snapshots or endless, and which pump cursor (if any) reads them.
 #[derive(Debug)]
 pub struct TumbleFunction {
     engine: Engine,
     view: StreamView,
     cursor: Option<Arc<PumpCursor>>,
+    kind: WindowKind,
 }
 
 impl TumbleFunction {
@@ -81,7 +99,14 @@ impl TumbleFunction {
             engine,
             view,
             cursor,
+            kind: WindowKind::Tumble,
         }
+    }
+
+    /// The same function as `hop`.
+    pub fn hopping(mut self) -> Self {
+        self.kind = WindowKind::Hop;
+        self
     }
 }
 
@@ -96,37 +121,43 @@ fn name_of(expr: &Expr) -> Option<String> {
 impl TableFunctionImpl for TumbleFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> DFResult<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
-        if !(3..=4).contains(&exprs.len()) {
-            return plan_err!(
-                "tumble takes (stream, time_column, size [, offset]), e.g. tumble(clicks, ts, INTERVAL '1' MINUTE); got {} arguments",
-                exprs.len()
-            );
+        let (f, shape, sizes) = match self.kind {
+            WindowKind::Tumble => (
+                "tumble",
+                "(stream, time_column, size [, offset]), e.g. tumble(clicks, ts, INTERVAL '1' MINUTE)",
+                1,
+            ),
+            WindowKind::Hop => (
+                "hop",
+                "(stream, time_column, slide, size [, offset]), e.g. hop(clicks, ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)",
+                2,
+            ),
+        };
+        if !(2 + sizes..=3 + sizes).contains(&exprs.len()) {
+            return plan_err!("{f} takes {shape}; got {} arguments", exprs.len());
         }
         let Some(stream_name) = name_of(&exprs[0]) else {
-            return plan_err!(
-                "tumble's first argument must name a stream, not {}",
-                exprs[0]
-            );
+            return plan_err!("{f}'s first argument must name a stream, not {}", exprs[0]);
         };
         let Some(stream) = self.engine.try_stream(&stream_name) else {
             return plan_err!(
-                "tumble: stream '{stream_name}' does not exist; SHOW STREAMS lists the streams"
+                "{f}: stream '{stream_name}' does not exist; SHOW STREAMS lists the streams"
             );
         };
         let Some(column) = name_of(&exprs[1]) else {
             return plan_err!(
-                "tumble's second argument must be a time column, not {}",
+                "{f}'s second argument must be a time column, not {}",
                 exprs[1]
             );
         };
         let schema = stream.public_schema();
         let Ok(time_index) = schema.index_of(&column) else {
-            return plan_err!("tumble: stream '{stream_name}' has no column '{column}'");
+            return plan_err!("{f}: stream '{stream_name}' has no column '{column}'");
         };
         let DataType::Timestamp(unit, timezone) = schema.field(time_index).data_type().clone()
         else {
             return plan_err!(
-                "tumble's time column must be a TIMESTAMP; '{column}' of '{stream_name}' is {}",
+                "{f}'s time column must be a TIMESTAMP; '{column}' of '{stream_name}' is {}",
                 schema.field(time_index).data_type()
             );
         };
@@ -134,26 +165,46 @@ impl TableFunctionImpl for TumbleFunction {
         let to_unit = |what: &str, expr: &Expr| -> DFResult<i64> {
             let Some(ms) = literal_interval_millis(expr) else {
                 return plan_err!(
-                    "tumble's {what} must be an interval such as INTERVAL '1' MINUTE, not {expr}"
+                    "{f}'s {what} must be an interval such as INTERVAL '1' MINUTE, not {expr}"
                 );
             };
             if ms % div != 0 {
-                return plan_err!("tumble's {what} must be whole seconds for a seconds column");
+                return plan_err!("{f}'s {what} must be whole seconds for a seconds column");
             }
             Ok(ms * mul / div)
         };
-        let size = to_unit("window size", &exprs[2])?;
+        let size = to_unit("window size", &exprs[1 + sizes])?;
         if size <= 0 {
-            return plan_err!("tumble's window size must be positive, not {}", exprs[2]);
+            return plan_err!(
+                "{f}'s window size must be positive, not {}",
+                exprs[1 + sizes]
+            );
         }
-        let offset = match exprs.get(3) {
+        let slide = match self.kind {
+            WindowKind::Tumble => size,
+            WindowKind::Hop => {
+                let slide = to_unit("slide", &exprs[2])?;
+                if slide <= 0 {
+                    return plan_err!("hop's slide must be positive, not {}", exprs[2]);
+                }
+                if size % slide != 0 {
+                    let seconds =
+                        |e: &Expr| literal_interval_millis(e).unwrap_or(0) as f64 / 1000.0;
+                    return plan_err!(
+                        "hop's slide ({} s) must divide its window size ({} s) evenly",
+                        seconds(&exprs[2]),
+                        seconds(&exprs[3])
+                    );
+                }
+                slide
+            }
+        };
+        let offset = match exprs.get(2 + sizes) {
             Some(expr) => to_unit("offset", expr)?,
             None => 0,
         };
-        if offset < 0 || offset >= size {
-            return plan_err!(
-                "tumble's offset must be at least zero and less than the window size"
-            );
+        if offset < 0 || offset >= slide {
+            return plan_err!("{f}'s offset must be at least zero and less than the slide");
         }
         let delay = match &stream.definition().watermark {
             Some(w) if w.column == column => w.delay_ms * mul / div,
@@ -165,6 +216,7 @@ impl TableFunctionImpl for TumbleFunction {
             unit,
             timezone,
             size,
+            slide,
             offset,
             delay,
         };
@@ -256,10 +308,35 @@ pub fn add_window_columns(
         .as_any()
         .downcast_ref::<Int64Array>()
         .ok_or_else(|| datafusion::error::DataFusionError::Internal("time column cast".into()))?;
-    let starts: Int64Array = times.iter().map(|t| t.map(|t| spec.start_of(t))).collect();
-    let ends: Int64Array = starts.iter().map(|s| s.map(|s| s + spec.size)).collect();
     let time_type = DataType::Timestamp(spec.unit, spec.timezone.clone());
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let per_row = spec.windows_per_row();
+    let (rows, starts): (RecordBatch, Int64Array) = if per_row == 1 {
+        let starts = times.iter().map(|t| t.map(|t| spec.start_of(t))).collect();
+        (batch.clone(), starts)
+    } else {
+        // Hopping windows: each row once per window holding it.
+        let mut indices = Vec::with_capacity(batch.num_rows() * per_row as usize);
+        let mut starts = Vec::with_capacity(indices.capacity());
+        for (row, time) in times.iter().enumerate() {
+            let Some(time) = time else {
+                indices.push(row as u32);
+                starts.push(None);
+                continue;
+            };
+            let last = spec.start_of(time);
+            for k in (0..per_row).rev() {
+                indices.push(row as u32);
+                starts.push(Some(last - k * spec.slide));
+            }
+        }
+        let rows = datafusion::arrow::compute::take_record_batch(
+            batch,
+            &datafusion::arrow::array::UInt32Array::from(indices),
+        )?;
+        (rows, starts.into_iter().collect())
+    };
+    let ends: Int64Array = starts.iter().map(|s| s.map(|s| s + spec.size)).collect();
+    let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
     columns.push(cast(&starts, &time_type)?);
     columns.push(cast(&ends, &time_type)?);
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
