@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- ingest [--records N] [--batch N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -11,6 +12,7 @@
 //! the baseline, and memory per million retained records.
 
 mod measure;
+mod window;
 
 /// The same allocator as the `sluice` binary, so the figures are the ones users get.
 #[global_allocator]
@@ -64,8 +66,19 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "window" => {
+            let records = if args.records == 10_000_000 {
+                10_000_000
+            } else {
+                args.records
+            };
+            if let Err(e) = window::window(records, 1_000) {
+                eprintln!("window benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, _)) => {
-            eprintln!("unknown benchmark '{command}'; available: ingest");
+            eprintln!("unknown benchmark '{command}'; available: ingest, window");
             std::process::exit(2);
         }
         Err(e) => {

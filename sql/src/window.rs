@@ -284,6 +284,11 @@ impl WindowedTable {
         self.stream.name()
     }
 
+    /// The windowed stream.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
     /// The windowed rows of the stream, endlessly: what a windowed aggregate consumes.
     pub fn continuous_rows(&self) -> SendableRecordBatchStream {
         let tail = StreamTail::new(Arc::clone(&self.stream), self.cursor.clone());

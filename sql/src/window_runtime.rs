@@ -121,6 +121,8 @@ pub async fn start_windowed(
         spec,
         schema,
         stream_name: table.stream_name().to_string(),
+        stream: Arc::clone(table.stream()),
+        last_seq: HashMap::new(),
         windows: BTreeMap::new(),
         shard_max: HashMap::new(),
         watermark: cursor.as_ref().and_then(|c| c.watermark()),
@@ -182,6 +184,9 @@ struct WindowRuntime {
     spec: TumbleSpec,
     schema: SchemaRef,
     stream_name: String,
+    stream: Arc<sluice_engine::Stream>,
+    /// Per shard, the newest record read.
+    last_seq: HashMap<u32, u64>,
     windows: BTreeMap<i64, OpenWindow>,
     /// Per shard, the newest time seen.
     shard_max: HashMap<u32, i64>,
@@ -246,14 +251,43 @@ impl WindowRuntime {
             let max = self.shard_max.entry(shard).or_insert(time);
             *max = (*max).max(time);
         }
-        if let Some(least) = self.shard_max.values().min() {
-            let candidate = least - self.spec.delay;
-            self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
+        for (shard, seq) in positions.iter().flatten() {
+            let last = self.last_seq.entry(*shard).or_insert(*seq);
+            *last = (*last).max(*seq);
         }
+        self.advance_watermark();
         if let (Some(cursor), true) = (&self.cursor, late > 0) {
             cursor.add_late_rows(late);
         }
         Ok(())
+    }
+
+    /// Moves the watermark: a shard with records not yet read holds it back at the newest time
+    /// read from it (or entirely, if none was read yet); a shard read to its end does not (it is
+    /// idle). With every shard read to its end, the newest time of all counts. Less the delay.
+    fn advance_watermark(&mut self) {
+        let mut holding: Option<Option<i64>> = None;
+        let mut newest: Option<i64> = None;
+        for shard in self.stream.shards() {
+            let index = shard.index();
+            let seen = self.shard_max.get(&index).copied();
+            newest = newest.max(seen);
+            let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
+            if read_to + 1 < shard.next_seq() {
+                holding = Some(match holding {
+                    None => seen,
+                    Some(h) => h.min(seen),
+                });
+            }
+        }
+        let candidate = match holding {
+            Some(held) => held,
+            None => newest,
+        };
+        if let Some(time) = candidate {
+            let candidate = time - self.spec.delay;
+            self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
+        }
     }
 
     /// Emits every window the watermark has passed.
