@@ -221,33 +221,23 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
     let first = word(&parser.parser.peek_nth_token(0).token);
     let second = word(&parser.parser.peek_nth_token(1).token);
     let third = word(&parser.parser.peek_nth_token(2).token);
+    if first.as_deref() == Some("CREATE") {
+        // CREATE [OR REPLACE] STREAM | PUMP
+        let or_replace = second.as_deref() == Some("OR") && third.as_deref() == Some("REPLACE");
+        let kind_at = if or_replace { 3 } else { 1 };
+        let kind = word(&parser.parser.peek_nth_token(kind_at).token);
+        if matches!(kind.as_deref(), Some("STREAM" | "PUMP")) {
+            for _ in 0..=kind_at {
+                parser.parser.next_token();
+            }
+            return if kind.as_deref() == Some("STREAM") {
+                parse_create_stream(parser, or_replace)
+            } else {
+                parse_create_pump(parser, or_replace)
+            };
+        }
+    }
     match (first.as_deref(), second.as_deref(), third.as_deref()) {
-        (Some("CREATE"), Some("STREAM"), _) => {
-            parser.parser.next_token();
-            parser.parser.next_token();
-            parse_create_stream(parser, false)
-        }
-        (Some("CREATE"), Some("OR"), Some("REPLACE"))
-            if word(&parser.parser.peek_nth_token(3).token).as_deref() == Some("STREAM") =>
-        {
-            for _ in 0..4 {
-                parser.parser.next_token();
-            }
-            parse_create_stream(parser, true)
-        }
-        (Some("CREATE"), Some("PUMP"), _) => {
-            parser.parser.next_token();
-            parser.parser.next_token();
-            parse_create_pump(parser, false)
-        }
-        (Some("CREATE"), Some("OR"), Some("REPLACE"))
-            if word(&parser.parser.peek_nth_token(3).token).as_deref() == Some("PUMP") =>
-        {
-            for _ in 0..4 {
-                parser.parser.next_token();
-            }
-            parse_create_pump(parser, true)
-        }
         (Some("DROP"), Some("PUMP"), _) => {
             parser.parser.next_token();
             parser.parser.next_token();
