@@ -42,8 +42,10 @@ pub struct PumpCursor {
     /// Per shard, the oldest record still held in an open window: a restart must read again
     /// from there.
     held: Mutex<HashMap<(String, u32), u64>>,
-    /// The watermark of a windowed pump.
+    /// The watermark of a windowed pump, in its time column's unit.
     watermark: Mutex<Option<i64>>,
+    /// The same watermark in milliseconds since the epoch, for people.
+    watermark_ms: Mutex<Option<i64>>,
     /// Rows dropped for arriving behind the watermark.
     late_rows: AtomicU64,
 }
@@ -90,9 +92,20 @@ impl PumpCursor {
 
     /// Records that a windowed runtime reached `watermark` and still holds records from
     /// `held` (stream, shard) → oldest counter.
-    pub fn set_window_state(&self, watermark: Option<i64>, held: HashMap<(String, u32), u64>) {
+    pub fn set_window_state(
+        &self,
+        watermark: Option<i64>,
+        watermark_ms: Option<i64>,
+        held: HashMap<(String, u32), u64>,
+    ) {
         *self.watermark.lock() = watermark;
+        *self.watermark_ms.lock() = watermark_ms;
         *self.held.lock() = held;
+    }
+
+    /// The watermark in milliseconds since the epoch, once a windowed pump has one.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        *self.watermark_ms.lock()
     }
 
     /// Counts rows dropped for lateness.

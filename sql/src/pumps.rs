@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
@@ -205,6 +207,7 @@ impl PumpManager {
         let mut rows_in = Vec::with_capacity(pumps.len());
         let mut rows_out = Vec::with_capacity(pumps.len());
         let mut late_rows = Vec::with_capacity(pumps.len());
+        let mut watermarks = Vec::with_capacity(pumps.len());
         for pump in &pumps {
             let live = running.get(&pump.name);
             let failure = live.and_then(|p| p.progress.failure.lock().clone());
@@ -217,6 +220,7 @@ impl PumpManager {
             rows_in.push(live.map_or(0, |p| p.progress.cursor.rows_in()));
             rows_out.push(live.map_or(0, |p| p.progress.rows_out.load(Ordering::Relaxed)));
             late_rows.push(live.map_or(0, |p| p.progress.cursor.late_rows()));
+            watermarks.push(live.and_then(|p| p.progress.cursor.watermark_ms()));
         }
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
@@ -224,6 +228,11 @@ impl PumpManager {
             Field::new("rows_in", DataType::UInt64, false),
             Field::new("rows_out", DataType::UInt64, false),
             Field::new("late_rows", DataType::UInt64, false),
+            Field::new(
+                "watermark",
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+                true,
+            ),
             Field::new("statement", DataType::Utf8, false),
         ]));
         let columns: Vec<ArrayRef> = vec![
@@ -234,6 +243,7 @@ impl PumpManager {
             Arc::new(UInt64Array::from(rows_in)),
             Arc::new(UInt64Array::from(rows_out)),
             Arc::new(UInt64Array::from(late_rows)),
+            Arc::new(TimestampMillisecondArray::from(watermarks)),
             Arc::new(StringArray::from_iter_values(
                 pumps.iter().map(|p| p.sql.as_str()),
             )),

@@ -64,7 +64,7 @@ impl TumbleSpec {
     }
 }
 
-fn units_per_milli(unit: TimeUnit) -> (i64, i64) {
+pub(crate) fn units_per_milli(unit: TimeUnit) -> (i64, i64) {
     // (multiply, divide) to go from milliseconds to `unit`.
     match unit {
         TimeUnit::Second => (1, 1000),

@@ -318,7 +318,9 @@ impl WindowRuntime {
                     *entry = (*entry).min(*seq);
                 }
             }
-            cursor.set_window_state(self.watermark, held);
+            let (mul, div) = crate::window::units_per_milli(self.spec.unit);
+            let watermark_ms = self.watermark.map(|w| w * div / mul);
+            cursor.set_window_state(self.watermark, watermark_ms, held);
         }
         Ok(())
     }
