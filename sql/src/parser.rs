@@ -227,9 +227,7 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
         let kind_at = if or_replace { 3 } else { 1 };
         let kind = word(&parser.parser.peek_nth_token(kind_at).token);
         if matches!(kind.as_deref(), Some("STREAM" | "PUMP")) {
-            for _ in 0..=kind_at {
-                parser.parser.next_token();
-            }
+            skip(parser, kind_at + 1);
             return if kind.as_deref() == Some("STREAM") {
                 parse_create_stream(parser, or_replace)
             } else {
@@ -238,19 +236,22 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
         }
     }
     match (first.as_deref(), second.as_deref(), third.as_deref()) {
-        (Some("DROP"), Some("PUMP"), _) => {
-            parser.parser.next_token();
-            parser.parser.next_token();
+        (Some("DROP"), Some(kind @ ("PUMP" | "STREAM")), _) => {
+            let is_pump = kind == "PUMP";
+            skip(parser, 2);
             let if_exists = parser
                 .parser
                 .parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = object_name(&parser.parser.parse_object_name(false)?)?;
-            Ok(SluiceStatement::DropPump { name, if_exists })
+            Ok(if is_pump {
+                SluiceStatement::DropPump { name, if_exists }
+            } else {
+                SluiceStatement::DropStream { name, if_exists }
+            })
         }
-        (Some("START" | "STOP"), Some("PUMP"), _) => {
-            let start = first.as_deref() == Some("START");
-            parser.parser.next_token();
-            parser.parser.next_token();
+        (Some(verb @ ("START" | "STOP")), Some("PUMP"), _) => {
+            let start = verb == "START";
+            skip(parser, 2);
             let name = object_name(&parser.parser.parse_object_name(false)?)?;
             Ok(if start {
                 SluiceStatement::StartPump { name }
@@ -258,24 +259,14 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
                 SluiceStatement::StopPump { name }
             })
         }
-        (Some("SHOW"), Some("PUMPS"), _) => {
-            parser.parser.next_token();
-            parser.parser.next_token();
-            Ok(SluiceStatement::ShowPumps)
-        }
-        (Some("DROP"), Some("STREAM"), _) => {
-            parser.parser.next_token();
-            parser.parser.next_token();
-            let if_exists = parser
-                .parser
-                .parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-            let name = object_name(&parser.parser.parse_object_name(false)?)?;
-            Ok(SluiceStatement::DropStream { name, if_exists })
-        }
-        (Some("SHOW"), Some("STREAMS"), _) => {
-            parser.parser.next_token();
-            parser.parser.next_token();
-            Ok(SluiceStatement::ShowStreams)
+        (Some("SHOW"), Some(what @ ("PUMPS" | "STREAMS")), _) => {
+            let pumps = what == "PUMPS";
+            skip(parser, 2);
+            Ok(if pumps {
+                SluiceStatement::ShowPumps
+            } else {
+                SluiceStatement::ShowStreams
+            })
         }
         (Some("DESCRIBE" | "DESC"), Some(_), _) if at_statement_end(parser, 2) => {
             parser.parser.next_token();
@@ -289,6 +280,13 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
         _ => Ok(SluiceStatement::DataFusion(Box::new(
             parser.parse_statement()?,
         ))),
+    }
+}
+
+/// Consumes `n` tokens already looked at.
+fn skip(parser: &mut DFParser<'_>, n: usize) {
+    for _ in 0..n {
+        parser.parser.next_token();
     }
 }
 

@@ -147,12 +147,7 @@ impl SluiceSession {
         let mut results = Vec::new();
         for statement in parse_statements(sql)? {
             match self.execute_statement(statement).await? {
-                StatementOutput::Rows(stream) => {
-                    let schema = stream.schema();
-                    let batches = datafusion::physical_plan::common::collect(stream).await?;
-                    results.push((schema, batches));
-                }
-                StatementOutput::Continuous(stream) => {
+                StatementOutput::Rows(stream) | StatementOutput::Continuous(stream) => {
                     let schema = stream.schema();
                     let batches = datafusion::physical_plan::common::collect(stream).await?;
                     results.push((schema, batches));

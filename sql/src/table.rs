@@ -57,22 +57,13 @@ impl TableProvider for StreamTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let projector =
-            PublicProjector::new(self.stream.user_schema(), projection.map(|p| p.as_slice()))
-                .map_err(to_datafusion)?;
-        let snapshot = self.stream.snapshot().map_err(to_datafusion)?;
-        let partitions = snapshot
-            .iter()
-            .map(|(shard, batches)| {
-                batches
-                    .iter()
-                    .map(|b| projector.project(*shard, b))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(to_datafusion)?;
-        let exec =
-            MemorySourceConfig::try_new_exec(&partitions, Arc::clone(projector.schema()), None)?;
+        let projection = projection.map(|p| p.as_slice());
+        let partitions = snapshot_partitions(&self.stream, projection)?;
+        let schema = match projection {
+            Some(columns) => Arc::new(self.stream.public_schema().project(columns)?),
+            None => Arc::clone(self.stream.public_schema()),
+        };
+        let exec = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
         Ok(exec)
     }
 
@@ -122,6 +113,27 @@ impl StreamTable {
             self.stream.definition().retention_hours
         )
     }
+}
+
+/// Every retained record of `stream`, one partition per shard, in the public layout projected
+/// to `projection` (indexes into the public schema; `None` for all columns).
+pub(crate) fn snapshot_partitions(
+    stream: &Stream,
+    projection: Option<&[usize]>,
+) -> DFResult<Vec<Vec<RecordBatch>>> {
+    let projector =
+        PublicProjector::new(stream.user_schema(), projection).map_err(to_datafusion)?;
+    let snapshot = stream.snapshot().map_err(to_datafusion)?;
+    snapshot
+        .iter()
+        .map(|(shard, batches)| {
+            batches
+                .iter()
+                .map(|b| projector.project(*shard, b))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(to_datafusion)
 }
 
 /// Turns inserted rows into records: the user columns encoded in the stream's format become the

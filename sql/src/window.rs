@@ -23,12 +23,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt;
-use sluice_engine::{Engine, PublicProjector, Stream};
+use sluice_engine::{Engine, Stream};
 
 use crate::continuous::{PumpCursor, StreamTail};
 use crate::create_stream::literal_interval_millis;
-use crate::error::to_datafusion;
 use crate::schema_provider::StreamView;
+use crate::table::snapshot_partitions;
 
 /// The window columns every windowed row gets.
 pub const WINDOW_START: &str = "window_start";
@@ -291,15 +291,31 @@ impl WindowedTable {
 
     /// The windowed rows of the stream, endlessly: what a windowed aggregate consumes.
     pub fn continuous_rows(&self) -> SendableRecordBatchStream {
-        let tail = StreamTail::new(Arc::clone(&self.stream), self.cursor.clone());
-        let rows = tail.execute(Arc::new(TaskContext::default()));
-        let spec = self.spec.clone();
-        let schema = Arc::clone(&self.schema);
-        let out_schema = Arc::clone(&schema);
-        let windowed =
-            rows.map(move |batch| batch.and_then(|b| add_window_columns(&b, &spec, &schema)));
-        Box::pin(RecordBatchStreamAdapter::new(out_schema, windowed))
+        windowed_tail(
+            &self.stream,
+            self.cursor.clone(),
+            &self.spec,
+            &self.schema,
+            Arc::new(TaskContext::default()),
+        )
     }
+}
+
+/// The stream followed endlessly, each batch with its windows added.
+fn windowed_tail(
+    stream: &Arc<Stream>,
+    cursor: Option<Arc<PumpCursor>>,
+    spec: &TumbleSpec,
+    schema: &SchemaRef,
+    ctx: Arc<TaskContext>,
+) -> SendableRecordBatchStream {
+    let rows = StreamTail::new(Arc::clone(stream), cursor).execute(ctx);
+    let spec = spec.clone();
+    let out_schema = Arc::clone(schema);
+    let schema = Arc::clone(schema);
+    let windowed =
+        rows.map(move |batch| batch.and_then(|b| add_window_columns(&b, &spec, &schema)));
+    Box::pin(RecordBatchStreamAdapter::new(out_schema, windowed))
 }
 
 /// Appends `window_start` and `window_end` to a public-layout batch.
@@ -361,14 +377,13 @@ impl PartitionStream for WindowedTail {
     }
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let tail = StreamTail::new(Arc::clone(&self.stream), self.cursor.clone());
-        let rows = tail.execute(ctx);
-        let spec = self.spec.clone();
-        let schema = Arc::clone(&self.table_schema);
-        let out = Arc::clone(&schema);
-        let windowed =
-            rows.map(move |batch| batch.and_then(|b| add_window_columns(&b, &spec, &schema)));
-        Box::pin(RecordBatchStreamAdapter::new(out, windowed))
+        windowed_tail(
+            &self.stream,
+            self.cursor.clone(),
+            &self.spec,
+            &self.table_schema,
+            ctx,
+        )
     }
 }
 
@@ -391,18 +406,12 @@ impl TableProvider for WindowedTable {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         match self.view {
             StreamView::Bounded => {
-                let projector =
-                    PublicProjector::new(self.stream.user_schema(), None).map_err(to_datafusion)?;
-                let snapshot = self.stream.snapshot().map_err(to_datafusion)?;
-                let partitions = snapshot
-                    .iter()
-                    .map(|(shard, batches)| {
+                let partitions = snapshot_partitions(&self.stream, None)?
+                    .into_iter()
+                    .map(|batches| {
                         batches
                             .iter()
-                            .map(|b| {
-                                let public = projector.project(*shard, b).map_err(to_datafusion)?;
-                                add_window_columns(&public, &self.spec, &self.schema)
-                            })
+                            .map(|b| add_window_columns(b, &self.spec, &self.schema))
                             .collect::<DFResult<Vec<_>>>()
                     })
                     .collect::<DFResult<Vec<_>>>()?;

@@ -105,6 +105,13 @@ fn read_high_water(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+impl ShardState {
+    /// Every retained chunk, oldest first: the sealed ones, then the tail.
+    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        self.sealed.iter().chain(self.tail.iter())
+    }
+}
+
 /// A shard of a stream.
 #[derive(Debug)]
 pub struct Shard {
@@ -295,12 +302,7 @@ impl Shard {
     /// Every retained record (stored layout): the snapshot a bounded query scans.
     pub fn snapshot(&self) -> Vec<RecordBatch> {
         let state = self.state.read();
-        state
-            .sealed
-            .iter()
-            .chain(state.tail.iter())
-            .map(|c| c.batch.clone())
-            .collect()
+        state.chunks().map(|c| c.batch.clone()).collect()
     }
 
     /// The counter the next record will get (where LATEST starts).
@@ -321,7 +323,7 @@ impl Shard {
     /// The counter of the first record that arrived at or after `ts_ms`, or the next one.
     pub fn seq_at_timestamp(&self, ts_ms: i64) -> u64 {
         let state = self.state.read();
-        let chunks: Vec<&Chunk> = state.sealed.iter().chain(state.tail.iter()).collect();
+        let chunks: Vec<&Chunk> = state.chunks().collect();
         let index = chunks.partition_point(|c| c.max_arrival_ms < ts_ms);
         chunks
             .get(index)
@@ -352,9 +354,7 @@ impl Shard {
     pub fn memory_size(&self) -> usize {
         let state = self.state.read();
         state
-            .sealed
-            .iter()
-            .chain(state.tail.iter())
+            .chunks()
             .map(|c| c.batch.get_array_memory_size())
             .sum()
     }
