@@ -52,6 +52,14 @@ pub struct WatermarkDefinition {
     pub column: String,
     /// How far the watermark trails the newest event time seen, in milliseconds.
     pub delay_ms: i64,
+    /// How long past its end a window on this column stays open for late rows, in
+    /// milliseconds (`allowed_lateness`).
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    /// How long a shard with nothing new keeps holding the watermark back, in milliseconds of
+    /// processing time (`idle_timeout`; 0 = not at all).
+    #[serde(default)]
+    pub idle_timeout_ms: i64,
 }
 
 /// Everything that defines a stream.

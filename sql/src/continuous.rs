@@ -48,6 +48,9 @@ pub struct PumpCursor {
     watermark_ms: Mutex<Option<i64>>,
     /// Rows dropped for arriving behind the watermark.
     late_rows: AtomicU64,
+    /// When (processing time, ms) the first open window of a processing-time query is due to
+    /// close: until then the pump is not caught up once the clock has passed it.
+    due_ms: Mutex<Option<i64>>,
 }
 
 impl PumpCursor {
@@ -97,7 +100,9 @@ impl PumpCursor {
         watermark: Option<i64>,
         watermark_ms: Option<i64>,
         held: HashMap<(String, u32), u64>,
+        due_ms: Option<i64>,
     ) {
+        *self.due_ms.lock() = due_ms;
         *self.watermark.lock() = watermark;
         *self.watermark_ms.lock() = watermark_ms;
         *self.held.lock() = held;
@@ -124,8 +129,15 @@ impl PumpCursor {
     }
 
     /// Whether everything appended so far to the shards this cursor reads has been read and
-    /// fully processed.
+    /// fully processed, and no processing-time window the clock has passed is still open.
     pub fn caught_up(&self, engine: &Engine) -> bool {
+        if self
+            .due_ms
+            .lock()
+            .is_some_and(|due| due <= engine.clock().now_millis())
+        {
+            return false;
+        }
         let caught_up = self.caught_up.lock();
         self.read.lock().keys().all(|(stream, shard)| {
             let Some(next) = engine

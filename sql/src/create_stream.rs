@@ -22,7 +22,14 @@ use crate::error::{Error, Result};
 use crate::parser::CreateStream;
 
 /// The `WITH` options `CREATE STREAM` accepts.
-pub const STREAM_OPTIONS: [&str; 4] = ["shards", "format", "partition_key", "retention"];
+pub const STREAM_OPTIONS: [&str; 6] = [
+    "shards",
+    "format",
+    "partition_key",
+    "retention",
+    "allowed_lateness",
+    "idle_timeout",
+];
 
 /// Builds the engine's spec for a `CREATE STREAM`.
 pub fn stream_spec(create: &CreateStream) -> Result<StreamSpec> {
@@ -57,10 +64,27 @@ pub fn stream_spec(create: &CreateStream) -> Result<StreamSpec> {
         None => DEFAULT_RETENTION_HOURS,
     };
     let partition_key = options.get("partition_key").map(|key| key.to_string());
-    let watermark = match &create.watermark {
+    let mut watermark = match &create.watermark {
         Some((column, expression)) => Some(watermark_definition(column, expression)?),
         None => None,
     };
+    for (option, set) in [
+        (
+            "allowed_lateness",
+            (|w, ms| w.allowed_lateness_ms = ms) as fn(&mut WatermarkDefinition, i64),
+        ),
+        ("idle_timeout", |w, ms| w.idle_timeout_ms = ms),
+    ] {
+        let Some(text) = options.get(option) else {
+            continue;
+        };
+        let Some(watermark) = watermark.as_mut() else {
+            return Err(Error::Plan(format!(
+                "WITH option {option} needs event time: declare WATERMARK FOR <column> AS <column> - INTERVAL '…' in the column list"
+            )));
+        };
+        set(watermark, parse_duration_millis(option, text)?);
+    }
     Ok(StreamSpec {
         name: create.name.clone(),
         columns,
@@ -93,7 +117,38 @@ fn watermark_definition(column: &str, expression: &SQLExpr) -> Result<WatermarkD
     Ok(WatermarkDefinition {
         column: column.to_string(),
         delay_ms,
+        allowed_lateness_ms: 0,
+        idle_timeout_ms: 0,
     })
+}
+
+/// A duration option: `'10 seconds'`, `'5 minutes'`, `'2 hours'`, `'500 ms'`, or a number of
+/// seconds.
+pub fn parse_duration_millis(option: &str, text: &str) -> Result<i64> {
+    let invalid = || {
+        Error::Plan(format!(
+            "WITH option {option} = '{text}' is not a duration; write e.g. '30 seconds', '5 minutes' or '1 hour'"
+        ))
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let unit_ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" | "millisecond" | "milliseconds" => 1.0,
+        "" | "s" | "sec" | "second" | "seconds" => 1_000.0,
+        "m" | "min" | "minute" | "minutes" => 60_000.0,
+        "h" | "hour" | "hours" => 3_600_000.0,
+        "d" | "day" | "days" => 86_400_000.0,
+        _ => return Err(invalid()),
+    };
+    let ms = number * unit_ms;
+    if !(0.0..=366.0 * 86_400_000.0).contains(&ms) {
+        return Err(invalid());
+    }
+    Ok(ms.round() as i64)
 }
 
 /// The length of an SQL interval literal in milliseconds, as DataFusion reads it.

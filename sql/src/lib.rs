@@ -35,6 +35,7 @@ pub mod parser;
 pub mod pumps;
 pub mod schema_provider;
 pub mod session;
+pub mod session_window;
 pub mod streaming_filter;
 pub mod table;
 pub mod window;

@@ -140,6 +140,7 @@ fn lift_select_stream(
         }
     }
     // Flink's window spelling, TUMBLE(TABLE s, DESCRIPTOR(ts), …), becomes tumble(s, ts, …).
+    let mut comma = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
         match word(&token.token).as_deref() {
             Some("TABLE") => {
@@ -164,6 +165,35 @@ fn lift_select_stream(
                     });
                 if opens_call {
                     drop.push(i);
+                }
+            }
+            Some("PARTITION") => {
+                // SESSION(TABLE s PARTITION BY k, …) → session(s, k, …); a parenthesized key
+                // list loses its parentheses.
+                let before = |at: usize| {
+                    tokens[..at]
+                        .iter()
+                        .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
+                };
+                let in_session = before(i)
+                    .and_then(before)
+                    .filter(|&t| word(&tokens[t].token).as_deref() == Some("TABLE"))
+                    .and_then(before)
+                    .filter(|&p| tokens[p].token == Token::LParen)
+                    .and_then(before)
+                    .is_some_and(|f| word(&tokens[f].token).as_deref() == Some("SESSION"));
+                let by =
+                    significant(i + 1).filter(|&b| word(&tokens[b].token).as_deref() == Some("BY"));
+                if let (true, Some(by)) = (in_session, by) {
+                    comma.push(i);
+                    drop.push(by);
+                    if let Some(open) =
+                        significant(by + 1).filter(|&o| tokens[o].token == Token::LParen)
+                        && let Some(close) =
+                            (open..tokens.len()).find(|&c| tokens[c].token == Token::RParen)
+                    {
+                        drop.extend([open, close]);
+                    }
                 }
             }
             Some("DESCRIPTOR") => {
@@ -196,6 +226,9 @@ fn lift_select_stream(
         .map(|(i, mut t)| {
             if let (true, Token::Word(w)) = (window_calls.contains(&i), &mut t.token) {
                 w.value = w.value.to_ascii_lowercase();
+            }
+            if comma.contains(&i) {
+                t.token = Token::Comma;
             }
             t
         })

@@ -29,7 +29,7 @@ use crate::pumps::PumpManager;
 use crate::schema_provider::{StreamSchemaProvider, StreamView};
 use crate::streaming_filter::StreamingFilterRule;
 use crate::window::TumbleFunction;
-use crate::window_runtime::{has_aggregate, start_windowed};
+use crate::window_runtime::start_windowed;
 
 /// How long `FLUSH` waits for pumps to catch up.
 const FLUSH_PUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -91,6 +91,7 @@ impl SluiceSession {
         let bounded = || TumbleFunction::new(engine.clone(), StreamView::Bounded, None);
         ctx.register_udtf("tumble", Arc::new(bounded()));
         ctx.register_udtf("hop", Arc::new(bounded().hopping()));
+        ctx.register_udtf("session", Arc::new(bounded().sessions()));
         let session = Self {
             engine,
             ctx,
@@ -118,6 +119,7 @@ impl SluiceSession {
             || TumbleFunction::new(self.engine.clone(), StreamView::Continuous, cursor.clone());
         continuous.register_udtf("tumble", Arc::new(windows()));
         continuous.register_udtf("hop", Arc::new(windows().hopping()));
+        continuous.register_udtf("session", Arc::new(windows().sessions()));
         let schema = self.provider.with_view(StreamView::Continuous, cursor);
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema("public", Arc::new(schema))?;
@@ -269,9 +271,7 @@ impl SluiceSession {
         context: &SessionContext,
         plan: LogicalPlan,
     ) -> Result<SendableRecordBatchStream> {
-        if has_aggregate(&plan)
-            && let Some(rows) = start_windowed(context, &plan).await?
-        {
+        if let Some(rows) = start_windowed(context, &plan).await? {
             return Ok(rows);
         }
         refuse_unbounded_state(&plan)?;

@@ -1,5 +1,6 @@
-//! Windows in `FROM`: `tumble(stream, time_column, size [, offset])` and
-//! `hop(stream, time_column, slide, size [, offset])`.
+//! Windows in `FROM`: `tumble(stream, time_column, size [, offset])`,
+//! `hop(stream, time_column, slide, size [, offset])` and
+//! `session(stream, [key, …,] time_column, gap)`.
 //!
 //! The table functions turn a stream into the same rows plus `window_start` and `window_end`:
 //! the bounds of the fixed-size window (aligned to the epoch, shifted by the offset) that each
@@ -23,11 +24,13 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt;
-use sluice_engine::{Engine, Stream};
+use sluice_engine::schema::ROWTIME;
+use sluice_engine::{Clock, Engine, Stream};
 
 use crate::continuous::{PumpCursor, StreamTail};
 use crate::create_stream::literal_interval_millis;
 use crate::schema_provider::StreamView;
+use crate::session_window::Sessions;
 use crate::table::snapshot_partitions;
 
 /// The window columns every windowed row gets.
@@ -50,6 +53,18 @@ pub struct TumbleSpec {
     /// How far the watermark trails the newest time seen, in the column's unit (the stream's
     /// `WATERMARK FOR` delay when it is declared on this column, else 0).
     pub delay: i64,
+    /// How long past its end a window stays open for late rows, in the column's unit (the
+    /// stream's `allowed_lateness` when its watermark is on this column, else 0).
+    pub lateness: i64,
+    /// How long a shard read to its end keeps holding the watermark back, in milliseconds of
+    /// processing time (the stream's `idle_timeout`; 0 lets it go at once).
+    pub idle_timeout_ms: i64,
+    /// Session windows: the key columns' positions in the public schema (sessions are per
+    /// key; empty for one session across the stream). `size` is then the gap.
+    pub session_keys: Option<Vec<usize>>,
+    /// The windows follow processing time: the time column is `ROWTIME`, so windows close as
+    /// the clock passes their end rather than as rows arrive.
+    pub processing_time: bool,
 }
 
 impl TumbleSpec {
@@ -61,6 +76,18 @@ impl TumbleSpec {
     /// How many windows hold each time.
     pub fn windows_per_row(&self) -> i64 {
         self.size / self.slide
+    }
+
+    /// Converts milliseconds to the time column's unit.
+    pub fn from_millis(&self, ms: i64) -> i64 {
+        let (mul, div) = units_per_milli(self.unit);
+        ms * mul / div
+    }
+
+    /// Converts a time in the column's unit to milliseconds.
+    pub fn to_millis(&self, t: i64) -> i64 {
+        let (mul, div) = units_per_milli(self.unit);
+        t * div / mul
     }
 }
 
@@ -81,6 +108,8 @@ pub enum WindowKind {
     Tumble,
     /// `hop(stream, time, slide, size [, offset])`
     Hop,
+    /// `session(stream, [key, …,] time, gap)`
+    Session,
 }
 
 /// The `tumble` and `hop` table functions. One instance per planning context, so it knows
@@ -108,6 +137,12 @@ impl TumbleFunction {
         self.kind = WindowKind::Hop;
         self
     }
+
+    /// The same function as `session`.
+    pub fn sessions(mut self) -> Self {
+        self.kind = WindowKind::Session;
+        self
+    }
 }
 
 fn name_of(expr: &Expr) -> Option<String> {
@@ -121,19 +156,26 @@ fn name_of(expr: &Expr) -> Option<String> {
 impl TableFunctionImpl for TumbleFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> DFResult<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
-        let (f, shape, sizes) = match self.kind {
+        let (f, shape) = match self.kind {
             WindowKind::Tumble => (
                 "tumble",
                 "(stream, time_column, size [, offset]), e.g. tumble(clicks, ts, INTERVAL '1' MINUTE)",
-                1,
             ),
             WindowKind::Hop => (
                 "hop",
                 "(stream, time_column, slide, size [, offset]), e.g. hop(clicks, ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)",
-                2,
+            ),
+            WindowKind::Session => (
+                "session",
+                "(stream, [key_column, …,] time_column, gap), e.g. session(clicks, user_id, ts, INTERVAL '30' MINUTE)",
             ),
         };
-        if !(2 + sizes..=3 + sizes).contains(&exprs.len()) {
+        let arity_ok = match self.kind {
+            WindowKind::Tumble => (3..=4).contains(&exprs.len()),
+            WindowKind::Hop => (4..=5).contains(&exprs.len()),
+            WindowKind::Session => exprs.len() >= 3,
+        };
+        if !arity_ok {
             return plan_err!("{f} takes {shape}; got {} arguments", exprs.len());
         }
         let Some(stream_name) = name_of(&exprs[0]) else {
@@ -144,16 +186,21 @@ impl TableFunctionImpl for TumbleFunction {
                 "{f}: stream '{stream_name}' does not exist; SHOW STREAMS lists the streams"
             );
         };
-        let Some(column) = name_of(&exprs[1]) else {
-            return plan_err!(
-                "{f}'s second argument must be a time column, not {}",
-                exprs[1]
-            );
-        };
         let schema = stream.public_schema();
-        let Ok(time_index) = schema.index_of(&column) else {
-            return plan_err!("{f}: stream '{stream_name}' has no column '{column}'");
+        let column_index = |what: &str, expr: &Expr| -> DFResult<(String, usize)> {
+            let Some(column) = name_of(expr) else {
+                return plan_err!("{f}'s {what} must be a column of '{stream_name}', not {expr}");
+            };
+            match schema.index_of(&column) {
+                Ok(index) => Ok((column, index)),
+                Err(_) => plan_err!("{f}: stream '{stream_name}' has no column '{column}'"),
+            }
         };
+        let time_at = match self.kind {
+            WindowKind::Session => exprs.len() - 2,
+            _ => 1,
+        };
+        let (column, time_index) = column_index("time column", &exprs[time_at])?;
         let DataType::Timestamp(unit, timezone) = schema.field(time_index).data_type().clone()
         else {
             return plan_err!(
@@ -173,15 +220,17 @@ impl TableFunctionImpl for TumbleFunction {
             }
             Ok(ms * mul / div)
         };
-        let size = to_unit("window size", &exprs[1 + sizes])?;
+        let (size_at, what) = match self.kind {
+            WindowKind::Tumble => (2, "window size"),
+            WindowKind::Hop => (3, "window size"),
+            WindowKind::Session => (exprs.len() - 1, "gap"),
+        };
+        let size = to_unit(what, &exprs[size_at])?;
         if size <= 0 {
-            return plan_err!(
-                "{f}'s window size must be positive, not {}",
-                exprs[1 + sizes]
-            );
+            return plan_err!("{f}'s {what} must be positive, not {}", exprs[size_at]);
         }
         let slide = match self.kind {
-            WindowKind::Tumble => size,
+            WindowKind::Tumble | WindowKind::Session => size,
             WindowKind::Hop => {
                 let slide = to_unit("slide", &exprs[2])?;
                 if slide <= 0 {
@@ -199,18 +248,34 @@ impl TableFunctionImpl for TumbleFunction {
                 slide
             }
         };
-        let offset = match exprs.get(2 + sizes) {
-            Some(expr) => to_unit("offset", expr)?,
-            None => 0,
+        let offset = match (self.kind, exprs.get(size_at + 1)) {
+            (WindowKind::Session, _) | (_, None) => 0,
+            (_, Some(expr)) => to_unit("offset", expr)?,
         };
         if offset < 0 || offset >= slide {
             return plan_err!("{f}'s offset must be at least zero and less than the slide");
         }
-        let delay = match &stream.definition().watermark {
-            Some(w) if w.column == column => w.delay_ms * mul / div,
-            _ => 0,
+        let session_keys = match self.kind {
+            WindowKind::Session => Some(
+                exprs[1..time_at]
+                    .iter()
+                    .map(|e| column_index("key", e).map(|(_, i)| i))
+                    .collect::<DFResult<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        let watermark = stream.definition().watermark.clone();
+        let (delay, lateness, idle_timeout_ms) = match &watermark {
+            Some(w) if w.column == column => (
+                w.delay_ms * mul / div,
+                w.allowed_lateness_ms * mul / div,
+                w.idle_timeout_ms,
+            ),
+            Some(w) => (0, 0, w.idle_timeout_ms),
+            None => (0, 0, 0),
         };
         let spec = TumbleSpec {
+            processing_time: column == ROWTIME,
             time_column: column,
             time_index,
             unit,
@@ -219,12 +284,16 @@ impl TableFunctionImpl for TumbleFunction {
             slide,
             offset,
             delay,
+            lateness,
+            idle_timeout_ms,
+            session_keys,
         };
         Ok(Arc::new(WindowedTable::new(
             stream,
             spec,
             self.view,
             self.cursor.clone(),
+            Arc::clone(self.engine.clock()),
         )))
     }
 }
@@ -237,6 +306,7 @@ pub struct WindowedTable {
     schema: SchemaRef,
     view: StreamView,
     cursor: Option<Arc<PumpCursor>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl WindowedTable {
@@ -245,6 +315,7 @@ impl WindowedTable {
         spec: TumbleSpec,
         view: StreamView,
         cursor: Option<Arc<PumpCursor>>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let time_type = DataType::Timestamp(spec.unit, spec.timezone.clone());
         let mut fields: Vec<Field> = stream
@@ -261,7 +332,13 @@ impl WindowedTable {
             schema: Arc::new(Schema::new(fields)),
             view,
             cursor,
+            clock,
         }
+    }
+
+    /// The engine's clock: processing time.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The window.
@@ -289,8 +366,13 @@ impl WindowedTable {
         &self.stream
     }
 
-    /// The windowed rows of the stream, endlessly: what a windowed aggregate consumes.
+    /// The stream's rows, endlessly, as a windowed aggregate consumes them: with their fixed
+    /// windows added, or as they are for session windows (whose bounds come later).
     pub fn continuous_rows(&self) -> SendableRecordBatchStream {
+        if self.spec.session_keys.is_some() {
+            return StreamTail::new(Arc::clone(&self.stream), self.cursor.clone())
+                .execute(Arc::new(TaskContext::default()));
+        }
         windowed_tail(
             &self.stream,
             self.cursor.clone(),
@@ -405,6 +487,24 @@ impl TableProvider for WindowedTable {
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         match self.view {
+            StreamView::Bounded if self.spec.session_keys.is_some() => {
+                // Sessions span shards: gather every retained row, then close every session.
+                let public = Arc::clone(self.stream.public_schema());
+                let mut sessions = Sessions::new(&self.spec, &public, Arc::clone(&self.schema))?;
+                for batch in snapshot_partitions(&self.stream, None)?.iter().flatten() {
+                    let positions = vec![None; batch.num_rows()];
+                    sessions.accept(batch, None, &positions)?;
+                }
+                let rows = sessions.close(None)?.into_iter().collect::<Vec<_>>();
+                Ok(MemorySourceConfig::try_new_exec(
+                    &[rows],
+                    Arc::clone(&self.schema),
+                    projection.cloned(),
+                )?)
+            }
+            StreamView::Continuous if self.spec.session_keys.is_some() => plan_err!(
+                "session windows in a continuous query need an aggregate grouped by window_start or window_end"
+            ),
             StreamView::Bounded => {
                 let partitions = snapshot_partitions(&self.stream, None)?
                     .into_iter()

@@ -1,38 +1,61 @@
 //! Windowed aggregation in continuous queries.
 //!
-//! A continuous query that aggregates over `tumble(…)` and groups by `window_start` (or
-//! `window_end`) does not run as one DataFusion plan, since DataFusion cannot finish an
-//! aggregate over endless input. Instead the windowed rows are read here and held per window;
-//! the watermark — per shard, the newest time seen, less the stream's `WATERMARK FOR` delay,
-//! then the least over the shards that have sent rows — decides when a window is complete. Rows
-//! whose window has already closed are dropped and counted. When windows close, the query's own
-//! plan runs, bounded, over just their rows (the windowed scan swapped for an in-memory table),
-//! and its output is the query's next rows.
+//! A continuous query that aggregates over `tumble(…)`, `hop(…)` or `session(…)` and groups by
+//! `window_start` (or `window_end`) does not run as one DataFusion plan, since DataFusion cannot
+//! finish an aggregate over endless input. It runs as one bounded execution of the query's own
+//! physical plan per window: the windowed scan is swapped for a channel, each window's rows are
+//! sent down its own execution as they arrive, and when the watermark passes the window's end
+//! (plus the stream's `allowed_lateness`) the channel is closed and the plan's output for that
+//! window is the query's next rows. So the state of an open tumbling or hopping window is what
+//! DataFusion's aggregate holds — one accumulator per group — never the raw rows, and it is
+//! freed when the window closes. Session windows, whose bounds are only known once they end,
+//! hold their rows ([`crate::session_window`]) and run the plan over them as they close.
 //!
-//! State is the rows of the open windows, not yet per-window accumulators.
+//! The watermark of event-time windows is, per shard, the newest time read less the stream's
+//! `WATERMARK FOR` delay, then the least over the shards still holding it back: a shard with
+//! records not yet read always does; one read to its end stops after the stream's
+//! `idle_timeout` (at once by default). Windows over `ROWTIME` follow processing time: they
+//! close when the engine's clock passes their end. Rows whose window has already closed are
+//! dropped and counted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
+use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::catalog::MemTable;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Result as DFResult, plan_err};
+use datafusion::common::{DataFusionError, Result as DFResult, plan_err};
 use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::{Expr, LogicalPlan, TableScanBuilder};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableScanBuilder, TableType};
 use datafusion::logical_expr::{FetchType, SkipType};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use sluice_engine::Clock;
 use sluice_engine::schema::SEQUENCE_NUMBER;
 use sluice_engine::sequence::parse_sequence_number;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::continuous::PumpCursor;
+use crate::session_window::Sessions;
 use crate::window::{TumbleSpec, WINDOW_END, WINDOW_START, WindowedTable};
 
+/// Batches queued to one window's execution before the reader waits for it.
+const WINDOW_CHANNEL: usize = 4;
+
+/// The longest a query over processing time (or with an idle timeout) waits before looking at
+/// the clock again.
+const TICK: Duration = Duration::from_millis(50);
 /// Whether `plan` aggregates.
 pub fn has_aggregate(plan: &LogicalPlan) -> bool {
     let mut found = false;
@@ -83,7 +106,8 @@ fn groups_by_window(plan: &LogicalPlan) -> bool {
     grouped
 }
 
-/// Starts a windowed aggregation, if `plan` is one: `Ok(None)` when it is not windowed.
+/// Starts a windowed query, if `plan` is one: `Ok(None)` when it is not (a query over fixed
+/// windows without an aggregate runs as a plain continuous query).
 pub async fn start_windowed(
     context: &SessionContext,
     plan: &LogicalPlan,
@@ -91,14 +115,18 @@ pub async fn start_windowed(
     let Some(provider) = windowed_scan(plan)? else {
         return Ok(None);
     };
-    if !groups_by_window(plan) {
-        return plan_err!(
-            "an aggregate over tumble(…) must group by window_start (or window_end), so each window's rows come out when it closes"
-        );
-    }
     let Some(table) = provider.downcast_ref::<WindowedTable>() else {
         return Ok(None);
     };
+    let session = table.spec().session_keys.is_some();
+    if !has_aggregate(plan) && !session {
+        return Ok(None);
+    }
+    if has_aggregate(plan) && !groups_by_window(plan) {
+        return plan_err!(
+            "an aggregate over a window must group by window_start (or window_end), so each window's rows come out when it closes"
+        );
+    }
     // A LIMIT over the whole query counts rows across windows, so it is applied to the output
     // here rather than to each window's rows.
     let (plan, remaining) = match plan {
@@ -111,24 +139,32 @@ pub async fn start_windowed(
     let spec = table.spec().clone();
     let schema = table.schema_ref();
     let cursor = table.cursor();
-    // Plan once over no rows, so mistakes show now rather than when a window closes.
-    let empty = replace_scan(plan, &schema, vec![])?;
-    let physical = context.state().create_physical_plan(&empty).await?;
-    let out_schema = physical.schema();
-
+    let exec = WindowExec::plan(context, plan, &schema).await?;
+    let out_schema = exec.physical.schema();
+    let state = match &spec.session_keys {
+        Some(_) => WindowState::Sessions(Box::new(Sessions::new(
+            &spec,
+            table.stream().public_schema(),
+            Arc::clone(&schema),
+        )?)),
+        None => WindowState::Fixed(BTreeMap::new()),
+    };
+    let clock = Arc::clone(table.clock());
+    let started_ms = clock.now_millis();
     let runtime = WindowRuntime {
         input: table.continuous_rows(),
         spec,
-        schema,
         stream_name: table.stream_name().to_string(),
         stream: Arc::clone(table.stream()),
+        clock,
+        started_ms,
         last_seq: HashMap::new(),
-        windows: BTreeMap::new(),
+        last_read_ms: HashMap::new(),
+        state,
         shard_max: HashMap::new(),
         watermark: cursor.as_ref().and_then(|c| c.watermark()),
         cursor,
-        plan: plan.clone(),
-        context: context.clone(),
+        exec,
         output: VecDeque::new(),
         remaining,
         finished: false,
@@ -142,28 +178,8 @@ pub async fn start_windowed(
             if runtime.finished {
                 return None;
             }
-            let batch = match runtime.input.next().await? {
-                Ok(batch) => batch,
-                Err(e) => return Some((Err(e), None)),
-            };
-            if let Err(e) = runtime.accept(&batch) {
+            if let Err(e) = runtime.step().await {
                 return Some((Err(e), None));
-            }
-            if let Err(e) = runtime.close_due().await {
-                return Some((Err(e), None));
-            }
-            if let Some(left) = runtime.remaining.as_mut() {
-                let mut kept = VecDeque::new();
-                for batch in runtime.output.drain(..) {
-                    let take = batch.num_rows().min(*left);
-                    *left -= take;
-                    if take > 0 {
-                        kept.push_back(batch.slice(0, take));
-                    }
-                }
-                runtime.output = kept;
-                let done = *left == 0;
-                runtime.finished = done;
             }
         }
     });
@@ -172,28 +188,168 @@ pub async fn start_windowed(
     ))))
 }
 
-/// The rows of one open window, and per shard the oldest record among them.
-#[derive(Default)]
+/// The query's physical plan with its windowed scan reading from a channel, run once per
+/// window.
+struct WindowExec {
+    physical: Arc<dyn ExecutionPlan>,
+    /// Where the next execution's scan takes its rows from.
+    slot: Arc<Mutex<Option<mpsc::Receiver<RecordBatch>>>>,
+    task_ctx: Arc<TaskContext>,
+}
+
+impl WindowExec {
+    async fn plan(
+        context: &SessionContext,
+        plan: &LogicalPlan,
+        schema: &SchemaRef,
+    ) -> DFResult<Self> {
+        let slot = Arc::new(Mutex::new(None));
+        let table: Arc<dyn TableProvider> = Arc::new(WindowRows {
+            schema: Arc::clone(schema),
+            slot: Arc::clone(&slot),
+        });
+        let plan = replace_scan(plan, table)?;
+        let state = context.state();
+        let physical = state.create_physical_plan(&plan).await?;
+        Ok(Self {
+            physical,
+            slot,
+            task_ctx: state.task_ctx(),
+        })
+    }
+
+    /// Starts one window's execution.
+    fn open(&self) -> DFResult<Running> {
+        let (tx, rx) = mpsc::channel(WINDOW_CHANNEL);
+        *self.slot.lock() = Some(rx);
+        let stream = self.physical.execute(0, Arc::clone(&self.task_ctx));
+        let unread = self.slot.lock().take().is_some();
+        let stream = stream?;
+        if unread {
+            return Err(DataFusionError::Internal(
+                "a window's plan did not open its rows when it started".into(),
+            ));
+        }
+        let task = tokio::spawn(stream.try_collect::<Vec<_>>());
+        Ok(Running { tx: Some(tx), task })
+    }
+}
+
+/// One window's execution in progress.
+struct Running {
+    tx: Option<mpsc::Sender<RecordBatch>>,
+    task: JoinHandle<DFResult<Vec<RecordBatch>>>,
+}
+
+impl Running {
+    async fn send(&mut self, batch: RecordBatch) {
+        if let Some(tx) = &self.tx
+            && tx.send(batch).await.is_err()
+        {
+            // The execution ended early (a LIMIT, or an error that `finish` reports).
+            self.tx = None;
+        }
+    }
+
+    /// Ends the window's input and returns the plan's rows for it.
+    async fn finish(mut self) -> DFResult<Vec<RecordBatch>> {
+        self.tx = None;
+        match (&mut self.task).await {
+            Ok(rows) => rows,
+            Err(e) => Err(DataFusionError::External(Box::new(e))),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The windowed scan inside a window's plan: one partition reading the rows sent to the
+/// execution being started.
+#[derive(Debug)]
+struct WindowRows {
+    schema: SchemaRef,
+    slot: Arc<Mutex<Option<mpsc::Receiver<RecordBatch>>>>,
+}
+
+impl PartitionStream for WindowRows {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let rx = self.slot.lock().take();
+        let rows = futures::stream::unfold(rx, |rx| async move {
+            let mut rx = rx?;
+            let batch = rx.recv().await?;
+            Some((Ok(batch), Some(rx)))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            rows,
+        ))
+    }
+}
+
+#[async_trait]
+impl TableProvider for WindowRows {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let partition: Arc<dyn PartitionStream> = Arc::new(WindowRows {
+            schema: Arc::clone(&self.schema),
+            slot: Arc::clone(&self.slot),
+        });
+        StreamingTable::try_new(Arc::clone(&self.schema), vec![partition])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// An open fixed window: its execution, and per shard the oldest record sent to it.
 struct OpenWindow {
-    batches: Vec<RecordBatch>,
+    running: Running,
     oldest: HashMap<u32, u64>,
+}
+
+enum WindowState {
+    /// Tumbling or hopping windows by start.
+    Fixed(BTreeMap<i64, OpenWindow>),
+    Sessions(Box<Sessions>),
 }
 
 struct WindowRuntime {
     input: SendableRecordBatchStream,
     spec: TumbleSpec,
-    schema: SchemaRef,
     stream_name: String,
     stream: Arc<sluice_engine::Stream>,
+    clock: Arc<dyn Clock>,
+    started_ms: i64,
     /// Per shard, the newest record read.
     last_seq: HashMap<u32, u64>,
-    windows: BTreeMap<i64, OpenWindow>,
+    /// Per shard, when (processing time) a record was last read from it.
+    last_read_ms: HashMap<u32, i64>,
+    state: WindowState,
     /// Per shard, the newest time seen.
     shard_max: HashMap<u32, i64>,
     watermark: Option<i64>,
     cursor: Option<Arc<PumpCursor>>,
-    plan: LogicalPlan,
-    context: SessionContext,
+    exec: WindowExec,
     output: VecDeque<RecordBatch>,
     /// Rows the query's LIMIT still allows.
     remaining: Option<usize>,
@@ -202,125 +358,236 @@ struct WindowRuntime {
 }
 
 impl WindowRuntime {
-    /// Files a batch of windowed rows under their windows, dropping late ones, and moves the
-    /// watermark.
-    fn accept(&mut self, batch: &RecordBatch) -> DFResult<()> {
-        let starts = int64(batch.column(batch.num_columns() - 2))?;
-        let times = int64(batch.column(self.spec.time_index))?;
+    /// Reads the next batch (or waits for the clock), then closes what is due.
+    async fn step(&mut self) -> DFResult<()> {
+        let ticking = self.spec.processing_time || self.spec.idle_timeout_ms > 0;
+        let next = if ticking {
+            let wait = self.tick_wait();
+            tokio::select! {
+                item = self.input.next() => Some(item),
+                _ = tokio::time::sleep(wait) => None,
+            }
+        } else {
+            Some(self.input.next().await)
+        };
+        match next {
+            // The stream is gone: nothing more will arrive.
+            Some(None) => self.finished = true,
+            Some(Some(batch)) => self.accept(&batch?).await?,
+            None => {}
+        }
+        self.advance_watermark();
+        self.close_due().await?;
+        if let Some(left) = self.remaining.as_mut() {
+            let mut kept = VecDeque::new();
+            for batch in self.output.drain(..) {
+                let take = batch.num_rows().min(*left);
+                *left -= take;
+                if take > 0 {
+                    kept.push_back(batch.slice(0, take));
+                }
+            }
+            self.output = kept;
+            if *left == 0 {
+                self.finished = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// How long to wait for rows before looking at the clock again.
+    fn tick_wait(&self) -> Duration {
+        let due = match &self.state {
+            WindowState::Fixed(windows) => windows
+                .keys()
+                .next()
+                .map(|start| start + self.spec.size + self.spec.lateness),
+            WindowState::Sessions(sessions) => sessions.next_end().map(|e| e + self.spec.lateness),
+        };
+        match (self.spec.processing_time, due) {
+            (true, Some(due)) => {
+                let left = self.spec.to_millis(due) - self.clock.now_millis();
+                TICK.min(Duration::from_millis(left.clamp(1, 1_000) as u64))
+            }
+            _ => TICK,
+        }
+    }
+
+    /// Files a batch of rows under their windows, dropping late ones, and notes how far each
+    /// shard has been read.
+    async fn accept(&mut self, batch: &RecordBatch) -> DFResult<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        // Every batch comes from one shard, in sequence order.
         let sequence = batch
             .column_by_name(SEQUENCE_NUMBER)
             .map(|c| c.as_string::<i32>().clone());
-        let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        let mut late = 0u64;
-        let mut newest: HashMap<u32, i64> = HashMap::new();
-        let mut positions: Vec<Option<(u32, u64)>> = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            let position = sequence
+        let position = |row: usize| {
+            sequence
                 .as_ref()
-                .and_then(|s| parse_sequence_number(s.value(row)).ok());
-            positions.push(position);
-            if starts.is_null(row) {
-                late += 1; // no time, no window
-                continue;
-            }
-            let start = starts.value(row);
-            if self.watermark.is_some_and(|w| start + self.spec.size <= w) {
-                late += 1;
-                continue;
-            }
-            rows.entry(start).or_default().push(row as u32);
-            if let Some((shard, _)) = position {
-                let time = times.value(row);
-                let max = newest.entry(shard).or_insert(time);
-                *max = (*max).max(time);
-            }
-        }
-        for (start, indices) in rows {
-            let window = self.windows.entry(start).or_default();
-            for &row in &indices {
-                if let Some((shard, seq)) = positions[row as usize] {
-                    let oldest = window.oldest.entry(shard).or_insert(seq);
-                    *oldest = (*oldest).min(seq);
+                .filter(|s| s.is_valid(row))
+                .and_then(|s| parse_sequence_number(s.value(row)).ok())
+        };
+        let last = position(batch.num_rows() - 1);
+        let times = int64(batch.column(self.spec.time_index))?;
+        let late = match &mut self.state {
+            WindowState::Fixed(windows) => {
+                let starts = int64(batch.column(batch.num_columns() - 2))?;
+                let closed_before = self
+                    .watermark
+                    .map(|w| w - self.spec.size - self.spec.lateness);
+                let mut groups: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+                let mut late = 0u64;
+                for row in 0..batch.num_rows() {
+                    if starts.is_null(row) {
+                        late += 1; // no time, no window
+                        continue;
+                    }
+                    let start = starts.value(row);
+                    if closed_before.is_some_and(|c| start <= c) {
+                        late += 1;
+                        continue;
+                    }
+                    groups.entry(start).or_default().push(row as u32);
                 }
+                let whole = groups.len() == 1 && late == 0;
+                for (start, rows) in groups {
+                    let oldest = position(rows[0] as usize);
+                    let rows = if whole {
+                        batch.clone()
+                    } else {
+                        take_record_batch(batch, &UInt32Array::from(rows))?
+                    };
+                    let window = match windows.entry(start) {
+                        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(v) => v.insert(OpenWindow {
+                            running: self.exec.open()?,
+                            oldest: HashMap::new(),
+                        }),
+                    };
+                    if let Some((shard, seq)) = oldest {
+                        window.oldest.entry(shard).or_insert(seq);
+                    }
+                    window.running.send(rows).await;
+                }
+                late
             }
-            window
-                .batches
-                .push(take_record_batch(batch, &UInt32Array::from(indices))?);
+            WindowState::Sessions(sessions) => {
+                let positions: Vec<_> = (0..batch.num_rows()).map(position).collect();
+                let watermark = self.watermark.map(|w| w - self.spec.lateness);
+                sessions.accept(batch, watermark, &positions)?
+            }
+        };
+        if let Some((shard, seq)) = last {
+            if let Some(newest) = datafusion::arrow::compute::max(&times) {
+                let max = self.shard_max.entry(shard).or_insert(newest);
+                *max = (*max).max(newest);
+            }
+            let read = self.last_seq.entry(shard).or_insert(seq);
+            *read = (*read).max(seq);
+            self.last_read_ms.insert(shard, self.clock.now_millis());
         }
-        for (shard, time) in newest {
-            let max = self.shard_max.entry(shard).or_insert(time);
-            *max = (*max).max(time);
-        }
-        for (shard, seq) in positions.iter().flatten() {
-            let last = self.last_seq.entry(*shard).or_insert(*seq);
-            *last = (*last).max(*seq);
-        }
-        self.advance_watermark();
         if let (Some(cursor), true) = (&self.cursor, late > 0) {
             cursor.add_late_rows(late);
         }
         Ok(())
     }
 
-    /// Moves the watermark: a shard with records not yet read holds it back at the newest time
-    /// read from it (or entirely, if none was read yet); a shard read to its end does not (it is
-    /// idle). With every shard read to its end, the newest time of all counts. Less the delay.
+    /// Moves the watermark. Over processing time it is the clock. Over event time, a shard
+    /// with records not yet read holds it back at the newest time read from it (or entirely,
+    /// if none was read yet), as does one read to its end until it has been idle for the
+    /// idle timeout; with no shard holding it back, the newest time of all counts. Less the
+    /// delay.
     fn advance_watermark(&mut self) {
-        let mut holding: Option<Option<i64>> = None;
-        let mut newest: Option<i64> = None;
-        for shard in self.stream.shards() {
-            let index = shard.index();
-            let seen = self.shard_max.get(&index).copied();
-            newest = newest.max(seen);
-            let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
-            if read_to + 1 < shard.next_seq() {
-                holding = Some(match holding {
-                    None => seen,
-                    Some(h) => h.min(seen),
-                });
+        let candidate = if self.spec.processing_time {
+            Some(self.spec.from_millis(self.clock.now_millis()))
+        } else {
+            let now = self.clock.now_millis();
+            let mut holding: Option<Option<i64>> = None;
+            let mut newest: Option<i64> = None;
+            for shard in self.stream.shards() {
+                let index = shard.index();
+                let seen = self.shard_max.get(&index).copied();
+                newest = newest.max(seen);
+                let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
+                let unread = read_to + 1 < shard.next_seq();
+                let quiet_since = self
+                    .last_read_ms
+                    .get(&index)
+                    .copied()
+                    .unwrap_or(self.started_ms);
+                let idle = !unread && now - quiet_since >= self.spec.idle_timeout_ms;
+                if !idle {
+                    holding = Some(match holding {
+                        None => seen,
+                        Some(h) => h.min(seen),
+                    });
+                }
             }
-        }
-        let candidate = match holding {
-            Some(held) => held,
-            None => newest,
+            match holding {
+                Some(held) => held,
+                None => newest,
+            }
+            .map(|time| time - self.spec.delay)
         };
-        if let Some(time) = candidate {
-            let candidate = time - self.spec.delay;
+        if let Some(candidate) = candidate {
             self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
         }
     }
 
-    /// Emits every window the watermark has passed.
+    /// Emits every window the watermark (less the allowed lateness) has passed, and records
+    /// the window state in the pump's cursor.
     async fn close_due(&mut self) -> DFResult<()> {
-        let Some(watermark) = self.watermark else {
-            return Ok(());
-        };
-        let mut closed = Vec::new();
-        while let Some(entry) = self.windows.first_entry() {
-            if *entry.key() + self.spec.size > watermark {
-                break;
-            }
-            closed.extend(entry.remove().batches);
-        }
-        if !closed.is_empty() {
-            let rows = concat_batches(&self.schema, &closed)?;
-            let plan = replace_scan(&self.plan, &self.schema, vec![rows])?;
-            let frame = self.context.execute_logical_plan(plan).await?;
-            self.output.extend(frame.collect().await?);
-        }
-        if let Some(cursor) = &self.cursor {
-            let mut held: HashMap<(String, u32), u64> = HashMap::new();
-            for window in self.windows.values() {
-                for (shard, seq) in &window.oldest {
-                    let entry = held
-                        .entry((self.stream_name.clone(), *shard))
-                        .or_insert(*seq);
-                    *entry = (*entry).min(*seq);
+        let upto = self.watermark.map(|w| w - self.spec.lateness);
+        let held: HashMap<u32, u64> = match &mut self.state {
+            WindowState::Fixed(windows) => {
+                if let Some(upto) = upto {
+                    while let Some(entry) = windows.first_entry() {
+                        if *entry.key() + self.spec.size > upto {
+                            break;
+                        }
+                        let window = entry.remove();
+                        self.output.extend(window.running.finish().await?);
+                    }
                 }
+                let mut held: HashMap<u32, u64> = HashMap::new();
+                for window in windows.values() {
+                    for (shard, seq) in &window.oldest {
+                        let entry = held.entry(*shard).or_insert(*seq);
+                        *entry = (*entry).min(*seq);
+                    }
+                }
+                held
             }
-            let (mul, div) = crate::window::units_per_milli(self.spec.unit);
-            let watermark_ms = self.watermark.map(|w| w * div / mul);
-            cursor.set_window_state(self.watermark, watermark_ms, held);
+            WindowState::Sessions(sessions) => {
+                if let Some(upto) = upto
+                    && let Some(rows) = sessions.close(Some(upto))?
+                {
+                    let mut running = self.exec.open()?;
+                    running.send(rows).await;
+                    self.output.extend(running.finish().await?);
+                }
+                sessions.oldest_held()
+            }
+        };
+        if let Some(cursor) = &self.cursor {
+            let held = held
+                .into_iter()
+                .map(|(shard, seq)| ((self.stream_name.clone(), shard), seq))
+                .collect();
+            let watermark_ms = self.watermark.map(|w| self.spec.to_millis(w));
+            let due_ms = match (&self.state, self.spec.processing_time) {
+                (WindowState::Fixed(windows), true) => windows
+                    .keys()
+                    .next()
+                    .map(|s| self.spec.to_millis(s + self.spec.size + self.spec.lateness)),
+                (WindowState::Sessions(sessions), true) => sessions
+                    .next_end()
+                    .map(|e| self.spec.to_millis(e + self.spec.lateness)),
+                _ => None,
+            };
+            cursor.set_window_state(self.watermark, watermark_ms, held, due_ms);
         }
         Ok(())
     }
@@ -330,13 +597,8 @@ fn int64(array: &Arc<dyn Array>) -> DFResult<Int64Array> {
     Ok(cast(array, &DataType::Int64)?.as_primitive().clone())
 }
 
-/// `plan` with its windowed scan reading `rows` instead.
-fn replace_scan(
-    plan: &LogicalPlan,
-    schema: &SchemaRef,
-    rows: Vec<RecordBatch>,
-) -> DFResult<LogicalPlan> {
-    let table = Arc::new(MemTable::try_new(Arc::clone(schema), vec![rows])?);
+/// `plan` with its windowed scan reading `table` instead.
+fn replace_scan(plan: &LogicalPlan, table: Arc<dyn TableProvider>) -> DFResult<LogicalPlan> {
     plan.clone()
         .transform_up(|node| {
             let LogicalPlan::TableScan(scan) = &node else {
@@ -349,7 +611,7 @@ fn replace_scan(
             }
             let replaced = TableScanBuilder::new(
                 scan.table_name.clone(),
-                provider_as_source(Arc::clone(&table) as _),
+                provider_as_source(Arc::clone(&table)),
             )
             .with_projection(scan.projection.clone())
             .with_filters(scan.filters.clone())
