@@ -48,8 +48,9 @@ pub struct PumpCursor {
     watermark_ms: Mutex<Option<i64>>,
     /// Rows dropped for arriving behind the watermark.
     late_rows: AtomicU64,
-    /// When (processing time, ms) the first open window of a processing-time query is due to
-    /// close: until then the pump is not caught up once the clock has passed it.
+    /// When (processing time, ms) a windowed pump next has work that only the clock brings: a
+    /// processing-time window due to close, or a shard due to turn idle. Once the clock has
+    /// passed it the pump is not caught up until it has done that work.
     due_ms: Mutex<Option<i64>>,
 }
 
@@ -100,12 +101,15 @@ impl PumpCursor {
         watermark: Option<i64>,
         watermark_ms: Option<i64>,
         held: HashMap<(String, u32), u64>,
-        due_ms: Option<i64>,
     ) {
-        *self.due_ms.lock() = due_ms;
         *self.watermark.lock() = watermark;
         *self.watermark_ms.lock() = watermark_ms;
         *self.held.lock() = held;
+    }
+
+    /// Records when (processing time, ms) the clock next brings the pump work.
+    pub fn set_due(&self, due_ms: Option<i64>) {
+        *self.due_ms.lock() = due_ms;
     }
 
     /// The watermark in milliseconds since the epoch, once a windowed pump has one.

@@ -160,6 +160,7 @@ pub async fn start_windowed(
         started_ms,
         last_seq: HashMap::new(),
         last_read_ms: HashMap::new(),
+        next_idle_ms: None,
         state,
         shard_max: HashMap::new(),
         watermark: cursor.as_ref().and_then(|c| c.watermark()),
@@ -344,6 +345,9 @@ struct WindowRuntime {
     last_seq: HashMap<u32, u64>,
     /// Per shard, when (processing time) a record was last read from it.
     last_read_ms: HashMap<u32, i64>,
+    /// When (processing time) the next shard read to its end turns idle and stops holding
+    /// the watermark back.
+    next_idle_ms: Option<i64>,
     state: WindowState,
     /// Per shard, the newest time seen.
     shard_max: HashMap<u32, i64>,
@@ -360,6 +364,7 @@ struct WindowRuntime {
 impl WindowRuntime {
     /// Reads the next batch (or waits for the clock), then closes what is due.
     async fn step(&mut self) -> DFResult<()> {
+        self.publish_due();
         let ticking = self.spec.processing_time || self.spec.idle_timeout_ms > 0;
         let next = if ticking {
             let wait = self.tick_wait();
@@ -378,6 +383,7 @@ impl WindowRuntime {
         }
         self.advance_watermark();
         self.close_due().await?;
+        self.publish_state();
         if let Some(left) = self.remaining.as_mut() {
             let mut kept = VecDeque::new();
             for batch in self.output.drain(..) {
@@ -504,6 +510,7 @@ impl WindowRuntime {
             Some(self.spec.from_millis(self.clock.now_millis()))
         } else {
             let now = self.clock.now_millis();
+            self.next_idle_ms = None;
             let mut holding: Option<Option<i64>> = None;
             let mut newest: Option<i64> = None;
             for shard in self.stream.shards() {
@@ -517,7 +524,11 @@ impl WindowRuntime {
                     .get(&index)
                     .copied()
                     .unwrap_or(self.started_ms);
-                let idle = !unread && now - quiet_since >= self.spec.idle_timeout_ms;
+                let idle_at = quiet_since + self.spec.idle_timeout_ms;
+                let idle = !unread && now >= idle_at;
+                if !unread && !idle {
+                    self.next_idle_ms = Some(self.next_idle_ms.map_or(idle_at, |n| n.min(idle_at)));
+                }
                 if !idle {
                     holding = Some(match holding {
                         None => seen,
@@ -536,21 +547,40 @@ impl WindowRuntime {
         }
     }
 
-    /// Emits every window the watermark (less the allowed lateness) has passed, and records
-    /// the window state in the pump's cursor.
+    /// Emits every window the watermark (less the allowed lateness) has passed.
     async fn close_due(&mut self) -> DFResult<()> {
-        let upto = self.watermark.map(|w| w - self.spec.lateness);
-        let held: HashMap<u32, u64> = match &mut self.state {
+        let Some(upto) = self.watermark.map(|w| w - self.spec.lateness) else {
+            return Ok(());
+        };
+        match &mut self.state {
             WindowState::Fixed(windows) => {
-                if let Some(upto) = upto {
-                    while let Some(entry) = windows.first_entry() {
-                        if *entry.key() + self.spec.size > upto {
-                            break;
-                        }
-                        let window = entry.remove();
-                        self.output.extend(window.running.finish().await?);
+                while let Some(entry) = windows.first_entry() {
+                    if *entry.key() + self.spec.size > upto {
+                        break;
                     }
+                    let window = entry.remove();
+                    self.output.extend(window.running.finish().await?);
                 }
+            }
+            WindowState::Sessions(sessions) => {
+                if let Some(rows) = sessions.close(Some(upto))? {
+                    let mut running = self.exec.open()?;
+                    running.send(rows).await;
+                    self.output.extend(running.finish().await?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the window state in the pump's cursor, for its checkpoints: the oldest record
+    /// an open window still holds per shard, and the watermark.
+    fn publish_state(&self) {
+        let Some(cursor) = &self.cursor else {
+            return;
+        };
+        let held = match &self.state {
+            WindowState::Fixed(windows) => {
                 let mut held: HashMap<u32, u64> = HashMap::new();
                 for window in windows.values() {
                     for (shard, seq) in &window.oldest {
@@ -560,36 +590,39 @@ impl WindowRuntime {
                 }
                 held
             }
-            WindowState::Sessions(sessions) => {
-                if let Some(upto) = upto
-                    && let Some(rows) = sessions.close(Some(upto))?
-                {
-                    let mut running = self.exec.open()?;
-                    running.send(rows).await;
-                    self.output.extend(running.finish().await?);
-                }
-                sessions.oldest_held()
-            }
+            WindowState::Sessions(sessions) => sessions.oldest_held(),
         };
-        if let Some(cursor) = &self.cursor {
-            let held = held
-                .into_iter()
-                .map(|(shard, seq)| ((self.stream_name.clone(), shard), seq))
-                .collect();
-            let watermark_ms = self.watermark.map(|w| self.spec.to_millis(w));
-            let due_ms = match (&self.state, self.spec.processing_time) {
-                (WindowState::Fixed(windows), true) => windows
-                    .keys()
-                    .next()
-                    .map(|s| self.spec.to_millis(s + self.spec.size + self.spec.lateness)),
-                (WindowState::Sessions(sessions), true) => sessions
-                    .next_end()
-                    .map(|e| self.spec.to_millis(e + self.spec.lateness)),
-                _ => None,
-            };
-            cursor.set_window_state(self.watermark, watermark_ms, held, due_ms);
-        }
-        Ok(())
+        let held = held
+            .into_iter()
+            .map(|(shard, seq)| ((self.stream_name.clone(), shard), seq))
+            .collect();
+        let watermark_ms = self.watermark.map(|w| self.spec.to_millis(w));
+        cursor.set_window_state(self.watermark, watermark_ms, held);
+    }
+
+    /// Records in the pump's cursor when the clock next brings work (a processing-time window
+    /// to close, a shard turning idle). Called at the start of a step, once the rows of earlier
+    /// steps have been taken downstream, so `FLUSH` never sees a window as done before its rows
+    /// have landed.
+    fn publish_due(&self) {
+        let Some(cursor) = &self.cursor else {
+            return;
+        };
+        let window_due = match (&self.state, self.spec.processing_time) {
+            (WindowState::Fixed(windows), true) => windows
+                .keys()
+                .next()
+                .map(|s| self.spec.to_millis(s + self.spec.size + self.spec.lateness)),
+            (WindowState::Sessions(sessions), true) => sessions
+                .next_end()
+                .map(|e| self.spec.to_millis(e + self.spec.lateness)),
+            _ => None,
+        };
+        let due_ms = match (window_due, self.next_idle_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        cursor.set_due(due_ms);
     }
 }
 
