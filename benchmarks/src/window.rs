@@ -47,6 +47,8 @@ async fn run(records: usize, per_second: usize) -> Result<(), Box<dyn std::error
     spec.watermark = Some(WatermarkDefinition {
         column: "ts".into(),
         delay_ms: 0,
+        allowed_lateness_ms: 0,
+        idle_timeout_ms: 0,
     });
     let stream = engine.create_stream(spec, false)?;
     let start_ms: i64 = 1_767_261_600_000;

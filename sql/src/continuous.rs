@@ -36,6 +36,9 @@ const READ_BATCH: usize = 8192;
 /// new it copies `read` to `caught_up`, which is what `FLUSH` waits on.
 #[derive(Debug, Default)]
 pub struct PumpCursor {
+    /// Where a resumed pump starts reading each shard (saved positions).
+    resume: HashMap<(String, u32), u64>,
+    /// How far each shard read by the running query has been read.
     read: Mutex<HashMap<(String, u32), u64>>,
     caught_up: Mutex<HashMap<(String, u32), u64>>,
     rows_in: AtomicU64,
@@ -63,7 +66,7 @@ impl PumpCursor {
             .map(|(stream, shard, seq)| ((stream, shard), seq))
             .collect();
         Self {
-            read: Mutex::new(read),
+            resume: read,
             watermark: Mutex::new(checkpoint.watermark),
             ..Self::default()
         }
@@ -157,7 +160,7 @@ impl PumpCursor {
     }
 
     fn start(&self, stream: &str, shard: u32) -> Option<u64> {
-        self.read.lock().get(&(stream.to_string(), shard)).copied()
+        self.resume.get(&(stream.to_string(), shard)).copied()
     }
 }
 

@@ -31,6 +31,7 @@
 pub mod continuous;
 pub mod create_stream;
 pub mod error;
+pub mod kda;
 pub mod parser;
 pub mod pumps;
 pub mod schema_provider;

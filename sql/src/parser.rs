@@ -209,6 +209,32 @@ fn lift_select_stream(
             _ => {}
         }
     }
+    // Kinesis Analytics' STEP(column BY interval) becomes step(column, interval).
+    for i in 0..tokens.len() {
+        if word(&tokens[i].token).as_deref() != Some("STEP") {
+            continue;
+        }
+        let Some(open) = significant(i + 1).filter(|&o| tokens[o].token == Token::LParen) else {
+            continue;
+        };
+        let mut depth = 0usize;
+        for (j, token) in tokens.iter().enumerate().skip(open) {
+            match &token.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                t if depth == 1 && word(t).as_deref() == Some("BY") => {
+                    comma.push(j);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
     // Table function names are looked up as written; window functions are registered in lower
     // case, so `TUMBLE(` finds `tumble`.
     let window_calls: Vec<usize> = (0..tokens.len())

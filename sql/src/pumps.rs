@@ -298,7 +298,7 @@ async fn run(engine: Engine, name: String, prepared: PreparedPump) {
         target,
         progress,
     } = prepared;
-    let sink = StreamSink::new(Arc::clone(&target));
+    let sink = StreamSink::new(Arc::clone(&target)).with_settable_rowtime();
     while let Some(batch) = rows.next().await {
         // Where to resume once this batch is written: what was read when it came out (all of
         // it is in this batch, filtered away, or still held in an open window, which the

@@ -260,6 +260,7 @@ impl SluiceSession {
         mut statement: DFStatement,
     ) -> Result<LogicalPlan> {
         self.name_insert_columns(&mut statement);
+        crate::kda::rewrite_step_windows(&mut statement)?;
         let state = context.state();
         self.check_tables_exist(&state, &statement)?;
         Ok(state.statement_to_plan(statement).await?)
@@ -302,19 +303,29 @@ impl SluiceSession {
                 or_replace,
                 insert,
             } => {
-                if find(&name).is_some() {
+                // A replaced pump's successor keeps its place (saved read positions and
+                // watermark), so replacing the query neither repeats nor skips records.
+                let replaced = find(&name);
+                if let Some(old) = &replaced {
                     if !or_replace {
                         return Err(Error::Plan(format!(
                             "pump '{name}' already exists; CREATE OR REPLACE PUMP replaces it"
                         )));
                     }
-                    self.pumps.stop(&name).await;
-                    let dropped = name.clone();
-                    let engine = engine.clone();
-                    blocking(move || engine.drop_pump(&dropped)).await?;
+                    if old.running {
+                        self.pumps.stop(&name).await;
+                    }
                 }
                 let sql = insert.to_string();
-                self.pumps.start(self, &name, &sql).await?;
+                if let Err(e) = self.pumps.start(self, &name, &sql).await {
+                    if let Some(old) = replaced.filter(|old| old.running) {
+                        // Keep the old pump running when its replacement cannot start.
+                        if let Err(restart) = self.pumps.start(self, &name, &old.sql).await {
+                            log::error!("pump '{name}' could not be restarted: {restart}");
+                        }
+                    }
+                    return Err(e);
+                }
                 let definition = PumpDefinition {
                     name: name.clone(),
                     sql,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result as DFResult, exec_err, not_impl_err, plan_err};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -143,6 +143,8 @@ pub(crate) fn snapshot_partitions(
 pub struct StreamSink {
     stream: Arc<Stream>,
     schema: SchemaRef,
+    /// Rows may set `ROWTIME` (a pump writing windows at their end).
+    rowtime_settable: bool,
 }
 
 static GENERATED_KEYS: AtomicU64 = AtomicU64::new(0);
@@ -150,14 +152,39 @@ static GENERATED_KEYS: AtomicU64 = AtomicU64::new(0);
 impl StreamSink {
     pub fn new(stream: Arc<Stream>) -> Self {
         let schema = Arc::clone(stream.public_schema());
-        Self { stream, schema }
+        Self {
+            stream,
+            schema,
+            rowtime_settable: false,
+        }
+    }
+
+    /// A sink whose rows may carry their `ROWTIME`: how a pump over windows gives each output
+    /// row its window's end.
+    pub fn with_settable_rowtime(mut self) -> Self {
+        self.rowtime_settable = true;
+        self
     }
 
     /// The records for one batch of inserted rows (public layout).
     pub(crate) fn records(&self, batch: &RecordBatch) -> DFResult<Vec<PutRecord>> {
         let name = self.stream.name();
         let n_user = self.stream.user_schema().fields().len();
+        let rowtimes = match batch.column_by_name(ROWTIME) {
+            Some(column) if self.rowtime_settable && column.null_count() < column.len() => Some(
+                cast(
+                    &cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
+                    &DataType::Int64,
+                )?
+                .as_primitive::<Int64Type>()
+                .clone(),
+            ),
+            _ => None,
+        };
         for system in [ROWTIME, SHARD_ID, SEQUENCE_NUMBER] {
+            if system == ROWTIME && rowtimes.is_some() {
+                continue;
+            }
             if let Some(column) = batch.column_by_name(system)
                 && column.null_count() != column.len()
             {
@@ -223,7 +250,12 @@ impl StreamSink {
                     format!("{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
                 }
             };
-            records.push(PutRecord::new(key, blob));
+            let mut record = PutRecord::new(key, blob);
+            record.arrival_ms = rowtimes
+                .as_ref()
+                .filter(|t| t.is_valid(row))
+                .map(|t| t.value(row));
+            records.push(record);
         }
         Ok(records)
     }

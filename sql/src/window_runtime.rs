@@ -500,47 +500,49 @@ impl WindowRuntime {
         Ok(())
     }
 
-    /// Moves the watermark. Over processing time it is the clock. Over event time, a shard
-    /// with records not yet read holds it back at the newest time read from it (or entirely,
-    /// if none was read yet), as does one read to its end until it has been idle for the
-    /// idle timeout; with no shard holding it back, the newest time of all counts. Less the
-    /// delay.
+    /// Moves the watermark. A shard with records not yet read holds it back at the newest time
+    /// read from it (or entirely, if none was read yet). Over event time, so does a shard read
+    /// to its end until it has been idle for the idle timeout, and with no shard holding it
+    /// back the newest time of all counts, less the delay. Over processing time, a shard read
+    /// to its end cannot send anything older than the clock, so with none holding it back the
+    /// watermark is the clock.
     fn advance_watermark(&mut self) {
-        let candidate = if self.spec.processing_time {
-            Some(self.spec.from_millis(self.clock.now_millis()))
+        let now = self.clock.now_millis();
+        let idle_timeout = if self.spec.processing_time {
+            0
         } else {
-            let now = self.clock.now_millis();
-            self.next_idle_ms = None;
-            let mut holding: Option<Option<i64>> = None;
-            let mut newest: Option<i64> = None;
-            for shard in self.stream.shards() {
-                let index = shard.index();
-                let seen = self.shard_max.get(&index).copied();
-                newest = newest.max(seen);
-                let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
-                let unread = read_to + 1 < shard.next_seq();
-                let quiet_since = self
-                    .last_read_ms
-                    .get(&index)
-                    .copied()
-                    .unwrap_or(self.started_ms);
-                let idle_at = quiet_since + self.spec.idle_timeout_ms;
-                let idle = !unread && now >= idle_at;
-                if !unread && !idle {
-                    self.next_idle_ms = Some(self.next_idle_ms.map_or(idle_at, |n| n.min(idle_at)));
-                }
-                if !idle {
-                    holding = Some(match holding {
-                        None => seen,
-                        Some(h) => h.min(seen),
-                    });
-                }
+            self.spec.idle_timeout_ms
+        };
+        self.next_idle_ms = None;
+        let mut holding: Option<Option<i64>> = None;
+        let mut newest: Option<i64> = None;
+        for shard in self.stream.shards() {
+            let index = shard.index();
+            let seen = self.shard_max.get(&index).copied();
+            newest = newest.max(seen);
+            let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
+            let unread = read_to + 1 < shard.next_seq();
+            let quiet_since = self
+                .last_read_ms
+                .get(&index)
+                .copied()
+                .unwrap_or(self.started_ms);
+            let idle_at = quiet_since + idle_timeout;
+            let idle = !unread && now >= idle_at;
+            if !unread && !idle {
+                self.next_idle_ms = Some(self.next_idle_ms.map_or(idle_at, |n| n.min(idle_at)));
             }
-            match holding {
-                Some(held) => held,
-                None => newest,
+            if !idle {
+                holding = Some(match holding {
+                    None => seen,
+                    Some(h) => h.min(seen),
+                });
             }
-            .map(|time| time - self.spec.delay)
+        }
+        let candidate = match (holding, self.spec.processing_time) {
+            (Some(held), _) => held.map(|time| time - self.spec.delay),
+            (None, true) => Some(self.spec.from_millis(now)),
+            (None, false) => newest.map(|time| time - self.spec.delay),
         };
         if let Some(candidate) = candidate {
             self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));

@@ -44,6 +44,10 @@ pub struct PutRecord {
     pub explicit_hash_key: Option<u128>,
     /// The data blob, up to 1 MiB.
     pub data: Vec<u8>,
+    /// The record's `ROWTIME`, when its writer sets it (a pump writing a window's rows at the
+    /// window's end) instead of the arrival clock. Arrival times never go backwards within a
+    /// shard: an earlier time is raised to the shard's latest.
+    pub arrival_ms: Option<i64>,
 }
 
 impl PutRecord {
@@ -53,6 +57,7 @@ impl PutRecord {
             partition_key: partition_key.into(),
             explicit_hash_key: None,
             data: data.into(),
+            arrival_ms: None,
         }
     }
 }
@@ -63,6 +68,8 @@ pub struct RecordRef<'a> {
     pub partition_key: &'a str,
     pub explicit_hash_key: Option<u128>,
     pub data: &'a [u8],
+    /// See [`PutRecord::arrival_ms`].
+    pub arrival_ms: Option<i64>,
 }
 
 impl<'a> RecordRef<'a> {
@@ -72,6 +79,7 @@ impl<'a> RecordRef<'a> {
             partition_key,
             explicit_hash_key: None,
             data,
+            arrival_ms: None,
         }
     }
 }
@@ -82,6 +90,7 @@ impl<'a> From<&'a PutRecord> for RecordRef<'a> {
             partition_key: &record.partition_key,
             explicit_hash_key: record.explicit_hash_key,
             data: &record.data,
+            arrival_ms: record.arrival_ms,
         }
     }
 }
@@ -365,15 +374,18 @@ impl Stream {
                     let state = shard.state.read();
                     (state.next_seq, state.last_arrival_ms)
                 };
-                let arrival_ms = now.max(last_arrival);
+                let mut arrival_ms = last_arrival;
                 let run: Vec<Numbered<'_>> = members
                     .iter()
                     .enumerate()
-                    .map(|(offset, &i)| Numbered {
-                        seq: next_seq + offset as u64,
-                        arrival_ms,
-                        partition_key: records[i].partition_key,
-                        data: records[i].data,
+                    .map(|(offset, &i)| {
+                        arrival_ms = arrival_ms.max(records[i].arrival_ms.unwrap_or(now));
+                        Numbered {
+                            seq: next_seq + offset as u64,
+                            arrival_ms,
+                            partition_key: records[i].partition_key,
+                            data: records[i].data,
+                        }
                     })
                     .collect();
                 let (batch, errors) = self.build_batch(shard.index, &run)?;

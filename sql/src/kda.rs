@@ -1,0 +1,272 @@
+//! Kinesis Data Analytics' window spelling in continuous queries:
+//!
+//! ```sql
+//! SELECT STREAM ticker, count(*) FROM trades
+//! GROUP BY ticker, STEP(trades.ROWTIME BY INTERVAL '60' SECOND);
+//! -- or FLOOR(trades.ROWTIME TO MINUTE), or either over an event-time column
+//! ```
+//!
+//! Grouping a stream by `STEP(column BY interval)` or `FLOOR(column TO unit)` is a tumbling
+//! window, so the query is rewritten to read `tumble(stream, column, interval)` under the
+//! stream's name (so `trades.ROWTIME` and `trades.ticker` still resolve), with the window
+//! expression replaced by `window_start` wherever the query repeats it. As in Kinesis Data
+//! Analytics, each output row's `ROWTIME` is its window's end: the query gets a `ROWTIME`
+//! column (a bare `ROWTIME` in the select list becomes it), and a pump writes it as the rows'
+//! `ROWTIME` in its output stream.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Ident;
+use datafusion::sql::sqlparser::ast::{
+    CeilFloorKind, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor,
+    visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use sluice_engine::schema::ROWTIME;
+
+use crate::error::{Error, Result};
+use crate::window::{WINDOW_END, WINDOW_START};
+
+/// Rewrites a continuous query (or a pump's `INSERT … SELECT`) that groups by `STEP` or
+/// `FLOOR … TO` into one over `tumble(…)`. Other statements are left as they are.
+pub fn rewrite_step_windows(statement: &mut DFStatement) -> Result<()> {
+    let DFStatement::Statement(inner) = statement else {
+        return Ok(());
+    };
+    match inner.as_mut() {
+        Statement::Query(query) => {
+            rewrite_query(query)?;
+        }
+        Statement::Insert(insert) => {
+            if let Some(source) = insert.source.as_mut()
+                && rewrite_query(source)?
+                && !insert.columns.is_empty()
+            {
+                insert
+                    .columns
+                    .push(ObjectName::from(vec![Ident::new(ROWTIME)]));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The window a `GROUP BY` expression asks for: (time column, size as SQL).
+fn step_window(expr: &Expr) -> Result<Option<(Expr, String)>> {
+    match expr {
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("step") => {
+            let FunctionArguments::List(list) = &f.args else {
+                return Err(step_shape());
+            };
+            let args: Vec<&Expr> = list
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                    _ => None,
+                })
+                .collect();
+            match args.as_slice() {
+                [column, size] => Ok(Some(((*column).clone(), size.to_string()))),
+                _ => Err(step_shape()),
+            }
+        }
+        Expr::Floor {
+            expr,
+            field: CeilFloorKind::DateTimeField(unit),
+        } => {
+            let unit = match unit {
+                DateTimeField::Second | DateTimeField::Seconds => "SECOND",
+                DateTimeField::Minute | DateTimeField::Minutes => "MINUTE",
+                DateTimeField::Hour | DateTimeField::Hours => "HOUR",
+                DateTimeField::Day | DateTimeField::Days => "DAY",
+                other => {
+                    return Err(Error::Plan(format!(
+                        "FLOOR(… TO {other}) cannot be a window: windows are fixed lengths, so use SECOND, MINUTE, HOUR or DAY (or STEP(… BY INTERVAL …))"
+                    )));
+                }
+            };
+            Ok(Some(((**expr).clone(), format!("INTERVAL '1' {unit}"))))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn step_shape() -> Error {
+    Error::Plan(
+        "STEP takes (time_column BY interval), e.g. STEP(s.ROWTIME BY INTERVAL '60' SECOND)"
+            .to_string(),
+    )
+}
+
+/// Rewrites one query; true if it grouped by a STEP or FLOOR window.
+fn rewrite_query(query: &mut Query) -> Result<bool> {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Ok(false);
+    };
+    let GroupByExpr::Expressions(groups, _) = &mut select.group_by else {
+        return Ok(false);
+    };
+    let mut found = None;
+    for (i, group) in groups.iter().enumerate() {
+        if let Some(window) = step_window(group)? {
+            if found.is_some() {
+                return Err(Error::Plan(
+                    "a query groups by one STEP or FLOOR window, not several".to_string(),
+                ));
+            }
+            found = Some((i, group.clone(), window));
+        }
+    }
+    let Some((index, window_expr, (column, size))) = found else {
+        return Ok(false);
+    };
+    let column = match &column {
+        Expr::Identifier(ident) => ident.clone(),
+        Expr::CompoundIdentifier(parts) => parts.last().cloned().unwrap_or_else(|| Ident::new("")),
+        other => {
+            return Err(Error::Plan(format!(
+                "a STEP or FLOOR window is over a time column such as s.ROWTIME, not {other}"
+            )));
+        }
+    };
+    let single = select.from.len() == 1 && select.from[0].joins.is_empty();
+    let relation = select.from.first_mut().map(|t| &mut t.relation);
+    let Some(TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    }) = relation.filter(|_| single)
+    else {
+        return Err(Error::Plan(
+            "a STEP or FLOOR window groups the rows of one stream: FROM names a single stream"
+                .to_string(),
+        ));
+    };
+    let Some(stream) = name.0.last().and_then(|p| p.as_ident()).cloned() else {
+        return Err(Error::Plan(format!("cannot window '{name}'")));
+    };
+    let alias_name = alias.as_ref().map_or(stream.clone(), |a| a.name.clone());
+    let from = parse_relation(&format!(
+        "SELECT 1 FROM tumble({stream}, {column}, {size}) AS {alias_name}"
+    ))?;
+    select.from[0].relation = from;
+
+    let window_start = Expr::Identifier(Ident::new(WINDOW_START));
+    groups[index] = window_start.clone();
+    groups.push(Expr::Identifier(Ident::new(WINDOW_END)));
+    let is_rowtime = |e: &Expr| match e {
+        Expr::Identifier(i) => i.value.eq_ignore_ascii_case(ROWTIME),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case(ROWTIME)),
+        _ => false,
+    };
+    let window_end_as_rowtime = || SelectItem::ExprWithAlias {
+        expr: Expr::Identifier(Ident::new(WINDOW_END)),
+        alias: Ident::new(ROWTIME),
+    };
+    let mut has_rowtime = false;
+    for item in &mut select.projection {
+        let expr = match item {
+            SelectItem::UnnamedExpr(e) if is_rowtime(e) => {
+                *item = window_end_as_rowtime();
+                has_rowtime = true;
+                continue;
+            }
+            SelectItem::UnnamedExpr(e) => e,
+            SelectItem::ExprWithAlias { expr, alias } => {
+                has_rowtime |= alias.value.eq_ignore_ascii_case(ROWTIME);
+                expr
+            }
+            _ => continue,
+        };
+        let _ = visit_expressions_mut(expr, |e| {
+            if *e == window_expr {
+                *e = window_start.clone();
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    if !has_rowtime {
+        select.projection.push(window_end_as_rowtime());
+    }
+    Ok(true)
+}
+
+fn parse_relation(sql: &str) -> Result<TableFactor> {
+    let dialect = GenericDialect {};
+    let query = Parser::new(&dialect)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    match *query.body {
+        SetExpr::Select(select) if select.from.len() == 1 => Ok(select
+            .from
+            .into_iter()
+            .next()
+            .map(|t| t.relation)
+            .expect("one relation")),
+        _ => Err(Error::Parse(format!("could not window: {sql}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::{SluiceStatement, parse_statements};
+
+    fn rewritten(sql: &str) -> String {
+        let mut statements = parse_statements(sql).expect("parses");
+        let statement = match statements.remove(0) {
+            SluiceStatement::SelectStream(s) | SluiceStatement::DataFusion(s) => s,
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut statement = *statement;
+        rewrite_step_windows(&mut statement).expect("rewrites");
+        statement.to_string()
+    }
+
+    #[test]
+    fn step_becomes_a_tumbling_window_named_like_the_stream() {
+        assert_eq!(
+            rewritten(
+                "SELECT STREAM ticker, count(*) FROM trades GROUP BY ticker, STEP(trades.ROWTIME BY INTERVAL '60' SECOND)"
+            ),
+            "SELECT ticker, count(*), window_end AS rowtime FROM tumble(trades, ROWTIME, INTERVAL '60' SECOND) AS trades GROUP BY ticker, window_start, window_end"
+        );
+    }
+
+    #[test]
+    fn floor_to_a_unit_is_a_window_of_one_unit() {
+        assert_eq!(
+            rewritten(
+                "SELECT STREAM FLOOR(t.ts TO MINUTE) AS minute, ROWTIME, max(v) FROM s AS t GROUP BY FLOOR(t.ts TO MINUTE)"
+            ),
+            "SELECT window_start AS minute, window_end AS rowtime, max(v) FROM tumble(s, ts, INTERVAL '1' MINUTE) AS t GROUP BY window_start, window_end"
+        );
+    }
+
+    #[test]
+    fn floor_to_a_month_is_refused() {
+        let mut statement =
+            match parse_statements("SELECT STREAM count(*) FROM s GROUP BY FLOOR(s.ts TO MONTH)")
+                .expect("parses")
+                .remove(0)
+            {
+                SluiceStatement::SelectStream(s) => *s,
+                other => panic!("unexpected {other:?}"),
+            };
+        let error = rewrite_step_windows(&mut statement).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("FLOOR(… TO MONTH) cannot be a window")
+        );
+    }
+}
