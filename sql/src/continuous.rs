@@ -13,12 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::TableProvider;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result as DFResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use sluice_engine::{Engine, PumpCheckpoint, ShardIterator, StartPosition, Stream};
@@ -51,6 +54,8 @@ pub struct PumpCursor {
     watermark_ms: Mutex<Option<i64>>,
     /// Rows dropped for arriving behind the watermark.
     late_rows: AtomicU64,
+    /// The pump reading through this cursor, for its error reports.
+    pump: Option<String>,
     /// When (processing time, ms) a windowed pump next has work that only the clock brings: a
     /// processing-time window due to close, or a shard due to turn idle. Once the clock has
     /// passed it the pump is not caught up until it has done that work.
@@ -70,6 +75,17 @@ impl PumpCursor {
             watermark: Mutex::new(checkpoint.watermark),
             ..Self::default()
         }
+    }
+
+    /// The cursor of pump `name`.
+    pub fn for_pump(mut self, name: &str) -> Self {
+        self.pump = Some(name.to_string());
+        self
+    }
+
+    /// The pump reading through this cursor, if it is a pump's.
+    pub fn pump(&self) -> Option<&str> {
+        self.pump.as_deref()
     }
 
     /// What to save: for every shard the position to resume from (before any record still
@@ -287,14 +303,68 @@ impl PartitionStream for StreamTail {
     }
 }
 
-/// The unbounded table a continuous query sees for `stream`: one partition following every
+/// The unbounded table a continuous query sees for a stream: one partition following every
 /// shard, so the plan above it pulls one batch at a time.
+#[derive(Debug)]
+pub struct ContinuousTable {
+    stream: Arc<Stream>,
+    cursor: Option<Arc<PumpCursor>>,
+    table: StreamingTable,
+}
+
+impl ContinuousTable {
+    /// The cursor reading the stream, when a pump's.
+    pub fn cursor(&self) -> Option<&Arc<PumpCursor>> {
+        self.cursor.as_ref()
+    }
+
+    /// The stream followed.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// The stream's rows, endlessly, read through the table's cursor.
+    pub fn rows(&self) -> SendableRecordBatchStream {
+        StreamTail::new(Arc::clone(&self.stream), self.cursor.clone())
+            .execute(Arc::new(TaskContext::default()))
+    }
+}
+
+#[async_trait]
+impl TableProvider for ContinuousTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(self.stream.public_schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.table.scan(state, projection, filters, limit).await
+    }
+}
+
+/// The unbounded table a continuous query sees for `stream`.
 pub fn continuous_table(
     stream: Arc<Stream>,
     cursor: Option<Arc<PumpCursor>>,
 ) -> DFResult<Arc<dyn TableProvider>> {
     let schema = Arc::clone(stream.public_schema());
-    let tail: Arc<dyn PartitionStream> = Arc::new(StreamTail { stream, cursor });
+    let tail: Arc<dyn PartitionStream> = Arc::new(StreamTail {
+        stream: Arc::clone(&stream),
+        cursor: cursor.clone(),
+    });
     let table = StreamingTable::try_new(schema, vec![tail])?.with_infinite_table(true);
-    Ok(Arc::new(table))
+    Ok(Arc::new(ContinuousTable {
+        stream,
+        cursor,
+        table,
+    }))
 }

@@ -28,6 +28,7 @@
 //! # }
 //! ```
 
+pub mod batch_exec;
 pub mod continuous;
 pub mod create_stream;
 pub mod error;
@@ -37,6 +38,7 @@ pub mod pumps;
 pub mod schema_provider;
 pub mod session;
 pub mod session_window;
+pub mod stateless;
 pub mod streaming_filter;
 pub mod table;
 pub mod window;

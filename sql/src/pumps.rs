@@ -133,7 +133,7 @@ impl PumpManager {
     pub async fn start(&self, session: &SluiceSession, name: &str, sql: &str) -> Result<()> {
         let checkpoint = session.engine().pump_checkpoint(name)?;
         let progress = Arc::new(PumpProgress {
-            cursor: Arc::new(PumpCursor::resuming(checkpoint)),
+            cursor: Arc::new(PumpCursor::resuming(checkpoint).for_pump(name)),
             ..PumpProgress::default()
         });
         let prepared = prepare(session, sql, Arc::clone(&progress)).await?;

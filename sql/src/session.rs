@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::parser::{SluiceStatement, parse_statements};
 use crate::pumps::PumpManager;
 use crate::schema_provider::{StreamSchemaProvider, StreamView};
+use crate::stateless::start_isolated;
 use crate::streaming_filter::StreamingFilterRule;
 use crate::window::TumbleFunction;
 use crate::window_runtime::start_windowed;
@@ -276,8 +277,8 @@ impl SluiceSession {
             return Ok(rows);
         }
         refuse_unbounded_state(&plan)?;
-        let frame = context.execute_logical_plan(plan).await?;
-        frame.execute_stream().await.map_err(|e| {
+        let state = context.state();
+        let physical = state.create_physical_plan(&plan).await.map_err(|e| {
             let message = e.to_string();
             match message.split_once("pipeline breaking queries, operator: ") {
                 Some((_, rest)) => Error::Plan(format!(
@@ -286,7 +287,14 @@ impl SluiceSession {
                 )),
                 None => Error::from(e),
             }
-        })
+        })?;
+        if let Some(rows) = start_isolated(context, &plan).await? {
+            return Ok(rows);
+        }
+        Ok(datafusion::physical_plan::execute_stream(
+            physical,
+            state.task_ctx(),
+        )?)
     }
 
     async fn execute_pump_statement(&self, statement: SluiceStatement) -> Result<StatementOutput> {

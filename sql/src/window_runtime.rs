@@ -22,36 +22,26 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::catalog::streaming::StreamingTable;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DFResult, plan_err};
-use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan, TableScanBuilder, TableType};
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::logical_expr::{FetchType, SkipType};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
-use futures::{StreamExt, TryStreamExt};
-use parking_lot::Mutex;
+use futures::StreamExt;
 use sluice_engine::Clock;
 use sluice_engine::schema::SEQUENCE_NUMBER;
 use sluice_engine::sequence::parse_sequence_number;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
+use crate::batch_exec::BatchExec;
 use crate::continuous::PumpCursor;
 use crate::session_window::Sessions;
 use crate::window::{TumbleSpec, WINDOW_END, WINDOW_START, WindowedTable};
-
-/// Batches queued to one window's execution before the reader waits for it.
-const WINDOW_CHANNEL: usize = 4;
 
 /// The longest a query over processing time (or with an idle timeout) waits before looking at
 /// the clock again.
@@ -139,8 +129,11 @@ pub async fn start_windowed(
     let spec = table.spec().clone();
     let schema = table.schema_ref();
     let cursor = table.cursor();
-    let exec = WindowExec::plan(context, plan, &schema).await?;
-    let out_schema = exec.physical.schema();
+    let exec = BatchExec::plan(context, plan, &schema, |p| {
+        p.downcast_ref::<WindowedTable>().is_some()
+    })
+    .await?;
+    let out_schema = exec.schema();
     let state = match &spec.session_keys {
         Some(_) => WindowState::Sessions(Box::new(Sessions::new(
             &spec,
@@ -189,142 +182,9 @@ pub async fn start_windowed(
     ))))
 }
 
-/// The query's physical plan with its windowed scan reading from a channel, run once per
-/// window.
-struct WindowExec {
-    physical: Arc<dyn ExecutionPlan>,
-    /// Where the next execution's scan takes its rows from.
-    slot: Arc<Mutex<Option<mpsc::Receiver<RecordBatch>>>>,
-    task_ctx: Arc<TaskContext>,
-}
-
-impl WindowExec {
-    async fn plan(
-        context: &SessionContext,
-        plan: &LogicalPlan,
-        schema: &SchemaRef,
-    ) -> DFResult<Self> {
-        let slot = Arc::new(Mutex::new(None));
-        let table: Arc<dyn TableProvider> = Arc::new(WindowRows {
-            schema: Arc::clone(schema),
-            slot: Arc::clone(&slot),
-        });
-        let plan = replace_scan(plan, table)?;
-        let state = context.state();
-        let physical = state.create_physical_plan(&plan).await?;
-        Ok(Self {
-            physical,
-            slot,
-            task_ctx: state.task_ctx(),
-        })
-    }
-
-    /// Starts one window's execution.
-    fn open(&self) -> DFResult<Running> {
-        let (tx, rx) = mpsc::channel(WINDOW_CHANNEL);
-        *self.slot.lock() = Some(rx);
-        let stream = self.physical.execute(0, Arc::clone(&self.task_ctx));
-        let unread = self.slot.lock().take().is_some();
-        let stream = stream?;
-        if unread {
-            return Err(DataFusionError::Internal(
-                "a window's plan did not open its rows when it started".into(),
-            ));
-        }
-        let task = tokio::spawn(stream.try_collect::<Vec<_>>());
-        Ok(Running { tx: Some(tx), task })
-    }
-}
-
-/// One window's execution in progress.
-struct Running {
-    tx: Option<mpsc::Sender<RecordBatch>>,
-    task: JoinHandle<DFResult<Vec<RecordBatch>>>,
-}
-
-impl Running {
-    async fn send(&mut self, batch: RecordBatch) {
-        if let Some(tx) = &self.tx
-            && tx.send(batch).await.is_err()
-        {
-            // The execution ended early (a LIMIT, or an error that `finish` reports).
-            self.tx = None;
-        }
-    }
-
-    /// Ends the window's input and returns the plan's rows for it.
-    async fn finish(mut self) -> DFResult<Vec<RecordBatch>> {
-        self.tx = None;
-        match (&mut self.task).await {
-            Ok(rows) => rows,
-            Err(e) => Err(DataFusionError::External(Box::new(e))),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The windowed scan inside a window's plan: one partition reading the rows sent to the
-/// execution being started.
-#[derive(Debug)]
-struct WindowRows {
-    schema: SchemaRef,
-    slot: Arc<Mutex<Option<mpsc::Receiver<RecordBatch>>>>,
-}
-
-impl PartitionStream for WindowRows {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let rx = self.slot.lock().take();
-        let rows = futures::stream::unfold(rx, |rx| async move {
-            let mut rx = rx?;
-            let batch = rx.recv().await?;
-            Some((Ok(batch), Some(rx)))
-        });
-        Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.schema),
-            rows,
-        ))
-    }
-}
-
-#[async_trait]
-impl TableProvider for WindowRows {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let partition: Arc<dyn PartitionStream> = Arc::new(WindowRows {
-            schema: Arc::clone(&self.schema),
-            slot: Arc::clone(&self.slot),
-        });
-        StreamingTable::try_new(Arc::clone(&self.schema), vec![partition])?
-            .scan(state, projection, filters, limit)
-            .await
-    }
-}
-
 /// An open fixed window: its execution, and per shard the oldest record sent to it.
 struct OpenWindow {
-    running: Running,
+    running: crate::batch_exec::Running,
     oldest: HashMap<u32, u64>,
 }
 
@@ -353,7 +213,7 @@ struct WindowRuntime {
     shard_max: HashMap<u32, i64>,
     watermark: Option<i64>,
     cursor: Option<Arc<PumpCursor>>,
-    exec: WindowExec,
+    exec: BatchExec,
     output: VecDeque<RecordBatch>,
     /// Rows the query's LIMIT still allows.
     remaining: Option<usize>,
@@ -560,15 +420,31 @@ impl WindowRuntime {
                     if *entry.key() + self.spec.size > upto {
                         break;
                     }
+                    let start = *entry.key();
                     let window = entry.remove();
-                    self.output.extend(window.running.finish().await?);
+                    match window.running.finish().await {
+                        Ok(rows) => self.output.extend(rows),
+                        Err(e) => {
+                            let at = window.oldest.iter().map(|(s, q)| (*s, *q)).min();
+                            let what = describe_window(&self.spec, start, start + self.spec.size);
+                            window_failed(&self.cursor, &self.stream, at, &what, e).await?;
+                        }
+                    }
                 }
             }
             WindowState::Sessions(sessions) => {
                 if let Some(rows) = sessions.close(Some(upto))? {
-                    let mut running = self.exec.open()?;
-                    running.send(rows).await;
-                    self.output.extend(running.finish().await?);
+                    let at = rows
+                        .column_by_name(SEQUENCE_NUMBER)
+                        .map(|c| c.as_string::<i32>().clone())
+                        .filter(|s| !s.is_empty() && s.is_valid(0))
+                        .and_then(|s| parse_sequence_number(s.value(0)).ok());
+                    match self.exec.run(rows).await {
+                        Ok(rows) => self.output.extend(rows),
+                        Err(e) => {
+                            window_failed(&self.cursor, &self.stream, at, "sessions", e).await?
+                        }
+                    }
                 }
             }
         }
@@ -628,31 +504,41 @@ impl WindowRuntime {
     }
 }
 
-fn int64(array: &Arc<dyn Array>) -> DFResult<Int64Array> {
-    Ok(cast(array, &DataType::Int64)?.as_primitive().clone())
+/// A window's bounds for people.
+fn describe_window(spec: &TumbleSpec, start: i64, end: i64) -> String {
+    let time = |t: i64| {
+        chrono::DateTime::from_timestamp_millis(spec.to_millis(t))
+            .map_or(t.to_string(), |d| d.naive_utc().to_string())
+    };
+    format!("window [{}, {})", time(start), time(end))
 }
 
-/// `plan` with its windowed scan reading `table` instead.
-fn replace_scan(plan: &LogicalPlan, table: Arc<dyn TableProvider>) -> DFResult<LogicalPlan> {
-    plan.clone()
-        .transform_up(|node| {
-            let LogicalPlan::TableScan(scan) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            let windowed = source_as_provider(&scan.source)
-                .is_ok_and(|p| p.downcast_ref::<WindowedTable>().is_some());
-            if !windowed {
-                return Ok(Transformed::no(node));
-            }
-            let replaced = TableScanBuilder::new(
-                scan.table_name.clone(),
-                provider_as_source(Arc::clone(&table)),
-            )
-            .with_projection(scan.projection.clone())
-            .with_filters(scan.filters.clone())
-            .with_fetch(scan.fetch)
-            .build()?;
-            Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
-        })
-        .map(|t| t.data)
+/// A window whose plan failed: a pump reports it to `error_stream` (naming the window's oldest
+/// record) and carries on with the next; any other query fails with the error.
+async fn window_failed(
+    cursor: &Option<Arc<PumpCursor>>,
+    stream: &Arc<sluice_engine::Stream>,
+    at: Option<(u32, u64)>,
+    what: &str,
+    error: DataFusionError,
+) -> DFResult<()> {
+    let Some(pump) = cursor.as_ref().and_then(|c| c.pump()).map(str::to_string) else {
+        return Err(error);
+    };
+    let reason = format!("pump '{pump}': {what} failed and was skipped: {error}");
+    log::warn!("{reason}");
+    let Some((shard, seq)) = at else {
+        return Ok(());
+    };
+    let stream = Arc::clone(stream);
+    match tokio::task::spawn_blocking(move || stream.report_errors(&[(shard, seq, reason)])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error!("pump '{pump}' could not report to error_stream: {e}"),
+        Err(e) => log::error!("pump '{pump}' could not report to error_stream: {e}"),
+    }
+    Ok(())
+}
+
+fn int64(array: &Arc<dyn Array>) -> DFResult<Int64Array> {
+    Ok(cast(array, &DataType::Int64)?.as_primitive().clone())
 }

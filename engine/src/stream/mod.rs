@@ -460,6 +460,21 @@ impl Stream {
         Ok((batch, decoded.errors))
     }
 
+    /// Reports records of this stream that a reader could not process (a pump's query failing
+    /// on them) to `error_stream`: (shard, sequence counter, reason) each.
+    pub fn report_errors(&self, failures: &[(u32, u64, String)]) -> Result<()> {
+        self.report_failures(
+            failures
+                .iter()
+                .map(|(shard_index, seq, reason)| DecodeFailure {
+                    shard_index: *shard_index,
+                    seq: *seq,
+                    reason: reason.clone(),
+                })
+                .collect(),
+        )
+    }
+
     fn report_failures(&self, failures: Vec<DecodeFailure>) -> Result<()> {
         let Some(errors) = &self.errors else {
             return Ok(());
