@@ -48,9 +48,11 @@ pub async fn start_isolated(
         return Ok(None);
     };
     let stream = Arc::clone(table.stream());
-    let exec = BatchExec::plan(context, plan, stream.public_schema(), |p| {
-        p.downcast_ref::<ContinuousTable>().is_some()
-    })
+    let exec = BatchExec::plan(
+        context,
+        plan,
+        &[(Arc::clone(provider), Arc::clone(stream.public_schema()))],
+    )
     .await?;
     let schema = exec.schema();
     let state = Isolated {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DFResult, plan_err};
 use datafusion::datasource::source_as_provider;
@@ -60,10 +61,8 @@ pub fn has_aggregate(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// The windowed table scanned by `plan`, if exactly one; an error if more than one.
-fn windowed_scan(
-    plan: &LogicalPlan,
-) -> DFResult<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+/// The windowed tables scanned by `plan`: none, one, or two (a window join); more is an error.
+fn windowed_scans(plan: &LogicalPlan) -> DFResult<Vec<Arc<dyn TableProvider>>> {
     let mut found = Vec::new();
     plan.apply(|node| {
         if let LogicalPlan::TableScan(scan) = node
@@ -74,12 +73,13 @@ fn windowed_scan(
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    if found.len() > 1 {
+    if found.len() > 2 {
         return plan_err!(
-            "a continuous query can aggregate over one windowed stream for now; window joins are not supported yet"
+            "a continuous query reads at most two windowed streams (a window join); this one reads {}",
+            found.len()
         );
     }
-    Ok(found.pop())
+    Ok(found)
 }
 
 /// Whether the plan's aggregate groups by the window.
@@ -102,20 +102,35 @@ pub async fn start_windowed(
     context: &SessionContext,
     plan: &LogicalPlan,
 ) -> DFResult<Option<SendableRecordBatchStream>> {
-    let Some(provider) = windowed_scan(plan)? else {
+    let providers = windowed_scans(plan)?;
+    let tables: Vec<&WindowedTable> = providers
+        .iter()
+        .filter_map(|p| p.downcast_ref::<WindowedTable>())
+        .collect();
+    let Some(first) = tables.first() else {
         return Ok(None);
     };
-    let Some(table) = provider.downcast_ref::<WindowedTable>() else {
-        return Ok(None);
-    };
-    let session = table.spec().session_keys.is_some();
-    if !has_aggregate(plan) && !session {
+    let session = first.spec().session_keys.is_some();
+    if !has_aggregate(plan) && !session && tables.len() == 1 {
         return Ok(None);
     }
     if has_aggregate(plan) && !groups_by_window(plan) {
         return plan_err!(
             "an aggregate over a window must group by window_start (or window_end), so each window's rows come out when it closes"
         );
+    }
+    if let [left, right] = tables.as_slice() {
+        let (l, r) = (left.spec(), right.spec());
+        if l.session_keys.is_some() || r.session_keys.is_some() {
+            return plan_err!("session windows cannot be joined; join tumbling or hopping windows");
+        }
+        if (l.size, l.slide, l.offset, l.unit) != (r.size, r.slide, r.offset, r.unit)
+            || l.processing_time != r.processing_time
+        {
+            return plan_err!(
+                "a window join needs the same window on both sides: the same size, slide and offset over time columns of the same kind"
+            );
+        }
     }
     // A LIMIT over the whole query counts rows across windows, so it is applied to the output
     // here rather than to each window's rows.
@@ -126,36 +141,48 @@ pub async fn start_windowed(
         },
         other => (other, None),
     };
-    let spec = table.spec().clone();
-    let schema = table.schema_ref();
-    let cursor = table.cursor();
-    let exec = BatchExec::plan(context, plan, &schema, |p| {
-        p.downcast_ref::<WindowedTable>().is_some()
-    })
-    .await?;
+    let spec = first.spec().clone();
+    let cursor = first.cursor();
+    let exec_inputs: Vec<_> = providers
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| (Arc::clone(p), t.schema_ref()))
+        .collect();
+    let exec = BatchExec::plan(context, plan, &exec_inputs).await?;
     let out_schema = exec.schema();
     let state = match &spec.session_keys {
         Some(_) => WindowState::Sessions(Box::new(Sessions::new(
             &spec,
-            table.stream().public_schema(),
-            Arc::clone(&schema),
+            first.stream().public_schema(),
+            first.schema_ref(),
         )?)),
         None => WindowState::Fixed(BTreeMap::new()),
     };
-    let clock = Arc::clone(table.clock());
+    let clock = Arc::clone(first.clock());
     let started_ms = clock.now_millis();
+    let streams: Vec<_> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| t.continuous_rows().map(move |batch| (i, batch)))
+        .collect();
+    let inputs = tables
+        .iter()
+        .map(|t| Input {
+            spec: t.spec().clone(),
+            stream: Arc::clone(t.stream()),
+            last_seq: HashMap::new(),
+            last_read_ms: HashMap::new(),
+            shard_max: HashMap::new(),
+        })
+        .collect();
     let runtime = WindowRuntime {
-        input: table.continuous_rows(),
+        rows: Box::pin(futures::stream::select_all(streams)),
+        inputs,
         spec,
-        stream_name: table.stream_name().to_string(),
-        stream: Arc::clone(table.stream()),
         clock,
         started_ms,
-        last_seq: HashMap::new(),
-        last_read_ms: HashMap::new(),
         next_idle_ms: None,
         state,
-        shard_max: HashMap::new(),
         watermark: cursor.as_ref().and_then(|c| c.watermark()),
         cursor,
         exec,
@@ -182,10 +209,10 @@ pub async fn start_windowed(
     ))))
 }
 
-/// An open fixed window: its execution, and per shard the oldest record sent to it.
+/// An open fixed window: its execution, and per (input, shard) the oldest record sent to it.
 struct OpenWindow {
     running: crate::batch_exec::Running,
-    oldest: HashMap<u32, u64>,
+    oldest: HashMap<(usize, u32), u64>,
 }
 
 enum WindowState {
@@ -194,23 +221,31 @@ enum WindowState {
     Sessions(Box<Sessions>),
 }
 
-struct WindowRuntime {
-    input: SendableRecordBatchStream,
+/// One windowed stream the query reads, and how far it has been read.
+struct Input {
     spec: TumbleSpec,
-    stream_name: String,
     stream: Arc<sluice_engine::Stream>,
-    clock: Arc<dyn Clock>,
-    started_ms: i64,
     /// Per shard, the newest record read.
     last_seq: HashMap<u32, u64>,
     /// Per shard, when (processing time) a record was last read from it.
     last_read_ms: HashMap<u32, i64>,
+    /// Per shard, the newest time seen.
+    shard_max: HashMap<u32, i64>,
+}
+
+struct WindowRuntime {
+    /// The inputs' rows, tagged with the input's position.
+    rows: futures::stream::BoxStream<'static, (usize, DFResult<RecordBatch>)>,
+    inputs: Vec<Input>,
+    /// The window (the same for every input).
+    spec: TumbleSpec,
+    clock: Arc<dyn Clock>,
+    started_ms: i64,
     /// When (processing time) the next shard read to its end turns idle and stops holding
     /// the watermark back.
     next_idle_ms: Option<i64>,
     state: WindowState,
-    /// Per shard, the newest time seen.
-    shard_max: HashMap<u32, i64>,
+    /// The least of the inputs' watermarks.
     watermark: Option<i64>,
     cursor: Option<Arc<PumpCursor>>,
     exec: BatchExec,
@@ -225,20 +260,23 @@ impl WindowRuntime {
     /// Reads the next batch (or waits for the clock), then closes what is due.
     async fn step(&mut self) -> DFResult<()> {
         self.publish_due();
-        let ticking = self.spec.processing_time || self.spec.idle_timeout_ms > 0;
+        let ticking = self
+            .inputs
+            .iter()
+            .any(|i| i.spec.processing_time || i.spec.idle_timeout_ms > 0);
         let next = if ticking {
             let wait = self.tick_wait();
             tokio::select! {
-                item = self.input.next() => Some(item),
+                item = self.rows.next() => Some(item),
                 _ = tokio::time::sleep(wait) => None,
             }
         } else {
-            Some(self.input.next().await)
+            Some(self.rows.next().await)
         };
         match next {
-            // The stream is gone: nothing more will arrive.
+            // The streams are gone: nothing more will arrive.
             Some(None) => self.finished = true,
-            Some(Some(batch)) => self.accept(&batch?).await?,
+            Some(Some((input, batch))) => self.accept(input, &batch?).await?,
             None => {}
         }
         self.advance_watermark();
@@ -281,7 +319,7 @@ impl WindowRuntime {
 
     /// Files a batch of rows under their windows, dropping late ones, and notes how far each
     /// shard has been read.
-    async fn accept(&mut self, batch: &RecordBatch) -> DFResult<()> {
+    async fn accept(&mut self, input: usize, batch: &RecordBatch) -> DFResult<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -296,7 +334,7 @@ impl WindowRuntime {
                 .and_then(|s| parse_sequence_number(s.value(row)).ok())
         };
         let last = position(batch.num_rows() - 1);
-        let times = int64(batch.column(self.spec.time_index))?;
+        let times = int64(batch.column(self.inputs[input].spec.time_index))?;
         let late = match &mut self.state {
             WindowState::Fixed(windows) => {
                 let starts = int64(batch.column(batch.num_columns() - 2))?;
@@ -333,9 +371,9 @@ impl WindowRuntime {
                         }),
                     };
                     if let Some((shard, seq)) = oldest {
-                        window.oldest.entry(shard).or_insert(seq);
+                        window.oldest.entry((input, shard)).or_insert(seq);
                     }
-                    window.running.send(rows).await;
+                    window.running.send(input, rows).await;
                 }
                 late
             }
@@ -346,13 +384,15 @@ impl WindowRuntime {
             }
         };
         if let Some((shard, seq)) = last {
+            let now = self.clock.now_millis();
+            let input = &mut self.inputs[input];
             if let Some(newest) = datafusion::arrow::compute::max(&times) {
-                let max = self.shard_max.entry(shard).or_insert(newest);
+                let max = input.shard_max.entry(shard).or_insert(newest);
                 *max = (*max).max(newest);
             }
-            let read = self.last_seq.entry(shard).or_insert(seq);
+            let read = input.last_seq.entry(shard).or_insert(seq);
             *read = (*read).max(seq);
-            self.last_read_ms.insert(shard, self.clock.now_millis());
+            input.last_read_ms.insert(shard, now);
         }
         if let (Some(cursor), true) = (&self.cursor, late > 0) {
             cursor.add_late_rows(late);
@@ -360,51 +400,22 @@ impl WindowRuntime {
         Ok(())
     }
 
-    /// Moves the watermark. A shard with records not yet read holds it back at the newest time
-    /// read from it (or entirely, if none was read yet). Over event time, so does a shard read
-    /// to its end until it has been idle for the idle timeout, and with no shard holding it
-    /// back the newest time of all counts, less the delay. Over processing time, a shard read
-    /// to its end cannot send anything older than the clock, so with none holding it back the
-    /// watermark is the clock.
+    /// Moves the watermark: the least of the inputs' (see [`Input::watermark`]).
     fn advance_watermark(&mut self) {
         let now = self.clock.now_millis();
-        let idle_timeout = if self.spec.processing_time {
-            0
-        } else {
-            self.spec.idle_timeout_ms
-        };
         self.next_idle_ms = None;
-        let mut holding: Option<Option<i64>> = None;
-        let mut newest: Option<i64> = None;
-        for shard in self.stream.shards() {
-            let index = shard.index();
-            let seen = self.shard_max.get(&index).copied();
-            newest = newest.max(seen);
-            let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
-            let unread = read_to + 1 < shard.next_seq();
-            let quiet_since = self
-                .last_read_ms
-                .get(&index)
-                .copied()
-                .unwrap_or(self.started_ms);
-            let idle_at = quiet_since + idle_timeout;
-            let idle = !unread && now >= idle_at;
-            if !unread && !idle {
+        let mut candidate: Option<Option<i64>> = None;
+        for input in &self.inputs {
+            let (watermark, idle_at) = input.watermark(now, self.started_ms);
+            if let Some(idle_at) = idle_at {
                 self.next_idle_ms = Some(self.next_idle_ms.map_or(idle_at, |n| n.min(idle_at)));
             }
-            if !idle {
-                holding = Some(match holding {
-                    None => seen,
-                    Some(h) => h.min(seen),
-                });
-            }
+            candidate = Some(match candidate {
+                None => watermark,
+                Some(c) => c.min(watermark),
+            });
         }
-        let candidate = match (holding, self.spec.processing_time) {
-            (Some(held), _) => held.map(|time| time - self.spec.delay),
-            (None, true) => Some(self.spec.from_millis(now)),
-            (None, false) => newest.map(|time| time - self.spec.delay),
-        };
-        if let Some(candidate) = candidate {
+        if let Some(Some(candidate)) = candidate {
             self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
         }
     }
@@ -425,9 +436,12 @@ impl WindowRuntime {
                     match window.running.finish().await {
                         Ok(rows) => self.output.extend(rows),
                         Err(e) => {
-                            let at = window.oldest.iter().map(|(s, q)| (*s, *q)).min();
+                            let at = window.oldest.iter().map(|(k, q)| (*k, *q)).min();
                             let what = describe_window(&self.spec, start, start + self.spec.size);
-                            window_failed(&self.cursor, &self.stream, at, &what, e).await?;
+                            let at = at.map(|((input, shard), seq)| {
+                                (Arc::clone(&self.inputs[input].stream), shard, seq)
+                            });
+                            window_failed(&self.cursor, at, &what, e).await?;
                         }
                     }
                 }
@@ -442,7 +456,10 @@ impl WindowRuntime {
                     match self.exec.run(rows).await {
                         Ok(rows) => self.output.extend(rows),
                         Err(e) => {
-                            window_failed(&self.cursor, &self.stream, at, "sessions", e).await?
+                            let at = at.map(|(shard, seq)| {
+                                (Arc::clone(&self.inputs[0].stream), shard, seq)
+                            });
+                            window_failed(&self.cursor, at, "sessions", e).await?
                         }
                     }
                 }
@@ -457,23 +474,26 @@ impl WindowRuntime {
         let Some(cursor) = &self.cursor else {
             return;
         };
-        let held = match &self.state {
+        let mut held: HashMap<(String, u32), u64> = HashMap::new();
+        let mut hold = |input: usize, shard: u32, seq: u64| {
+            let name = self.inputs[input].stream.name().to_string();
+            let entry = held.entry((name, shard)).or_insert(seq);
+            *entry = (*entry).min(seq);
+        };
+        match &self.state {
             WindowState::Fixed(windows) => {
-                let mut held: HashMap<u32, u64> = HashMap::new();
                 for window in windows.values() {
-                    for (shard, seq) in &window.oldest {
-                        let entry = held.entry(*shard).or_insert(*seq);
-                        *entry = (*entry).min(*seq);
+                    for ((input, shard), seq) in &window.oldest {
+                        hold(*input, *shard, *seq);
                     }
                 }
-                held
             }
-            WindowState::Sessions(sessions) => sessions.oldest_held(),
-        };
-        let held = held
-            .into_iter()
-            .map(|(shard, seq)| ((self.stream_name.clone(), shard), seq))
-            .collect();
+            WindowState::Sessions(sessions) => {
+                for (shard, seq) in sessions.oldest_held() {
+                    hold(0, shard, seq);
+                }
+            }
+        }
         let watermark_ms = self.watermark.map(|w| self.spec.to_millis(w));
         cursor.set_window_state(self.watermark, watermark_ms, held);
     }
@@ -504,6 +524,51 @@ impl WindowRuntime {
     }
 }
 
+impl Input {
+    /// This input's watermark, and when (processing time) a shard of it next turns idle. A
+    /// shard with records not yet read holds the watermark back at the newest time read from
+    /// it (or entirely, if none was read yet). Over event time, so does a shard read to its end
+    /// until it has been idle for the idle timeout, and with no shard holding it back the
+    /// newest time of all counts, less the delay. Over processing time, a shard read to its
+    /// end cannot send anything older than the clock, so with none holding it back the
+    /// watermark is the clock.
+    fn watermark(&self, now: i64, started_ms: i64) -> (Option<i64>, Option<i64>) {
+        let idle_timeout = if self.spec.processing_time {
+            0
+        } else {
+            self.spec.idle_timeout_ms
+        };
+        let mut next_idle: Option<i64> = None;
+        let mut holding: Option<Option<i64>> = None;
+        let mut newest: Option<i64> = None;
+        for shard in self.stream.shards() {
+            let index = shard.index();
+            let seen = self.shard_max.get(&index).copied();
+            newest = newest.max(seen);
+            let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
+            let unread = read_to + 1 < shard.next_seq();
+            let quiet_since = self.last_read_ms.get(&index).copied().unwrap_or(started_ms);
+            let idle_at = quiet_since + idle_timeout;
+            let idle = !unread && now >= idle_at;
+            if !unread && !idle {
+                next_idle = Some(next_idle.map_or(idle_at, |n| n.min(idle_at)));
+            }
+            if !idle {
+                holding = Some(match holding {
+                    None => seen,
+                    Some(h) => h.min(seen),
+                });
+            }
+        }
+        let watermark = match (holding, self.spec.processing_time) {
+            (Some(held), _) => held.map(|time| time - self.spec.delay),
+            (None, true) => Some(self.spec.from_millis(now)),
+            (None, false) => newest.map(|time| time - self.spec.delay),
+        };
+        (watermark, next_idle)
+    }
+}
+
 /// A window's bounds for people.
 fn describe_window(spec: &TumbleSpec, start: i64, end: i64) -> String {
     let time = |t: i64| {
@@ -517,8 +582,7 @@ fn describe_window(spec: &TumbleSpec, start: i64, end: i64) -> String {
 /// record) and carries on with the next; any other query fails with the error.
 async fn window_failed(
     cursor: &Option<Arc<PumpCursor>>,
-    stream: &Arc<sluice_engine::Stream>,
-    at: Option<(u32, u64)>,
+    at: Option<(Arc<sluice_engine::Stream>, u32, u64)>,
     what: &str,
     error: DataFusionError,
 ) -> DFResult<()> {
@@ -527,10 +591,9 @@ async fn window_failed(
     };
     let reason = format!("pump '{pump}': {what} failed and was skipped: {error}");
     log::warn!("{reason}");
-    let Some((shard, seq)) = at else {
+    let Some((stream, shard, seq)) = at else {
         return Ok(());
     };
-    let stream = Arc::clone(stream);
     match tokio::task::spawn_blocking(move || stream.report_errors(&[(shard, seq, reason)])).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::error!("pump '{pump}' could not report to error_stream: {e}"),
