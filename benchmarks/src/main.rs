@@ -72,7 +72,7 @@ fn main() {
             } else {
                 args.records
             };
-            if let Err(e) = window::window(records, 1_000) {
+            if let Err(e) = window::window(records, 100_000) {
                 eprintln!("window benchmark failed: {e}");
                 std::process::exit(1);
             }
