@@ -8,6 +8,13 @@
 //! joinable with other streams and with `CREATE EXTERNAL TABLE`s, and `INSERT INTO stream …`
 //! appends records routed by the stream's partition key.
 //!
+//! Continuous queries (`SELECT STREAM …`) and pumps (`CREATE PUMP … AS INSERT INTO … SELECT
+//! STREAM …`, [`pumps`]) read streams as endless tables ([`continuous`]). Stateless queries run
+//! batch by batch (a pump's batch by batch with failing rows isolated, [`stateless`]); windowed
+//! queries ([`window`], [`session_window`], the Kinesis Analytics spelling in [`kda`]) run in
+//! [`window_runtime`], which executes the query's own plan once per window
+//! ([`batch_exec`]) as the watermark closes it.
+//!
 //! # Example
 //!
 //! ```
