@@ -9,11 +9,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder, UInt64Array};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{Error, Result};
-use crate::sequence::{format_sequence_number, shard_id};
+use crate::sequence::{SEQUENCE_NUMBER_LEN, shard_id, write_sequence_number};
 
 /// Arrival time of a record (processing time), milliseconds, UTC. Lower case so that SQL's
 /// unquoted `ROWTIME` (folded to lower case by the SQL planner) finds it.
@@ -166,22 +167,17 @@ impl PublicProjector {
             .iter()
             .map(|source| match source {
                 ColumnSource::Stored(i) => Arc::clone(stored.column(*i)),
-                ColumnSource::ShardId => {
-                    let id = shard_id(shard_index);
-                    let mut builder = StringBuilder::with_capacity(rows, rows * id.len());
-                    for _ in 0..rows {
-                        builder.append_value(&id);
-                    }
-                    Arc::new(builder.finish()) as ArrayRef
-                }
+                ColumnSource::ShardId => repeated(shard_id(shard_index).as_bytes(), rows),
                 ColumnSource::SequenceNumber => {
-                    let mut builder = StringBuilder::with_capacity(rows, rows * 30);
+                    let mut values = Vec::with_capacity(rows * SEQUENCE_NUMBER_LEN);
+                    let mut text = [0u8; SEQUENCE_NUMBER_LEN];
                     if let Some(seqs) = stored.column(0).as_any().downcast_ref::<UInt64Array>() {
                         for seq in seqs.values().iter() {
-                            builder.append_value(format_sequence_number(shard_index, *seq));
+                            write_sequence_number(&mut text, shard_index, *seq);
+                            values.extend_from_slice(&text);
                         }
                     }
-                    Arc::new(builder.finish()) as ArrayRef
+                    fixed_width_strings(values, SEQUENCE_NUMBER_LEN)
                 }
             })
             .collect();
@@ -192,6 +188,19 @@ impl PublicProjector {
             &options,
         )?)
     }
+}
+
+/// `value` repeated `rows` times as a string column.
+fn repeated(value: &[u8], rows: usize) -> ArrayRef {
+    fixed_width_strings(value.repeat(rows), value.len())
+}
+
+/// A string column of values all `width` bytes long, laid end to end in `values`.
+fn fixed_width_strings(values: Vec<u8>, width: usize) -> ArrayRef {
+    let rows = values.len().checked_div(width).unwrap_or(0);
+    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(width, rows));
+    // The values are ASCII digits and letters, so they are valid UTF-8.
+    Arc::new(StringArray::new(offsets, Buffer::from_vec(values), None))
 }
 
 #[cfg(test)]

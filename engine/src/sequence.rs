@@ -9,7 +9,29 @@ use crate::error::{Error, Result};
 
 /// The decimal string form of sequence number `counter` in shard `shard_index`.
 pub fn format_sequence_number(shard_index: u32, counter: u64) -> String {
-    format!("49{shard_index:08}{counter:020}")
+    let mut text = [0u8; SEQUENCE_NUMBER_LEN];
+    write_sequence_number(&mut text, shard_index, counter);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// The length of every sequence number.
+pub const SEQUENCE_NUMBER_LEN: usize = 30;
+
+/// Writes the sequence number of (`shard_index`, `counter`) into `out`, without allocating:
+/// readers derive one per record.
+pub fn write_sequence_number(out: &mut [u8; SEQUENCE_NUMBER_LEN], shard_index: u32, counter: u64) {
+    out[0] = b'4';
+    out[1] = b'9';
+    write_digits(&mut out[2..10], u64::from(shard_index) % 100_000_000);
+    write_digits(&mut out[10..30], counter);
+}
+
+/// `value` as decimal digits, zero-padded to fill `out`.
+fn write_digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Splits a sequence number into its shard index and per-shard counter.
