@@ -75,6 +75,10 @@ mod tests {
         assert!(a < b);
         assert_eq!(parse_sequence_number(&b).ok(), Some((3, 10)));
         assert_eq!(a.parse::<u128>().ok().map(|n| n > 0), Some(true));
+        assert_eq!(a, "490000000300000000000000000009");
+        let max = format_sequence_number(1023, u64::MAX);
+        assert_eq!(max, "490000102318446744073709551615");
+        assert_eq!(parse_sequence_number(&max).ok(), Some((1023, u64::MAX)));
     }
 
     #[test]
