@@ -28,6 +28,23 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// The tables of type `T` that `plan` scans, in plan order.
+pub fn scans_of<T: TableProvider + 'static>(
+    plan: &LogicalPlan,
+) -> DFResult<Vec<Arc<dyn TableProvider>>> {
+    let mut found = Vec::new();
+    plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && provider.downcast_ref::<T>().is_some()
+        {
+            found.push(provider);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(found)
+}
+
 /// Batches queued to one execution before the sender waits for it.
 const CHANNEL: usize = 4;
 

@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::common::Result as DFResult;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::datasource::source_as_provider;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -19,7 +17,7 @@ use sluice_engine::Stream;
 use sluice_engine::schema::SEQUENCE_NUMBER;
 use sluice_engine::sequence::parse_sequence_number;
 
-use crate::batch_exec::BatchExec;
+use crate::batch_exec::{BatchExec, scans_of};
 use crate::continuous::ContinuousTable;
 
 /// Starts `plan` batch by batch if it is a pump's query over exactly one stream; `Ok(None)`
@@ -28,16 +26,7 @@ pub async fn start_isolated(
     context: &SessionContext,
     plan: &LogicalPlan,
 ) -> DFResult<Option<SendableRecordBatchStream>> {
-    let mut scans = Vec::new();
-    plan.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && let Ok(provider) = source_as_provider(&scan.source)
-            && provider.downcast_ref::<ContinuousTable>().is_some()
-        {
-            scans.push(provider);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
+    let scans = scans_of::<ContinuousTable>(plan)?;
     let [provider] = scans.as_slice() else {
         return Ok(None);
     };

@@ -28,7 +28,6 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DFResult, plan_err};
-use datafusion::datasource::source_as_provider;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::logical_expr::{FetchType, SkipType};
@@ -39,7 +38,7 @@ use sluice_engine::Clock;
 use sluice_engine::schema::SEQUENCE_NUMBER;
 use sluice_engine::sequence::parse_sequence_number;
 
-use crate::batch_exec::BatchExec;
+use crate::batch_exec::{BatchExec, scans_of};
 use crate::continuous::PumpCursor;
 use crate::session_window::Sessions;
 use crate::window::{TumbleSpec, WINDOW_END, WINDOW_START, WindowedTable};
@@ -63,16 +62,7 @@ pub fn has_aggregate(plan: &LogicalPlan) -> bool {
 
 /// The windowed tables scanned by `plan`: none, one, or two (a window join); more is an error.
 fn windowed_scans(plan: &LogicalPlan) -> DFResult<Vec<Arc<dyn TableProvider>>> {
-    let mut found = Vec::new();
-    plan.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && let Ok(provider) = source_as_provider(&scan.source)
-            && provider.downcast_ref::<WindowedTable>().is_some()
-        {
-            found.push(provider);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
+    let found = scans_of::<WindowedTable>(plan)?;
     if found.len() > 2 {
         return plan_err!(
             "a continuous query reads at most two windowed streams (a window join); this one reads {}",
