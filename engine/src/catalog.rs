@@ -121,6 +121,18 @@ pub struct PumpCheckpoint {
     pub watermark: Option<i64>,
 }
 
+/// A delivery stream: a stream's records buffered and written as objects to a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryDefinition {
+    pub name: String,
+    /// The stream it reads.
+    pub source: String,
+    /// `WITH` options as given (keys lower-cased).
+    pub options: Vec<(String, String)>,
+    /// Goes up each time the delivery stream is replaced; part of every object's name.
+    pub version: u32,
+}
+
 /// The catalog file's contents.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalog {
@@ -129,6 +141,8 @@ pub struct Catalog {
     pub streams: Vec<StreamDefinition>,
     #[serde(default)]
     pub pumps: Vec<PumpDefinition>,
+    #[serde(default)]
+    pub deliveries: Vec<DeliveryDefinition>,
 }
 
 impl Catalog {
@@ -145,6 +159,7 @@ impl Catalog {
                 next_stream_id: 1,
                 streams: vec![],
                 pumps: vec![],
+                deliveries: vec![],
             }),
             Err(e) => Err(Error::io("reading catalog", path, e)),
         }

@@ -13,8 +13,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{
-    Catalog, ColumnDefinition, DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS,
-    PumpCheckpoint, PumpDefinition, ShardDefinition, StreamDefinition, WatermarkDefinition,
+    Catalog, ColumnDefinition, DEFAULT_RETENTION_HOURS, DeliveryDefinition, MAX_RETENTION_HOURS,
+    MIN_RETENTION_HOURS, PumpCheckpoint, PumpDefinition, ShardDefinition, StreamDefinition,
+    WatermarkDefinition,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -310,6 +311,12 @@ impl Engine {
             )));
         }
         let mut catalog = self.inner.catalog.lock();
+        if let Some(delivery) = catalog.deliveries.iter().find(|d| d.source == name) {
+            return Err(Error::InvalidArgument(format!(
+                "stream '{name}' feeds delivery stream '{}'; DROP DELIVERY STREAM {} first",
+                delivery.name, delivery.name
+            )));
+        }
         let Some(stream) = self.inner.streams.write().remove(name) else {
             if if_exists {
                 return Ok(());
@@ -385,6 +392,56 @@ impl Engine {
         }
     }
 
+    /// Every delivery stream in the catalog.
+    pub fn deliveries(&self) -> Vec<DeliveryDefinition> {
+        self.inner.catalog.lock().deliveries.clone()
+    }
+
+    /// Adds a delivery stream to the catalog, or replaces the one of the same name.
+    pub fn save_delivery(&self, delivery: DeliveryDefinition) -> Result<()> {
+        let mut catalog = self.inner.catalog.lock();
+        match catalog
+            .deliveries
+            .iter_mut()
+            .find(|d| d.name == delivery.name)
+        {
+            Some(existing) => *existing = delivery,
+            None => catalog.deliveries.push(delivery),
+        }
+        catalog.save(&self.inner.catalog_path())
+    }
+
+    /// Removes a delivery stream and its saved positions. Returns whether it existed.
+    pub fn drop_delivery(&self, name: &str) -> Result<bool> {
+        let mut catalog = self.inner.catalog.lock();
+        let before = catalog.deliveries.len();
+        catalog.deliveries.retain(|d| d.name != name);
+        if catalog.deliveries.len() == before {
+            return Ok(false);
+        }
+        catalog.save(&self.inner.catalog_path())?;
+        let path = self.positions_path("deliveries", name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(Error::io("removing delivery positions", &path, e)),
+        }
+    }
+
+    /// Saves how far a delivery stream has delivered, durably (written, synced, renamed).
+    pub fn save_delivery_positions(&self, name: &str, positions: &PumpCheckpoint) -> Result<()> {
+        let path = self.positions_path("deliveries", name);
+        write_json_durably(&path, positions, "delivery positions")
+    }
+
+    /// How far a delivery stream had delivered when it last saved (empty if it never did).
+    pub fn delivery_positions(&self, name: &str) -> Result<PumpCheckpoint> {
+        read_json_or_default(
+            &self.positions_path("deliveries", name),
+            "delivery positions",
+        )
+    }
+
     /// Saves how far a pump has got.
     pub fn save_pump_checkpoint(&self, name: &str, checkpoint: &PumpCheckpoint) -> Result<()> {
         let path = self.pump_positions_path(name);
@@ -414,10 +471,14 @@ impl Engine {
     }
 
     fn pump_positions_path(&self, name: &str) -> PathBuf {
+        self.positions_path("pumps", name)
+    }
+
+    fn positions_path(&self, kind: &str, name: &str) -> PathBuf {
         self.inner
             .options
             .data_dir
-            .join("pumps")
+            .join(kind)
             .join(format!("{name}.positions.json"))
     }
 
@@ -598,4 +659,45 @@ pub fn fields(columns: &[(&str, DataType)]) -> SchemaRef {
             .map(|(name, data_type)| Field::new(*name, data_type.clone(), true))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// Writes `value` as JSON to `path` through a synced temporary file and a rename.
+fn write_json_durably<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    what: &'static str,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| Error::io("creating folder", dir, e))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(value).map_err(|e| Error::Corrupt {
+        what,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let written = (|| {
+        use std::io::Write;
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| Error::io("saving", path, e))
+}
+
+/// Reads JSON from `path`, or the default value if there is no file.
+fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    what: &'static str,
+) -> Result<T> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(Error::io("reading", path, e)),
+    }
 }

@@ -45,8 +45,8 @@ pub mod stream;
 pub mod wal;
 
 pub use catalog::{
-    DEFAULT_RETENTION_HOURS, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, PumpCheckpoint,
-    PumpDefinition, StreamDefinition, WatermarkDefinition,
+    DEFAULT_RETENTION_HOURS, DeliveryDefinition, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS,
+    PumpCheckpoint, PumpDefinition, StreamDefinition, WatermarkDefinition,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields};

@@ -412,6 +412,9 @@ impl Stream {
                 chunks.push((position, batch));
             }
             wal.append(&entries)?;
+            // Reported before the records become visible, so a reader that sees a record
+            // can already find its error report.
+            self.report_failures(std::mem::take(&mut failures))?;
             let mut due = false;
             for (position, batch) in chunks {
                 let shard = &self.shards[position];
@@ -429,7 +432,6 @@ impl Stream {
                 self.seal_locked(&mut wal, false)?;
             }
         }
-        self.report_failures(failures)?;
         Ok(results)
     }
 
