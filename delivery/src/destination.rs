@@ -1,0 +1,135 @@
+//! Where objects go: a local folder or an S3-compatible bucket, through `object_store`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use crate::error::{Error, Result};
+use crate::options::S3Options;
+
+/// Objects larger than this go up in parts.
+const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+/// The size of each part.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// A destination: a store and the key prefix inside it.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    store: Arc<dyn ObjectStore>,
+    base: String,
+    url: String,
+}
+
+impl Destination {
+    /// Opens `destination`: `s3://bucket/prefix/`, `file:///folder/`, or a folder relative to
+    /// the current directory.
+    pub fn open(destination: &str, s3: &S3Options) -> Result<Self> {
+        if let Some(rest) = destination.strip_prefix("s3://") {
+            return open_s3(destination, rest, s3);
+        }
+        let folder = match destination.strip_prefix("file://") {
+            Some(path) if path.starts_with('/') => PathBuf::from(path),
+            Some(path) => {
+                return Err(Error::Invalid(format!(
+                    "destination '{destination}': a file:// address needs an absolute path, as in file:///var/lake/ ('{path}' is not one)"
+                )));
+            }
+            None if destination.contains("://") => {
+                return Err(Error::Invalid(format!(
+                    "destination '{destination}' is not a place Sluice writes to; use s3://bucket/prefix/, file:///folder/ or a relative folder"
+                )));
+            }
+            None => std::env::current_dir()?.join(destination),
+        };
+        std::fs::create_dir_all(&folder).map_err(|e| {
+            Error::Invalid(format!(
+                "destination '{destination}': cannot create folder {}: {e}",
+                folder.display()
+            ))
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&folder)?;
+        Ok(Self {
+            store: Arc::new(store),
+            base: String::new(),
+            url: format!("file://{}/", folder.display()),
+        })
+    }
+
+    /// A destination over any store (tests, benchmarks).
+    pub fn with_store(store: Arc<dyn ObjectStore>, base: &str, url: &str) -> Self {
+        Self {
+            store,
+            base: base.trim_matches('/').to_string(),
+            url: url.to_string(),
+        }
+    }
+
+    /// Where objects go, for people.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The full path of object `key`.
+    pub fn path(&self, key: &str) -> Result<Path> {
+        let full = if self.base.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.base)
+        };
+        Path::parse(&full).map_err(|e| Error::Invalid(format!("object key '{full}': {e}")))
+    }
+
+    /// Writes a new object. A key that already exists is never overwritten: small objects are
+    /// created conditionally, and finding one already there means an earlier attempt of this
+    /// same write landed.
+    pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(key)?;
+        if bytes.len() > MULTIPART_THRESHOLD {
+            let upload = self.store.put_multipart(&path).await?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            writer.put(Bytes::from(bytes));
+            writer.finish().await?;
+            return Ok(());
+        }
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                // A store without conditional writes: the key is new (it holds a random part).
+                Err(Error::Invalid(format!(
+                    "the store at {} cannot create objects conditionally",
+                    self.url
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn open_s3(destination: &str, rest: &str, _s3: &S3Options) -> Result<Destination> {
+    let (bucket, _prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::Invalid(format!(
+            "destination '{destination}' names no bucket; write s3://bucket/prefix/"
+        )));
+    }
+    Err(Error::Invalid(format!(
+        "destination '{destination}': S3 destinations are not built into this Sluice yet"
+    )))
+}
