@@ -32,6 +32,15 @@ fn datafusion_message(error: &DataFusionError) -> String {
     }
 }
 
+impl From<sluice_delivery::Error> for Error {
+    fn from(e: sluice_delivery::Error) -> Self {
+        match e {
+            sluice_delivery::Error::Engine(e) => Error::Engine(e),
+            other => Error::Plan(other.to_string()),
+        }
+    }
+}
+
 impl From<datafusion::arrow::error::ArrowError> for Error {
     fn from(e: datafusion::arrow::error::ArrowError) -> Self {
         Error::DataFusion(DataFusionError::ArrowError(Box::new(e), None))

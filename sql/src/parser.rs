@@ -44,6 +44,21 @@ pub enum SluiceStatement {
     StopPump { name: String },
     /// `SHOW PUMPS`
     ShowPumps,
+    /// `CREATE [OR REPLACE] DELIVERY STREAM [IF NOT EXISTS] name FROM stream WITH (options)`
+    CreateDelivery {
+        name: String,
+        source: String,
+        or_replace: bool,
+        if_not_exists: bool,
+        /// `WITH` options, keys lower-cased, values as text.
+        options: Vec<(String, String)>,
+    },
+    /// `DROP DELIVERY STREAM [IF EXISTS] name`
+    DropDelivery { name: String, if_exists: bool },
+    /// `SHOW DELIVERY STREAMS`
+    ShowDeliveries,
+    /// `DESCRIBE DELIVERY STREAM name`
+    DescribeDelivery { name: String },
     /// Anything DataFusion parses.
     DataFusion(Box<DFStatement>),
 }
@@ -285,6 +300,11 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
         let or_replace = second.as_deref() == Some("OR") && third.as_deref() == Some("REPLACE");
         let kind_at = if or_replace { 3 } else { 1 };
         let kind = word(&parser.parser.peek_nth_token(kind_at).token);
+        let then = word(&parser.parser.peek_nth_token(kind_at + 1).token);
+        if kind.as_deref() == Some("DELIVERY") && then.as_deref() == Some("STREAM") {
+            skip(parser, kind_at + 2);
+            return parse_create_delivery(parser, or_replace);
+        }
         if matches!(kind.as_deref(), Some("STREAM" | "PUMP")) {
             skip(parser, kind_at + 1);
             return if kind.as_deref() == Some("STREAM") {
@@ -295,6 +315,23 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
         }
     }
     match (first.as_deref(), second.as_deref(), third.as_deref()) {
+        (Some("DROP"), Some("DELIVERY"), Some("STREAM")) => {
+            skip(parser, 3);
+            let if_exists = parser
+                .parser
+                .parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(SluiceStatement::DropDelivery { name, if_exists })
+        }
+        (Some("SHOW"), Some("DELIVERY"), Some("STREAMS")) => {
+            skip(parser, 3);
+            Ok(SluiceStatement::ShowDeliveries)
+        }
+        (Some("DESCRIBE" | "DESC"), Some("DELIVERY"), Some("STREAM")) => {
+            skip(parser, 3);
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(SluiceStatement::DescribeDelivery { name })
+        }
         (Some("DROP"), Some(kind @ ("PUMP" | "STREAM")), _) => {
             let is_pump = kind == "PUMP";
             skip(parser, 2);
@@ -407,6 +444,30 @@ fn parse_create_pump(parser: &mut DFParser<'_>, or_replace: bool) -> Result<Slui
         name,
         or_replace,
         insert: Box::new(insert),
+    })
+}
+
+fn parse_create_delivery(parser: &mut DFParser<'_>, or_replace: bool) -> Result<SluiceStatement> {
+    let p = &mut parser.parser;
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(&p.parse_object_name(false)?)?;
+    if !p.parse_keyword(Keyword::FROM) {
+        return Err(Error::Plan(format!(
+            "CREATE DELIVERY STREAM {name} needs FROM stream, then WITH (destination = '…', …)"
+        )));
+    }
+    let source = object_name(&p.parse_object_name(false)?)?;
+    let options = p
+        .parse_options(Keyword::WITH)?
+        .into_iter()
+        .map(option_pair)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SluiceStatement::CreateDelivery {
+        name,
+        source,
+        or_replace,
+        if_not_exists,
+        options,
     })
 }
 

@@ -31,6 +31,8 @@ use crate::stateless::start_isolated;
 use crate::streaming_filter::StreamingFilterRule;
 use crate::window::TumbleFunction;
 use crate::window_runtime::start_windowed;
+use sluice_delivery::DeliveryManager;
+use sluice_engine::DeliveryDefinition;
 
 /// How long `FLUSH` waits for pumps to catch up.
 const FLUSH_PUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -66,6 +68,8 @@ pub struct SluiceSession {
     provider: Arc<StreamSchemaProvider>,
     /// The pumps running on this session's engine.
     pumps: Arc<PumpManager>,
+    /// The delivery streams running on this session's engine.
+    deliveries: Arc<DeliveryManager>,
 }
 
 impl std::fmt::Debug for SluiceSession {
@@ -98,8 +102,10 @@ impl SluiceSession {
             ctx,
             provider,
             pumps: Arc::new(PumpManager::default()),
+            deliveries: Arc::new(DeliveryManager::default()),
         };
         session.pumps.start_saved(&session)?;
+        session.deliveries.start_saved(&session.engine);
         Ok(session)
     }
 
@@ -133,6 +139,9 @@ impl SluiceSession {
     /// with the next session.
     pub async fn shutdown(&self) {
         self.pumps.stop_all().await;
+        // What delivery streams still buffer is delivered after the next start: their
+        // positions were never committed past it.
+        self.deliveries.stop_all().await;
     }
 
     /// The engine this session runs on.
@@ -204,9 +213,85 @@ impl SluiceSession {
                 self.pumps
                     .wait_caught_up(&self.engine, FLUSH_PUMP_TIMEOUT)
                     .await?;
+                // Then delivery streams write what is due (everything, with a 0 s interval),
+                // pumps' output included.
+                self.deliveries
+                    .wait_settled(&self.engine, FLUSH_PUMP_TIMEOUT)
+                    .await?;
                 let engine = self.engine.clone();
                 blocking(move || engine.flush()).await?;
                 Ok(StatementOutput::Done("Flushed.".to_string()))
+            }
+            SluiceStatement::CreateDelivery {
+                name,
+                source,
+                or_replace,
+                if_not_exists,
+                options,
+            } => {
+                let existing = self
+                    .engine
+                    .deliveries()
+                    .into_iter()
+                    .find(|d| d.name == name);
+                if let Some(existing) = &existing {
+                    if if_not_exists {
+                        return Ok(StatementOutput::Done(format!(
+                            "Delivery stream '{name}' already exists."
+                        )));
+                    }
+                    if !or_replace {
+                        return Err(Error::Plan(format!(
+                            "delivery stream '{name}' already exists; CREATE OR REPLACE DELIVERY STREAM replaces it"
+                        )));
+                    }
+                    let _ = existing;
+                }
+                let definition = DeliveryDefinition {
+                    name: name.clone(),
+                    source,
+                    options,
+                    version: existing.as_ref().map_or(1, |e| e.version + 1),
+                };
+                // Check everything before touching what runs.
+                sluice_delivery::prepare(&self.engine, &definition)?;
+                if existing.is_some() {
+                    self.deliveries.stop(&name).await;
+                    let engine = self.engine.clone();
+                    let dropped = name.clone();
+                    blocking(move || engine.drop_delivery(&dropped)).await?;
+                }
+                let engine = self.engine.clone();
+                let saved = definition.clone();
+                blocking(move || engine.save_delivery(saved)).await?;
+                self.deliveries.start(&self.engine, &definition)?;
+                let verb = if existing.is_some() {
+                    "replaced"
+                } else {
+                    "created"
+                };
+                Ok(StatementOutput::Done(format!(
+                    "Delivery stream '{name}' {verb}, reading '{}'.",
+                    definition.source
+                )))
+            }
+            SluiceStatement::DropDelivery { name, if_exists } => {
+                self.deliveries.stop(&name).await;
+                let engine = self.engine.clone();
+                let dropped = name.clone();
+                let existed = blocking(move || engine.drop_delivery(&dropped)).await?;
+                if !existed && !if_exists {
+                    return Err(Error::Plan(format!(
+                        "delivery stream '{name}' does not exist; SHOW DELIVERY STREAMS lists them"
+                    )));
+                }
+                Ok(StatementOutput::Done(format!(
+                    "Delivery stream '{name}' dropped."
+                )))
+            }
+            SluiceStatement::ShowDeliveries => rows(self.deliveries.show(&self.engine)?),
+            SluiceStatement::DescribeDelivery { name } => {
+                rows(self.deliveries.describe(&self.engine, &name)?)
             }
             SluiceStatement::DataFusion(statement) => self.execute_datafusion(*statement).await,
             SluiceStatement::SelectStream(query) => self.execute_continuous(*query).await,
