@@ -55,7 +55,10 @@ impl Destination {
         Ok(Self {
             store: Arc::new(store),
             base: String::new(),
-            url: format!("file://{}/", folder.display()),
+            url: format!(
+                "file://{}/",
+                folder.display().to_string().trim_end_matches('/')
+            ),
         })
     }
 
