@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
@@ -125,14 +126,45 @@ impl Destination {
     }
 }
 
-fn open_s3(destination: &str, rest: &str, _s3: &S3Options) -> Result<Destination> {
-    let (bucket, _prefix) = rest.split_once('/').unwrap_or((rest, ""));
+fn open_s3(destination: &str, rest: &str, s3: &S3Options) -> Result<Destination> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(Error::Invalid(format!(
             "destination '{destination}' names no bucket; write s3://bucket/prefix/"
         )));
     }
-    Err(Error::Invalid(format!(
-        "destination '{destination}': S3 destinations are not built into this Sluice yet"
-    )))
+    // Options win over the AWS_* environment variables.
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_allow_http(s3.allow_http)
+        .with_conditional_put(S3ConditionalPut::ETagMatch);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    match &s3.region {
+        Some(region) => builder = builder.with_region(region),
+        None if std::env::var("AWS_REGION").is_err()
+            && std::env::var("AWS_DEFAULT_REGION").is_err() =>
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        None => {}
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = &s3.session_token {
+        builder = builder.with_token(token);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| Error::Invalid(format!("destination '{destination}': {e}")))?;
+    Ok(Destination {
+        store: Arc::new(store),
+        base: prefix.trim_matches('/').to_string(),
+        url: format!("s3://{bucket}/{}", prefix.trim_start_matches('/')),
+    })
 }
