@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- ingest [--records N] [--batch N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -11,6 +12,7 @@
 //! RecordBatch with no routing at all. It reports records per CPU-second (per core), the ratio to
 //! the baseline, and memory per million retained records.
 
+mod delivery;
 mod measure;
 mod window;
 
@@ -77,8 +79,19 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "delivery" => {
+            let records = if args.records == 10_000_000 {
+                2_000_000
+            } else {
+                args.records
+            };
+            if let Err(e) = delivery::delivery(records) {
+                eprintln!("delivery benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, _)) => {
-            eprintln!("unknown benchmark '{command}'; available: ingest, window");
+            eprintln!("unknown benchmark '{command}'; available: ingest, window, delivery");
             std::process::exit(2);
         }
         Err(e) => {
