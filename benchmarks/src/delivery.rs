@@ -9,13 +9,13 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use sluice_delivery::DeliveryManager;
 use sluice_engine::{
-    DeliveryDefinition, Durability, Engine, EngineOptions, RecordRef, ShardIterator,
-    StartPosition, StreamFormat, StreamSpec,
+    DeliveryDefinition, Durability, Engine, EngineOptions, RecordRef, ShardIterator, StartPosition,
+    StreamFormat, StreamSpec,
 };
 
 use crate::measure::CpuTimer;
@@ -107,7 +107,10 @@ async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
             }
             writer.close()?;
             store
-                .put(&StorePath::from(format!("object-{objects}.parquet")), PutPayload::from(out))
+                .put(
+                    &StorePath::from(format!("object-{objects}.parquet")),
+                    PutPayload::from(out),
+                )
                 .await?;
             objects += 1;
         }
