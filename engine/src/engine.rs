@@ -384,12 +384,8 @@ impl Engine {
             return Ok(false);
         }
         catalog.save(&self.inner.catalog_path())?;
-        let path = self.pump_positions_path(name);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-            Err(e) => Err(Error::io("removing pump positions", &path, e)),
-        }
+        remove_if_present(&self.pump_positions_path(name))?;
+        Ok(true)
     }
 
     /// Every delivery stream in the catalog.
@@ -420,12 +416,8 @@ impl Engine {
             return Ok(false);
         }
         catalog.save(&self.inner.catalog_path())?;
-        let path = self.positions_path("deliveries", name);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-            Err(e) => Err(Error::io("removing delivery positions", &path, e)),
-        }
+        remove_if_present(&self.positions_path("deliveries", name))?;
+        Ok(true)
     }
 
     /// Saves how far a delivery stream has delivered, durably (written, synced, renamed).
@@ -659,6 +651,15 @@ pub fn fields(columns: &[(&str, DataType)]) -> SchemaRef {
             .map(|(name, data_type)| Field::new(*name, data_type.clone(), true))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// Removes a file that may not exist.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing saved positions", path, e)),
+    }
 }
 
 /// Writes `value` as JSON to `path` through a synced temporary file and a rename.
