@@ -323,44 +323,49 @@ impl Runner {
         let sequence = batch
             .column_by_name(SEQUENCE_NUMBER)
             .map(|c| c.as_string::<i32>().clone());
-        let positions: Vec<Option<(u32, u64)>> = (0..batch.num_rows())
-            .map(|row| {
-                sequence
-                    .as_ref()
-                    .filter(|s| s.is_valid(row))
-                    .and_then(|s| parse_sequence_number(s.value(row)).ok())
-            })
-            .collect();
-        let key_columns: Vec<ArrayRef> = self
-            .partition_columns
-            .iter()
-            .map(|&c| cast(batch.column(c), &DataType::Utf8))
-            .collect::<std::result::Result<_, _>>()?;
+        let position = |row: usize| {
+            sequence
+                .as_ref()
+                .filter(|s| s.is_valid(row))
+                .and_then(|s| parse_sequence_number(s.value(row)).ok())
+        };
+        let any_failed = self.errors.as_ref().is_some_and(|e| !e.failed.is_empty());
         let mut groups: BTreeMap<PartitionKey, Vec<u32>> = BTreeMap::new();
-        for (row, position) in positions.iter().enumerate() {
-            let failed = position.is_some_and(|p| {
-                self.errors
-                    .as_ref()
-                    .is_some_and(|e| e.failed.contains_key(&p))
-            });
-            let key = if failed {
-                PartitionKey::Errors
-            } else {
-                PartitionKey::Rows(
-                    key_columns
-                        .iter()
-                        .map(|c| {
-                            let c = c.as_string::<i32>();
-                            if c.is_null(row) {
-                                "null".to_string()
-                            } else {
-                                c.value(row).to_string()
-                            }
-                        })
-                        .collect(),
-                )
-            };
-            groups.entry(key).or_default().push(row as u32);
+        if !any_failed && self.partition_columns.is_empty() {
+            // The common case: every row goes to the one buffer.
+            groups.insert(PartitionKey::Rows(Vec::new()), Vec::new());
+        } else {
+            let key_columns: Vec<ArrayRef> = self
+                .partition_columns
+                .iter()
+                .map(|&c| cast(batch.column(c), &DataType::Utf8))
+                .collect::<std::result::Result<_, _>>()?;
+            for row in 0..batch.num_rows() {
+                let failed = any_failed
+                    && position(row).is_some_and(|p| {
+                        self.errors
+                            .as_ref()
+                            .is_some_and(|e| e.failed.contains_key(&p))
+                    });
+                let key = if failed {
+                    PartitionKey::Errors
+                } else {
+                    PartitionKey::Rows(
+                        key_columns
+                            .iter()
+                            .map(|c| {
+                                let c = c.as_string::<i32>();
+                                if c.is_null(row) {
+                                    "null".to_string()
+                                } else {
+                                    c.value(row).to_string()
+                                }
+                            })
+                            .collect(),
+                    )
+                };
+                groups.entry(key).or_default().push(row as u32);
+            }
         }
         let whole = groups.len() == 1;
         for (key, rows) in groups {
@@ -369,8 +374,14 @@ impl Runner {
             } else {
                 take_record_batch(batch, &UInt32Array::from(rows.clone()))?
             };
-            let part_positions: Vec<Option<(u32, u64)>> =
-                rows.iter().map(|&r| positions[r as usize]).collect();
+            // A batch holds one shard's records in order: its first row is its oldest.
+            let first = rows.first().map_or(0, |&r| r as usize);
+            let oldest = position(first);
+            let part_positions: Vec<Option<(u32, u64)>> = if key == PartitionKey::Errors {
+                rows.iter().map(|&r| position(r as usize)).collect()
+            } else {
+                Vec::new()
+            };
             let bytes = data_bytes(&part);
             let arrival = min_arrival(&part);
             let rows_out = if key == PartitionKey::Errors {
@@ -392,9 +403,9 @@ impl Runner {
             if let Some(arrival) = arrival {
                 buffer.oldest_arrival_ms = buffer.oldest_arrival_ms.min(arrival);
             }
-            for (shard, seq) in part_positions.iter().flatten() {
-                let held = buffer.held.entry(*shard).or_insert(*seq);
-                *held = (*held).min(*seq);
+            if let Some((shard, seq)) = oldest {
+                let held = buffer.held.entry(shard).or_insert(seq);
+                *held = (*held).min(seq);
             }
             self.buffered_bytes += bytes;
             if buffer.bytes >= self.options.buffer_size_bytes {
