@@ -108,18 +108,15 @@ impl Destination {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self
-            .store
-            .put_opts(&path, PutPayload::from(bytes), options)
-            .await
-        {
+        // Cheap to clone: the payload's buffers are shared.
+        let payload = PutPayload::from(bytes);
+        match self.store.put_opts(&path, payload.clone(), options).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            // A store without conditional writes: the key is new (it holds a fresh UUID), so a
+            // plain write cannot overwrite another object.
             Err(object_store::Error::NotImplemented { .. }) => {
-                // A store without conditional writes: the key is new (it holds a random part).
-                Err(Error::Invalid(format!(
-                    "the store at {} cannot create objects conditionally",
-                    self.url
-                )))
+                self.store.put(&path, payload).await?;
+                Ok(())
             }
             Err(e) => Err(e.into()),
         }
