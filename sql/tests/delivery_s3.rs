@@ -130,7 +130,7 @@ async fn parquet_lands_in_s3_and_survives_the_server_going_away() -> TestResult 
     let _ = server.await;
     session.execute_all("INSERT INTO n VALUES (4), (5)").await?;
     let mut last_error = None;
-    for _ in 0..100 {
+    for _ in 0..600 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let shown = session.execute_all("SHOW DELIVERY STREAMS").await?;
         let batch = &shown[0].1[0];
