@@ -53,5 +53,5 @@ pub mod window_runtime;
 
 pub use error::{Error, Result};
 pub use parser::{SluiceStatement, parse_statements};
-pub use session::{SluiceSession, StatementOutput};
+pub use session::{SluiceSession, StatementOutput, StatementShape};
 pub use table::{StreamSink, StreamTable};

@@ -260,6 +260,8 @@ fn lift_select_stream(
             ) && significant(i + 1).is_some_and(|o| tokens[o].token == Token::LParen)
         })
         .collect();
+    // JDBC/ODBC-style `?` parameters become DataFusion's `$1`, `$2`, … in each statement.
+    let mut parameters = 0;
     let tokens = tokens
         .into_iter()
         .enumerate()
@@ -270,6 +272,14 @@ fn lift_select_stream(
             }
             if comma.contains(&i) {
                 t.token = Token::Comma;
+            }
+            match &mut t.token {
+                Token::SemiColon => parameters = 0,
+                Token::Placeholder(p) if p == "?" => {
+                    parameters += 1;
+                    *p = format!("${parameters}");
+                }
+                _ => {}
             }
             t
         })

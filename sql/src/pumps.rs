@@ -312,7 +312,7 @@ async fn run(engine: Engine, name: String, prepared: PreparedPump) {
             let engine = engine.clone();
             let pump = name.clone();
             tokio::task::spawn_blocking(move || {
-                target.append(&records)?;
+                records.append_to(&target)?;
                 engine.save_pump_checkpoint(&pump, &checkpoint)
             })
             .await

@@ -9,6 +9,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList};
+use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -56,6 +57,27 @@ impl std::fmt::Debug for StatementOutput {
             Self::Done(note) => write!(f, "Done({note})"),
         }
     }
+}
+
+/// What a statement returns and the parameters it takes, known before it runs.
+#[derive(Debug, Clone)]
+pub struct StatementShape {
+    /// The columns of its rows (none for a statement without rows).
+    pub schema: SchemaRef,
+    /// The type of each parameter, `$1` first, where the statement determines it.
+    pub parameters: Vec<Option<DataType>>,
+}
+
+/// The one statement in `sql`.
+fn one_statement(sql: &str) -> Result<SluiceStatement> {
+    let mut statements = parse_statements(sql)?;
+    if statements.len() != 1 {
+        return Err(Error::Parse(format!(
+            "expected one statement, found {}",
+            statements.len()
+        )));
+    }
+    Ok(statements.remove(0))
 }
 
 /// A SQL session on an engine.
@@ -305,23 +327,95 @@ impl SluiceSession {
 
     /// Parses and runs `sql`, which must hold exactly one statement.
     pub async fn execute(&self, sql: &str) -> Result<StatementOutput> {
-        let mut statements = parse_statements(sql)?;
-        if statements.len() != 1 {
-            return Err(Error::Parse(format!(
-                "expected one statement, found {}",
-                statements.len()
-            )));
-        }
-        let statement = statements.remove(0);
-        self.execute_statement(statement).await
+        self.execute_statement(one_statement(sql)?).await
     }
 
-    async fn execute_datafusion(&self, mut statement: DFStatement) -> Result<StatementOutput> {
+    /// Parses and runs `sql`, one statement, with its parameters (`$1`, `$2`, … or `?`) bound
+    /// to `parameters` in order: how prepared statements run.
+    pub async fn execute_with_parameters(
+        &self,
+        sql: &str,
+        parameters: Vec<ScalarValue>,
+    ) -> Result<StatementOutput> {
+        let statement = one_statement(sql)?;
+        if parameters.is_empty() {
+            return self.execute_statement(statement).await;
+        }
+        let values = ParamValues::List(parameters.into_iter().map(Into::into).collect());
+        match statement {
+            SluiceStatement::DataFusion(statement) => {
+                self.execute_datafusion_with(*statement, Some(values)).await
+            }
+            SluiceStatement::SelectStream(query) => {
+                let context = self.continuous_context(None)?;
+                let plan = self
+                    .plan_in(&context, *query)
+                    .await?
+                    .with_param_values(values)?;
+                let rows = self.start_continuous(&context, plan).await?;
+                Ok(StatementOutput::Continuous(rows))
+            }
+            _ => Err(Error::Plan(
+                "this statement takes no parameters; only queries and INSERT do".to_string(),
+            )),
+        }
+    }
+
+    /// What `sql` (one statement) returns and which parameters it takes, without running it.
+    /// Statements of Sluice's own (stream and pump DDL, `SHOW …`) describe as no columns.
+    pub async fn describe_statement(&self, sql: &str) -> Result<StatementShape> {
+        let statement = one_statement(sql)?;
+        let plan = match statement {
+            SluiceStatement::DataFusion(mut statement) => {
+                self.refuse_table_commands_on_streams(&statement)?;
+                self.name_insert_columns(&mut statement);
+                let state = self.ctx.state();
+                self.check_tables_exist(&state, &statement)?;
+                state.statement_to_plan(*statement).await?
+            }
+            SluiceStatement::SelectStream(query) => {
+                let context = self.continuous_context(None)?;
+                self.plan_in(&context, *query).await?
+            }
+            _ => {
+                return Ok(StatementShape {
+                    schema: Arc::new(Schema::empty()),
+                    parameters: vec![],
+                });
+            }
+        };
+        let types = plan.get_parameter_types()?;
+        let mut parameters: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .filter_map(|(id, t)| {
+                let n = id.trim_start_matches('$').parse::<usize>().ok()?;
+                Some((n, t))
+            })
+            .collect();
+        parameters.sort_by_key(|(n, _)| *n);
+        Ok(StatementShape {
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+            parameters: parameters.into_iter().map(|(_, t)| t).collect(),
+        })
+    }
+
+    async fn execute_datafusion(&self, statement: DFStatement) -> Result<StatementOutput> {
+        self.execute_datafusion_with(statement, None).await
+    }
+
+    async fn execute_datafusion_with(
+        &self,
+        mut statement: DFStatement,
+        parameters: Option<ParamValues>,
+    ) -> Result<StatementOutput> {
         self.refuse_table_commands_on_streams(&statement)?;
         self.name_insert_columns(&mut statement);
         let state = self.ctx.state();
         self.check_tables_exist(&state, &statement)?;
-        let plan = state.statement_to_plan(statement).await?;
+        let mut plan = state.statement_to_plan(statement).await?;
+        if let Some(values) = parameters {
+            plan = plan.with_param_values(values)?;
+        }
         let is_command = matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_));
         let frame = self.ctx.execute_logical_plan(plan).await?;
         if is_command {

@@ -24,7 +24,7 @@ use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use sluice_engine::schema::{DATA, PARTITION_KEY, ROWTIME, SEQUENCE_NUMBER, SHARD_ID};
-use sluice_engine::{PublicProjector, PutRecord, Stream, StreamFormat};
+use sluice_engine::{PublicProjector, PutRecord, PutResult, RecordRef, Stream, StreamFormat};
 
 use crate::error::to_datafusion;
 
@@ -167,7 +167,7 @@ impl StreamSink {
     }
 
     /// The records for one batch of inserted rows (public layout).
-    pub(crate) fn records(&self, batch: &RecordBatch) -> DFResult<Vec<PutRecord>> {
+    pub(crate) fn records(&self, batch: &RecordBatch) -> DFResult<Appendable> {
         let name = self.stream.name();
         let n_user = self.stream.user_schema().fields().len();
         let rowtimes = match batch.column_by_name(ROWTIME) {
@@ -211,12 +211,25 @@ impl StreamSink {
             }
             None => None,
         };
+        let user_columns = batch.project(&(0..n_user).collect::<Vec<_>>())?;
         let encoded = match self.stream.format() {
             StreamFormat::Raw => vec![None; rows],
-            format => encode_rows(format, &batch.project(&(0..n_user).collect::<Vec<_>>())?)?
+            format => encode_rows(format, &user_columns)?
                 .into_iter()
                 .map(Some)
                 .collect(),
+        };
+        // When every blob is encoded from the row's columns, the columns are the decoded
+        // record: the engine keeps them instead of decoding the blobs again.
+        let derived = self.stream.format() != StreamFormat::Raw
+            && data.as_ref().is_none_or(|d| d.null_count() == d.len());
+        let columns = if derived {
+            Some(RecordBatch::try_new(
+                Arc::clone(self.stream.user_schema()),
+                user_columns.columns().to_vec(),
+            )?)
+        } else {
+            None
         };
         let mut records = Vec::with_capacity(rows);
         for (row, encoded) in encoded.into_iter().enumerate() {
@@ -257,7 +270,47 @@ impl StreamSink {
                 .map(|t| t.value(row));
             records.push(record);
         }
-        Ok(records)
+        Ok(Appendable { records, columns })
+    }
+
+    /// Appends one batch of rows (public layout; columns may be missing, system columns
+    /// NULL), returning how many records were appended.
+    pub async fn append_batch(&self, batch: &RecordBatch) -> DFResult<u64> {
+        if batch.num_rows() == 0 {
+            return Ok(0);
+        }
+        let rows = self.records(batch)?;
+        let stream = Arc::clone(&self.stream);
+        // Appending syncs the write-ahead log: keep it off the async workers.
+        tokio::task::spawn_blocking(move || rows.append_to(&stream))
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            .map_err(to_datafusion)?;
+        Ok(batch.num_rows() as u64)
+    }
+}
+
+/// Rows ready to append: their records and, when each record's blob was encoded from the
+/// row's columns, those columns.
+pub(crate) struct Appendable {
+    records: Vec<PutRecord>,
+    columns: Option<RecordBatch>,
+}
+
+impl Appendable {
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Appends the records to `stream`, all or none.
+    pub(crate) fn append_to(&self, stream: &Stream) -> sluice_engine::Result<Vec<PutResult>> {
+        match &self.columns {
+            Some(columns) => {
+                let refs: Vec<RecordRef<'_>> = self.records.iter().map(RecordRef::from).collect();
+                stream.append_decoded(&refs, columns)
+            }
+            None => stream.append(&self.records),
+        }
     }
 }
 
@@ -317,18 +370,7 @@ impl DataSink for StreamSink {
     ) -> DFResult<u64> {
         let mut count = 0u64;
         while let Some(batch) = data.next().await {
-            let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let records = self.records(&batch)?;
-            let stream = Arc::clone(&self.stream);
-            // Appending syncs the write-ahead log: keep it off the async workers.
-            tokio::task::spawn_blocking(move || stream.append(&records))
-                .await
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
-                .map_err(to_datafusion)?;
-            count += batch.num_rows() as u64;
+            count += self.append_batch(&batch?).await?;
         }
         Ok(count)
     }

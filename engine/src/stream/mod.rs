@@ -328,6 +328,49 @@ impl Stream {
 
     /// [`Self::append`] for borrowed records.
     pub fn append_refs(&self, records: &[RecordRef<'_>]) -> Result<Vec<PutResult>> {
+        self.append_inner(records, None)
+    }
+
+    /// Appends records whose columns the writer already holds: row `i` of `columns` (the
+    /// stream's user columns, exactly its user schema) is record `i` decoded, so nothing is
+    /// decoded again. The columnar ingest path (Flight `DoPut`, SQL `INSERT`): the writer encodes
+    /// each row once for its data blob, and the write-ahead log keeps the blobs as always.
+    pub fn append_decoded(
+        &self,
+        records: &[RecordRef<'_>],
+        columns: &RecordBatch,
+    ) -> Result<Vec<PutResult>> {
+        if columns.num_rows() != records.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} records but {} rows of columns",
+                records.len(),
+                columns.num_rows()
+            )));
+        }
+        let expected = self.user_schema.fields();
+        let given = columns.schema();
+        if given.fields().len() != expected.len()
+            || given
+                .fields()
+                .iter()
+                .zip(expected.iter())
+                .any(|(g, e)| g.name() != e.name() || g.data_type() != e.data_type())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "columns for stream '{}' must be its columns ({}), got ({})",
+                self.definition.name,
+                describe_fields(expected),
+                describe_fields(given.fields())
+            )));
+        }
+        self.append_inner(records, Some(columns))
+    }
+
+    fn append_inner(
+        &self,
+        records: &[RecordRef<'_>],
+        columns: Option<&RecordBatch>,
+    ) -> Result<Vec<PutResult>> {
         for (index, record) in records.iter().enumerate() {
             if record.data.len() > MAX_RECORD_BYTES {
                 return Err(Error::RecordTooLarge {
@@ -388,7 +431,10 @@ impl Stream {
                         }
                     })
                     .collect();
-                let (batch, errors) = self.build_batch(shard.index, &run)?;
+                let (batch, errors) = match columns {
+                    Some(columns) => (self.build_decoded_batch(&run, columns, members)?, vec![]),
+                    None => self.build_batch(shard.index, &run)?,
+                };
                 for (offset, reason) in errors {
                     failures.push(DecodeFailure {
                         shard_index: shard.index,
@@ -444,22 +490,35 @@ impl Stream {
     ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
         let blobs: Vec<&[u8]> = run.iter().map(|n| n.data).collect();
         let decoded = decode(self.definition.format, &self.user_schema, &blobs)?;
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + decoded.columns.len());
-        columns.push(Arc::new(UInt64Array::from_iter_values(
-            run.iter().map(|n| n.seq),
-        )));
-        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            run.iter().map(|n| n.arrival_ms),
-        )));
-        columns.push(Arc::new(StringArray::from_iter_values(
-            run.iter().map(|n| n.partition_key),
-        )));
-        columns.push(Arc::new(BinaryArray::from_iter_values(
-            blobs.iter().copied(),
-        )));
+        let mut columns = system_columns(run);
         columns.extend(decoded.columns);
         let batch = RecordBatch::try_new(Arc::clone(&self.stored_schema), columns)?;
         Ok((batch, decoded.errors))
+    }
+
+    /// Builds a stored batch for a run of numbered records of one shard whose columns are rows
+    /// `members` of `columns`.
+    fn build_decoded_batch(
+        &self,
+        run: &[Numbered<'_>],
+        columns: &RecordBatch,
+        members: &[usize],
+    ) -> Result<RecordBatch> {
+        let mut stored = system_columns(run);
+        if members.len() == columns.num_rows() {
+            // Every row went to this shard, in order.
+            stored.extend(columns.columns().iter().cloned());
+        } else {
+            let indices =
+                arrow::array::UInt32Array::from_iter_values(members.iter().map(|&i| i as u32));
+            for column in columns.columns() {
+                stored.push(arrow::compute::take(column, &indices, None)?);
+            }
+        }
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.stored_schema),
+            stored,
+        )?)
     }
 
     /// Reports records of this stream that a reader could not process (a pump's query failing
@@ -558,4 +617,26 @@ impl Stream {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The stored system columns (sequence counter, arrival time, partition key, data) of a run.
+fn system_columns(run: &[Numbered<'_>]) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(UInt64Array::from_iter_values(run.iter().map(|n| n.seq))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            run.iter().map(|n| n.arrival_ms),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            run.iter().map(|n| n.partition_key),
+        )),
+        Arc::new(BinaryArray::from_iter_values(run.iter().map(|n| n.data))),
+    ]
+}
+
+fn describe_fields(fields: &arrow::datatypes::Fields) -> String {
+    fields
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
