@@ -6,6 +6,9 @@ pub enum Error {
     /// A bad option, prefix or statement: the message says which and why.
     #[error("{0}")]
     Invalid(String),
+    /// The statement names a stream or delivery stream that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Engine(#[from] sluice_engine::Error),
     #[error("object store: {0}")]

@@ -69,7 +69,7 @@ pub fn prepare(
     definition: &DeliveryDefinition,
 ) -> Result<(Arc<Stream>, DeliveryOptions, Destination)> {
     let source = engine.try_stream(&definition.source).ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::NotFound(format!(
             "stream '{}' does not exist; SHOW STREAMS lists the streams",
             definition.source
         ))
@@ -247,7 +247,7 @@ impl DeliveryManager {
     /// `DESCRIBE DELIVERY STREAM name`: its settings, defaults included (never credentials).
     pub fn describe(&self, engine: &Engine, name: &str) -> Result<RecordBatch> {
         let Some(definition) = engine.deliveries().into_iter().find(|d| d.name == name) else {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NotFound(format!(
                 "delivery stream '{name}' does not exist; SHOW DELIVERY STREAMS lists them"
             )));
         };

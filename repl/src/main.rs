@@ -1,8 +1,10 @@
-//! `sluice`: a SQL REPL on an embedded Sluice engine.
+//! `sluice`: a SQL REPL on an embedded Sluice engine, and the Sluice server.
 //!
 //! `sluice` opens the REPL on the data folder `./sluice-data` (or `--data-dir`); `sluice -c SQL`
 //! and `sluice -f file.sql` run statements without a prompt, for scripts and tests, printing in
 //! `--format` (table, csv, tsv, json, ndjson) and exiting non-zero at the first error.
+//! `sluice serve` serves Arrow Flight and Flight SQL on 127.0.0.1:50051 until SIGINT/SIGTERM;
+//! `sluice --connect grpc://127.0.0.1:50051` runs the same REPL against it.
 //!
 //! # Example
 //!
@@ -14,22 +16,30 @@
 mod print;
 mod repl;
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use sluice_engine::{Durability, Engine, EngineOptions};
+use sluice_flight::client::ConnectOptions;
+use sluice_flight::{Auth, BoundServer, RemoteSession, ServerOptions};
 use sluice_sql::SluiceSession;
 
 use crate::print::OutputFormat;
-use crate::repl::Shell;
+use crate::repl::{Backend, Shell};
 
 /// Sluice: Kinesis-style streams and SQL over them, in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 struct Args {
     /// The folder holding streams, segments and logs.
-    #[arg(long, default_value = "sluice-data", env = "SLUICE_DATA_DIR")]
+    #[arg(
+        long,
+        default_value = "sluice-data",
+        env = "SLUICE_DATA_DIR",
+        global = true
+    )]
     data_dir: PathBuf,
 
     /// Run this SQL and exit (repeatable; runs in order).
@@ -50,8 +60,57 @@ struct Args {
 
     /// Acknowledge writes once the OS has them instead of after fsync (faster, survives a
     /// process crash but not a power loss).
-    #[arg(long)]
+    #[arg(long, global = true)]
     os_buffered: bool,
+
+    /// Run statements on a Sluice server instead of an embedded engine
+    /// (grpc://host:port or grpc+tls://host:port).
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+
+    /// The bearer token: what `sluice serve` requires, or what `--connect` sends.
+    #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+
+    /// A user for Basic authentication (with --password).
+    #[arg(long, env = "SLUICE_USER", global = true)]
+    user: Option<String>,
+
+    /// The password for Basic authentication (with --user).
+    #[arg(long, env = "SLUICE_PASSWORD", global = true, hide_env_values = true)]
+    password: Option<String>,
+
+    /// The CA certificate (PEM) a grpc+tls:// server's certificate is checked against.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Arrow Flight and Flight SQL until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The address to listen on; other machines can reach Sluice only if this says so.
+    #[arg(long, default_value = "127.0.0.1", env = "SLUICE_BIND")]
+    bind: IpAddr,
+
+    /// The Arrow Flight / Flight SQL port (0 picks a free one).
+    #[arg(long, default_value_t = 50051, env = "SLUICE_FLIGHT_PORT")]
+    flight_port: u16,
+
+    /// Serve TLS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -67,7 +126,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = match &args.command {
+        Some(Command::Serve(serve)) => runtime.block_on(run_server(&args, serve)),
+        None => runtime.block_on(run(&args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");
@@ -76,7 +139,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+async fn open_session(args: &Args) -> Result<SluiceSession, String> {
     let mut options = EngineOptions::new(&args.data_dir);
     if args.os_buffered {
         options = options.with_durability(Durability::Buffered);
@@ -85,17 +148,128 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let session = SluiceSession::new(engine).map_err(|e| e.to_string())?;
+    SluiceSession::new(engine).map_err(|e| e.to_string())
+}
+
+fn basic(args: &Args) -> Result<Option<(String, String)>, String> {
+    match (&args.user, &args.password) {
+        (Some(user), Some(password)) => Ok(Some((user.clone(), password.clone()))),
+        (None, None) => Ok(None),
+        _ => Err("--user and --password go together".to_string()),
+    }
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let (backend, session) = match &args.connect {
+        Some(url) => {
+            let ca_pem = match &args.tls_ca {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                ),
+                None => None,
+            };
+            let options = ConnectOptions {
+                token: args.token.clone(),
+                basic: basic(args)?,
+                ca_pem,
+            };
+            let remote = RemoteSession::connect(url, options).await?;
+            (Backend::Remote(remote), None)
+        }
+        None => {
+            let session = open_session(args).await?;
+            (Backend::Embedded(session.clone()), Some(session))
+        }
+    };
     let scripted = !args.commands.is_empty() || !args.files.is_empty();
-    let mut shell = Shell::new(session.clone(), args.format, !args.quiet);
+    let mut shell = Shell::new(backend, args.format, !args.quiet);
     let result = if scripted {
-        run_scripts(&mut shell, &args).await
+        run_scripts(&mut shell, args).await
     } else {
         let history = dirs::home_dir().map(|home| home.join(".sluice_history"));
         shell.interactive(history).await
     };
-    session.shutdown().await;
+    if let Some(session) = session {
+        session.shutdown().await;
+    }
     result
+}
+
+async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
+    let auth = match (args.token.clone(), basic(args)?) {
+        (Some(token), Some((user, password))) => {
+            Some(Auth::token(token).with_basic(user, password))
+        }
+        (Some(token), None) => Some(Auth::token(token)),
+        (None, Some((user, password))) => Some(Auth::basic(user, password)),
+        (None, None) => None,
+    };
+    let tls = match (&serve.tls_cert, &serve.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            };
+            Some((read(cert)?, read(key)?))
+        }
+        _ => None,
+    };
+    let secure = tls.is_some();
+    let session = open_session(args).await?;
+    let options = ServerOptions {
+        addr: SocketAddr::new(serve.bind, serve.flight_port),
+        auth,
+        tls,
+    };
+    let server = BoundServer::bind(session.clone(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if secure { "grpc+tls" } else { "grpc" };
+    // Scripts and tests read this line to learn the port.
+    // Written without panicking if whoever started us stopped reading.
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "Sluice {} serving Arrow Flight SQL on {scheme}://{addr} (data folder {})",
+        env!("CARGO_PKG_VERSION"),
+        args.data_dir.display()
+    );
+    let _ = stdout.flush();
+    drop(stdout);
+    let result = server
+        .serve(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string());
+    // Pumps stop and delivery streams write what they hold before the engine closes.
+    session.shutdown().await;
+    drop(session);
+    let _ = writeln!(std::io::stderr(), "Sluice stopped.");
+    result
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn run_scripts(shell: &mut Shell, args: &Args) -> Result<(), String> {

@@ -7,7 +7,8 @@ use std::time::Instant;
 use datafusion::physical_plan::common::collect;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
-use sluice_sql::{SluiceSession, SluiceStatement, StatementOutput, parse_statements};
+use sluice_flight::RemoteSession;
+use sluice_sql::{SluiceSession, StatementOutput, parse_statements};
 
 use futures::StreamExt;
 
@@ -34,10 +35,78 @@ System columns: rowtime, _shard_id, _sequence_number, _partition_key, _data.
   \timing         toggle the row count and timing footer
 ";
 
+/// Where statements run: an engine in this process, or a server over Flight SQL.
+#[derive(Clone)]
+pub enum Backend {
+    Embedded(SluiceSession),
+    Remote(RemoteSession),
+}
+
+impl Backend {
+    /// Runs a script's statements one by one; `visit` sees each statement's output before the
+    /// next runs, and the first error stops the script.
+    async fn run_script<F, Fut>(&self, sql: &str, mut visit: F) -> Result<(), String>
+    where
+        F: FnMut(StatementOutput) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        // Parsed here first in both cases: a syntax error anywhere runs nothing.
+        let statements = parse_statements(sql).map_err(|e| e.to_string())?;
+        match self {
+            Self::Embedded(session) => {
+                for statement in statements {
+                    let output = session
+                        .execute_statement(statement)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    visit(output).await?;
+                }
+            }
+            Self::Remote(remote) => {
+                for text in split_statements(sql) {
+                    visit(remote.execute(&text).await?).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one statement.
+    async fn execute(&self, sql: &str) -> Result<StatementOutput, String> {
+        match self {
+            Self::Embedded(session) => session.execute(sql).await.map_err(|e| e.to_string()),
+            Self::Remote(remote) => remote.execute(sql).await,
+        }
+    }
+
+    /// The names of the streams, for `\d`.
+    async fn stream_names(&self) -> Result<Vec<String>, String> {
+        let mut names = Vec::new();
+        let batches = match self.execute("SHOW STREAMS").await? {
+            StatementOutput::Rows(rows) | StatementOutput::Continuous(rows) => {
+                collect(rows).await.map_err(|e| e.to_string())?
+            }
+            StatementOutput::Done(_) => vec![],
+        };
+        for batch in &batches {
+            if let Some(column) = batch.column_by_name("name") {
+                let column = datafusion::arrow::compute::cast(
+                    column,
+                    &datafusion::arrow::datatypes::DataType::Utf8,
+                )
+                .map_err(|e| e.to_string())?;
+                use datafusion::arrow::array::AsArray;
+                names.extend(column.as_string::<i32>().iter().flatten().map(String::from));
+            }
+        }
+        Ok(names)
+    }
+}
+
 /// Runs statements and prints their results.
 #[derive(Clone)]
 pub struct Shell {
-    session: SluiceSession,
+    backend: Backend,
     format: OutputFormat,
     footer: bool,
 }
@@ -49,9 +118,9 @@ enum Flow {
 }
 
 impl Shell {
-    pub fn new(session: SluiceSession, format: OutputFormat, footer: bool) -> Self {
+    pub fn new(backend: Backend, format: OutputFormat, footer: bool) -> Self {
         Self {
-            session,
+            backend,
             format,
             footer,
         }
@@ -67,36 +136,42 @@ impl Shell {
                 ));
             }
         }
-        let statements = parse_statements(sql).map_err(|e| e.to_string())?;
-        for statement in statements {
-            self.run_statement(statement).await?;
-        }
-        Ok(())
-    }
-
-    async fn run_statement(&mut self, statement: SluiceStatement) -> Result<(), String> {
-        let start = Instant::now();
-        let output = self
-            .session
-            .execute_statement(statement)
+        let backend = self.backend.clone();
+        let (format, footer) = (self.format, self.footer);
+        let mut start = Instant::now();
+        backend
+            .run_script(sql, |output| {
+                let started = std::mem::replace(&mut start, Instant::now());
+                print_output(output, format, footer, started)
+            })
             .await
-            .map_err(|e| e.to_string())?;
+    }
+}
+
+/// Prints one statement's output as it comes.
+async fn print_output(
+    output: StatementOutput,
+    format: OutputFormat,
+    footer: bool,
+    start: Instant,
+) -> Result<(), String> {
+    {
         match output {
             StatementOutput::Done(note) => {
-                if self.format == OutputFormat::Table {
+                if format == OutputFormat::Table {
                     let _ = writeln!(std::io::stdout().lock(), "{note}");
                 }
             }
             StatementOutput::Continuous(mut stream) => {
                 // Rows print as they come, until the query ends (LIMIT) or Ctrl-C drops it.
-                let mut printer = ContinuousPrinter::new(self.format);
+                let mut printer = ContinuousPrinter::new(format);
                 while let Some(batch) = stream.next().await {
                     let batch = batch.map_err(|e| e.to_string())?;
                     printer
                         .print(&mut std::io::stdout().lock(), &batch)
                         .map_err(|e| e.to_string())?;
                 }
-                if self.footer && self.format == OutputFormat::Table {
+                if footer && format == OutputFormat::Table {
                     let rows = printer.rows();
                     let noun = if rows == 1 { "row" } else { "rows" };
                     println!("{rows} {noun} ({:.3} s)", start.elapsed().as_secs_f64());
@@ -108,11 +183,11 @@ impl Shell {
                 let mut stdout = std::io::stdout().lock();
                 print_batches(
                     &mut stdout,
-                    self.format,
+                    format,
                     &schema,
                     &batches,
                     start.elapsed(),
-                    self.footer,
+                    footer,
                 )
                 .map_err(|e| e.to_string())?;
             }
@@ -120,7 +195,9 @@ impl Shell {
         let _ = std::io::stdout().flush();
         Ok(())
     }
+}
 
+impl Shell {
     /// Runs `sql` in its own task; Ctrl-C aborts the task (dropping the statement's work) and
     /// returns to the prompt at once, even while the statement is busy computing.
     async fn run_interruptible(&mut self, sql: &str) {
@@ -147,12 +224,16 @@ impl Shell {
             (Some("\\?" | "\\h" | "\\help"), _, _) => print!("{HELP}"),
             (Some("\\d"), None, _) => {
                 self.run_interruptible("SHOW STREAMS").await;
-                let streams: Vec<String> = self
-                    .session
-                    .engine()
-                    .streams()
+                let names = match self.backend.stream_names().await {
+                    Ok(names) => names,
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        return Flow::Continue;
+                    }
+                };
+                let streams: Vec<String> = names
                     .iter()
-                    .map(|s| format!("'{}'", s.name().replace('\'', "''")))
+                    .map(|name| format!("'{}'", name.replace('\'', "''")))
                     .collect();
                 self.run_interruptible(&format!(
                     "SELECT table_name, table_type FROM information_schema.tables \
@@ -232,6 +313,44 @@ impl Shell {
     }
 }
 
+/// The statements of a script, as text: split at each `;` outside quotes and comments.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut in_single = false;
+    let mut in_double = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' if !in_double => in_single = !in_single,
+            '"' if !in_single => in_double = !in_double,
+            '-' if !in_single && !in_double && chars.peek() == Some(&'-') => {
+                // A comment runs to the end of the line; it is not sent.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        current.push('\n');
+                        break;
+                    }
+                }
+                continue;
+            }
+            ';' if !in_single && !in_double => {
+                if !current.trim().is_empty() {
+                    statements.push(current.trim().to_string());
+                }
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    if !current.trim().is_empty() {
+        statements.push(current.trim().to_string());
+    }
+    statements
+}
+
 /// Whether `sql` ends with a `;` outside quotes and comments.
 fn statement_complete(sql: &str) -> bool {
     let mut in_single = false;
@@ -261,7 +380,16 @@ fn statement_complete(sql: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::statement_complete;
+    use super::{split_statements, statement_complete};
+
+    #[test]
+    fn scripts_split_into_statements_outside_quotes_and_comments() {
+        assert_eq!(
+            split_statements("SELECT 'a;b'; -- c;d\nSELECT \"x;\" FROM t;;  "),
+            vec!["SELECT 'a;b'", "SELECT \"x;\" FROM t"]
+        );
+        assert_eq!(split_statements("SHOW STREAMS"), vec!["SHOW STREAMS"]);
+    }
 
     #[test]
     fn statements_end_at_a_semicolon_outside_quotes() {

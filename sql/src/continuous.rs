@@ -186,11 +186,39 @@ impl PumpCursor {
 pub struct StreamTail {
     stream: Arc<Stream>,
     cursor: Option<Arc<PumpCursor>>,
+    /// Where every shard starts without a cursor position: the oldest record unless told.
+    start: StartPosition,
 }
 
 impl StreamTail {
     pub fn new(stream: Arc<Stream>, cursor: Option<Arc<PumpCursor>>) -> Self {
-        Self { stream, cursor }
+        Self {
+            stream,
+            cursor,
+            start: StartPosition::TrimHorizon,
+        }
+    }
+
+    /// A subscription: every shard's records from `start` on (`Latest`, `TrimHorizon` or
+    /// `AtTimestamp`; sequence numbers name one shard and are refused), endlessly.
+    pub fn subscribe(
+        stream: Arc<Stream>,
+        start: StartPosition,
+    ) -> sluice_engine::Result<SendableRecordBatchStream> {
+        if matches!(
+            start,
+            StartPosition::AtSequenceNumber(_) | StartPosition::AfterSequenceNumber(_)
+        ) {
+            return Err(sluice_engine::Error::InvalidArgument(
+                "a subscription starts every shard at the same place: LATEST, TRIM_HORIZON or a timestamp".to_string(),
+            ));
+        }
+        let tail = Self {
+            stream,
+            cursor: None,
+            start,
+        };
+        Ok(tail.execute(Arc::new(TaskContext::default())))
     }
 }
 
@@ -250,7 +278,7 @@ impl PartitionStream for StreamTail {
                     Some(seq) => StartPosition::AtSequenceNumber(
                         sluice_engine::sequence::format_sequence_number(index, seq),
                     ),
-                    None => StartPosition::TrimHorizon,
+                    None => self.start.clone(),
                 };
                 let reader = ShardIterator::new(&self.stream, index, start)?;
                 if let Some(cursor) = &self.cursor {
@@ -357,10 +385,8 @@ pub fn continuous_table(
     cursor: Option<Arc<PumpCursor>>,
 ) -> DFResult<Arc<dyn TableProvider>> {
     let schema = Arc::clone(stream.public_schema());
-    let tail: Arc<dyn PartitionStream> = Arc::new(StreamTail {
-        stream: Arc::clone(&stream),
-        cursor: cursor.clone(),
-    });
+    let tail: Arc<dyn PartitionStream> =
+        Arc::new(StreamTail::new(Arc::clone(&stream), cursor.clone()));
     let table = StreamingTable::try_new(schema, vec![tail])?.with_infinite_table(true);
     Ok(Arc::new(ContinuousTable {
         stream,

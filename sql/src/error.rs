@@ -14,6 +14,10 @@ pub enum Error {
     #[error("{0}")]
     Plan(String),
 
+    /// The statement names a stream, table, pump or delivery stream that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
     /// The stream store refused (unknown stream, oversized record, …).
     #[error(transparent)]
     Engine(#[from] sluice_engine::Error),
@@ -36,6 +40,7 @@ impl From<sluice_delivery::Error> for Error {
     fn from(e: sluice_delivery::Error) -> Self {
         match e {
             sluice_delivery::Error::Engine(e) => Error::Engine(e),
+            sluice_delivery::Error::NotFound(m) => Error::NotFound(m),
             other => Error::Plan(other.to_string()),
         }
     }

@@ -303,7 +303,7 @@ impl SluiceSession {
                 let dropped = name.clone();
                 let existed = blocking(move || engine.drop_delivery(&dropped)).await?;
                 if !existed && !if_exists {
-                    return Err(Error::Plan(format!(
+                    return Err(Error::NotFound(format!(
                         "delivery stream '{name}' does not exist; SHOW DELIVERY STREAMS lists them"
                     )));
                 }
@@ -417,10 +417,19 @@ impl SluiceSession {
             plan = plan.with_param_values(values)?;
         }
         let is_command = matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_));
+        let is_write = matches!(plan, LogicalPlan::Dml(_) | LogicalPlan::Copy(_));
         let frame = self.ctx.execute_logical_plan(plan).await?;
         if is_command {
             frame.collect().await?;
             return Ok(StatementOutput::Done("OK.".to_string()));
+        }
+        if is_write {
+            // Writes happen now, whether or not anyone reads the count they return.
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await?;
+            return Ok(StatementOutput::Rows(Box::pin(MemoryStream::try_new(
+                batches, schema, None,
+            )?)));
         }
         Ok(StatementOutput::Rows(frame.execute_stream().await?))
     }
@@ -479,7 +488,7 @@ impl SluiceSession {
     async fn execute_pump_statement(&self, statement: SluiceStatement) -> Result<StatementOutput> {
         let engine = self.engine.clone();
         let unknown = |name: &str| {
-            Error::Plan(format!(
+            Error::NotFound(format!(
                 "pump '{name}' does not exist; SHOW PUMPS lists the pumps"
             ))
         };
@@ -596,7 +605,7 @@ impl SluiceSession {
             };
             let is_function = state.table_functions().contains_key(reference.table());
             if in_default_schema && !is_function && !schema.table_exist(reference.table()) {
-                return Err(Error::Plan(format!(
+                return Err(Error::NotFound(format!(
                     "stream or table '{}' does not exist; SHOW STREAMS lists the streams",
                     reference.table()
                 )));

@@ -1,0 +1,27 @@
+//! Arrow Flight and Flight SQL for Sluice.
+//!
+//! [`BoundServer`] serves a [`SluiceSession`](sluice_sql::SluiceSession) over gRPC:
+//!
+//! - **Flight SQL** ([`sql_service`]): any statement Sluice understands, from ADBC, JDBC or
+//!   `FlightSqlServiceClient`; prepared statements with parameters; updates; bulk ingest; and
+//!   the metadata calls (catalogs, schemas, tables with their Arrow schemas, table types, SQL
+//!   info, keys) that let database tools browse streams as tables.
+//! - **Plain Flight**: `DoGet` with a JSON ticket ([`ticket`]) runs a query or subscribes to a
+//!   stream and keeps sending record batches as records arrive, each subscriber reading the
+//!   shards at its own pace; `DoPut` with a path descriptor naming a stream appends the record
+//!   batches sent (columns by name, routed by the partition key column, no JSON parsing).
+//! - Optional authentication ([`Auth`]: bearer token, Basic handshake) checked on every call,
+//!   and TLS.
+//!
+//! Errors become gRPC statuses by an exhaustive match ([`status`]): bad SQL is
+//! `InvalidArgument`, an unknown stream `NotFound`, and so on, each with the message the REPL
+//! would print. [`client::RemoteSession`] is the client side `sluice --connect` uses.
+
+pub mod client;
+pub mod server;
+pub mod sql_service;
+pub mod status;
+pub mod ticket;
+
+pub use client::RemoteSession;
+pub use server::{Auth, BoundServer, ServeError, ServerOptions, SluiceFlight};

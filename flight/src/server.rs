@@ -1,0 +1,336 @@
+//! The gRPC server: Flight SQL ([`SqlService`]) behind one [`FlightService`] that checks
+//! credentials on every call and answers plain Flight tickets (JSON) itself.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use base64::Engine as _;
+use futures::Stream;
+use sluice_sql::SluiceSession;
+use tokio::net::TcpListener;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::sql_service::SqlService;
+use crate::ticket::FlightTicket;
+
+/// The largest message accepted or sent (a `DoPut` batch, a result batch).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Who may call: a bearer token, and optionally a user and password that a Basic handshake
+/// exchanges for it.
+#[derive(Clone)]
+pub struct Auth {
+    token: String,
+    basic: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print credentials.
+        f.debug_struct("Auth")
+            .field("basic_user", &self.basic.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Calls must carry `authorization: Bearer <token>`.
+    pub fn token(token: impl Into<String>) -> Self {
+        Self {
+            token: token.into(),
+            basic: None,
+        }
+    }
+
+    /// Also accepts Basic credentials (`user:password`), on any call; a handshake with them
+    /// returns the bearer token. Without a configured token, a random one is made.
+    pub fn with_basic(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.basic = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Basic credentials only; the handshake hands out a token made at start.
+    pub fn basic(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Self::token(uuid::Uuid::new_v4().simple().to_string()).with_basic(user, password)
+    }
+
+    fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if let Some(token) = header.strip_prefix("Bearer ") {
+            if token.trim() == self.token {
+                return Ok(());
+            }
+            return Err(Status::unauthenticated("the bearer token is not valid"));
+        }
+        if let Some(encoded) = header.strip_prefix("Basic ") {
+            let Some((user, password)) = &self.basic else {
+                return Err(Status::unauthenticated(
+                    "this server takes a bearer token, not a user and password",
+                ));
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            return match decoded.split_once(':') {
+                Some((u, p)) if u == user && p == password => Ok(()),
+                _ => Err(Status::unauthenticated("wrong user or password")),
+            };
+        }
+        Err(Status::unauthenticated(
+            "this server requires authentication: send 'authorization: Bearer <token>'",
+        ))
+    }
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where to listen; 127.0.0.1:50051 by default.
+    pub addr: SocketAddr,
+    pub auth: Option<Auth>,
+    /// PEM certificate chain and private key: serve TLS.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            auth: None,
+            tls: None,
+        }
+    }
+}
+
+/// The Flight service: credentials, plain tickets, then Flight SQL.
+#[derive(Debug, Clone)]
+pub struct SluiceFlight {
+    sql: Arc<SqlService>,
+    auth: Option<Arc<Auth>>,
+}
+
+impl SluiceFlight {
+    pub fn new(session: SluiceSession, auth: Option<Auth>) -> Result<Self, Status> {
+        Ok(Self {
+            sql: Arc::new(SqlService::new(session)?),
+            auth: auth.map(Arc::new),
+        })
+    }
+
+    fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.auth {
+            Some(auth) => auth.check(request.metadata()),
+            None => Ok(()),
+        }
+    }
+
+    /// A tonic service for this Flight service, with Sluice's message limits.
+    pub fn into_server(self) -> FlightServiceServer<Self> {
+        FlightServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for SluiceFlight {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        self.check(&request)?;
+        let token = self
+            .auth
+            .as_ref()
+            .map(|a| a.token.clone())
+            .unwrap_or_default();
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into_bytes().into(),
+        };
+        let mut response: Response<Self::HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        if !token.is_empty() {
+            let value = MetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.check(&request)?;
+        FlightService::list_flights(self.sql.as_ref(), request).await
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.check(&request)?;
+        FlightService::get_flight_info(self.sql.as_ref(), request).await
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        self.check(&request)?;
+        FlightService::poll_flight_info(self.sql.as_ref(), request).await
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        self.check(&request)?;
+        FlightService::get_schema(self.sql.as_ref(), request).await
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        self.check(&request)?;
+        if FlightTicket::is_plain(&request.get_ref().ticket) {
+            return self.sql.plain_do_get(&request.get_ref().ticket).await;
+        }
+        FlightService::do_get(self.sql.as_ref(), request).await
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        self.check(&request)?;
+        FlightService::do_put(self.sql.as_ref(), request).await
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.check(&request)?;
+        FlightService::do_exchange(self.sql.as_ref(), request).await
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        self.check(&request)?;
+        FlightService::do_action(self.sql.as_ref(), request).await
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.check(&request)?;
+        FlightService::list_actions(self.sql.as_ref(), request).await
+    }
+}
+
+/// What went wrong starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the Flight server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound server, not yet serving: its address is known (port 0 picks a free one).
+pub struct BoundServer {
+    listener: TcpListener,
+    service: SluiceFlight,
+    tls: Option<ServerTlsConfig>,
+}
+
+impl BoundServer {
+    /// Binds `options.addr`.
+    pub async fn bind(session: SluiceSession, options: ServerOptions) -> Result<Self, ServeError> {
+        let listener =
+            TcpListener::bind(options.addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: options.addr,
+                    source,
+                })?;
+        let tls = options
+            .tls
+            .map(|(cert, key)| ServerTlsConfig::new().identity(Identity::from_pem(cert, key)));
+        let service = SluiceFlight::new(session, options.auth)
+            .map_err(|e| ServeError::Setup(e.message().to_string()))?;
+        Ok(Self {
+            listener,
+            service,
+            tls,
+        })
+    }
+
+    /// The address listened on.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
+        self.listener
+            .local_addr()
+            .map_err(|e| ServeError::Setup(e.to_string()))
+    }
+
+    /// Serves until `shutdown` completes, then stops taking calls and waits for those running
+    /// (a subscriber's endless `DoGet` is ended by the shutdown).
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+        }
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let sql = Arc::clone(&self.service.sql);
+        let shutdown = async move {
+            shutdown.await;
+            // Endless results end, so the graceful stop does not wait on them forever.
+            sql.close();
+        };
+        builder
+            .add_service(self.service.into_server())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! `sluice serve` end to end: the real binary on 127.0.0.1, driven by `sluice --connect`, by
+//! ADBC's Flight SQL driver and by pyarrow.flight (tests/e2e/flight_sql.py), and stopped by
+//! SIGTERM with everything kept.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const TOKEN: &str = "e2e-token";
+
+/// A running `sluice serve`, killed if the test ends without stopping it.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--token", TOKEN, "serve", "--flight-port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("grpc://"))
+            .ok_or_else(|| format!("no address in {first:?}"))?
+            .to_string();
+        Ok(Self { child, url })
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        assert!(killed.success());
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sluice(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const SCRIPT: &str = "CREATE STREAM ticker (symbol VARCHAR, price DOUBLE) WITH (shards = 2, partition_key = 'symbol');
+INSERT INTO ticker VALUES ('AMZN', 130.2), ('MSFT', 410.5), ('AMZN', 131.0);
+SELECT symbol, count(*) AS n, max(price) AS top FROM ticker GROUP BY symbol ORDER BY symbol;
+DESCRIBE ticker;";
+
+#[test]
+fn the_repl_prints_the_same_against_a_server_as_embedded() -> TestResult {
+    let embedded_dir = tempfile::tempdir()?;
+    let embedded = sluice(&[
+        "--data-dir",
+        &embedded_dir.path().display().to_string(),
+        "--format",
+        "csv",
+        "-c",
+        SCRIPT,
+    ])?;
+    assert!(embedded.status.success(), "{}", text(&embedded.stderr));
+
+    let served_dir = tempfile::tempdir()?;
+    let server = Server::start(served_dir.path())?;
+    let remote = sluice(&[
+        "--connect",
+        &server.url,
+        "--token",
+        TOKEN,
+        "--format",
+        "csv",
+        "-c",
+        SCRIPT,
+    ])?;
+    assert!(remote.status.success(), "{}", text(&remote.stderr));
+    assert_eq!(text(&remote.stdout), text(&embedded.stdout));
+    assert!(text(&remote.stdout).contains("AMZN,2,131.0"));
+
+    // Table output with notes, and errors as the embedded REPL words them.
+    let notes = sluice(&[
+        "--connect",
+        &server.url,
+        "--token",
+        TOKEN,
+        "-c",
+        "CREATE STREAM other (v BIGINT)",
+        "-c",
+        "SELECT v FROM missing",
+    ])?;
+    assert!(!notes.status.success());
+    assert!(text(&notes.stdout).contains("Stream 'other' created with 1 shard."));
+    assert!(
+        text(&notes.stderr).contains("stream or table 'missing' does not exist"),
+        "{}",
+        text(&notes.stderr)
+    );
+
+    // A wrong token gets nothing done.
+    let refused = sluice(&[
+        "--connect",
+        &server.url,
+        "--token",
+        "wrong",
+        "-c",
+        "SHOW STREAMS",
+    ])?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("token"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // SIGTERM stops the server cleanly and the records stay.
+    let status = server.terminate()?;
+    assert!(status.success(), "{status:?}");
+    let after = sluice(&[
+        "--data-dir",
+        &served_dir.path().display().to_string(),
+        "--format",
+        "csv",
+        "-c",
+        "SELECT count(*) AS n FROM ticker",
+    ])?;
+    assert_eq!(text(&after.stdout), "n\n3\n", "{}", text(&after.stderr));
+    Ok(())
+}
+
+/// Whether ADBC's Flight SQL driver and pyarrow are installed. In CI they must be.
+fn python_clients() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow.flight"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "CI must install the Flight SQL clients (pip install adbc-driver-flightsql adbc-driver-manager pyarrow)"
+        );
+    }
+    found
+}
+
+#[test]
+fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
+    if !python_clients() {
+        eprintln!("skipped: pip install adbc-driver-flightsql adbc-driver-manager pyarrow");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path())?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/flight_sql.py");
+    let run = Command::new("python3")
+        .arg(script)
+        .args([&server.url, TOKEN])
+        .output()?;
+    assert!(
+        run.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    assert!(text(&run.stdout).contains("all Flight SQL checks passed"));
+    let status = server.terminate()?;
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}
