@@ -4,6 +4,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- ingest [--records N] [--batch N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -13,6 +14,7 @@
 //! the baseline, and memory per million retained records.
 
 mod delivery;
+mod flight;
 mod measure;
 mod window;
 
@@ -90,8 +92,19 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "flight" => {
+            let records = if args.records == 10_000_000 {
+                2_000_000
+            } else {
+                args.records
+            };
+            if let Err(e) = flight::flight(records) {
+                eprintln!("flight benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, _)) => {
-            eprintln!("unknown benchmark '{command}'; available: ingest, window, delivery");
+            eprintln!("unknown benchmark '{command}'; available: ingest, window, delivery, flight");
             std::process::exit(2);
         }
         Err(e) => {

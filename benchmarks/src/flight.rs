@@ -1,0 +1,230 @@
+//! The Flight benchmark: `DoPut` ingest and a Flight SQL query's `DoGet`, each through a real
+//! gRPC server on 127.0.0.1 in this process, beside the same work done in-process: appending the
+//! same batches through the engine API (`StreamSink::append_batch`, what `DoPut` calls), and
+//! DataFusion producing the same query's result from the same session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::{FlightDescriptor, PutResult};
+use futures::{StreamExt, TryStreamExt};
+use sluice_engine::{Durability, Engine, EngineOptions, StreamFormat, StreamSpec};
+use sluice_flight::{BoundServer, ServerOptions};
+use sluice_sql::{SluiceSession, StatementOutput, StreamSink};
+
+use crate::measure::CpuTimer;
+
+const BATCH_ROWS: usize = 8192;
+
+pub fn flight(records: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(records))
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        Field::new("note", DataType::Utf8, true),
+    ]))
+}
+
+/// Batches of 8,192 rows: 1,000 keys, a counter, a time and a ~40-byte string.
+fn batches(records: usize) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    let schema = schema();
+    (0..records)
+        .step_by(BATCH_ROWS)
+        .map(|start| {
+            let rows = start..(start + BATCH_ROWS).min(records);
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.clone().map(|i| format!("key-{:04}", i % 1000)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.clone().map(|i| i as i64))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.clone().map(|i| 1_767_225_600_000 + (i as i64) / 100),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.map(|i| format!("note {i:012} abcdefghijklmnopqrstuvw")),
+                    )),
+                ],
+            )
+        })
+        .collect()
+}
+
+struct Figure {
+    wall: f64,
+    cpu: f64,
+}
+
+impl Figure {
+    fn rows_per_s(&self, rows: usize) -> f64 {
+        rows as f64 / self.wall
+    }
+}
+
+async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(
+        EngineOptions::new(dir.path().join("data")).with_durability(Durability::Buffered),
+    )?;
+    for name in ["local_events", "flight_events"] {
+        let mut spec = StreamSpec::with_columns(name, 4, StreamFormat::Json, schema());
+        spec.partition_key = Some("k".to_string());
+        engine.create_stream(spec, false)?;
+    }
+    let session = SluiceSession::new(engine.clone())?;
+    let data = batches(records)?;
+    let bytes: usize = data.iter().map(|b| b.get_array_memory_size()).sum();
+    let mb = bytes as f64 / 1e6;
+
+    let server = BoundServer::bind(
+        session.clone(),
+        ServerOptions {
+            addr: "127.0.0.1:0".parse()?,
+            ..ServerOptions::default()
+        },
+    )
+    .await?;
+    let addr = server.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+
+    // Ingest: in-process append of the same batches, then DoPut.
+    let sink = StreamSink::new(engine.stream("local_events")?);
+    let cpu = CpuTimer::start();
+    let start = Instant::now();
+    for batch in &data {
+        sink.append_batch(batch).await?;
+    }
+    let local_put = Figure {
+        wall: start.elapsed().as_secs_f64(),
+        cpu: cpu.elapsed_secs(),
+    };
+
+    let mut client = FlightServiceClient::new(channel.clone())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let cpu = CpuTimer::start();
+    let start = Instant::now();
+    let sent = futures::stream::iter(data.clone().into_iter().map(Ok));
+    let flight_data = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_path(vec![
+            "flight_events".to_string(),
+        ])))
+        .build(sent)
+        .map(|d| d.expect("encoding"));
+    let acks: Vec<PutResult> = client
+        .do_put(flight_data)
+        .await?
+        .into_inner()
+        .try_collect()
+        .await?;
+    let flight_put = Figure {
+        wall: start.elapsed().as_secs_f64(),
+        cpu: cpu.elapsed_secs(),
+    };
+    let appended = count(&session, "flight_events").await?;
+    if appended != records as i64 || acks.len() != data.len() {
+        return Err(format!("DoPut appended {appended} of {records} records").into());
+    }
+
+    // Query: the retained records of one stream, in-process and through Flight SQL.
+    let query = "SELECT k, v, ts, note FROM flight_events";
+    let cpu = CpuTimer::start();
+    let start = Instant::now();
+    let mut local_rows = 0;
+    match session.execute(query).await? {
+        StatementOutput::Rows(mut rows) => {
+            while let Some(batch) = rows.next().await {
+                local_rows += batch?.num_rows();
+            }
+        }
+        other => return Err(format!("unexpected output {other:?}").into()),
+    }
+    let local_get = Figure {
+        wall: start.elapsed().as_secs_f64(),
+        cpu: cpu.elapsed_secs(),
+    };
+
+    let mut sql = FlightSqlServiceClient::new(channel);
+    let cpu = CpuTimer::start();
+    let start = Instant::now();
+    let info = sql.execute(query.to_string(), None).await?;
+    let mut flight_rows = 0;
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.ok_or("no ticket")?;
+        let mut stream = sql.do_get(ticket).await?;
+        while let Some(batch) = stream.next().await {
+            flight_rows += batch?.num_rows();
+        }
+    }
+    let flight_get = Figure {
+        wall: start.elapsed().as_secs_f64(),
+        cpu: cpu.elapsed_secs(),
+    };
+    if local_rows != records || flight_rows != records {
+        return Err(format!("queries returned {local_rows} and {flight_rows} rows").into());
+    }
+
+    let _ = stop.send(());
+    serving.await??;
+    session.shutdown().await;
+
+    println!(
+        "{records} rows in {} batches of {BATCH_ROWS} ({mb:.0} MB as Arrow), 4 shards, partition key k",
+        data.len()
+    );
+    println!(
+        "| path | in-process rows/s | Flight rows/s | Flight MB/s | wall ratio | CPU s (in-process / Flight) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, local, over) in [
+        ("DoPut ingest", &local_put, &flight_put),
+        ("DoGet query", &local_get, &flight_get),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.1} | {:.2}x | {:.2} / {:.2} |",
+            local.rows_per_s(records),
+            over.rows_per_s(records),
+            mb / over.wall,
+            over.wall / local.wall,
+            local.cpu,
+            over.cpu
+        );
+    }
+    println!("Target: Flight within 1.5x of in-process (wall ratio <= 1.5).");
+    Ok(())
+}
+
+async fn count(session: &SluiceSession, stream: &str) -> Result<i64, Box<dyn std::error::Error>> {
+    use arrow::array::AsArray;
+    let results = session
+        .execute_all(&format!("SELECT count(*) AS n FROM {stream}"))
+        .await?;
+    let batch = results
+        .first()
+        .and_then(|(_, b)| b.first())
+        .ok_or("no count")?;
+    Ok(batch
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0))
+}
