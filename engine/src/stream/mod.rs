@@ -607,6 +607,12 @@ impl Stream {
         self.shards.iter().map(|s| s.stats()).collect()
     }
 
+    /// How many readers follow this stream's appends right now (continuous queries, pumps,
+    /// subscriptions): each holds one watch, released when it stops.
+    pub fn followers(&self) -> usize {
+        self.appends.receiver_count()
+    }
+
     /// A receiver that changes after every append: a tailing reader marks it seen, reads until
     /// caught up, then awaits `changed()`, and so never misses a record nor polls.
     pub fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
