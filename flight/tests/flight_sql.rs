@@ -381,3 +381,64 @@ async fn credentials_are_checked_on_every_call() -> TestResult {
     assert!(streams.iter().map(|b| b.num_rows()).sum::<usize>() >= 1);
     server.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_certificate() -> TestResult {
+    use sluice_flight::client::ConnectOptions;
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let cert_pem = certified.cert.pem();
+    let key_pem = certified.signing_key.serialize_pem();
+    let dir = tempfile::tempdir()?;
+    let session = SluiceSession::new(Engine::open(EngineOptions::new(dir.path()))?)?;
+    let server = BoundServer::bind(
+        session.clone(),
+        ServerOptions {
+            addr: "127.0.0.1:0".parse()?,
+            auth: Some(Auth::token(TOKEN)),
+            tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
+        },
+    )
+    .await?;
+    let port = server.local_addr()?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let remote = sluice_flight::RemoteSession::connect(
+        &format!("grpc+tls://localhost:{port}"),
+        ConnectOptions {
+            token: Some(TOKEN.into()),
+            ca_pem: Some(cert_pem.into_bytes()),
+            ..ConnectOptions::default()
+        },
+    )
+    .await?;
+    match remote.execute("CREATE STREAM secure (v BIGINT)").await? {
+        sluice_sql::StatementOutput::Done(note) => assert!(note.contains("'secure'"), "{note}"),
+        other => return Err(format!("unexpected {other:?}").into()),
+    }
+    // Without TLS the server does not answer.
+    let plain = sluice_flight::RemoteSession::connect(
+        &format!("grpc://127.0.0.1:{port}"),
+        ConnectOptions {
+            token: Some(TOKEN.into()),
+            ..ConnectOptions::default()
+        },
+    )
+    .await;
+    let refused = match plain {
+        Err(e) => e,
+        Ok(plain) => plain
+            .execute("SHOW STREAMS")
+            .await
+            .err()
+            .ok_or("plain text accepted by a TLS server")?,
+    };
+    assert!(!refused.is_empty());
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    session.shutdown().await;
+    Ok(())
+}
