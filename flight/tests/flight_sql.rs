@@ -333,6 +333,17 @@ async fn do_put_subscriptions_and_cancellation() -> TestResult {
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().contains("'colour'"), "{refused:?}");
 
+    // A path descriptor's FlightInfo is the stream's schema and a subscription ticket.
+    let mut request = tonic::Request::new(FlightDescriptor::new_path(vec!["m".into()]));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let info = flight.get_flight_info(request).await?.into_inner();
+    let schema = info.clone().try_decode_schema()?;
+    assert_eq!(schema.field(0).name(), "device");
+    let ticket = info.endpoint[0].ticket.clone().ok_or("no ticket")?;
+    assert!(String::from_utf8_lossy(&ticket.ticket).contains(r#""stream":"m""#));
+
     // Dropping the subscription ends its work on the server.
     assert!(stream.followers() >= before);
     drop(subscription);

@@ -242,9 +242,18 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
         .serve(shutdown_signal())
         .await
         .map_err(|e| e.to_string());
-    // Pumps stop and delivery streams write what they hold before the engine closes.
+    // Pumps stop and delivery streams settle, then every shard's tail is sealed, so the next
+    // start has no write-ahead log to replay.
     session.shutdown().await;
+    let engine = session.engine().clone();
     drop(session);
+    let flushed = tokio::task::spawn_blocking(move || engine.flush())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = flushed {
+        let _ = writeln!(std::io::stderr(), "Error: flushing at shutdown: {e}");
+    }
     let _ = writeln!(std::io::stderr(), "Sluice stopped.");
     result
 }
