@@ -23,6 +23,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::sql_service::SqlService;
 use crate::ticket::FlightTicket;
 
+/// How long a shutdown waits for open calls to finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The largest message accepted or sent (a `DoPut` batch, a result batch).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -322,15 +325,33 @@ impl BoundServer {
         }
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let sql = Arc::clone(&self.service.sql);
+        let (stopping, stop_requested) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             shutdown.await;
             // Endless results end, so the graceful stop does not wait on them forever.
             sql.close();
+            let _ = stopping.send(());
         };
-        builder
+        let serving = builder
             .add_service(self.service.into_server())
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        tokio::pin!(serving);
+        // A client that stopped reading keeps its call open (its data waits in flow control):
+        // after a grace period the server stops without it.
+        let grace = async {
+            if stop_requested.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = &mut serving => served?,
+            () = grace => log::warn!(
+                "stopping with calls still open {} s after shutdown began (clients not reading)",
+                SHUTDOWN_GRACE.as_secs()
+            ),
+        }
         Ok(())
     }
 }

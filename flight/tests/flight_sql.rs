@@ -24,6 +24,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const TOKEN: &str = "rust-test-token";
 
 struct Running {
+    addr: std::net::SocketAddr,
     channel: Channel,
     session: SluiceSession,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -54,6 +55,7 @@ impl Running {
             .connect()
             .await?;
         Ok(Self {
+            addr,
             channel,
             session,
             stop: Some(stop),
@@ -452,4 +454,59 @@ async fn tls_serves_clients_that_trust_the_certificate() -> TestResult {
     tokio::time::timeout(Duration::from_secs(10), task).await???;
     session.shutdown().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_does_not_hold_up_the_others() -> TestResult {
+    let server = Running::start(None).await?;
+    let mut sql = FlightSqlServiceClient::new(server.channel.clone());
+    sql.execute(
+        "CREATE STREAM busy (k VARCHAR, pad VARCHAR) WITH (shards = 2, partition_key = 'k')".into(),
+        None,
+    )
+    .await?;
+    // Each subscriber is its own client with its own connection, as separate programs are
+    // (HTTP/2 shares one flow-control window among the calls of a connection).
+    let addr = server.addr;
+    let subscribe = |_: ()| async move {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut flight = FlightServiceClient::new(channel);
+        let response = flight
+            .do_get(Ticket::new(r#"{"stream": "busy", "from": "latest"}"#))
+            .await?;
+        Ok::<_, tonic::Status>(FlightRecordBatchStream::new_from_flight_data(
+            response
+                .into_inner()
+                .map_err(arrow_flight::error::FlightError::from),
+        ))
+    };
+    // One subscriber never reads; another reads everything.
+    let _stalled = subscribe(()).await?;
+    let mut reader = subscribe(()).await?;
+    let rows = 100_000usize;
+    let pad = "x".repeat(200);
+    for start in (0..rows).step_by(10_000) {
+        sql.execute_update(
+            format!(
+                "INSERT INTO busy SELECT concat('k', CAST(value % 97 AS VARCHAR)), '{pad}' FROM generate_series({start}, {}) AS t(value)",
+                start + 9_999
+            ),
+            None,
+        )
+        .await?;
+    }
+    let mut received = 0;
+    while received < rows {
+        let batch = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .map_err(|_| format!("the reader got {received} rows, then nothing for 30 s"))?
+            .ok_or("subscription ended")??;
+        received += batch.num_rows();
+    }
+    assert_eq!(received, rows);
+    server.stop().await
 }
