@@ -79,6 +79,9 @@ pub struct StreamDefinition {
     /// The event-time watermark, if the stream declares one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkDefinition>,
+    /// Tags set over the Kinesis API (`AddTagsToStream`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl StreamDefinition {
@@ -222,6 +225,7 @@ mod tests {
             }],
             created_at_ms: 0,
             watermark: None,
+            tags: Default::default(),
         });
         catalog.save(&path)?;
         let loaded = Catalog::load(&path)?;

@@ -291,6 +291,7 @@ impl Engine {
                 .collect(),
             created_at_ms: self.inner.options.clock.now_millis(),
             watermark: spec.watermark,
+            tags: BTreeMap::new(),
         };
         let stream = self.inner.open_stream(definition.clone())?;
         catalog.next_stream_id += 1;
@@ -329,6 +330,50 @@ impl Engine {
         drop(stream);
         fs::remove_dir_all(&dir).map_err(|e| Error::io("deleting stream folder", &dir, e))?;
         Ok(())
+    }
+
+    /// Changes how long `name` keeps its records (24–8760 hours); records already older than
+    /// a shorter retention expire with the next sweep.
+    pub fn set_retention(&self, name: &str, hours: u32) -> Result<()> {
+        if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) {
+            return Err(Error::InvalidArgument(format!(
+                "retention of {hours} hours is outside {MIN_RETENTION_HOURS}–{MAX_RETENTION_HOURS}"
+            )));
+        }
+        let mut catalog = self.inner.catalog.lock();
+        let stream = self.stream(name)?;
+        let definition = catalog
+            .streams
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
+        definition.retention_hours = hours;
+        catalog.save(&self.inner.catalog_path())?;
+        stream.set_retention_hours(hours);
+        Ok(())
+    }
+
+    /// The tags of stream `name`.
+    pub fn stream_tags(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let catalog = self.inner.catalog.lock();
+        catalog
+            .streams
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.tags.clone())
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))
+    }
+
+    /// Replaces the tags of stream `name`, durably.
+    pub fn set_stream_tags(&self, name: &str, tags: BTreeMap<String, String>) -> Result<()> {
+        let mut catalog = self.inner.catalog.lock();
+        let definition = catalog
+            .streams
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
+        definition.tags = tags;
+        catalog.save(&self.inner.catalog_path())
     }
 
     /// The stream called `name`.
@@ -561,6 +606,7 @@ fn error_stream_definition(id: u64, now_ms: i64) -> StreamDefinition {
         }],
         created_at_ms: now_ms,
         watermark: None,
+        tags: BTreeMap::new(),
     }
 }
 

@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 use sluice_engine::{Durability, Engine, EngineOptions};
 use sluice_flight::client::ConnectOptions;
 use sluice_flight::{Auth, BoundServer, RemoteSession, ServerOptions};
+use sluice_kinesis::KinesisServer;
 use sluice_sql::SluiceSession;
 
 use crate::print::OutputFormat;
@@ -90,7 +91,7 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve Arrow Flight and Flight SQL until SIGINT or SIGTERM.
+    /// Serve Arrow Flight / Flight SQL and the Kinesis API until SIGINT or SIGTERM.
     Serve(ServeArgs),
 }
 
@@ -99,6 +100,10 @@ struct ServeArgs {
     /// The address to listen on; other machines can reach Sluice only if this says so.
     #[arg(long, default_value = "127.0.0.1", env = "SLUICE_BIND")]
     bind: IpAddr,
+
+    /// The Kinesis Data Streams API port (0 picks a free one).
+    #[arg(long, default_value_t = 4567, env = "SLUICE_KINESIS_PORT")]
+    kinesis_port: u16,
 
     /// The Arrow Flight / Flight SQL port (0 picks a free one).
     #[arg(long, default_value_t = 50051, env = "SLUICE_FLIGHT_PORT")]
@@ -225,23 +230,40 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let kinesis_addr = SocketAddr::new(serve.bind, serve.kinesis_port);
+    let kinesis = KinesisServer::bind(session.engine().clone(), kinesis_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {kinesis_addr}: {e}"))?;
+    let kinesis_addr = kinesis.local_addr().map_err(|e| e.to_string())?;
     let scheme = if secure { "grpc+tls" } else { "grpc" };
-    // Scripts and tests read this line to learn the port.
-    // Written without panicking if whoever started us stopped reading.
+    // Scripts and tests read this line to learn the ports; written without panicking if
+    // whoever started us stopped reading.
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "Sluice {} serving Arrow Flight SQL on {scheme}://{addr} (data folder {})",
+        "Sluice {} serving Arrow Flight SQL on {scheme}://{addr} and the Kinesis API on http://{kinesis_addr} (data folder {})",
         env!("CARGO_PKG_VERSION"),
         args.data_dir.display()
     );
     let _ = stdout.flush();
     drop(stdout);
-    let result = server
-        .serve(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string());
+    // One signal stops both servers.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let kinesis_task = tokio::spawn(kinesis.serve(wait(stopped.clone())));
+    let result = server.serve(wait(stopped)).await.map_err(|e| e.to_string());
+    match kinesis_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("Error: the Kinesis API failed: {e}"),
+        Err(e) => eprintln!("Error: the Kinesis API failed: {e}"),
+    }
     // Pumps stop and delivery streams settle, then every shard's tail is sealed, so the next
     // start has no write-ahead log to replay.
     session.shutdown().await;

@@ -1,6 +1,6 @@
 //! `sluice serve` end to end: the real binary on 127.0.0.1, driven by `sluice --connect`, by
-//! ADBC's Flight SQL driver and by pyarrow.flight (tests/e2e/flight_sql.py), and stopped by
-//! SIGTERM with everything kept.
+//! ADBC's Flight SQL driver and by pyarrow.flight (tests/e2e/flight_sql.py), by boto3 over the
+//! Kinesis API (tests/e2e/kinesis_api.py), and stopped by SIGTERM with everything kept.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -14,6 +14,7 @@ const TOKEN: &str = "e2e-token";
 struct Server {
     child: Child,
     url: String,
+    kinesis: String,
 }
 
 impl Server {
@@ -21,7 +22,15 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--token", TOKEN, "serve", "--flight-port", "0"])
+            .args([
+                "--token",
+                TOKEN,
+                "serve",
+                "--flight-port",
+                "0",
+                "--kinesis-port",
+                "0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -33,7 +42,16 @@ impl Server {
             .find(|w| w.starts_with("grpc://"))
             .ok_or_else(|| format!("no address in {first:?}"))?
             .to_string();
-        Ok(Self { child, url })
+        let kinesis = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .ok_or_else(|| format!("no Kinesis address in {first:?}"))?
+            .to_string();
+        Ok(Self {
+            child,
+            url,
+            kinesis,
+        })
     }
 
     /// SIGTERM, then the exit status.
@@ -181,6 +199,64 @@ fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
         text(&run.stderr)
     );
     assert!(text(&run.stdout).contains("all Flight SQL checks passed"));
+    let status = server.terminate()?;
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}
+
+/// Whether boto3 is installed. In CI it must be.
+fn boto3() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import boto3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI must install boto3 (pip install boto3)");
+    }
+    found
+}
+
+#[test]
+fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
+    if !boto3() {
+        eprintln!("skipped: pip install boto3");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path())?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/kinesis_api.py");
+    let run = Command::new("python3")
+        .arg(script)
+        .arg(&server.kinesis)
+        .output()?;
+    assert!(
+        run.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    assert!(text(&run.stdout).contains("all Kinesis API checks passed"));
+
+    // The records put over the API are the stream SQL sees, and they feed a pump.
+    let sql = sluice(&[
+        "--connect",
+        &server.url,
+        "--token",
+        TOKEN,
+        "--format",
+        "csv",
+        "-c",
+        "CREATE STREAM keys (k VARCHAR) WITH (shards = 1);
+         CREATE PUMP copy_keys AS INSERT INTO keys SELECT STREAM _partition_key AS k FROM events;
+         FLUSH;
+         SELECT (SELECT count(*) FROM events) AS put, count(*) AS pumped FROM keys;",
+    ])?;
+    assert!(sql.status.success(), "{}", text(&sql.stderr));
+    assert!(
+        text(&sql.stdout).ends_with("put,pumped\n101,101\n"),
+        "{}",
+        text(&sql.stdout)
+    );
     let status = server.terminate()?;
     assert!(status.success(), "{status:?}");
     Ok(())

@@ -149,6 +149,8 @@ impl StreamRuntime {
 #[derive(Debug)]
 pub struct Stream {
     definition: StreamDefinition,
+    /// The retention now, which `Engine::set_retention` changes.
+    retention_hours: std::sync::atomic::AtomicU32,
     user_schema: SchemaRef,
     stored_schema: SchemaRef,
     public_schema: SchemaRef,
@@ -206,6 +208,7 @@ impl Stream {
         }
         let ranges = shards.iter().map(|s| s.range).collect();
         let (wal, replay) = WriteAheadLog::open(&dir.join("wal"), runtime.durability)?;
+        let retention_hours = std::sync::atomic::AtomicU32::new(definition.retention_hours);
         let stream = Arc::new(Self {
             definition,
             user_schema,
@@ -218,6 +221,7 @@ impl Stream {
             runtime,
             errors,
             appends: tokio::sync::watch::Sender::new(0),
+            retention_hours,
         });
         stream.replay(replay.records)?;
         Ok(stream)
@@ -316,7 +320,18 @@ impl Stream {
 
     /// How long records are kept.
     pub fn retention(&self) -> Duration {
-        Duration::from_secs(u64::from(self.definition.retention_hours) * 3600)
+        Duration::from_secs(u64::from(self.retention_hours()) * 3600)
+    }
+
+    /// How long records are kept, in hours (it can change: `Engine::set_retention`).
+    pub fn retention_hours(&self) -> u32 {
+        self.retention_hours
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_retention_hours(&self, hours: u32) {
+        self.retention_hours
+            .store(hours, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Validates, routes, numbers, decodes, logs and appends `records`, in that order. Either all

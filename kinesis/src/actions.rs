@@ -1,0 +1,923 @@
+//! The Kinesis actions, each reading a request object and answering a response object, on the
+//! engine's own streams: a stream created here is a `raw` stream SQL reads, and records put here
+//! feed pumps and delivery streams like any other.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMillisecondType;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value, json};
+use sluice_engine::routing::HashKeyRange;
+use sluice_engine::sequence::{format_sequence_number, parse_sequence_number, shard_id};
+use sluice_engine::{
+    Engine, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, RecordRef, ShardIterator, StartPosition,
+    Stream, StreamSpec,
+};
+
+use crate::error::{ACCOUNT, ApiError, ErrorKind, REGION, Validation};
+
+/// Iterators stop working this long after they were handed out, as in Kinesis.
+pub const ITERATOR_TTL_MS: i64 = 5 * 60 * 1000;
+/// The most records one GetRecords returns.
+const MAX_GET_RECORDS: usize = 10_000;
+/// The most bytes of data one GetRecords returns.
+const MAX_GET_BYTES: usize = 10 * 1024 * 1024;
+/// The most entries in one PutRecords.
+const MAX_PUT_RECORDS: usize = 500;
+/// The most data in one PutRecords (data and partition keys).
+const MAX_PUT_BYTES: usize = 5 * 1024 * 1024;
+const MAX_RECORD_BYTES: usize = 1024 * 1024;
+const STREAM_NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
+
+/// Runs `action` with `request`. Engine calls that touch the disk run on a blocking thread.
+pub async fn dispatch(
+    engine: &Engine,
+    action: &str,
+    request: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let engine = engine.clone();
+    let action = action.to_string();
+    tokio::task::spawn_blocking(move || run(&engine, &action, &request))
+        .await
+        .map_err(|e| ApiError::internal(format!("the request failed: {e}")))?
+}
+
+fn run(engine: &Engine, action: &str, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    match action {
+        "CreateStream" => create_stream(engine, request),
+        "DeleteStream" => delete_stream(engine, request),
+        "DescribeStream" => describe_stream(engine, request),
+        "DescribeStreamSummary" => describe_stream_summary(engine, request),
+        "ListStreams" => list_streams(engine, request),
+        "ListShards" => list_shards(engine, request),
+        "PutRecord" => put_record(engine, request),
+        "PutRecords" => put_records(engine, request),
+        "GetShardIterator" => get_shard_iterator(engine, request),
+        "GetRecords" => get_records(engine, request),
+        "IncreaseStreamRetentionPeriod" => change_retention(engine, request, true),
+        "DecreaseStreamRetentionPeriod" => change_retention(engine, request, false),
+        "AddTagsToStream" => add_tags(engine, request),
+        "RemoveTagsFromStream" => remove_tags(engine, request),
+        "ListTagsForStream" => list_tags(engine, request),
+        other => Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!("Operation {other} is not supported by Sluice's Kinesis API"),
+        )),
+    }
+}
+
+fn arn(name: &str) -> String {
+    format!("arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{name}")
+}
+
+fn str_field<'a>(request: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match request.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::serialization(format!(
+            "{name} must be a string, not {other}"
+        ))),
+    }
+}
+
+fn int_field(request: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+    match request.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::serialization(format!("{name} must be an integer, not {n}"))),
+        Some(other) => Err(ApiError::serialization(format!(
+            "{name} must be a number, not {other}"
+        ))),
+    }
+}
+
+/// The stream a request names, by `StreamName` or `StreamARN`.
+fn stream_name(request: &Map<String, Value>) -> Result<String, ApiError> {
+    let name = str_field(request, "StreamName")?;
+    let arn_name = match str_field(request, "StreamARN")? {
+        Some(arn) => Some(
+            arn.rsplit_once(":stream/")
+                .map(|(_, name)| name.to_string())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("StreamARN '{arn}' is not a Kinesis stream ARN"))
+                })?,
+        ),
+        None => None,
+    };
+    let name = match (name, arn_name) {
+        (Some(name), Some(from_arn)) if name != from_arn => {
+            return Err(ApiError::invalid(format!(
+                "StreamName '{name}' and StreamARN name different streams"
+            )));
+        }
+        (Some(name), _) => name.to_string(),
+        (None, Some(from_arn)) => from_arn,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "Either StreamName or StreamARN should be provided.",
+            ));
+        }
+    };
+    let mut v = Validation::default();
+    check_stream_name(&mut v, &name, "streamName");
+    v.finish()?;
+    Ok(name)
+}
+
+fn check_stream_name(v: &mut Validation, name: &str, at: &str) {
+    v.check(
+        (1..=128).contains(&name.len()),
+        name,
+        at,
+        "Member must have length less than or equal to 128",
+    );
+    v.check(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
+        name,
+        at,
+        &format!("Member must satisfy regular expression pattern: {STREAM_NAME_PATTERN}"),
+    );
+}
+
+fn stream(engine: &Engine, request: &Map<String, Value>) -> Result<Arc<Stream>, ApiError> {
+    let name = stream_name(request)?;
+    engine
+        .try_stream(&name)
+        .ok_or_else(|| ApiError::not_found(&name))
+}
+
+fn create_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let name = str_field(request, "StreamName")?
+        .unwrap_or_default()
+        .to_string();
+    let shards = int_field(request, "ShardCount")?;
+    let on_demand = request
+        .get("StreamModeDetails")
+        .and_then(|d| d.get("StreamMode"))
+        .and_then(Value::as_str)
+        == Some("ON_DEMAND");
+    let mut v = Validation::default();
+    if request.get("StreamName").is_none() {
+        v.missing("streamName");
+    } else {
+        check_stream_name(&mut v, &name, "streamName");
+    }
+    if let Some(count) = shards {
+        v.check(
+            count >= 1,
+            &count.to_string(),
+            "shardCount",
+            "Member must have value greater than or equal to 1",
+        );
+    }
+    v.finish()?;
+    // On-demand streams start with four shards, as Kinesis's.
+    let shards = match (shards, on_demand) {
+        (Some(count), _) => count,
+        (None, true) => 4,
+        (None, false) => {
+            return Err(ApiError::invalid(
+                "ShardCount is required for a PROVISIONED stream",
+            ));
+        }
+    };
+    if shards > 1024 {
+        return Err(ApiError::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "This request would exceed the shard limit for the account {ACCOUNT} in {REGION}. Current shard count for the account: 0. Limit: 1024. Number of additional shards that would have resulted from this request: {shards}."
+            ),
+        ));
+    }
+    engine.create_stream(StreamSpec::raw(name, shards as u32), false)?;
+    Ok(json!({}))
+}
+
+fn delete_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let name = stream_name(request)?;
+    if engine.try_stream(&name).is_none() {
+        return Err(ApiError::not_found(&name));
+    }
+    engine.drop_stream(&name, false).map_err(|e| match e {
+        sluice_engine::Error::InvalidArgument(message) => {
+            ApiError::new(ErrorKind::ResourceInUse, message)
+        }
+        other => other.into(),
+    })?;
+    Ok(json!({}))
+}
+
+fn shard_json(stream: &Stream, index: u32, range: &HashKeyRange) -> Value {
+    let start = stream
+        .shard(index)
+        .map(|s| s.trim_horizon())
+        .unwrap_or_default();
+    json!({
+        "ShardId": shard_id(index),
+        "HashKeyRange": {
+            "StartingHashKey": range.start.to_string(),
+            "EndingHashKey": range.end.to_string(),
+        },
+        "SequenceNumberRange": {
+            "StartingSequenceNumber": format_sequence_number(index, start),
+        },
+    })
+}
+
+fn shards_json(stream: &Stream) -> Vec<Value> {
+    stream
+        .shards()
+        .iter()
+        .map(|shard| shard_json(stream, shard.index(), &shard.hash_key_range()))
+        .collect()
+}
+
+fn created_seconds(stream: &Stream) -> f64 {
+    stream.definition().created_at_ms as f64 / 1000.0
+}
+
+fn describe_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let name = stream.name();
+    let limit = int_field(request, "Limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
+    let after = str_field(request, "ExclusiveStartShardId")?;
+    let shards: Vec<Value> = shards_json(&stream)
+        .into_iter()
+        .filter(|s| after.is_none_or(|a| s["ShardId"].as_str().is_some_and(|id| id > a)))
+        .collect();
+    let has_more = shards.len() > limit;
+    Ok(json!({
+        "StreamDescription": {
+            "StreamName": name,
+            "StreamARN": arn(name),
+            "StreamStatus": "ACTIVE",
+            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "Shards": shards.into_iter().take(limit).collect::<Vec<_>>(),
+            "HasMoreShards": has_more,
+            "RetentionPeriodHours": stream.retention_hours(),
+            "StreamCreationTimestamp": created_seconds(&stream),
+            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+            "EncryptionType": "NONE",
+        }
+    }))
+}
+
+fn describe_stream_summary(
+    engine: &Engine,
+    request: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let name = stream.name();
+    Ok(json!({
+        "StreamDescriptionSummary": {
+            "StreamName": name,
+            "StreamARN": arn(name),
+            "StreamStatus": "ACTIVE",
+            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "RetentionPeriodHours": stream.retention_hours(),
+            "StreamCreationTimestamp": created_seconds(&stream),
+            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+            "EncryptionType": "NONE",
+            "OpenShardCount": stream.shards().len(),
+            "ConsumerCount": 0,
+        }
+    }))
+}
+
+fn list_streams(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let limit = int_field(request, "Limit")?.unwrap_or(100);
+    let mut v = Validation::default();
+    v.check(
+        (1..=10_000).contains(&limit),
+        &limit.to_string(),
+        "limit",
+        "Member must have value less than or equal to 10000",
+    );
+    v.finish()?;
+    // A NextToken is the name of the last stream of the previous page.
+    let after = match str_field(request, "NextToken")? {
+        Some(token) => Some(decode_token(token)?),
+        None => str_field(request, "ExclusiveStartStreamName")?.map(String::from),
+    };
+    let mut streams = engine.streams();
+    streams.sort_by(|a, b| a.name().cmp(b.name()));
+    let remaining: Vec<Arc<Stream>> = streams
+        .into_iter()
+        .filter(|s| after.as_deref().is_none_or(|a| s.name() > a))
+        .collect();
+    let page: Vec<&Arc<Stream>> = remaining.iter().take(limit as usize).collect();
+    let has_more = remaining.len() > page.len();
+    let mut response = json!({
+        "StreamNames": page.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "HasMoreStreams": has_more,
+        "StreamSummaries": page.iter().map(|s| json!({
+            "StreamName": s.name(),
+            "StreamARN": arn(s.name()),
+            "StreamStatus": "ACTIVE",
+            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "StreamCreationTimestamp": created_seconds(s),
+        })).collect::<Vec<_>>(),
+    });
+    if has_more && let Some(last) = page.last() {
+        response["NextToken"] = Value::String(encode_token(last.name()));
+    }
+    Ok(response)
+}
+
+fn encode_token(text: &str) -> String {
+    STANDARD.encode(text)
+}
+
+fn decode_token(token: &str) -> Result<String, ApiError> {
+    STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::invalid(format!("NextToken '{token}' is not valid")))
+}
+
+fn list_shards(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    // A NextToken carries the stream and the last shard listed.
+    let (name, after) = match str_field(request, "NextToken")? {
+        Some(token) => {
+            if request.contains_key("StreamName") {
+                return Err(ApiError::invalid(
+                    "NextToken and StreamName cannot be provided together.",
+                ));
+            }
+            let decoded = decode_token(token)?;
+            let (name, after) = decoded
+                .split_once('\n')
+                .ok_or_else(|| ApiError::invalid(format!("NextToken '{token}' is not valid")))?;
+            (name.to_string(), Some(after.to_string()))
+        }
+        None => (
+            stream_name(request)?,
+            str_field(request, "ExclusiveStartShardId")?.map(String::from),
+        ),
+    };
+    let stream = engine
+        .try_stream(&name)
+        .ok_or_else(|| ApiError::not_found(&name))?;
+    let max = int_field(request, "MaxResults")?.unwrap_or(1000);
+    let mut v = Validation::default();
+    v.check(
+        (1..=10_000).contains(&max),
+        &max.to_string(),
+        "maxResults",
+        "Member must have value less than or equal to 10000",
+    );
+    v.finish()?;
+    let filter = request.get("ShardFilter").and_then(Value::as_object);
+    let filter_type = filter.and_then(|f| f.get("Type")).and_then(Value::as_str);
+    let filter_after = filter
+        .and_then(|f| f.get("ShardId"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    let shards: Vec<Value> = shards_json(&stream)
+        .into_iter()
+        .filter(|s| {
+            let id = s["ShardId"].as_str().unwrap_or_default();
+            let after_ok = after.as_deref().is_none_or(|a| id > a);
+            // Every shard is open until resharding closes some; these filters then keep all.
+            let filter_ok = match filter_type {
+                Some("AFTER_SHARD_ID") => filter_after.as_deref().is_none_or(|a| id > a),
+                _ => true,
+            };
+            after_ok && filter_ok
+        })
+        .collect();
+    let page: Vec<Value> = shards.iter().take(max as usize).cloned().collect();
+    let mut response = json!({ "Shards": page });
+    if shards.len() > page.len()
+        && let Some(last) = page.last().and_then(|s| s["ShardId"].as_str())
+    {
+        response["NextToken"] = Value::String(encode_token(&format!("{name}\n{last}")));
+    }
+    Ok(response)
+}
+
+/// A record's data, decoded from base64.
+fn data_of(value: Option<&Value>, at: &str, v: &mut Validation) -> Result<Vec<u8>, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        v.missing(at);
+        return Ok(vec![]);
+    };
+    let text = value
+        .as_str()
+        .ok_or_else(|| ApiError::serialization(format!("{at} must be a base64 string")))?;
+    let data = STANDARD
+        .decode(text)
+        .map_err(|e| ApiError::serialization(format!("{at} is not valid base64: {e}")))?;
+    v.check(
+        data.len() <= MAX_RECORD_BYTES,
+        "java.nio.HeapByteBuffer",
+        at,
+        "Member must have length less than or equal to 1048576",
+    );
+    Ok(data)
+}
+
+fn key_of(value: Option<&Value>, at: &str, v: &mut Validation) -> Result<String, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        v.missing(at);
+        return Ok(String::new());
+    };
+    let key = value
+        .as_str()
+        .ok_or_else(|| ApiError::serialization(format!("{at} must be a string")))?
+        .to_string();
+    let len = key.chars().count();
+    v.check(
+        len >= 1,
+        &key,
+        at,
+        "Member must have length greater than or equal to 1",
+    );
+    v.check(
+        len <= 256,
+        &key,
+        at,
+        "Member must have length less than or equal to 256",
+    );
+    Ok(key)
+}
+
+fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128>, ApiError> {
+    match value.and_then(Value::as_str) {
+        None => Ok(None),
+        Some(text) => text.parse::<u128>().map(Some).map_err(|_| {
+            ApiError::invalid(format!(
+                "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {text} ({at})"
+            ))
+        }),
+    }
+}
+
+fn put_record(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let mut v = Validation::default();
+    let data = data_of(request.get("Data"), "data", &mut v)?;
+    let key = key_of(request.get("PartitionKey"), "partitionKey", &mut v)?;
+    v.finish()?;
+    let mut record = RecordRef::new(&key, &data);
+    record.explicit_hash_key = hash_key_of(request.get("ExplicitHashKey"), "explicitHashKey")?;
+    let put = stream.append_refs(&[record])?;
+    let put = put
+        .first()
+        .ok_or_else(|| ApiError::internal("nothing was appended"))?;
+    Ok(json!({
+        "ShardId": put.shard_id(),
+        "SequenceNumber": put.sequence_number(),
+        "EncryptionType": "NONE",
+    }))
+}
+
+fn put_records(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let entries = match request.get("Records") {
+        Some(Value::Array(entries)) => entries,
+        Some(_) => return Err(ApiError::serialization("Records must be a list")),
+        None => {
+            let mut v = Validation::default();
+            v.missing("records");
+            v.finish()?;
+            return Ok(json!({}));
+        }
+    };
+    let mut v = Validation::default();
+    v.check(
+        !entries.is_empty(),
+        "[]",
+        "records",
+        "Member must have length greater than or equal to 1",
+    );
+    v.check(
+        entries.len() <= MAX_PUT_RECORDS,
+        &format!("[{} entries]", entries.len()),
+        "records",
+        "Member must have length less than or equal to 500",
+    );
+    let mut decoded = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let entry = entry
+            .as_object()
+            .ok_or_else(|| ApiError::serialization("each record must be an object"))?;
+        let data = data_of(
+            entry.get("Data"),
+            &format!("records.{}.member.data", i + 1),
+            &mut v,
+        )?;
+        let key = key_of(
+            entry.get("PartitionKey"),
+            &format!("records.{}.member.partitionKey", i + 1),
+            &mut v,
+        )?;
+        let hash = hash_key_of(entry.get("ExplicitHashKey"), "explicitHashKey")?;
+        decoded.push((data, key, hash));
+    }
+    v.finish()?;
+    let total: usize = decoded.iter().map(|(d, k, _)| d.len() + k.len()).sum();
+    if total > MAX_PUT_BYTES {
+        return Err(ApiError::invalid(format!(
+            "Records size exceeds 5 MB limit: the request holds {total} bytes of data and partition keys"
+        )));
+    }
+    let records: Vec<RecordRef<'_>> = decoded
+        .iter()
+        .map(|(data, key, hash)| {
+            let mut record = RecordRef::new(key, data);
+            record.explicit_hash_key = *hash;
+            record
+        })
+        .collect();
+    // One append: every entry lands or, if the engine fails, every entry reports it.
+    let results: Vec<Value> = match stream.append_refs(&records) {
+        Ok(puts) => puts
+            .iter()
+            .map(|p| json!({"ShardId": p.shard_id(), "SequenceNumber": p.sequence_number()}))
+            .collect(),
+        Err(e) => {
+            log::error!("PutRecords into '{}' failed: {e}", stream.name());
+            return Ok(json!({
+                "FailedRecordCount": records.len(),
+                "Records": records.iter().map(|_| json!({
+                    "ErrorCode": "InternalFailure",
+                    "ErrorMessage": format!("Internal service failure: {e}"),
+                })).collect::<Vec<_>>(),
+                "EncryptionType": "NONE",
+            }));
+        }
+    };
+    Ok(json!({
+        "FailedRecordCount": 0,
+        "Records": results,
+        "EncryptionType": "NONE",
+    }))
+}
+
+fn shard_index(stream: &Stream, id: &str) -> Result<u32, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            ErrorKind::ResourceNotFound,
+            format!(
+                "Shard {id} in stream {} under account {ACCOUNT} does not exist",
+                stream.name()
+            ),
+        )
+    };
+    let index = id
+        .strip_prefix("shardId-")
+        .unwrap_or(id)
+        .parse::<u32>()
+        .map_err(|_| not_found())?;
+    stream.shard(index).map(|_| index).ok_or_else(not_found)
+}
+
+/// What an iterator token holds: the stream (and its incarnation), the shard, where to read
+/// next, and when the token was handed out.
+struct IteratorToken {
+    stream: String,
+    stream_id: u64,
+    shard: u32,
+    seq: u64,
+    issued_ms: i64,
+}
+
+impl IteratorToken {
+    fn encode(&self) -> String {
+        STANDARD.encode(format!(
+            "{}|{}|{}|{}|{}",
+            self.stream_id, self.shard, self.seq, self.issued_ms, self.stream
+        ))
+    }
+
+    fn decode(token: &str) -> Result<Self, ApiError> {
+        let invalid = || ApiError::invalid(format!("Invalid ShardIterator: {token}"));
+        let text = STANDARD
+            .decode(token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(invalid)?;
+        let mut parts = text.splitn(5, '|');
+        let mut next = || parts.next().ok_or_else(invalid);
+        Ok(Self {
+            stream_id: next()?.parse().map_err(|_| invalid())?,
+            shard: next()?.parse().map_err(|_| invalid())?,
+            seq: next()?.parse().map_err(|_| invalid())?,
+            issued_ms: next()?.parse().map_err(|_| invalid())?,
+            stream: next()?.to_string(),
+        })
+    }
+}
+
+fn get_shard_iterator(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let shard_id_text = str_field(request, "ShardId")?.unwrap_or_default();
+    let kind = str_field(request, "ShardIteratorType")?.unwrap_or_default();
+    let mut v = Validation::default();
+    v.check(
+        matches!(
+            kind,
+            "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER" | "TRIM_HORIZON" | "LATEST" | "AT_TIMESTAMP"
+        ),
+        kind,
+        "shardIteratorType",
+        "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]",
+    );
+    v.finish()?;
+    let index = shard_index(&stream, shard_id_text)?;
+    let sequence = str_field(request, "StartingSequenceNumber")?;
+    let start = match kind {
+        "TRIM_HORIZON" => StartPosition::TrimHorizon,
+        "LATEST" => StartPosition::Latest,
+        "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER" => {
+            let sequence = sequence.ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "StartingSequenceNumber is required for ShardIteratorType {kind}"
+                ))
+            })?;
+            let (shard_of, _) = parse_sequence_number(sequence).map_err(|_| {
+                ApiError::invalid(format!(
+                    "StartingSequenceNumber {sequence} used in GetShardIterator on shard {shard_id_text} in stream {} under account {ACCOUNT} is invalid.",
+                    stream.name()
+                ))
+            })?;
+            if shard_of != index {
+                return Err(ApiError::invalid(format!(
+                    "Invalid StartingSequenceNumber. It encodes shardId-{shard_of:012}, while it was used in a call to a shard with {shard_id_text}"
+                )));
+            }
+            if kind == "AT_SEQUENCE_NUMBER" {
+                StartPosition::AtSequenceNumber(sequence.to_string())
+            } else {
+                StartPosition::AfterSequenceNumber(sequence.to_string())
+            }
+        }
+        _ => {
+            let seconds = match request.get("Timestamp") {
+                Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "Timestamp is required for ShardIteratorType AT_TIMESTAMP",
+                    ));
+                }
+            };
+            StartPosition::AtTimestamp((seconds * 1000.0).round() as i64)
+        }
+    };
+    let reader = ShardIterator::new(&stream, index, start)?;
+    let token = IteratorToken {
+        stream: stream.name().to_string(),
+        stream_id: stream.definition().id,
+        shard: index,
+        seq: reader.position(),
+        issued_ms: engine.clock().now_millis(),
+    };
+    Ok(json!({ "ShardIterator": token.encode() }))
+}
+
+fn get_records(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let Some(token) = str_field(request, "ShardIterator")? else {
+        let mut v = Validation::default();
+        v.missing("shardIterator");
+        v.finish()?;
+        return Ok(json!({}));
+    };
+    let limit = int_field(request, "Limit")?.unwrap_or(MAX_GET_RECORDS as i64);
+    let mut v = Validation::default();
+    v.check(
+        (1..=MAX_GET_RECORDS as i64).contains(&limit),
+        &limit.to_string(),
+        "limit",
+        "Member must have value less than or equal to 10000",
+    );
+    v.check(
+        (1..=512).contains(&token.len()),
+        token,
+        "shardIterator",
+        "Member must have length less than or equal to 512",
+    );
+    v.finish()?;
+    let iterator = IteratorToken::decode(token)?;
+    let now = engine.clock().now_millis();
+    if now - iterator.issued_ms > ITERATOR_TTL_MS {
+        return Err(ApiError::new(
+            ErrorKind::ExpiredIterator,
+            format!(
+                "Iterator expired. The iterator was created at time {} while right now it is {} which is further in the future than the tolerated delay of {ITERATOR_TTL_MS} milliseconds.",
+                iterator.issued_ms, now
+            ),
+        ));
+    }
+    let stream = engine
+        .try_stream(&iterator.stream)
+        .filter(|s| s.definition().id == iterator.stream_id)
+        .ok_or_else(|| ApiError::not_found(&iterator.stream))?;
+    let shard = stream.shard(iterator.shard).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "Invalid ShardIterator: shard {} is gone",
+            iterator.shard
+        ))
+    })?;
+    // A position that retention has passed reads from the oldest record kept.
+    let from = iterator.seq.max(shard.trim_horizon());
+    let mut reader = ShardIterator::new(
+        &stream,
+        iterator.shard,
+        StartPosition::AtSequenceNumber(format_sequence_number(iterator.shard, from)),
+    )
+    .or_else(|_| ShardIterator::new(&stream, iterator.shard, StartPosition::TrimHorizon))?;
+    let mut records = Vec::new();
+    let mut bytes = 0usize;
+    let mut next_seq = reader.position();
+    let mut last_arrival = None;
+    'read: while records.len() < limit as usize {
+        let batches = reader.next_batches(limit as usize - records.len())?;
+        if batches.is_empty() {
+            break;
+        }
+        for batch in &batches {
+            let (Some(seq), Some(time), Some(key), Some(data)) = (
+                batch.column_by_name("_sequence_number"),
+                batch.column_by_name("rowtime"),
+                batch.column_by_name("_partition_key"),
+                batch.column_by_name("_data"),
+            ) else {
+                return Err(ApiError::internal(
+                    "a stored batch lacks its system columns",
+                ));
+            };
+            let seq = seq.as_string::<i32>();
+            let time = time.as_primitive::<TimestampMillisecondType>();
+            let key = key.as_string::<i32>();
+            let data = data.as_binary::<i32>();
+            for row in 0..batch.num_rows() {
+                let blob = if data.is_null(row) {
+                    &[][..]
+                } else {
+                    data.value(row)
+                };
+                if bytes + blob.len() > MAX_GET_BYTES && !records.is_empty() {
+                    break 'read;
+                }
+                bytes += blob.len();
+                let arrival = time.value(row);
+                last_arrival = Some(arrival);
+                records.push(json!({
+                    "SequenceNumber": seq.value(row),
+                    "ApproximateArrivalTimestamp": arrival as f64 / 1000.0,
+                    "Data": STANDARD.encode(blob),
+                    "PartitionKey": key.value(row),
+                }));
+                next_seq = parse_sequence_number(seq.value(row))
+                    .map(|(_, s)| s + 1)
+                    .unwrap_or(next_seq);
+            }
+        }
+    }
+    let latest = shard.next_seq();
+    let behind = if next_seq >= latest {
+        0
+    } else {
+        last_arrival.map_or(0, |a| (now - a).max(0))
+    };
+    let next = IteratorToken {
+        stream: iterator.stream,
+        stream_id: iterator.stream_id,
+        shard: iterator.shard,
+        seq: next_seq,
+        issued_ms: now,
+    };
+    Ok(json!({
+        "Records": records,
+        "NextShardIterator": next.encode(),
+        "MillisBehindLatest": behind,
+    }))
+}
+
+fn change_retention(
+    engine: &Engine,
+    request: &Map<String, Value>,
+    increase: bool,
+) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let hours = int_field(request, "RetentionPeriodHours")?.ok_or_else(|| {
+        let mut v = Validation::default();
+        v.missing("retentionPeriodHours");
+        v.finish()
+            .err()
+            .unwrap_or_else(|| ApiError::invalid("RetentionPeriodHours is required"))
+    })?;
+    let (min, max) = (
+        i64::from(MIN_RETENTION_HOURS),
+        i64::from(MAX_RETENTION_HOURS),
+    );
+    let mut v = Validation::default();
+    v.check(
+        hours >= min,
+        &hours.to_string(),
+        "retentionPeriodHours",
+        &format!("Member must have value greater than or equal to {min}"),
+    );
+    v.check(
+        hours <= max,
+        &hours.to_string(),
+        "retentionPeriodHours",
+        &format!("Member must have value less than or equal to {max}"),
+    );
+    v.finish()?;
+    let current = i64::from(stream.retention_hours());
+    if increase && hours < current {
+        return Err(ApiError::invalid(format!(
+            "Requested retention period ({hours} hours) for stream {} can not be shorter than existing retention period ({current} hours). Use DecreaseRetentionPeriod API.",
+            stream.name()
+        )));
+    }
+    if !increase && hours > current {
+        return Err(ApiError::invalid(format!(
+            "Requested retention period ({hours} hours) for stream {} can not be longer than existing retention period ({current} hours). Use IncreaseRetentionPeriod API.",
+            stream.name()
+        )));
+    }
+    engine.set_retention(stream.name(), hours as u32)?;
+    Ok(json!({}))
+}
+
+fn tags_of(request: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    let tags = request
+        .get("Tags")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::invalid("Tags must be a map of keys to values"))?;
+    let mut v = Validation::default();
+    let mut out = Vec::new();
+    for (key, value) in tags {
+        v.check(
+            (1..=128).contains(&key.chars().count()),
+            key,
+            "tags",
+            "Map keys must have length between 1 and 128",
+        );
+        let value = value.as_str().unwrap_or_default();
+        v.check(
+            value.chars().count() <= 256,
+            value,
+            "tags",
+            "Map values must have length less than or equal to 256",
+        );
+        out.push((key.clone(), value.to_string()));
+    }
+    v.finish()?;
+    Ok(out)
+}
+
+fn add_tags(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let new = tags_of(request)?;
+    let mut tags = engine.stream_tags(stream.name())?;
+    for (key, value) in new {
+        tags.insert(key, value);
+    }
+    if tags.len() > 50 {
+        return Err(ApiError::invalid(format!(
+            "Failed to add tags to stream {} under account {ACCOUNT} because a given stream cannot have more than 50 tags.",
+            stream.name()
+        )));
+    }
+    engine.set_stream_tags(stream.name(), tags)?;
+    Ok(json!({}))
+}
+
+fn remove_tags(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let keys = request
+        .get("TagKeys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::invalid("TagKeys must be a list of tag keys"))?;
+    let mut tags = engine.stream_tags(stream.name())?;
+    for key in keys.iter().filter_map(Value::as_str) {
+        tags.remove(key);
+    }
+    engine.set_stream_tags(stream.name(), tags)?;
+    Ok(json!({}))
+}
+
+fn list_tags(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(engine, request)?;
+    let limit = int_field(request, "Limit")?.unwrap_or(50).clamp(1, 50) as usize;
+    let after = str_field(request, "ExclusiveStartTagKey")?;
+    let tags = engine.stream_tags(stream.name())?;
+    let remaining: Vec<(&String, &String)> = tags
+        .iter()
+        .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+        .collect();
+    Ok(json!({
+        "Tags": remaining.iter().take(limit).map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+        "HasMoreTags": remaining.len() > limit,
+    }))
+}

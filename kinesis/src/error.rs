@@ -1,0 +1,174 @@
+//! AWS's error vocabulary: each error is HTTP 400 (or 413/500) with
+//! `{"__type": "<Exception>", "message": "…"}`.
+
+use axum::http::StatusCode;
+
+/// The account id Sluice reports in ARNs and messages.
+pub const ACCOUNT: &str = "000000000000";
+/// The region Sluice reports in ARNs.
+pub const REGION: &str = "us-east-1";
+
+/// A Kinesis API error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The `__type` of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    ResourceNotFound,
+    ResourceInUse,
+    InvalidArgument,
+    Validation,
+    ExpiredIterator,
+    LimitExceeded,
+    Serialization,
+    UnknownOperation,
+    MissingAuthenticationToken,
+    ProvisionedThroughputExceeded,
+    PayloadTooLarge,
+    InternalFailure,
+}
+
+impl ErrorKind {
+    /// The name AWS SDKs match on.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Self::ResourceNotFound => "ResourceNotFoundException",
+            Self::ResourceInUse => "ResourceInUseException",
+            Self::InvalidArgument => "InvalidArgumentException",
+            Self::Validation => "ValidationException",
+            Self::ExpiredIterator => "ExpiredIteratorException",
+            Self::LimitExceeded => "LimitExceededException",
+            Self::Serialization => "SerializationException",
+            Self::UnknownOperation => "UnknownOperationException",
+            Self::MissingAuthenticationToken => "MissingAuthenticationTokenException",
+            Self::ProvisionedThroughputExceeded => "ProvisionedThroughputExceededException",
+            Self::PayloadTooLarge => "RequestEntityTooLargeException",
+            Self::InternalFailure => "InternalFailure",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InternalFailure => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MissingAuthenticationToken => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(stream: &str) -> Self {
+        Self::new(
+            ErrorKind::ResourceNotFound,
+            format!("Stream {stream} under account {ACCOUNT} not found."),
+        )
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    pub fn serialization(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Serialization, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InternalFailure, message)
+    }
+}
+
+impl From<sluice_engine::Error> for ApiError {
+    fn from(error: sluice_engine::Error) -> Self {
+        use sluice_engine::Error as E;
+        match &error {
+            E::StreamNotFound(name) => Self::not_found(name),
+            E::StreamAlreadyExists(name) => Self::new(
+                ErrorKind::ResourceInUse,
+                format!("Stream {name} under account {ACCOUNT} already exists."),
+            ),
+            E::ShardNotFound { stream, shard } => Self::new(
+                ErrorKind::ResourceNotFound,
+                format!("Shard {shard} in stream {stream} under account {ACCOUNT} does not exist"),
+            ),
+            E::InvalidArgument(_) | E::RecordTooLarge { .. } | E::InvalidPartitionKey { .. } => {
+                Self::invalid(error.to_string())
+            }
+            E::Closed => Self::internal("Sluice is shutting down"),
+            E::Io { .. } | E::Corrupt { .. } | E::Arrow(_) => Self::internal(error.to_string()),
+        }
+    }
+}
+
+/// Collects constraint violations and words them as AWS does:
+/// `2 validation errors detected: Value 'x' at 'streamName' failed to satisfy constraint: …; …`.
+#[derive(Debug, Default)]
+pub struct Validation {
+    problems: Vec<String>,
+}
+
+impl Validation {
+    pub fn check(&mut self, ok: bool, value: &str, at: &str, constraint: &str) {
+        if !ok {
+            self.problems.push(format!(
+                "Value '{value}' at '{at}' failed to satisfy constraint: {constraint}"
+            ));
+        }
+    }
+
+    pub fn missing(&mut self, at: &str) {
+        self.problems.push(format!(
+            "Value null at '{at}' failed to satisfy constraint: Member must not be null"
+        ));
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.problems.len() {
+            0 => Ok(()),
+            n => Err(ApiError::new(
+                ErrorKind::Validation,
+                format!(
+                    "{n} validation error{} detected: {}",
+                    if n == 1 { "" } else { "s" },
+                    self.problems.join("; ")
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_errors_are_worded_as_aws_words_them() {
+        let mut v = Validation::default();
+        v.check(
+            false,
+            "",
+            "streamName",
+            "Member must have length greater than or equal to 1",
+        );
+        v.missing("shardCount");
+        let error = v.finish().err().map(|e| e.message).unwrap_or_default();
+        assert_eq!(
+            error,
+            "2 validation errors detected: Value '' at 'streamName' failed to satisfy constraint: \
+             Member must have length greater than or equal to 1; Value null at 'shardCount' failed \
+             to satisfy constraint: Member must not be null"
+        );
+    }
+}

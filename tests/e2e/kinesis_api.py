@@ -1,0 +1,165 @@
+"""Sluice's Kinesis API with boto3, as producers and consumers use Kinesis.
+
+Usage: kinesis_api.py ENDPOINT   (e.g. http://127.0.0.1:4567)
+"""
+
+import base64
+import json
+import sys
+import time
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ENDPOINT = sys.argv[1]
+kinesis = boto3.client(
+    "kinesis",
+    endpoint_url=ENDPOINT,
+    region_name="us-east-1",
+    aws_access_key_id="test",
+    aws_secret_access_key="test",
+    config=Config(retries={"max_attempts": 1}),
+)
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def error_type(call, **kwargs):
+    try:
+        call(**kwargs)
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["Error"]["Message"]
+    raise AssertionError(f"{call.__name__} succeeded")
+
+
+def lifecycle():
+    kinesis.create_stream(StreamName="events", ShardCount=4)
+    summary = kinesis.describe_stream_summary(StreamName="events")["StreamDescriptionSummary"]
+    check(summary["StreamStatus"] == "ACTIVE" and summary["OpenShardCount"] == 4, summary)
+    arn = summary["StreamARN"]
+    kinesis.get_waiter("stream_exists").wait(StreamName="events", WaiterConfig={"Delay": 1})
+
+    put = kinesis.put_record(StreamName="events", PartitionKey="user-1", Data=b'{"user":"u1","n":1}')
+    check(put["ShardId"].startswith("shardId-") and len(put["SequenceNumber"]) > 20, put)
+    batch = kinesis.put_records(
+        StreamARN=arn,
+        Records=[{"PartitionKey": f"user-{i % 7}", "Data": json.dumps({"n": i}).encode()} for i in range(100)],
+    )
+    check(batch["FailedRecordCount"] == 0 and len(batch["Records"]) == 100, batch["FailedRecordCount"])
+
+    shards = kinesis.list_shards(StreamName="events")["Shards"]
+    check(len(shards) == 4, shards)
+    check(shards[0]["HashKeyRange"]["StartingHashKey"] == "0", shards[0])
+    paged = kinesis.list_shards(StreamName="events", MaxResults=3)
+    check(len(paged["Shards"]) == 3 and "NextToken" in paged, paged)
+    rest = kinesis.list_shards(NextToken=paged["NextToken"])
+    check([s["ShardId"] for s in rest["Shards"]] == [shards[3]["ShardId"]], rest)
+
+    # Every record comes back once, in order per shard, from TRIM_HORIZON.
+    seen = []
+    for shard in shards:
+        iterator = kinesis.get_shard_iterator(
+            StreamName="events", ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        sequence = []
+        while True:
+            out = kinesis.get_records(ShardIterator=iterator, Limit=25)
+            sequence.extend(r["SequenceNumber"] for r in out["Records"])
+            seen.extend(r["Data"] for r in out["Records"])
+            iterator = out["NextShardIterator"]
+            if not out["Records"]:
+                check(out["MillisBehindLatest"] == 0, out)
+                break
+        check(sequence == sorted(sequence, key=int), "ordered within a shard")
+    check(len(seen) == 101 and b'{"user":"u1","n":1}' in seen, len(seen))
+
+    # AT/AFTER_SEQUENCE_NUMBER, LATEST and AT_TIMESTAMP.
+    shard = put["ShardId"]
+    at = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER",
+                                    StartingSequenceNumber=put["SequenceNumber"])["ShardIterator"]
+    check(kinesis.get_records(ShardIterator=at)["Records"][0]["SequenceNumber"] == put["SequenceNumber"], "AT")
+    after = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                                       StartingSequenceNumber=put["SequenceNumber"])["ShardIterator"]
+    check(all(r["SequenceNumber"] != put["SequenceNumber"] for r in kinesis.get_records(ShardIterator=after)["Records"]), "AFTER")
+    latest = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
+    check(kinesis.get_records(ShardIterator=latest)["Records"] == [], "LATEST starts empty")
+    later = kinesis.get_shard_iterator(StreamName="events", ShardId=shard, ShardIteratorType="AT_TIMESTAMP",
+                                       Timestamp=time.time() + 3600)["ShardIterator"]
+    check(kinesis.get_records(ShardIterator=later)["Records"] == [], "AT_TIMESTAMP in the future")
+    records = kinesis.get_records(ShardIterator=at)["Records"]
+    check(abs(records[0]["ApproximateArrivalTimestamp"].timestamp() - time.time()) < 120, records[0])
+
+    # Retention, tags, listing.
+    kinesis.increase_stream_retention_period(StreamName="events", RetentionPeriodHours=48)
+    check(kinesis.describe_stream(StreamName="events")["StreamDescription"]["RetentionPeriodHours"] == 48, "retention")
+    kinesis.decrease_stream_retention_period(StreamName="events", RetentionPeriodHours=24)
+    kinesis.add_tags_to_stream(StreamName="events", Tags={"team": "data", "env": "test"})
+    kinesis.remove_tags_from_stream(StreamName="events", TagKeys=["env"])
+    tags = kinesis.list_tags_for_stream(StreamName="events")["Tags"]
+    check(tags == [{"Key": "team", "Value": "data"}], tags)
+    kinesis.create_stream(StreamName="other", ShardCount=1)
+    # Sluice's own error_stream (records that did not decode) is a stream like any other.
+    listed = kinesis.list_streams(Limit=2)
+    check(listed["StreamNames"] == ["error_stream", "events"] and listed["HasMoreStreams"], listed)
+    more = kinesis.list_streams(NextToken=listed["NextToken"])
+    check(more["StreamNames"] == ["other"] and not more["HasMoreStreams"], more)
+    check(more["StreamSummaries"][0]["StreamARN"].endswith(":stream/other"), more)
+    kinesis.delete_stream(StreamName="other")
+
+
+def errors():
+    code, message = error_type(kinesis.describe_stream, StreamName="missing")
+    check(code == "ResourceNotFoundException" and "missing" in message, (code, message))
+    code, _ = error_type(kinesis.create_stream, StreamName="events", ShardCount=1)
+    check(code == "ResourceInUseException", code)
+    code, message = error_type(kinesis.put_record, StreamName="events", PartitionKey="k" * 257, Data=b"x")
+    check(code == "ValidationException" and "1 validation error detected" in message and "partitionKey" in message, message)
+    code, message = error_type(kinesis.put_record, StreamName="events", PartitionKey="k", Data=b"x" * (1024 * 1024 + 1))
+    check(code == "ValidationException" and "1048576" in message, message)
+    code, _ = error_type(kinesis.get_shard_iterator, StreamName="events", ShardId="shardId-000000000099",
+                         ShardIteratorType="LATEST")
+    check(code == "ResourceNotFoundException", code)
+    code, _ = error_type(kinesis.get_records, ShardIterator="bm90IGFuIGl0ZXJhdG9y")
+    check(code == "InvalidArgumentException", code)
+    code, _ = error_type(kinesis.increase_stream_retention_period, StreamName="events", RetentionPeriodHours=10000)
+    check(code == "ValidationException", code)
+    code, message = error_type(kinesis.put_records, StreamName="events",
+                               Records=[{"PartitionKey": "k", "Data": b"x"}] * 501)
+    check(code == "ValidationException" and "500" in message, message)
+
+
+def raw_requests():
+    import urllib.request
+
+    def post(target, body, content_type="application/x-amz-json-1.1", signed=True):
+        headers = {"X-Amz-Target": target, "Content-Type": content_type}
+        if signed:
+            headers["Authorization"] = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0"
+        request = urllib.request.Request(ENDPOINT, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    status, body = post("Kinesis_20131202.ListStreams", b"{not json")
+    check(status == 400 and body["__type"] == "SerializationException", body)
+    status, body = post("Kinesis_20131202.Frobnicate", b"{}")
+    check(status == 400 and body["__type"] == "UnknownOperationException", body)
+    status, body = post("Kinesis_20131202.ListStreams", b"{}", signed=False)
+    check(body["__type"] == "MissingAuthenticationTokenException", body)
+    status, body = post("Kinesis_20131202.PutRecord", b"x" * (11 * 1024 * 1024))
+    check(status == 413, status)
+    # The server is still fine.
+    status, body = post("Kinesis_20131202.ListStreams", b"{}")
+    check(status == 200 and "events" in body["StreamNames"], body)
+
+
+for test in [lifecycle, errors, raw_requests]:
+    test()
+    print(f"ok {test.__name__}")
+print("all Kinesis API checks passed")
