@@ -46,7 +46,9 @@ impl RemoteSession {
         };
         let mut endpoint = Endpoint::from_shared(endpoint)
             .map_err(|e| format!("cannot connect to '{url}': {e}"))?
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(crate::server::STREAM_WINDOW)
+            .initial_connection_window_size(crate::server::CONNECTION_WINDOW);
         if tls {
             let mut config = ClientTlsConfig::new();
             if let Some(ca) = &options.ca_pem {

@@ -23,6 +23,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::sql_service::SqlService;
 use crate::ticket::FlightTicket;
 
+/// HTTP/2 flow-control windows, per call and per connection.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// How long a shutdown waits for open calls to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -317,7 +321,11 @@ impl BoundServer {
     /// Serves until `shutdown` completes, then stops taking calls and waits for those running
     /// (a subscriber's endless `DoGet` is ended by the shutdown).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-        let mut builder = Server::builder();
+        // Wide flow-control windows: with HTTP/2's 64 KiB default, a large DoPut or DoGet
+        // waits for a window update every 64 KiB.
+        let mut builder = Server::builder()
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW));
         if let Some(tls) = self.tls {
             builder = builder
                 .tls_config(tls)
