@@ -165,24 +165,27 @@ fn the_repl_prints_the_same_against_a_server_as_embedded() -> TestResult {
     Ok(())
 }
 
-/// Whether ADBC's Flight SQL driver and pyarrow are installed. In CI they must be.
-fn python_clients() -> bool {
+/// Whether Python can import `modules`. In CI it must: `.ci/run` installs them.
+fn python_has(modules: &str, install: &str) -> bool {
     let found = Command::new("python3")
-        .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow.flight"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "CI must install the Flight SQL clients (pip install adbc-driver-flightsql adbc-driver-manager pyarrow)"
-        );
+        panic!("CI must install the Python clients ({install})");
+    }
+    if !found {
+        eprintln!("skipped: {install}");
     }
     found
 }
 
 #[test]
 fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
-    if !python_clients() {
-        eprintln!("skipped: pip install adbc-driver-flightsql adbc-driver-manager pyarrow");
+    if !python_has(
+        "adbc_driver_flightsql.dbapi, pyarrow.flight",
+        "pip install adbc-driver-flightsql adbc-driver-manager pyarrow",
+    ) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -204,22 +207,9 @@ fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
     Ok(())
 }
 
-/// Whether boto3 is installed. In CI it must be.
-fn boto3() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import boto3"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI must install boto3 (pip install boto3)");
-    }
-    found
-}
-
 #[test]
 fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
-    if !boto3() {
-        eprintln!("skipped: pip install boto3");
+    if !python_has("boto3", "pip install boto3") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -159,7 +159,35 @@ def raw_requests():
     check(status == 200 and "events" in body["StreamNames"], body)
 
 
-for test in [lifecycle, errors, raw_requests]:
+def aws_cli():
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("aws") is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("CI must install aws-cli (pip install awscli)")
+        print("skipped aws_cli: pip install awscli")
+        return
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+
+    def aws(*args):
+        out = subprocess.run(["aws", "--endpoint-url", ENDPOINT, "kinesis", *args], env=env,
+                             capture_output=True, text=True, timeout=60)
+        check(out.returncode == 0, out.stderr)
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+    aws("create-stream", "--stream-name", "cli-events", "--shard-count", "2")
+    put = aws("put-record", "--stream-name", "cli-events", "--partition-key", "user-1",
+              "--data", '{"user":"u1","n":1}')
+    check(put["ShardId"].startswith("shardId-"), put)
+    iterator = aws("get-shard-iterator", "--stream-name", "cli-events", "--shard-id", put["ShardId"],
+                   "--shard-iterator-type", "TRIM_HORIZON")["ShardIterator"]
+    records = aws("get-records", "--shard-iterator", iterator)["Records"]
+    check(base64.b64decode(records[0]["Data"]) == b'{"user":"u1","n":1}', records)
+
+
+for test in [lifecycle, errors, raw_requests, aws_cli]:
     test()
     print(f"ok {test.__name__}")
 print("all Kinesis API checks passed")
