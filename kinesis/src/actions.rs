@@ -17,6 +17,7 @@ use sluice_engine::{
 };
 
 use crate::error::{ACCOUNT, ApiError, ErrorKind, REGION, Validation};
+use crate::metrics::Metrics;
 
 /// Iterators stop working this long after they were handed out, as in Kinesis.
 pub const ITERATOR_TTL_MS: i64 = 5 * 60 * 1000;
@@ -34,17 +35,24 @@ const STREAM_NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
 /// Runs `action` with `request`. Engine calls that touch the disk run on a blocking thread.
 pub async fn dispatch(
     engine: &Engine,
+    metrics: &Arc<Metrics>,
     action: &str,
     request: Map<String, Value>,
 ) -> Result<Value, ApiError> {
     let engine = engine.clone();
+    let metrics = Arc::clone(metrics);
     let action = action.to_string();
-    tokio::task::spawn_blocking(move || run(&engine, &action, &request))
+    tokio::task::spawn_blocking(move || run(&engine, &metrics, &action, &request))
         .await
         .map_err(|e| ApiError::internal(format!("the request failed: {e}")))?
 }
 
-fn run(engine: &Engine, action: &str, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn run(
+    engine: &Engine,
+    metrics: &Metrics,
+    action: &str,
+    request: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     match action {
         "CreateStream" => create_stream(engine, request),
         "DeleteStream" => delete_stream(engine, request),
@@ -52,10 +60,10 @@ fn run(engine: &Engine, action: &str, request: &Map<String, Value>) -> Result<Va
         "DescribeStreamSummary" => describe_stream_summary(engine, request),
         "ListStreams" => list_streams(engine, request),
         "ListShards" => list_shards(engine, request),
-        "PutRecord" => put_record(engine, request),
-        "PutRecords" => put_records(engine, request),
+        "PutRecord" => put_record(engine, metrics, request),
+        "PutRecords" => put_records(engine, metrics, request),
         "GetShardIterator" => get_shard_iterator(engine, request),
-        "GetRecords" => get_records(engine, request),
+        "GetRecords" => get_records(engine, metrics, request),
         "IncreaseStreamRetentionPeriod" => change_retention(engine, request, true),
         "DecreaseStreamRetentionPeriod" => change_retention(engine, request, false),
         "AddTagsToStream" => add_tags(engine, request),
@@ -459,7 +467,11 @@ fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128>, ApiError
     }
 }
 
-fn put_record(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn put_record(
+    engine: &Engine,
+    metrics: &Metrics,
+    request: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let stream = stream(engine, request)?;
     let mut v = Validation::default();
     let data = data_of(request.get("Data"), "data", &mut v)?;
@@ -471,6 +483,7 @@ fn put_record(engine: &Engine, request: &Map<String, Value>) -> Result<Value, Ap
     let put = put
         .first()
         .ok_or_else(|| ApiError::internal("nothing was appended"))?;
+    metrics.put(stream.name(), put.shard_index, 1, data.len() as u64);
     Ok(json!({
         "ShardId": put.shard_id(),
         "SequenceNumber": put.sequence_number(),
@@ -478,7 +491,11 @@ fn put_record(engine: &Engine, request: &Map<String, Value>) -> Result<Value, Ap
     }))
 }
 
-fn put_records(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn put_records(
+    engine: &Engine,
+    metrics: &Metrics,
+    request: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let stream = stream(engine, request)?;
     let entries = match request.get("Records") {
         Some(Value::Array(entries)) => entries,
@@ -538,10 +555,14 @@ fn put_records(engine: &Engine, request: &Map<String, Value>) -> Result<Value, A
         .collect();
     // One append: every entry lands or, if the engine fails, every entry reports it.
     let results: Vec<Value> = match stream.append_refs(&records) {
-        Ok(puts) => puts
-            .iter()
-            .map(|p| json!({"ShardId": p.shard_id(), "SequenceNumber": p.sequence_number()}))
-            .collect(),
+        Ok(puts) => {
+            for (put, record) in puts.iter().zip(&records) {
+                metrics.put(stream.name(), put.shard_index, 1, record.data.len() as u64);
+            }
+            puts.iter()
+                .map(|p| json!({"ShardId": p.shard_id(), "SequenceNumber": p.sequence_number()}))
+                .collect()
+        }
         Err(e) => {
             log::error!("PutRecords into '{}' failed: {e}", stream.name());
             return Ok(json!({
@@ -682,7 +703,11 @@ fn get_shard_iterator(engine: &Engine, request: &Map<String, Value>) -> Result<V
     Ok(json!({ "ShardIterator": token.encode() }))
 }
 
-fn get_records(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn get_records(
+    engine: &Engine,
+    metrics: &Metrics,
+    request: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let Some(token) = str_field(request, "ShardIterator")? else {
         let mut v = Validation::default();
         v.missing("shardIterator");
@@ -787,6 +812,13 @@ fn get_records(engine: &Engine, request: &Map<String, Value>) -> Result<Value, A
     } else {
         last_arrival.map_or(0, |a| (now - a).max(0))
     };
+    metrics.got(
+        &iterator.stream,
+        iterator.shard,
+        records.len() as u64,
+        bytes as u64,
+        behind,
+    );
     let next = IteratorToken {
         stream: iterator.stream,
         stream_id: iterator.stream_id,

@@ -5,17 +5,20 @@
 //! ([`wire`]) runs one of the [`actions`]; failures answer in AWS's error envelope
 //! (`{"__type": "ResourceNotFoundException", "message": "…"}`, [`error`]). Requests must carry
 //! SigV4 material (an `Authorization: AWS4-HMAC-SHA256 …` header or `X-Amz-Signature` query),
-//! as AWS requires; bodies over 10 MiB get 413.
+//! as AWS requires; bodies over 10 MiB get 413. `GET /metrics` serves the per-shard counters
+//! ([`metrics`]) as Prometheus text.
 //!
 //! The streams are the engine's: one created here is a `raw` stream SQL reads (`_data`,
 //! `ROWTIME`, …), and records put here feed pumps and delivery streams like any other.
 
 pub mod actions;
 pub mod error;
+pub mod metrics;
 pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -23,24 +26,49 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::json;
 use sluice_engine::Engine;
 use tokio::net::TcpListener;
 
 use crate::error::{ApiError, ErrorKind};
+use crate::metrics::Metrics;
 use crate::wire::Protocol;
 
 /// The largest request body accepted (a full PutRecords, base64, with room to spare).
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
 
-/// The Kinesis API as an axum router.
+/// What every request sees.
+#[derive(Clone)]
+struct Api {
+    engine: Engine,
+    metrics: Arc<Metrics>,
+}
+
+/// The Kinesis API as an axum router: `POST /` for the actions, `GET /metrics` for Prometheus.
 pub fn router(engine: Engine) -> Router {
+    let api = Api {
+        engine,
+        metrics: Arc::new(Metrics::default()),
+    };
     Router::new()
         .route("/", post(handle))
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(engine)
+        .with_state(api)
+}
+
+async fn metrics_text(State(api): State<Api>) -> Response {
+    let text = api.metrics.render(&api.engine);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// A bound Kinesis endpoint, not yet serving.
@@ -73,7 +101,7 @@ impl KinesisServer {
 }
 
 async fn handle(
-    State(engine): State<Engine>,
+    State(api): State<Api>,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -84,7 +112,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok()),
     );
     let result = match body {
-        Ok(body) => answer(&engine, &uri, &headers, &body, protocol).await,
+        Ok(body) => answer(&api, &uri, &headers, &body, protocol).await,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::new(
                 ErrorKind::PayloadTooLarge,
@@ -122,7 +150,7 @@ async fn handle(
 }
 
 async fn answer(
-    engine: &Engine,
+    api: &Api,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
@@ -150,5 +178,5 @@ async fn answer(
         ));
     }
     let request = protocol.decode(body)?;
-    actions::dispatch(engine, action, request).await
+    actions::dispatch(&api.engine, &api.metrics, action, request).await
 }

@@ -154,6 +154,17 @@ def raw_requests():
     check(body["__type"] == "MissingAuthenticationTokenException", body)
     status, body = post("Kinesis_20131202.PutRecord", b"x" * (11 * 1024 * 1024))
     check(status == 413, status)
+    # CloudWatch's stream metrics, as Prometheus text on the same port.
+    with urllib.request.urlopen(ENDPOINT + "/metrics") as response:
+        metrics = response.read().decode()
+    incoming = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('sluice_kinesis_incoming_records_total{stream="events"')
+    )
+    check(incoming == 101, incoming)
+    check('sluice_kinesis_get_records_total{stream="events"' in metrics, metrics[:2000])
+    check('sluice_shard_retained_records{stream="events",shard="shardId-000000000000"}' in metrics, metrics[:2000])
     # The server is still fine.
     status, body = post("Kinesis_20131202.ListStreams", b"{}")
     check(status == 200 and "events" in body["StreamNames"], body)
