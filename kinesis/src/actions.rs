@@ -760,7 +760,9 @@ fn get_records(
     .or_else(|_| ShardIterator::new(&stream, iterator.shard, StartPosition::TrimHorizon))?;
     let mut records = Vec::new();
     let mut bytes = 0usize;
-    let mut next_seq = reader.position();
+    // A shard's counters are consecutive, so where the next read starts follows from where
+    // this one started and how many records it returned.
+    let first_seq = reader.position();
     let mut last_arrival = None;
     'read: while records.len() < limit as usize {
         let batches = reader.next_batches(limit as usize - records.len())?;
@@ -800,12 +802,10 @@ fn get_records(
                     "Data": STANDARD.encode(blob),
                     "PartitionKey": key.value(row),
                 }));
-                next_seq = parse_sequence_number(seq.value(row))
-                    .map(|(_, s)| s + 1)
-                    .unwrap_or(next_seq);
             }
         }
     }
+    let next_seq = first_seq + records.len() as u64;
     let latest = shard.next_seq();
     let behind = if next_seq >= latest {
         0
