@@ -85,7 +85,7 @@ async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
     let cpu = CpuTimer::start();
     let wall = Instant::now();
     let mut objects = 0;
-    for shard in stream.shards() {
+    for shard in stream.shards().iter() {
         let mut reader = ShardIterator::new(&stream, shard.index(), StartPosition::TrimHorizon)?;
         loop {
             let batches: Vec<RecordBatch> = reader

@@ -318,7 +318,7 @@ async fn memory() -> Result<(), Box<dyn std::error::Error>> {
 /// The memory the retained records of `stream` take.
 fn stored_bytes(stream: &Arc<Stream>) -> Result<usize, Box<dyn std::error::Error>> {
     let mut bytes = 0;
-    for shard in stream.shards() {
+    for shard in stream.shards().iter() {
         let mut reader = ShardIterator::new(stream, shard.index(), StartPosition::TrimHorizon)?;
         loop {
             let batches = reader.next_batches(8192)?;

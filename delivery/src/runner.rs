@@ -20,7 +20,9 @@ use base64::Engine as _;
 use parking_lot::Mutex;
 use sluice_engine::schema::{DATA, PARTITION_KEY, ROWTIME, SEQUENCE_NUMBER};
 use sluice_engine::sequence::parse_sequence_number;
-use sluice_engine::{ERROR_STREAM, Engine, PumpCheckpoint, ShardIterator, StartPosition, Stream};
+use sluice_engine::{
+    ERROR_STREAM, Engine, PumpCheckpoint, ShardIterator, StartPosition, Stream, StreamReader,
+};
 
 use crate::destination::Destination;
 use crate::encode::{encode, extension};
@@ -172,7 +174,8 @@ pub struct Runner {
     stream: Arc<Stream>,
     options: DeliveryOptions,
     destination: Destination,
-    readers: Vec<ShardIterator>,
+    /// Every shard of the source, followed through resharding (parents before children).
+    reader: StreamReader,
     errors: Option<ErrorIndex>,
     /// The output columns: the stream's own, or for a `raw` stream its key, data and arrival.
     columns: Vec<usize>,
@@ -198,23 +201,17 @@ impl Runner {
         stats: Arc<DeliveryStats>,
     ) -> Result<Self> {
         let saved = engine.delivery_positions(name)?;
-        let readers = stream
-            .shards()
-            .iter()
-            .map(|shard| {
-                let index = shard.index();
-                let start = saved
-                    .positions
-                    .iter()
-                    .find(|(s, i, _)| s == stream.name() && *i == index)
-                    .map_or(StartPosition::TrimHorizon, |(_, _, seq)| {
-                        StartPosition::AtSequenceNumber(
-                            sluice_engine::sequence::format_sequence_number(index, *seq),
-                        )
-                    });
-                ShardIterator::new(&stream, index, start)
-            })
-            .collect::<sluice_engine::Result<Vec<_>>>()?;
+        let reader = StreamReader::new(Arc::clone(&stream), |index| {
+            saved
+                .positions
+                .iter()
+                .find(|(s, i, _)| s == stream.name() && *i == index)
+                .map_or(StartPosition::TrimHorizon, |(_, _, seq)| {
+                    StartPosition::AtSequenceNumber(
+                        sluice_engine::sequence::format_sequence_number(index, *seq),
+                    )
+                })
+        })?;
         let errors = match engine.try_stream(ERROR_STREAM) {
             Some(errors) if stream.name() != ERROR_STREAM => Some(ErrorIndex {
                 reader: ShardIterator::new(&errors, 0, StartPosition::TrimHorizon)?,
@@ -248,7 +245,7 @@ impl Runner {
             stream,
             options,
             destination,
-            readers,
+            reader,
             errors,
             columns,
             schema,
@@ -296,19 +293,13 @@ impl Runner {
 
     /// Reads what is new, files it, and writes what is due. True if anything was read.
     async fn step(&mut self) -> Result<bool> {
-        let mut read = false;
-        for shard in 0..self.readers.len() {
-            let batches = self.readers[shard].next_batches(READ_BATCH)?;
-            if batches.is_empty() {
-                continue;
-            }
-            read = true;
-            if let Some(errors) = self.errors.as_mut() {
-                errors.catch_up()?;
-            }
-            for batch in batches {
-                self.file(&batch).await?;
-            }
+        let reads = self.reader.read(READ_BATCH)?;
+        let read = !reads.is_empty();
+        if read && let Some(errors) = self.errors.as_mut() {
+            errors.catch_up()?;
+        }
+        for batch in reads.into_iter().flat_map(|r| r.batches) {
+            self.file(&batch).await?;
         }
         self.write_due().await?;
         Ok(read)
@@ -601,16 +592,15 @@ impl Runner {
     async fn commit(&mut self) -> Result<()> {
         let name = self.stream.name().to_string();
         let mut positions: Vec<(String, u32, u64)> = self
-            .readers
-            .iter()
-            .map(|reader| {
-                let shard = reader.shard_index();
+            .reader
+            .positions()
+            .map(|(shard, position)| {
                 let held = self
                     .buffers
                     .values()
                     .filter_map(|b| b.held.get(&shard).copied())
                     .min();
-                let resume = held.map_or(reader.position(), |h| h.min(reader.position()));
+                let resume = held.map_or(position, |h| h.min(position));
                 (name.clone(), shard, resume)
             })
             .collect();
@@ -646,11 +636,7 @@ impl Runner {
 
     /// Records how far every shard was read, now that nothing new was found.
     fn publish_settled(&self) {
-        let positions = self
-            .readers
-            .iter()
-            .map(|r| (r.shard_index(), r.position()))
-            .collect();
+        let positions = self.reader.positions().collect();
         *self.stats.settled.lock() = positions;
     }
 }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::format::StreamFormat;
 use crate::routing::even_split;
 use crate::schema::validate_user_schema;
-use crate::stream::{Stream, StreamRuntime};
+use crate::stream::{Reshard, Stream, StreamRuntime};
 
 /// The name of the stream that collects records that did not decode.
 pub const ERROR_STREAM: &str = "error_stream";
@@ -351,6 +351,36 @@ impl Engine {
         catalog.save(&self.inner.catalog_path())?;
         stream.set_retention_hours(hours);
         Ok(())
+    }
+
+    /// Splits or merges shards of stream `name` (Kinesis's SplitShard, MergeShards and
+    /// UpdateShardCount), durably. Parents are closed with their ending sequence numbers and
+    /// children opened with their lineage, for every reader and SQL alike. Returns the indexes
+    /// of the shards opened.
+    pub fn reshard(&self, name: &str, change: Reshard) -> Result<Vec<u32>> {
+        if name == ERROR_STREAM {
+            return Err(Error::InvalidArgument(format!(
+                "'{ERROR_STREAM}' is a system stream and cannot be resharded"
+            )));
+        }
+        let mut catalog = self.inner.catalog.lock();
+        let stream = self.stream(name)?;
+        let path = self.inner.catalog_path();
+        stream.reshard(change, |shards| {
+            let definition = catalog
+                .streams
+                .iter_mut()
+                .find(|s| s.name == name)
+                .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
+            let before = std::mem::replace(&mut definition.shards, shards.to_vec());
+            let saved = catalog.save(&path);
+            if saved.is_err()
+                && let Some(definition) = catalog.streams.iter_mut().find(|s| s.name == name)
+            {
+                definition.shards = before;
+            }
+            saved
+        })
     }
 
     /// The tags of stream `name`.

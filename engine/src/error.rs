@@ -17,6 +17,14 @@ pub enum Error {
     #[error("shard '{shard}' does not exist in stream '{stream}'")]
     ShardNotFound { stream: String, shard: String },
 
+    #[error(
+        "shard {shard} in stream {stream} has already been merged or split, and thus is not eligible for merging or splitting"
+    )]
+    ShardClosed { stream: String, shard: String },
+
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 

@@ -52,6 +52,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields};
 pub use error::{Error, Result};
 pub use format::StreamFormat;
-pub use reader::{ShardIterator, StartPosition};
+pub use reader::{ShardIterator, ShardRead, StartPosition, StreamReader};
 pub use schema::PublicProjector;
-pub use stream::{PutRecord, PutResult, RecordRef, Shard, ShardStats, Stream};
+pub use stream::{
+    MAX_OPEN_SHARDS, PutRecord, PutResult, RecordRef, Reshard, Shard, ShardStats, Stream,
+};

@@ -45,8 +45,7 @@ impl ShardIterator {
             .ok_or_else(|| Error::ShardNotFound {
                 stream: stream.name().to_string(),
                 shard: shard_id(shard_index),
-            })?
-            .clone();
+            })?;
         let counter_of = |text: &str| -> Result<u64> {
             let (shard_of_seq, counter) = parse_sequence_number(text)?;
             if shard_of_seq != shard_index {
@@ -104,4 +103,118 @@ fn last_seq(batch: &RecordBatch) -> Option<u64> {
         .column(0)
         .as_primitive::<arrow::datatypes::UInt64Type>();
     (!seqs.is_empty()).then(|| seqs.value(seqs.len() - 1))
+}
+
+/// One shard's records from a [`StreamReader::read`].
+#[derive(Debug)]
+pub struct ShardRead {
+    /// The shard the records came from.
+    pub shard: u32,
+    /// Public-layout batches, in sequence order.
+    pub batches: Vec<RecordBatch>,
+    /// The counter the reader will read next from this shard.
+    pub position: u64,
+}
+
+/// Every shard of a stream, followed through resharding: shards that a split or merge opens
+/// later are picked up (from their first record), and a child shard is read only once its
+/// parents have been read to their ends, so records of one partition key come out in order
+/// across a reshard, as Kinesis readers (the KCL) promise.
+#[derive(Debug)]
+pub struct StreamReader {
+    stream: Arc<Stream>,
+    /// One iterator per shard, in index order.
+    iterators: Vec<ShardIterator>,
+}
+
+impl StreamReader {
+    /// A reader over every shard of `stream`, each starting where `start` says.
+    pub fn new(stream: Arc<Stream>, mut start: impl FnMut(u32) -> StartPosition) -> Result<Self> {
+        let iterators = stream
+            .shards()
+            .iter()
+            .map(|shard| ShardIterator::new(&stream, shard.index(), start(shard.index())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { stream, iterators })
+    }
+
+    /// The stream read.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// Up to `max_records` records from each shard that is ready to read, per shard; advances
+    /// past them. Empty when the reader has caught up for now.
+    pub fn read(&mut self, max_records: usize) -> Result<Vec<ShardRead>> {
+        self.pick_up_new_shards()?;
+        let mut out = Vec::new();
+        for i in 0..self.iterators.len() {
+            if !self.ready(i) {
+                continue;
+            }
+            let iterator = &mut self.iterators[i];
+            let batches = iterator.next_batches(max_records)?;
+            if !batches.is_empty() {
+                out.push(ShardRead {
+                    shard: iterator.shard_index(),
+                    batches,
+                    position: iterator.position(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(shard, next counter)` for every shard followed: what a checkpoint saves.
+    pub fn positions(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.iterators
+            .iter()
+            .map(|it| (it.shard_index(), it.position()))
+    }
+
+    /// Whether everything appended so far has been read.
+    pub fn caught_up(&self) -> bool {
+        self.stream.shards().len() == self.iterators.len()
+            && self
+                .iterators
+                .iter()
+                .all(|it| it.position() >= it.shard.next_seq())
+    }
+
+    /// Whether the shard at position `i` has been read to the end of a closed shard.
+    fn finished(&self, i: usize) -> bool {
+        let it = &self.iterators[i];
+        it.shard.ending_seq().is_some_and(|end| it.position() > end)
+    }
+
+    /// Whether the shard at position `i` may be read: its parents (if followed) are finished.
+    fn ready(&self, i: usize) -> bool {
+        let shard = &self.iterators[i].shard;
+        [shard.parent(), shard.adjacent_parent()]
+            .into_iter()
+            .flatten()
+            .all(|parent| {
+                match self
+                    .iterators
+                    .binary_search_by_key(&parent, |it| it.shard_index())
+                {
+                    Ok(p) => self.finished(p),
+                    Err(_) => true,
+                }
+            })
+    }
+
+    fn pick_up_new_shards(&mut self) -> Result<()> {
+        let shards = self.stream.shards();
+        if shards.len() == self.iterators.len() {
+            return Ok(());
+        }
+        for shard in shards.iter().skip(self.iterators.len()) {
+            // Born after this reader started: every record of it is new to the reader.
+            let iterator =
+                ShardIterator::new(&self.stream, shard.index(), StartPosition::TrimHorizon)?;
+            self.iterators.push(iterator);
+        }
+        Ok(())
+    }
 }

@@ -30,6 +30,8 @@ fn engine_code(error: &sluice_engine::Error) -> Code {
     match error {
         E::StreamNotFound(_) | E::ShardNotFound { .. } => Code::NotFound,
         E::StreamAlreadyExists(_) => Code::AlreadyExists,
+        E::ShardClosed { .. } => Code::FailedPrecondition,
+        E::LimitExceeded(_) => Code::ResourceExhausted,
         E::InvalidArgument(_) | E::RecordTooLarge { .. } | E::InvalidPartitionKey { .. } => {
             Code::InvalidArgument
         }

@@ -103,6 +103,13 @@ impl From<sluice_engine::Error> for ApiError {
                 ErrorKind::ResourceNotFound,
                 format!("Shard {shard} in stream {stream} under account {ACCOUNT} does not exist"),
             ),
+            E::ShardClosed { stream, shard } => Self::new(
+                ErrorKind::ResourceInUse,
+                format!(
+                    "Shard {shard} in stream {stream} under account {ACCOUNT} has already been merged or split, and thus is not eligible for merging or splitting."
+                ),
+            ),
+            E::LimitExceeded(message) => Self::new(ErrorKind::LimitExceeded, message.clone()),
             E::InvalidArgument(_) | E::RecordTooLarge { .. } | E::InvalidPartitionKey { .. } => {
                 Self::invalid(error.to_string())
             }

@@ -24,7 +24,7 @@ use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use sluice_engine::{Engine, PumpCheckpoint, ShardIterator, StartPosition, Stream};
+use sluice_engine::{Engine, PumpCheckpoint, StartPosition, Stream, StreamReader};
 
 use crate::error::to_datafusion;
 
@@ -162,16 +162,22 @@ impl PumpCursor {
             return false;
         }
         let caught_up = self.caught_up.lock();
-        self.read.lock().keys().all(|(stream, shard)| {
-            let Some(next) = engine
-                .try_stream(stream)
-                .and_then(|s| s.shard(*shard).map(|s| s.next_seq()))
-            else {
+        let streams: std::collections::BTreeSet<String> = self
+            .read
+            .lock()
+            .keys()
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        // Every shard of every stream read, including shards a reshard opened since.
+        streams.into_iter().all(|name| {
+            let Some(stream) = engine.try_stream(&name) else {
                 return true;
             };
-            caught_up
-                .get(&(stream.clone(), *shard))
-                .is_some_and(|seq| *seq >= next)
+            stream.shards().iter().all(|shard| {
+                caught_up
+                    .get(&(name.clone(), shard.index()))
+                    .is_some_and(|seq| *seq >= shard.next_seq())
+            })
         })
     }
 
@@ -223,8 +229,7 @@ impl StreamTail {
 }
 
 struct TailState {
-    stream: Arc<Stream>,
-    readers: Vec<ShardIterator>,
+    reader: StreamReader,
     cursor: Option<Arc<PumpCursor>>,
     appends: tokio::sync::watch::Receiver<u64>,
     pending: VecDeque<RecordBatch>,
@@ -233,28 +238,27 @@ struct TailState {
 impl TailState {
     /// Reads what is new from every shard into `pending`; false if there was nothing.
     fn read_more(&mut self) -> sluice_engine::Result<bool> {
-        let name = self.stream.name().to_string();
-        let mut any = false;
-        for reader in &mut self.readers {
-            let batches = reader.next_batches(READ_BATCH)?;
-            if batches.is_empty() {
-                continue;
+        let reads = self.reader.read(READ_BATCH)?;
+        let any = !reads.is_empty();
+        if let Some(cursor) = &self.cursor {
+            let name = self.reader.stream().name().to_string();
+            let rows: usize = reads
+                .iter()
+                .flat_map(|r| &r.batches)
+                .map(|b| b.num_rows())
+                .sum();
+            cursor.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+            let mut read = cursor.read.lock();
+            for (shard, position) in self.reader.positions() {
+                read.insert((name.clone(), shard), position);
             }
-            any = true;
-            if let Some(cursor) = &self.cursor {
-                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                cursor.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
-                cursor
-                    .read
-                    .lock()
-                    .insert((name.clone(), reader.shard_index()), reader.position());
+            if !any {
+                let read = read.clone();
+                cursor.caught_up.lock().extend(read);
             }
-            self.pending.extend(batches);
         }
-        if let (false, Some(cursor)) = (any, &self.cursor) {
-            let read = cursor.read.lock().clone();
-            cursor.caught_up.lock().extend(read);
-        }
+        self.pending
+            .extend(reads.into_iter().flat_map(|r| r.batches));
         Ok(any)
     }
 }
@@ -268,34 +272,27 @@ impl PartitionStream for StreamTail {
         let schema = Arc::clone(self.stream.public_schema());
         let appends = self.stream.watch_appends();
         let name = self.stream.name().to_string();
-        let readers = self
-            .stream
-            .shards()
-            .iter()
-            .map(|shard| {
-                let index = shard.index();
-                let start = match self.cursor.as_ref().and_then(|c| c.start(&name, index)) {
-                    Some(seq) => StartPosition::AtSequenceNumber(
-                        sluice_engine::sequence::format_sequence_number(index, seq),
-                    ),
-                    None => self.start.clone(),
-                };
-                let reader = ShardIterator::new(&self.stream, index, start)?;
-                if let Some(cursor) = &self.cursor {
-                    cursor
-                        .read
-                        .lock()
-                        .insert((name.clone(), index), reader.position());
+        let reader = StreamReader::new(Arc::clone(&self.stream), |index| {
+            match self.cursor.as_ref().and_then(|c| c.start(&name, index)) {
+                Some(seq) => StartPosition::AtSequenceNumber(
+                    sluice_engine::sequence::format_sequence_number(index, seq),
+                ),
+                None => self.start.clone(),
+            }
+        });
+        let state = reader.map_err(to_datafusion).map(|reader| {
+            if let Some(cursor) = &self.cursor {
+                let mut read = cursor.read.lock();
+                for (shard, position) in reader.positions() {
+                    read.insert((name.clone(), shard), position);
                 }
-                Ok(reader)
-            })
-            .collect::<sluice_engine::Result<Vec<_>>>();
-        let state = readers.map_err(to_datafusion).map(|readers| TailState {
-            stream: Arc::clone(&self.stream),
-            readers,
-            cursor: self.cursor.clone(),
-            appends,
-            pending: VecDeque::new(),
+            }
+            TailState {
+                reader,
+                cursor: self.cursor.clone(),
+                appends,
+                pending: VecDeque::new(),
+            }
         });
         let batches = futures::stream::unfold(Some(state), |state| async move {
             let mut tail = match state? {
@@ -320,7 +317,7 @@ impl PartitionStream for StreamTail {
                     Err(e) => {
                         log::warn!(
                             "continuous read of stream '{}' failed: {e}",
-                            tail.stream.name()
+                            tail.reader.stream().name()
                         );
                         return Some((Err(to_datafusion(e)), None));
                     }

@@ -689,7 +689,7 @@ impl SluiceSession {
                 definitions.iter().map(|d| d.format.to_string()),
             )),
             Arc::new(UInt32Array::from_iter_values(
-                definitions.iter().map(|d| d.shards.len() as u32),
+                streams.iter().map(|s| s.open_shards().len() as u32),
             )),
             Arc::new(StringArray::from_iter(
                 definitions.iter().map(|d| d.partition_key.as_deref()),

@@ -110,7 +110,7 @@ impl StreamTable {
         plan_err!(
             "streams are immutable: {verb} on stream '{}' is not possible; records expire with the stream's retention ({} hours)",
             self.stream.name(),
-            self.stream.definition().retention_hours
+            self.stream.retention_hours()
         )
     }
 }

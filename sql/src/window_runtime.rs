@@ -531,11 +531,14 @@ impl Input {
         let mut next_idle: Option<i64> = None;
         let mut holding: Option<Option<i64>> = None;
         let mut newest: Option<i64> = None;
-        for shard in self.stream.shards() {
+        for shard in self.stream.shards().iter() {
             let index = shard.index();
             let seen = self.shard_max.get(&index).copied();
             newest = newest.max(seen);
             let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
+            if shard.ending_seq().is_some_and(|end| read_to >= end) {
+                continue; // split or merged, and read to its end: it sends nothing more
+            }
             let unread = read_to + 1 < shard.next_seq();
             let quiet_since = self.last_read_ms.get(&index).copied().unwrap_or(started_ms);
             let idle_at = quiet_since + idle_timeout;

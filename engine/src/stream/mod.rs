@@ -6,6 +6,7 @@
 //! tails. So an append either happens whole or not at all, and a record is durable before anyone
 //! can read it.
 
+pub mod reshard;
 pub mod shard;
 
 use std::fs;
@@ -17,9 +18,9 @@ use arrow::array::{
     ArrayRef, BinaryArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
 };
 use arrow::datatypes::SchemaRef;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
-use crate::catalog::StreamDefinition;
+use crate::catalog::{ShardDefinition, StreamDefinition};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::format::{StreamFormat, decode};
@@ -28,6 +29,7 @@ use crate::schema::{public_schema, stored_schema};
 use crate::sequence::{format_sequence_number, shard_id};
 use crate::wal::{WalEntry, WalRecord, WriteAheadLog};
 use crate::{Durability, EngineOptions};
+pub use reshard::{MAX_OPEN_SHARDS, Reshard};
 pub use shard::{Shard, ShardStats};
 
 /// The largest data blob a record may carry: 1 MiB, as Kinesis.
@@ -154,8 +156,8 @@ pub struct Stream {
     user_schema: SchemaRef,
     stored_schema: SchemaRef,
     public_schema: SchemaRef,
-    shards: Vec<Arc<Shard>>,
-    ranges: Vec<HashKeyRange>,
+    /// Every shard, open and closed; replaced whole (under the append lock) when resharding.
+    shards: RwLock<Arc<ShardSet>>,
     dir: PathBuf,
     wal: Mutex<WriteAheadLog>,
     runtime: StreamRuntime,
@@ -163,6 +165,34 @@ pub struct Stream {
     errors: Option<Arc<Stream>>,
     /// Counts appends, so tailing readers can wait for new records instead of polling.
     appends: tokio::sync::watch::Sender<u64>,
+}
+
+/// A stream's shards at one moment.
+#[derive(Debug)]
+struct ShardSet {
+    /// Every shard, open and closed, in index order.
+    all: Arc<[Arc<Shard>]>,
+    /// The open shards' hash-key ranges, in key order, and each one's position in `all`.
+    ranges: Vec<HashKeyRange>,
+    positions: Vec<usize>,
+}
+
+impl ShardSet {
+    fn new(mut shards: Vec<Arc<Shard>>) -> Self {
+        shards.sort_by_key(|s| s.index);
+        let mut open: Vec<(HashKeyRange, usize)> = shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_open())
+            .map(|(position, s)| (s.range, position))
+            .collect();
+        open.sort_by_key(|(range, _)| range.start);
+        Self {
+            all: shards.into(),
+            ranges: open.iter().map(|(r, _)| *r).collect(),
+            positions: open.iter().map(|(_, p)| *p).collect(),
+        }
+    }
 }
 
 /// A numbered record on its way into a shard.
@@ -199,14 +229,12 @@ impl Stream {
                 }
             }
             shards.push(Arc::new(Shard::new(
-                shard_def.index,
-                shard_def.hash_key_range,
+                shard_def,
                 shard_dir,
                 Arc::clone(&stored),
                 sealed,
             )));
         }
-        let ranges = shards.iter().map(|s| s.range).collect();
         let (wal, replay) = WriteAheadLog::open(&dir.join("wal"), runtime.durability)?;
         let retention_hours = std::sync::atomic::AtomicU32::new(definition.retention_hours);
         let stream = Arc::new(Self {
@@ -214,8 +242,7 @@ impl Stream {
             user_schema,
             stored_schema: stored,
             public_schema: public,
-            shards,
-            ranges,
+            shards: RwLock::new(Arc::new(ShardSet::new(shards))),
             dir,
             wal: Mutex::new(wal),
             runtime,
@@ -288,7 +315,8 @@ impl Stream {
         &self.definition.name
     }
 
-    /// The stream's definition as the catalog holds it.
+    /// The stream's definition as it was opened. Its `shards` are the shards then; resharding
+    /// changes them since ([`Self::shard_definitions`], [`Self::open_shards`]).
     pub fn definition(&self) -> &StreamDefinition {
         &self.definition
     }
@@ -308,14 +336,33 @@ impl Stream {
         self.definition.format
     }
 
-    /// The shards, in index order.
-    pub fn shards(&self) -> &[Arc<Shard>] {
-        &self.shards
+    /// Every shard, open and closed, in index order. Resharding adds shards (and closes
+    /// some) but never removes one, so a shard once seen stays.
+    pub fn shards(&self) -> Arc<[Arc<Shard>]> {
+        Arc::clone(&self.shards.read().all)
+    }
+
+    /// The shards that take records now (every shard until a split or merge closes some).
+    pub fn open_shards(&self) -> Vec<Arc<Shard>> {
+        let set = self.shards.read();
+        set.positions
+            .iter()
+            .map(|&p| Arc::clone(&set.all[p]))
+            .collect()
     }
 
     /// The shard with `index`.
-    pub fn shard(&self, index: u32) -> Option<&Arc<Shard>> {
-        self.shards.iter().find(|s| s.index == index)
+    pub fn shard(&self, index: u32) -> Option<Arc<Shard>> {
+        let set = self.shards.read();
+        set.all
+            .binary_search_by_key(&index, |s| s.index)
+            .ok()
+            .map(|p| Arc::clone(&set.all[p]))
+    }
+
+    /// Every shard as the catalog records it (lineage and ending sequence numbers included).
+    pub fn shard_definitions(&self) -> Vec<ShardDefinition> {
+        self.shards().iter().map(|s| s.definition()).collect()
     }
 
     /// How long records are kept.
@@ -401,14 +448,13 @@ impl Stream {
         if records.is_empty() {
             return Ok(vec![]);
         }
-        // Route: which shard (by position in `self.shards`) each record goes to.
-        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
-        for (i, record) in records.iter().enumerate() {
-            let key = record
-                .explicit_hash_key
-                .unwrap_or_else(|| hash_key(record.partition_key));
-            by_shard[route(&self.ranges, key)].push(i);
-        }
+        let keys: Vec<u128> = records
+            .iter()
+            .map(|r| {
+                r.explicit_hash_key
+                    .unwrap_or_else(|| hash_key(r.partition_key))
+            })
+            .collect();
 
         let mut results = vec![
             PutResult {
@@ -420,14 +466,21 @@ impl Stream {
         let mut failures = Vec::new();
         {
             let mut wal = self.wal.lock();
+            // Routed under the append lock, which resharding also takes: no record can land in
+            // a shard that a split or merge has just closed.
+            let set = Arc::clone(&self.shards.read());
+            let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); set.all.len()];
+            for (i, key) in keys.iter().enumerate() {
+                by_shard[set.positions[route(&set.ranges, *key)]].push(i);
+            }
             let now = self.runtime.clock.now_millis();
-            let mut chunks = Vec::with_capacity(self.shards.len());
+            let mut chunks = Vec::with_capacity(set.all.len());
             let mut entries = Vec::with_capacity(records.len());
             for (position, members) in by_shard.iter().enumerate() {
                 if members.is_empty() {
                     continue;
                 }
-                let shard = &self.shards[position];
+                let shard = &set.all[position];
                 let (next_seq, last_arrival) = {
                     let state = shard.state.read();
                     (state.next_seq, state.last_arrival_ms)
@@ -478,7 +531,7 @@ impl Stream {
             self.report_failures(std::mem::take(&mut failures))?;
             let mut due = false;
             for (position, batch) in chunks {
-                let shard = &self.shards[position];
+                let shard = &set.all[position];
                 if let Some(chunk) = shard::Chunk::new(batch, None) {
                     shard.push_tail(chunk);
                 }
@@ -581,7 +634,7 @@ impl Stream {
     }
 
     fn seal_locked(&self, wal: &mut WriteAheadLog, force: bool) -> Result<()> {
-        for shard in &self.shards {
+        for shard in self.shards().iter() {
             if force
                 || shard.tail_is_due(
                     self.runtime.seal_rows,
@@ -600,7 +653,7 @@ impl Stream {
         let retention_ms = self.retention().as_millis() as i64;
         let cutoff = self.runtime.clock.now_millis().saturating_sub(retention_ms);
         let mut expired = 0;
-        for shard in &self.shards {
+        for shard in self.shards().iter() {
             expired += shard.expire(cutoff)?;
         }
         Ok(expired)
@@ -611,7 +664,7 @@ impl Stream {
     pub fn snapshot(&self) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
         self.expire()?;
         Ok(self
-            .shards
+            .shards()
             .iter()
             .map(|s| (s.index, s.snapshot()))
             .collect())
@@ -619,7 +672,7 @@ impl Stream {
 
     /// Counts of retained records, per shard.
     pub fn stats(&self) -> Vec<ShardStats> {
-        self.shards.iter().map(|s| s.stats()).collect()
+        self.shards().iter().map(|s| s.stats()).collect()
     }
 
     /// How many readers follow this stream's appends right now (continuous queries, pumps,

@@ -7,6 +7,7 @@
 //! enough to clone a few `Arc`s; they never hold up a writer.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -14,6 +15,7 @@ use arrow::datatypes::{SchemaRef, TimestampMillisecondType, UInt64Type};
 use parking_lot::RwLock;
 
 use crate::Durability;
+use crate::catalog::ShardDefinition;
 use crate::error::Result;
 use crate::routing::HashKeyRange;
 use crate::segment::write_segment;
@@ -120,7 +122,17 @@ pub struct Shard {
     pub(crate) dir: PathBuf,
     pub(crate) stored_schema: SchemaRef,
     pub(crate) state: RwLock<ShardState>,
+    /// The shard this one was split from, or the first of the two merged into it.
+    parent: Option<u32>,
+    /// The second shard merged into this one.
+    adjacent_parent: Option<u32>,
+    /// The last sequence counter of a closed shard (0 if it never got a record); `OPEN` while
+    /// it takes records.
+    ending_seq: AtomicU64,
 }
+
+/// `Shard::ending_seq` of a shard that is still open.
+const OPEN: u64 = u64::MAX;
 
 /// A point-in-time summary of a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +148,7 @@ pub struct ShardStats {
 
 impl Shard {
     pub(crate) fn new(
-        index: u32,
-        range: HashKeyRange,
+        definition: &ShardDefinition,
         dir: PathBuf,
         stored_schema: SchemaRef,
         sealed: Vec<Chunk>,
@@ -146,8 +157,11 @@ impl Shard {
         let (sealed_through, last_arrival_ms) = last.unwrap_or((0, i64::MIN));
         let sealed_through = sealed_through.max(read_high_water(&dir));
         Self {
-            index,
-            range,
+            index: definition.index,
+            range: definition.hash_key_range,
+            parent: definition.parent,
+            adjacent_parent: definition.adjacent_parent,
+            ending_seq: AtomicU64::new(definition.ending_seq.unwrap_or(OPEN)),
             dir,
             stored_schema,
             state: RwLock::new(ShardState {
@@ -171,6 +185,47 @@ impl Shard {
     /// The hash keys the shard owns.
     pub fn hash_key_range(&self) -> HashKeyRange {
         self.range
+    }
+
+    /// The shard this one was split from, or the first of the two merged into it.
+    pub fn parent(&self) -> Option<u32> {
+        self.parent
+    }
+
+    /// The second of the two shards merged into this one.
+    pub fn adjacent_parent(&self) -> Option<u32> {
+        self.adjacent_parent
+    }
+
+    /// Whether the shard still takes records (it has not been split or merged).
+    pub fn is_open(&self) -> bool {
+        self.ending_seq.load(Ordering::Acquire) == OPEN
+    }
+
+    /// The last sequence counter of a closed shard (0 if it never got a record), or `None`
+    /// while it is open. A reader past it has read the shard to its end.
+    pub fn ending_seq(&self) -> Option<u64> {
+        let end = self.ending_seq.load(Ordering::Acquire);
+        (end != OPEN).then_some(end)
+    }
+
+    /// Closes the shard to new records (the caller holds the stream's append lock). Returns its
+    /// ending sequence counter.
+    pub(crate) fn close(&self) -> u64 {
+        let end = self.next_seq() - 1;
+        self.ending_seq.store(end, Ordering::Release);
+        end
+    }
+
+    /// The shard as the catalog records it.
+    pub fn definition(&self) -> ShardDefinition {
+        ShardDefinition {
+            index: self.index,
+            hash_key_range: self.range,
+            parent: self.parent,
+            adjacent_parent: self.adjacent_parent,
+            ending_seq: self.ending_seq(),
+        }
     }
 
     /// Adds an already-numbered chunk to the tail.
