@@ -9,15 +9,15 @@ use arrow::datatypes::TimestampMillisecondType;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
-use sluice_engine::routing::HashKeyRange;
 use sluice_engine::sequence::{format_sequence_number, parse_sequence_number, shard_id};
 use sluice_engine::{
-    Engine, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, RecordRef, ShardIterator, StartPosition,
-    Stream, StreamSpec,
+    Engine, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, RecordRef, Shard, ShardIterator,
+    StartPosition, Stream, StreamSpec,
 };
 
 use crate::error::{ACCOUNT, ApiError, ErrorKind, REGION, Validation};
 use crate::metrics::Metrics;
+use crate::reshard::{ShardFilter, child_shards, merge_shards, split_shard, update_shard_count};
 
 /// Iterators stop working this long after they were handed out, as in Kinesis.
 pub const ITERATOR_TTL_MS: i64 = 5 * 60 * 1000;
@@ -69,6 +69,9 @@ fn run(
         "AddTagsToStream" => add_tags(engine, request),
         "RemoveTagsFromStream" => remove_tags(engine, request),
         "ListTagsForStream" => list_tags(engine, request),
+        "SplitShard" => split_shard(engine, request),
+        "MergeShards" => merge_shards(engine, request),
+        "UpdateShardCount" => update_shard_count(engine, request),
         other => Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!("Operation {other} is not supported by Sluice's Kinesis API"),
@@ -76,11 +79,14 @@ fn run(
     }
 }
 
-fn arn(name: &str) -> String {
+pub(crate) fn arn(name: &str) -> String {
     format!("arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{name}")
 }
 
-fn str_field<'a>(request: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
+pub(crate) fn str_field<'a>(
+    request: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
     match request.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -90,7 +96,7 @@ fn str_field<'a>(request: &'a Map<String, Value>, name: &str) -> Result<Option<&
     }
 }
 
-fn int_field(request: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn int_field(request: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
     match request.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
@@ -104,7 +110,7 @@ fn int_field(request: &Map<String, Value>, name: &str) -> Result<Option<i64>, Ap
 }
 
 /// The stream a request names, by `StreamName` or `StreamARN`.
-fn stream_name(request: &Map<String, Value>) -> Result<String, ApiError> {
+pub(crate) fn stream_name(request: &Map<String, Value>) -> Result<String, ApiError> {
     let name = str_field(request, "StreamName")?;
     let arn_name = match str_field(request, "StreamARN")? {
         Some(arn) => Some(
@@ -152,7 +158,10 @@ fn check_stream_name(v: &mut Validation, name: &str, at: &str) {
     );
 }
 
-fn stream(engine: &Engine, request: &Map<String, Value>) -> Result<Arc<Stream>, ApiError> {
+pub(crate) fn stream(
+    engine: &Engine,
+    request: &Map<String, Value>,
+) -> Result<Arc<Stream>, ApiError> {
     let name = stream_name(request)?;
     engine
         .try_stream(&name)
@@ -220,29 +229,35 @@ fn delete_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value,
     Ok(json!({}))
 }
 
-fn shard_json(stream: &Stream, index: u32, range: &HashKeyRange) -> Value {
-    let start = stream
-        .shard(index)
-        .map(|s| s.trim_horizon())
-        .unwrap_or_default();
-    json!({
+/// A shard as DescribeStream and ListShards show it, lineage and ending sequence number included.
+pub(crate) fn shard_json(shard: &Shard) -> Value {
+    let index = shard.index();
+    let range = shard.hash_key_range();
+    let mut sequence_range = json!({
+        "StartingSequenceNumber": format_sequence_number(index, shard.trim_horizon()),
+    });
+    if let Some(end) = shard.ending_seq() {
+        sequence_range["EndingSequenceNumber"] = Value::String(format_sequence_number(index, end));
+    }
+    let mut value = json!({
         "ShardId": shard_id(index),
         "HashKeyRange": {
             "StartingHashKey": range.start.to_string(),
             "EndingHashKey": range.end.to_string(),
         },
-        "SequenceNumberRange": {
-            "StartingSequenceNumber": format_sequence_number(index, start),
-        },
-    })
+        "SequenceNumberRange": sequence_range,
+    });
+    if let Some(parent) = shard.parent() {
+        value["ParentShardId"] = Value::String(shard_id(parent));
+    }
+    if let Some(adjacent) = shard.adjacent_parent() {
+        value["AdjacentParentShardId"] = Value::String(shard_id(adjacent));
+    }
+    value
 }
 
 fn shards_json(stream: &Stream) -> Vec<Value> {
-    stream
-        .shards()
-        .iter()
-        .map(|shard| shard_json(stream, shard.index(), &shard.hash_key_range()))
-        .collect()
+    stream.shards().iter().map(|s| shard_json(s)).collect()
 }
 
 fn created_seconds(stream: &Stream) -> f64 {
@@ -291,7 +306,7 @@ fn describe_stream_summary(
             "StreamCreationTimestamp": created_seconds(&stream),
             "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
             "EncryptionType": "NONE",
-            "OpenShardCount": stream.shards().len(),
+            "OpenShardCount": stream.open_shards().len(),
             "ConsumerCount": 0,
         }
     }))
@@ -381,24 +396,15 @@ fn list_shards(engine: &Engine, request: &Map<String, Value>) -> Result<Value, A
         "Member must have value less than or equal to 10000",
     );
     v.finish()?;
-    let filter = request.get("ShardFilter").and_then(Value::as_object);
-    let filter_type = filter.and_then(|f| f.get("Type")).and_then(Value::as_str);
-    let filter_after = filter
-        .and_then(|f| f.get("ShardId"))
-        .and_then(Value::as_str)
-        .map(String::from);
-    let shards: Vec<Value> = shards_json(&stream)
-        .into_iter()
-        .filter(|s| {
-            let id = s["ShardId"].as_str().unwrap_or_default();
-            let after_ok = after.as_deref().is_none_or(|a| id > a);
-            // Every shard is open until resharding closes some; these filters then keep all.
-            let filter_ok = match filter_type {
-                Some("AFTER_SHARD_ID") => filter_after.as_deref().is_none_or(|a| id > a),
-                _ => true,
-            };
-            after_ok && filter_ok
+    let filter = ShardFilter::parse(request.get("ShardFilter"))?;
+    let all = stream.shards();
+    let shards: Vec<Value> = all
+        .iter()
+        .filter(|shard| {
+            let id = shard_id(shard.index());
+            after.as_deref().is_none_or(|a| id.as_str() > a) && filter.keeps(shard, &all)
         })
+        .map(|shard| shard_json(shard))
         .collect();
     let page: Vec<Value> = shards.iter().take(max as usize).cloned().collect();
     let mut response = json!({ "Shards": page });
@@ -582,7 +588,7 @@ fn put_records(
     }))
 }
 
-fn shard_index(stream: &Stream, id: &str) -> Result<u32, ApiError> {
+pub(crate) fn shard_index(stream: &Stream, id: &str) -> Result<u32, ApiError> {
     let not_found = || {
         ApiError::new(
             ErrorKind::ResourceNotFound,
@@ -819,6 +825,14 @@ fn get_records(
         bytes as u64,
         behind,
     );
+    // Read to the end of a closed shard: no next iterator; the children say where to go on.
+    if shard.ending_seq().is_some_and(|end| next_seq > end) {
+        return Ok(json!({
+            "Records": records,
+            "MillisBehindLatest": behind,
+            "ChildShards": child_shards(&stream, iterator.shard),
+        }));
+    }
     let next = IteratorToken {
         stream: iterator.stream,
         stream_id: iterator.stream_id,

@@ -14,6 +14,7 @@
 pub mod actions;
 pub mod error;
 pub mod metrics;
+pub mod reshard;
 pub mod wire;
 
 use std::future::Future;

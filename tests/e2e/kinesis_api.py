@@ -132,6 +132,71 @@ def errors():
     check(code == "ValidationException" and "500" in message, message)
 
 
+def resharding():
+    """Split, merge and scale a stream; lineage in ListShards; ChildShards at a parent's end."""
+    kinesis.create_stream(StreamName="scaled", ShardCount=1)
+    for i in range(20):
+        kinesis.put_record(StreamName="scaled", PartitionKey=f"k{i}", Data=f"before-{i}".encode())
+    half = str(2**127)
+    kinesis.split_shard(StreamName="scaled", ShardToSplit="shardId-000000000000", NewStartingHashKey=half)
+    shards = kinesis.list_shards(StreamName="scaled")["Shards"]
+    check([s["ShardId"][-1] for s in shards] == ["0", "1", "2"], shards)
+    check("EndingSequenceNumber" in shards[0]["SequenceNumberRange"], shards[0])
+    check(shards[1]["ParentShardId"] == "shardId-000000000000", shards[1])
+    check(shards[1]["HashKeyRange"]["EndingHashKey"] == str(2**127 - 1), shards[1])
+    check(shards[2]["HashKeyRange"]["StartingHashKey"] == half, shards[2])
+    latest = kinesis.list_shards(StreamName="scaled", ShardFilter={"Type": "AT_LATEST"})["Shards"]
+    check([s["ShardId"] for s in latest] == ["shardId-000000000001", "shardId-000000000002"], latest)
+    oldest = kinesis.list_shards(StreamName="scaled", ShardFilter={"Type": "AT_TRIM_HORIZON"})["Shards"]
+    check([s["ShardId"] for s in oldest] == ["shardId-000000000000"], oldest)
+    for i in range(20):
+        put = kinesis.put_record(StreamName="scaled", PartitionKey=f"k{i}", Data=f"after-{i}".encode())
+        check(put["ShardId"] in ("shardId-000000000001", "shardId-000000000002"), put)
+
+    # Reading the parent to its end hands over to the children.
+    iterator = kinesis.get_shard_iterator(StreamName="scaled", ShardId="shardId-000000000000",
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    out = kinesis.get_records(ShardIterator=iterator)
+    check(len(out["Records"]) == 20 and "NextShardIterator" not in out, out.keys())
+    children = sorted(c["ShardId"] for c in out["ChildShards"])
+    check(children == ["shardId-000000000001", "shardId-000000000002"], out["ChildShards"])
+    check(out["ChildShards"][0]["ParentShards"] == ["shardId-000000000000"], out["ChildShards"])
+
+    code, _ = error_type(kinesis.split_shard, StreamName="scaled", ShardToSplit="shardId-000000000000",
+                         NewStartingHashKey=half)
+    check(code == "ResourceInUseException", code)
+    code, _ = error_type(kinesis.split_shard, StreamName="scaled", ShardToSplit="shardId-000000000001",
+                         NewStartingHashKey="0")
+    check(code == "InvalidArgumentException", code)
+    code, _ = error_type(kinesis.split_shard, StreamName="scaled", ShardToSplit="shardId-000000000001",
+                         NewStartingHashKey="12x")
+    check(code == "ValidationException", code)
+    code, _ = error_type(kinesis.merge_shards, StreamName="scaled", ShardToMerge="shardId-000000000009",
+                         AdjacentShardToMerge="shardId-000000000001")
+    check(code == "ResourceNotFoundException", code)
+
+    kinesis.merge_shards(StreamName="scaled", ShardToMerge="shardId-000000000001",
+                         AdjacentShardToMerge="shardId-000000000002")
+    merged = kinesis.list_shards(StreamName="scaled", ShardFilter={"Type": "AT_LATEST"})["Shards"]
+    check(len(merged) == 1 and merged[0]["ParentShardId"] == "shardId-000000000001"
+          and merged[0]["AdjacentParentShardId"] == "shardId-000000000002", merged)
+
+    code, _ = error_type(kinesis.update_shard_count, StreamName="scaled", TargetShardCount=8,
+                         ScalingType="UNIFORM_SCALING")
+    check(code == "LimitExceededException", code)
+    scaled = kinesis.update_shard_count(StreamName="scaled", TargetShardCount=2, ScalingType="UNIFORM_SCALING")
+    check(scaled["CurrentShardCount"] == 1 and scaled["TargetShardCount"] == 2, scaled)
+    summary = kinesis.describe_stream_summary(StreamName="scaled")["StreamDescriptionSummary"]
+    check(summary["OpenShardCount"] == 2, summary)
+    # Nothing was lost on the way: every record is in some shard.
+    total = 0
+    for shard in kinesis.list_shards(StreamName="scaled")["Shards"]:
+        iterator = kinesis.get_shard_iterator(StreamName="scaled", ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        total += len(kinesis.get_records(ShardIterator=iterator)["Records"])
+    check(total == 40, total)
+
+
 def raw_requests():
     import urllib.request
 
@@ -198,7 +263,7 @@ def aws_cli():
     check(base64.b64decode(records[0]["Data"]) == b'{"user":"u1","n":1}', records)
 
 
-for test in [lifecycle, errors, raw_requests, aws_cli]:
+for test in [lifecycle, errors, resharding, raw_requests, aws_cli]:
     test()
     print(f"ok {test.__name__}")
 print("all Kinesis API checks passed")
