@@ -2,6 +2,7 @@
 //! engine's own streams: a stream created here is a `raw` stream SQL reads, and records put here
 //! feed pumps and delivery streams like any other.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
@@ -15,8 +16,8 @@ use sluice_engine::{
     StartPosition, Stream, StreamSpec,
 };
 
+use crate::Services;
 use crate::error::{ACCOUNT, ApiError, ErrorKind, REGION, Validation};
-use crate::metrics::Metrics;
 use crate::reshard::{ShardFilter, child_shards, merge_shards, split_shard, update_shard_count};
 
 /// Iterators stop working this long after they were handed out, as in Kinesis.
@@ -33,26 +34,20 @@ const MAX_RECORD_BYTES: usize = 1024 * 1024;
 const STREAM_NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
 
 /// Runs `action` with `request`. Engine calls that touch the disk run on a blocking thread.
-pub async fn dispatch(
-    engine: &Engine,
-    metrics: &Arc<Metrics>,
+pub(crate) async fn dispatch(
+    services: &Arc<Services>,
     action: &str,
     request: Map<String, Value>,
 ) -> Result<Value, ApiError> {
-    let engine = engine.clone();
-    let metrics = Arc::clone(metrics);
+    let services = Arc::clone(services);
     let action = action.to_string();
-    tokio::task::spawn_blocking(move || run(&engine, &metrics, &action, &request))
+    tokio::task::spawn_blocking(move || run(&services, &action, &request))
         .await
         .map_err(|e| ApiError::internal(format!("the request failed: {e}")))?
 }
 
-fn run(
-    engine: &Engine,
-    metrics: &Metrics,
-    action: &str,
-    request: &Map<String, Value>,
-) -> Result<Value, ApiError> {
+fn run(services: &Services, action: &str, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let engine = &services.engine;
     match action {
         "CreateStream" => create_stream(engine, request),
         "DeleteStream" => delete_stream(engine, request),
@@ -60,10 +55,10 @@ fn run(
         "DescribeStreamSummary" => describe_stream_summary(engine, request),
         "ListStreams" => list_streams(engine, request),
         "ListShards" => list_shards(engine, request),
-        "PutRecord" => put_record(engine, metrics, request),
-        "PutRecords" => put_records(engine, metrics, request),
+        "PutRecord" => put_record(services, request),
+        "PutRecords" => put_records(services, request),
         "GetShardIterator" => get_shard_iterator(engine, request),
-        "GetRecords" => get_records(engine, metrics, request),
+        "GetRecords" => get_records(services, request),
         "IncreaseStreamRetentionPeriod" => change_retention(engine, request, true),
         "DecreaseStreamRetentionPeriod" => change_retention(engine, request, false),
         "AddTagsToStream" => add_tags(engine, request),
@@ -473,23 +468,54 @@ fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128>, ApiError
     }
 }
 
-fn put_record(
-    engine: &Engine,
-    metrics: &Metrics,
-    request: &Map<String, Value>,
-) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
+/// The open shard `record` routes to now (for throttling; the engine routes the append itself).
+fn shard_for(stream: &Stream, record: &RecordRef<'_>) -> u32 {
+    let key = record
+        .explicit_hash_key
+        .unwrap_or_else(|| sluice_engine::routing::hash_key(record.partition_key));
+    stream
+        .open_shards()
+        .iter()
+        .find(|s| s.hash_key_range().contains(key))
+        .map_or(0, |s| s.index())
+}
+
+fn rate_exceeded(stream: &Stream, shard: u32) -> ApiError {
+    ApiError::new(
+        ErrorKind::ProvisionedThroughputExceeded,
+        format!(
+            "Rate exceeded for shard {} in stream {} under account {ACCOUNT}.",
+            shard_id(shard),
+            stream.name()
+        ),
+    )
+}
+
+fn put_record(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(&services.engine, request)?;
     let mut v = Validation::default();
     let data = data_of(request.get("Data"), "data", &mut v)?;
     let key = key_of(request.get("PartitionKey"), "partitionKey", &mut v)?;
     v.finish()?;
     let mut record = RecordRef::new(&key, &data);
     record.explicit_hash_key = hash_key_of(request.get("ExplicitHashKey"), "explicitHashKey")?;
+    if services.throttle.is_on() {
+        let shard = shard_for(&stream, &record);
+        if !services
+            .throttle
+            .admit_write(stream.name(), shard, data.len() + key.len())
+        {
+            services.metrics.throttled(stream.name(), shard, 1);
+            return Err(rate_exceeded(&stream, shard));
+        }
+    }
     let put = stream.append_refs(&[record])?;
     let put = put
         .first()
         .ok_or_else(|| ApiError::internal("nothing was appended"))?;
-    metrics.put(stream.name(), put.shard_index, 1, data.len() as u64);
+    services
+        .metrics
+        .put(stream.name(), put.shard_index, 1, data.len() as u64);
     Ok(json!({
         "ShardId": put.shard_id(),
         "SequenceNumber": put.sequence_number(),
@@ -497,12 +523,8 @@ fn put_record(
     }))
 }
 
-fn put_records(
-    engine: &Engine,
-    metrics: &Metrics,
-    request: &Map<String, Value>,
-) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
+fn put_records(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let stream = stream(&services.engine, request)?;
     let entries = match request.get("Records") {
         Some(Value::Array(entries)) => entries,
         Some(_) => return Err(ApiError::serialization("Records must be a list")),
@@ -559,15 +581,41 @@ fn put_records(
             record
         })
         .collect();
-    // One append: every entry lands or, if the engine fails, every entry reports it.
-    let results: Vec<Value> = match stream.append_refs(&records) {
-        Ok(puts) => {
-            for (put, record) in puts.iter().zip(&records) {
-                metrics.put(stream.name(), put.shard_index, 1, record.data.len() as u64);
+    // With limits on, entries over their shard's allowance fail on their own; the rest land.
+    let mut refused: Vec<Option<ApiError>> = vec![None; records.len()];
+    if services.throttle.is_on() {
+        let mut throttled: BTreeMap<u32, u64> = BTreeMap::new();
+        for (i, record) in records.iter().enumerate() {
+            let shard = shard_for(&stream, record);
+            let bytes = record.data.len() + record.partition_key.len();
+            if !services.throttle.admit_write(stream.name(), shard, bytes) {
+                refused[i] = Some(rate_exceeded(&stream, shard));
+                *throttled.entry(shard).or_default() += 1;
             }
-            puts.iter()
-                .map(|p| json!({"ShardId": p.shard_id(), "SequenceNumber": p.sequence_number()}))
-                .collect()
+        }
+        for (shard, count) in throttled {
+            services.metrics.throttled(stream.name(), shard, count);
+        }
+    }
+    let accepted: Vec<RecordRef<'_>> = records
+        .iter()
+        .zip(&refused)
+        .filter(|(_, r)| r.is_none())
+        .map(|(record, _)| *record)
+        .collect();
+    // One append: every accepted entry lands or, if the engine fails, every entry reports it.
+    let mut puts = match stream.append_refs(&accepted) {
+        Ok(puts) => {
+            let mut by_shard: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+            for (put, record) in puts.iter().zip(&accepted) {
+                let counts = by_shard.entry(put.shard_index).or_default();
+                counts.0 += 1;
+                counts.1 += record.data.len() as u64;
+            }
+            for (shard, (count, bytes)) in by_shard {
+                services.metrics.put(stream.name(), shard, count, bytes);
+            }
+            puts.into_iter()
         }
         Err(e) => {
             log::error!("PutRecords into '{}' failed: {e}", stream.name());
@@ -581,8 +629,25 @@ fn put_records(
             }));
         }
     };
+    let failed = refused.iter().filter(|r| r.is_some()).count();
+    let results: Vec<Value> = refused
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(error) => json!({
+                "ErrorCode": error.kind.type_name(),
+                "ErrorMessage": error.message,
+            }),
+            None => match puts.next() {
+                Some(p) => json!({"ShardId": p.shard_id(), "SequenceNumber": p.sequence_number()}),
+                None => json!({
+                    "ErrorCode": "InternalFailure",
+                    "ErrorMessage": "Internal service failure: the record was not appended",
+                }),
+            },
+        })
+        .collect();
     Ok(json!({
-        "FailedRecordCount": 0,
+        "FailedRecordCount": failed,
         "Records": results,
         "EncryptionType": "NONE",
     }))
@@ -709,11 +774,9 @@ fn get_shard_iterator(engine: &Engine, request: &Map<String, Value>) -> Result<V
     Ok(json!({ "ShardIterator": token.encode() }))
 }
 
-fn get_records(
-    engine: &Engine,
-    metrics: &Metrics,
-    request: &Map<String, Value>,
-) -> Result<Value, ApiError> {
+fn get_records(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let engine = &services.engine;
+    let metrics = &services.metrics;
     let Some(token) = str_field(request, "ShardIterator")? else {
         let mut v = Validation::default();
         v.missing("shardIterator");
@@ -756,6 +819,21 @@ fn get_records(
             iterator.shard
         ))
     })?;
+    if !services
+        .throttle
+        .admit_read(&iterator.stream, iterator.shard)
+    {
+        metrics.throttled(&iterator.stream, iterator.shard, 1);
+        return Err(ApiError::new(
+            ErrorKind::ProvisionedThroughputExceeded,
+            format!(
+                "Rate exceeded for Shard - {}/{}/{}",
+                ACCOUNT,
+                iterator.stream,
+                shard_id(iterator.shard)
+            ),
+        ));
+    }
     // A position that retention has passed reads from the oldest record kept.
     let from = iterator.seq.max(shard.trim_horizon());
     let mut reader = ShardIterator::new(
@@ -818,6 +896,9 @@ fn get_records(
     } else {
         last_arrival.map_or(0, |a| (now - a).max(0))
     };
+    services
+        .throttle
+        .charge_read(&iterator.stream, iterator.shard, bytes);
     metrics.got(
         &iterator.stream,
         iterator.shard,

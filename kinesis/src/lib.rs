@@ -5,8 +5,22 @@
 //! ([`wire`]) runs one of the [`actions`]; failures answer in AWS's error envelope
 //! (`{"__type": "ResourceNotFoundException", "message": "…"}`, [`error`]). Requests must carry
 //! SigV4 material (an `Authorization: AWS4-HMAC-SHA256 …` header or `X-Amz-Signature` query),
-//! as AWS requires; bodies over 10 MiB get 413. `GET /metrics` serves the per-shard counters
-//! ([`metrics`]) as Prometheus text.
+//! as AWS requires, and its signature is verified when access keys are configured ([`sigv4`]).
+//! Bodies over 10 MiB get 413. Per-shard throughput limits ([`throttle`]) are off unless asked
+//! for; writes beyond what the engine can take in get `ProvisionedThroughputExceededException`
+//! after a short wait rather than queueing without bound. `GET /metrics` serves the per-shard
+//! counters ([`metrics`]) as Prometheus text.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run(engine: sluice_engine::Engine) -> std::io::Result<()> {
+//! use sluice_kinesis::{KinesisOptions, KinesisServer};
+//!
+//! let server = KinesisServer::bind(engine, "127.0.0.1:4567".parse().unwrap(), KinesisOptions::default()).await?;
+//! server.serve(std::future::pending()).await
+//! # }
+//! ```
 //!
 //! The streams are the engine's: one created here is a `raw` stream SQL reads (`_data`,
 //! `ROWTIME`, …), and records put here feed pumps and delivery streams like any other.
@@ -15,6 +29,8 @@ pub mod actions;
 pub mod error;
 pub mod metrics;
 pub mod reshard;
+pub mod sigv4;
+pub mod throttle;
 pub mod wire;
 
 use std::future::Future;
@@ -25,7 +41,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -34,24 +50,53 @@ use tokio::net::TcpListener;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
+use crate::sigv4::Credentials;
+use crate::throttle::{ShardLimits, Throttle};
 use crate::wire::Protocol;
 
 /// The largest request body accepted (a full PutRecords, base64, with room to spare).
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
 
+/// How the endpoint checks and limits requests.
+#[derive(Debug, Clone, Default)]
+pub struct KinesisOptions {
+    /// Access keys whose signatures are verified; empty: any SigV4-shaped request is accepted.
+    pub credentials: Credentials,
+    /// Kinesis's per-shard throughput limits, when enforced.
+    pub shard_limits: Option<ShardLimits>,
+}
+
+/// Writes allowed to wait for the engine at once; more wait up to `WRITE_WAIT`, then get
+/// `ProvisionedThroughputExceededException` (SDKs back off and retry), so a flood of producers
+/// holds at most this many request bodies in memory.
+const WRITE_SLOTS: usize = 64;
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What every request sees.
+pub(crate) struct Services {
+    pub engine: Engine,
+    pub metrics: Metrics,
+    pub throttle: Throttle,
+    credentials: Credentials,
+    write_slots: tokio::sync::Semaphore,
+}
+
 #[derive(Clone)]
 struct Api {
-    engine: Engine,
-    metrics: Arc<Metrics>,
+    services: Arc<Services>,
 }
 
 /// The Kinesis API as an axum router: `POST /` for the actions, `GET /metrics` for Prometheus.
-pub fn router(engine: Engine) -> Router {
+pub fn router(engine: Engine, options: KinesisOptions) -> Router {
     let api = Api {
-        engine,
-        metrics: Arc::new(Metrics::default()),
+        services: Arc::new(Services {
+            engine,
+            metrics: Metrics::default(),
+            throttle: Throttle::new(options.shard_limits),
+            credentials: options.credentials,
+            write_slots: tokio::sync::Semaphore::new(WRITE_SLOTS),
+        }),
     };
     Router::new()
         .route("/", post(handle))
@@ -61,7 +106,7 @@ pub fn router(engine: Engine) -> Router {
 }
 
 async fn metrics_text(State(api): State<Api>) -> Response {
-    let text = api.metrics.render(&api.engine);
+    let text = api.services.metrics.render(&api.services.engine);
     (
         [(
             header::CONTENT_TYPE,
@@ -76,13 +121,19 @@ async fn metrics_text(State(api): State<Api>) -> Response {
 pub struct KinesisServer {
     listener: TcpListener,
     engine: Engine,
+    options: KinesisOptions,
 }
 
 impl KinesisServer {
-    pub async fn bind(engine: Engine, addr: SocketAddr) -> std::io::Result<Self> {
+    pub async fn bind(
+        engine: Engine,
+        addr: SocketAddr,
+        options: KinesisOptions,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             listener: TcpListener::bind(addr).await?,
             engine,
+            options,
         })
     }
 
@@ -95,7 +146,7 @@ impl KinesisServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, router(self.engine))
+        axum::serve(self.listener, router(self.engine, self.options))
             .with_graceful_shutdown(shutdown)
             .await
     }
@@ -103,6 +154,7 @@ impl KinesisServer {
 
 async fn handle(
     State(api): State<Api>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -113,7 +165,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok()),
     );
     let result = match body {
-        Ok(body) => answer(&api, &uri, &headers, &body, protocol).await,
+        Ok(body) => answer(&api.services, &method, &uri, &headers, &body, protocol).await,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::new(
                 ErrorKind::PayloadTooLarge,
@@ -151,7 +203,8 @@ async fn handle(
 }
 
 async fn answer(
-    api: &Api,
+    services: &Arc<Services>,
+    method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
@@ -167,17 +220,17 @@ async fn answer(
             format!("X-Amz-Target '{target}' is not a Kinesis_20131202 operation"),
         ));
     };
-    let signed = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256"))
-        || uri.query().is_some_and(|q| q.contains("X-Amz-Signature="));
-    if !signed {
-        return Err(ApiError::new(
-            ErrorKind::MissingAuthenticationToken,
-            "Missing Authentication Token",
-        ));
-    }
+    services.credentials.verify(method, uri, headers, body)?;
     let request = protocol.decode(body)?;
-    actions::dispatch(&api.engine, &api.metrics, action, request).await
+    if matches!(action, "PutRecord" | "PutRecords") {
+        let Ok(Ok(_slot)) = tokio::time::timeout(WRITE_WAIT, services.write_slots.acquire()).await
+        else {
+            return Err(ApiError::new(
+                ErrorKind::ProvisionedThroughputExceeded,
+                "Sluice is taking in records as fast as it can; slow down and retry.",
+            ));
+        };
+        return actions::dispatch(services, action, request).await;
+    }
+    actions::dispatch(services, action, request).await
 }

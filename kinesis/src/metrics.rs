@@ -17,6 +17,7 @@ struct ShardCounters {
     outgoing_records: u64,
     outgoing_bytes: u64,
     iterator_age_ms: i64,
+    throttled: u64,
 }
 
 /// A counter's name, Prometheus type, help text, and how to read it from a shard's counters.
@@ -41,6 +42,13 @@ impl Metrics {
         counters.incoming_bytes += bytes;
     }
 
+    /// Counts `requests` (or PutRecords entries) refused by the shard's throughput limits.
+    pub fn throttled(&self, stream: &str, shard: u32, requests: u64) {
+        let mut shards = self.shards.lock();
+        let counters = shards.entry((stream.to_string(), shard)).or_default();
+        counters.throttled += requests;
+    }
+
     pub fn got(&self, stream: &str, shard: u32, records: u64, bytes: u64, age_ms: i64) {
         let mut shards = self.shards.lock();
         let counters = shards.entry((stream.to_string(), shard)).or_default();
@@ -54,7 +62,7 @@ impl Metrics {
     pub fn render(&self, engine: &Engine) -> String {
         let shards = self.shards.lock().clone();
         let mut out = String::new();
-        let series: [Series; 6] = [
+        let series: [Series; 7] = [
             (
                 "sluice_kinesis_incoming_records_total",
                 "counter",
@@ -91,6 +99,12 @@ impl Metrics {
                 "MillisBehindLatest of the shard's latest GetRecords.",
                 |c| c.iterator_age_ms,
             ),
+            (
+                "sluice_kinesis_throttled_total",
+                "counter",
+                "Requests (or PutRecords entries) refused with ProvisionedThroughputExceededException.",
+                |c| c.throttled as i64,
+            ),
         ];
         for (name, kind, help, value) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -104,11 +118,6 @@ impl Metrics {
                 );
             }
         }
-        // Put throttling is not enforced yet: the counter is there for dashboards and stays 0.
-        let _ = writeln!(
-            out,
-            "# HELP sluice_kinesis_throttled_total Requests refused with ProvisionedThroughputExceededException.\n# TYPE sluice_kinesis_throttled_total counter\nsluice_kinesis_throttled_total 0"
-        );
         let _ = writeln!(
             out,
             "# HELP sluice_shard_retained_records Records the shard retains.\n# TYPE sluice_shard_retained_records gauge"

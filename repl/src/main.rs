@@ -24,7 +24,9 @@ use clap::{Parser, Subcommand};
 use sluice_engine::{Durability, Engine, EngineOptions};
 use sluice_flight::client::ConnectOptions;
 use sluice_flight::{Auth, BoundServer, RemoteSession, ServerOptions};
-use sluice_kinesis::KinesisServer;
+use sluice_kinesis::sigv4::Credentials;
+use sluice_kinesis::throttle::ShardLimits;
+use sluice_kinesis::{KinesisOptions, KinesisServer};
 use sluice_sql::SluiceSession;
 
 use crate::print::OutputFormat;
@@ -116,6 +118,30 @@ struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// Verify Kinesis API request signatures (SigV4) against this access key id (with
+    /// --aws-secret-access-key). Without it any SigV4-signed request is accepted.
+    #[arg(
+        long,
+        env = "SLUICE_AWS_ACCESS_KEY_ID",
+        requires = "aws_secret_access_key"
+    )]
+    aws_access_key_id: Option<String>,
+
+    /// The secret key of --aws-access-key-id.
+    #[arg(
+        long,
+        env = "SLUICE_AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "aws_access_key_id"
+    )]
+    aws_secret_access_key: Option<String>,
+
+    /// Enforce Kinesis's per-shard throughput limits on the Kinesis API (1,000 records and
+    /// 1 MiB per second of writes, 2 MiB and 5 calls per second of reads), answering
+    /// ProvisionedThroughputExceededException beyond them.
+    #[arg(long)]
+    kinesis_shard_limits: bool,
 }
 
 fn main() -> ExitCode {
@@ -231,7 +257,16 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let kinesis_addr = SocketAddr::new(serve.bind, serve.kinesis_port);
-    let kinesis = KinesisServer::bind(session.engine().clone(), kinesis_addr)
+    let kinesis_options = KinesisOptions {
+        credentials: Credentials::new(
+            serve
+                .aws_access_key_id
+                .clone()
+                .zip(serve.aws_secret_access_key.clone()),
+        ),
+        shard_limits: serve.kinesis_shard_limits.then(ShardLimits::kinesis),
+    };
+    let kinesis = KinesisServer::bind(session.engine().clone(), kinesis_addr, kinesis_options)
         .await
         .map_err(|e| format!("cannot listen on {kinesis_addr}: {e}"))?;
     let kinesis_addr = kinesis.local_addr().map_err(|e| e.to_string())?;

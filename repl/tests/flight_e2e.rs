@@ -30,6 +30,11 @@ impl Server {
                 "0",
                 "--kinesis-port",
                 "0",
+                // Kinesis API signatures are verified: boto3 and aws-cli sign with these.
+                "--aws-access-key-id",
+                "test",
+                "--aws-secret-access-key",
+                "test",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

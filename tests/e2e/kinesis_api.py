@@ -200,17 +200,35 @@ def resharding():
 def raw_requests():
     import urllib.request
 
-    def post(target, body, content_type="application/x-amz-json-1.1", signed=True):
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    def post_raw(target, body, content_type="application/x-amz-json-1.1", signed=True, secret="test", key="test"):
         headers = {"X-Amz-Target": target, "Content-Type": content_type}
         if signed:
-            headers["Authorization"] = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0"
-        request = urllib.request.Request(ENDPOINT, data=body, headers=headers, method="POST")
+            # Signed as the SDKs sign: the server verifies it against its configured keys.
+            aws_request = AWSRequest(method="POST", url=ENDPOINT + "/", data=body, headers=headers)
+            SigV4Auth(Credentials(key, secret), "kinesis", "us-east-1").add_auth(aws_request)
+            headers = dict(aws_request.headers.items())
+        request = urllib.request.Request(ENDPOINT + "/", data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request) as response:
-                return response.status, json.loads(response.read() or b"{}")
+                return response.status, response.read()
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+            return e.code, e.read()
 
+    def post_json(*args, **kwargs):
+        status, raw = post_raw(*args, **kwargs)
+        return status, json.loads(raw or b"{}")
+
+    status, body = post_json("Kinesis_20131202.ListStreams", b"{}", secret="wrong")
+    check(status == 400 and body["__type"] == "InvalidSignatureException", body)
+    status, body = post_json("Kinesis_20131202.ListStreams", b"{}", key="nobody")
+    check(status == 400 and body["__type"] == "UnrecognizedClientException", body)
+    cbor_matches_json(post_raw)
+
+    post = post_json
     status, body = post("Kinesis_20131202.ListStreams", b"{not json")
     check(status == 400 and body["__type"] == "SerializationException", body)
     status, body = post("Kinesis_20131202.Frobnicate", b"{}")
@@ -233,6 +251,56 @@ def raw_requests():
     # The server is still fine.
     status, body = post("Kinesis_20131202.ListStreams", b"{}")
     check(status == 200 and "events" in body["StreamNames"], body)
+
+
+def cbor_matches_json(post):
+    """The Java SDKs, the KCL and the Kinesis Agent speak CBOR: the same actions must answer the
+    same in CBOR (blobs as byte strings, timestamps in milliseconds) as in JSON."""
+    import cbor2
+
+    def both(action, body):
+        target = "Kinesis_20131202." + action
+        status_json, raw_json = post(target, json.dumps(body).encode())
+        cbor_body = dict(body)
+        for entry in cbor_body.get("Records", []):
+            entry["Data"] = base64.b64decode(entry["Data"])
+        if "Data" in cbor_body:
+            cbor_body["Data"] = base64.b64decode(cbor_body["Data"])
+        if "Timestamp" in cbor_body:
+            cbor_body["Timestamp"] = int(cbor_body["Timestamp"] * 1000)
+        status_cbor, raw_cbor = post(target, cbor2.dumps(cbor_body), content_type="application/x-amz-cbor-1.1")
+        check(status_json == status_cbor, (action, status_json, status_cbor))
+        return json.loads(raw_json or b"{}"), cbor2.loads(raw_cbor) if raw_cbor else {}
+
+    kinesis.create_stream(StreamName="cbor", ShardCount=1)
+    as_json, as_cbor = both("PutRecord", {"StreamName": "cbor", "PartitionKey": "k", "Data": base64.b64encode(b"\x00\xffbin").decode()})
+    check(as_json["ShardId"] == as_cbor["ShardId"], (as_json, as_cbor))
+    as_json, as_cbor = both("PutRecords", {"StreamName": "cbor", "Records": [
+        {"PartitionKey": "k", "Data": base64.b64encode(b"one").decode()},
+        {"PartitionKey": "k", "Data": base64.b64encode(b"two").decode()}]})
+    check(as_json["FailedRecordCount"] == as_cbor["FailedRecordCount"] == 0, (as_json, as_cbor))
+    as_json, as_cbor = both("DescribeStreamSummary", {"StreamName": "cbor"})
+    summary_json, summary_cbor = as_json["StreamDescriptionSummary"], as_cbor["StreamDescriptionSummary"]
+    # Timestamps: epoch seconds in JSON, epoch milliseconds in CBOR.
+    check(summary_cbor["StreamCreationTimestamp"] == round(summary_json["StreamCreationTimestamp"] * 1000),
+          (summary_json, summary_cbor))
+    as_json, as_cbor = both("GetShardIterator", {"StreamName": "cbor", "ShardId": "shardId-000000000000",
+                                                 "ShardIteratorType": "AT_TIMESTAMP", "Timestamp": time.time() - 600})
+    got_json = json.loads(post("Kinesis_20131202.GetRecords", json.dumps({"ShardIterator": as_json["ShardIterator"]}).encode())[1])
+    _, raw = post("Kinesis_20131202.GetRecords", cbor2.dumps({"ShardIterator": as_cbor["ShardIterator"]}),
+                  content_type="application/x-amz-cbor-1.1")
+    got_cbor = cbor2.loads(raw)
+    data_json = [base64.b64decode(r["Data"]) for r in got_json["Records"]]
+    data_cbor = [r["Data"] for r in got_cbor["Records"]]
+    check(data_json == data_cbor == [b"\x00\xffbin", b"\x00\xffbin", b"one", b"two", b"one", b"two"], (data_json, data_cbor))
+    check([r["SequenceNumber"] for r in got_json["Records"]] == [r["SequenceNumber"] for r in got_cbor["Records"]], "sequence numbers")
+    arrival_json = got_json["Records"][0]["ApproximateArrivalTimestamp"]
+    arrival_cbor = got_cbor["Records"][0]["ApproximateArrivalTimestamp"]
+    check(arrival_cbor == round(arrival_json * 1000), (arrival_json, arrival_cbor))
+    as_json, as_cbor = both("DescribeStream", {"StreamName": "nope"})
+    check(as_json["__type"] == as_cbor["__type"] == "ResourceNotFoundException", (as_json, as_cbor))
+    as_json, as_cbor = both("PutRecord", {"StreamName": "cbor", "PartitionKey": "", "Data": "eA=="})
+    check(as_json == as_cbor and as_json["__type"] == "ValidationException", (as_json, as_cbor))
 
 
 def aws_cli():
