@@ -5,6 +5,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
+//! benchmarks/kinesis.sh   # kinesis [--emulator URL] [--seconds S] [--clients C], with kinesalite
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -15,6 +16,7 @@
 
 mod delivery;
 mod flight;
+mod kinesis;
 mod measure;
 mod window;
 
@@ -34,6 +36,7 @@ struct Args {
     records: usize,
     batch: usize,
     durability: Durability,
+    kinesis: kinesis::KinesisArgs,
 }
 
 fn parse_args() -> Result<(String, Args), String> {
@@ -43,6 +46,12 @@ fn parse_args() -> Result<(String, Args), String> {
         records: 10_000_000,
         batch: 500,
         durability: Durability::Buffered,
+        kinesis: kinesis::KinesisArgs {
+            emulator: None,
+            seconds: 10,
+            clients: 8,
+            shards: 4,
+        },
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -52,9 +61,16 @@ fn parse_args() -> Result<(String, Args), String> {
             }
             "--batch" => parsed.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--fsync" => parsed.durability = Durability::Fsync,
+            "--emulator" => parsed.kinesis.emulator = Some(value()?),
+            "--seconds" => {
+                parsed.kinesis.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--clients" => {
+                parsed.kinesis.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
+            }
             other => {
                 return Err(format!(
-                    "unknown flag {other}; expected --records N, --batch N, --fsync"
+                    "unknown flag {other}; expected --records N, --batch N, --fsync, --emulator URL, --seconds S, --clients C"
                 ));
             }
         }
@@ -103,8 +119,16 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "kinesis" => {
+            if let Err(e) = kinesis::kinesis(&args.kinesis) {
+                eprintln!("kinesis benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, _)) => {
-            eprintln!("unknown benchmark '{command}'; available: ingest, window, delivery, flight");
+            eprintln!(
+                "unknown benchmark '{command}'; available: ingest, window, delivery, flight, kinesis"
+            );
             std::process::exit(2);
         }
         Err(e) => {
