@@ -9,11 +9,24 @@
 //! anywhere else.
 //!
 //! Once every record of a file is in sealed segments, the file is deleted.
+//!
+//! # Group commit
+//!
+//! Writing a frame and making it durable are separate steps: [`WriteAheadLog::write`] hands the
+//! frame to the operating system under the stream's append lock and returns its [`WalPosition`];
+//! [`GroupCommit::wait`] then returns once an `fsync` covering that position has completed, and
+//! is called after the lock is released. Writers that arrive while one `fsync` runs wait for the
+//! next, which covers all of them: one `fsync` per group of concurrent appends instead of one per
+//! append. A frame written to the operating system survives the process being killed; only an
+//! acknowledged one (synced) is promised to survive the machine losing power.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::Durability;
 use crate::error::{Error, Result};
@@ -65,8 +78,99 @@ pub struct WriteAheadLog {
     dir: PathBuf,
     durability: Durability,
     files: Vec<LogFile>,
-    current: File,
+    current: Arc<File>,
     current_size: u64,
+    /// Bytes written over the log's life (this process): frames' positions.
+    written: u64,
+    group: Arc<GroupCommit>,
+}
+
+/// Where a frame ends in the log: durable once an `fsync` has covered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WalPosition(u64);
+
+/// Batches the `fsync`s of concurrent writers (see the module docs).
+#[derive(Debug)]
+pub struct GroupCommit {
+    durability: Durability,
+    state: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Everything up to here is durable.
+    synced: u64,
+    /// The newest position written, and the file holding it (earlier files were synced when
+    /// the log moved past them, so syncing this one covers everything up to it).
+    latest: u64,
+    file: Arc<File>,
+    path: PathBuf,
+    /// A writer is running an `fsync` now; the others wait for it.
+    syncing: bool,
+    /// `fsync`s run so far.
+    syncs: u64,
+}
+
+impl GroupCommit {
+    fn new(durability: Durability, file: Arc<File>, path: PathBuf) -> Self {
+        Self {
+            durability,
+            state: Mutex::new(SyncState {
+                synced: 0,
+                latest: 0,
+                file,
+                path,
+                syncing: false,
+                syncs: 0,
+            }),
+            synced: Condvar::new(),
+        }
+    }
+
+    fn published(&self, position: u64, file: &Arc<File>, path: &Path) {
+        let mut state = self.state.lock();
+        state.latest = position;
+        if !Arc::ptr_eq(&state.file, file) {
+            state.file = Arc::clone(file);
+            state.path = path.to_path_buf();
+        }
+    }
+
+    /// How many `fsync`s group commit has run: fewer than appends when writers overlap.
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
+    /// Returns once everything up to `position` is durable (at once unless the durability is
+    /// `fsync`). The first writer to find no `fsync` running runs one for everyone waiting.
+    pub fn wait(&self, position: WalPosition) -> Result<()> {
+        if self.durability != Durability::Fsync {
+            return Ok(());
+        }
+        let mut state = self.state.lock();
+        loop {
+            if state.synced >= position.0 {
+                return Ok(());
+            }
+            if state.syncing {
+                self.synced.wait(&mut state);
+                continue;
+            }
+            state.syncing = true;
+            let (target, file, path) = (state.latest, Arc::clone(&state.file), state.path.clone());
+            drop(state);
+            let result = file.sync_data();
+            state = self.state.lock();
+            state.syncing = false;
+            state.syncs += 1;
+            if result.is_ok() {
+                state.synced = state.synced.max(target);
+            }
+            self.synced.notify_all();
+            result.map_err(|e| Error::io("syncing write-ahead log", &path, e))?;
+        }
+    }
 }
 
 fn log_path(dir: &Path, generation: u64) -> PathBuf {
@@ -140,6 +244,12 @@ impl WriteAheadLog {
         }
         let generation = generations.last().map_or(1, |g| g + 1);
         let (current, path) = create_log_file(dir, generation, durability)?;
+        let current = Arc::new(current);
+        let group = Arc::new(GroupCommit::new(
+            durability,
+            Arc::clone(&current),
+            path.clone(),
+        ));
         files.push(LogFile {
             generation,
             path,
@@ -152,16 +262,31 @@ impl WriteAheadLog {
                 files,
                 current,
                 current_size: 0,
+                written: 0,
+                group,
             },
             replay,
         ))
     }
 
-    /// Appends one frame holding `entries`; returns once it is as durable as the log's
-    /// [`Durability`] promises.
+    /// The group commit that makes this log's writes durable.
+    pub fn group_commit(&self) -> Arc<GroupCommit> {
+        Arc::clone(&self.group)
+    }
+
+    /// Appends one frame holding `entries` and waits until it is as durable as the log's
+    /// [`Durability`] promises. (Writers holding a lock use [`Self::write`] and wait after
+    /// releasing it.)
     pub fn append(&mut self, entries: &[WalEntry<'_>]) -> Result<()> {
+        let position = self.write(entries)?;
+        self.group.wait(position)
+    }
+
+    /// Writes one frame holding `entries` to the operating system; durable once
+    /// [`GroupCommit::wait`] returns for the position given back.
+    pub fn write(&mut self, entries: &[WalEntry<'_>]) -> Result<WalPosition> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(WalPosition(self.written));
         }
         let payload_len: usize = 4 + entries
             .iter()
@@ -184,15 +309,13 @@ impl WriteAheadLog {
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
 
         let path = self.current_path().to_path_buf();
-        self.current
+        (&*self.current)
             .write_all(&frame)
             .map_err(|e| Error::io("appending to write-ahead log", &path, e))?;
-        if self.durability == Durability::Fsync {
-            self.current
-                .sync_data()
-                .map_err(|e| Error::io("syncing write-ahead log", &path, e))?;
-        }
         self.current_size += frame.len() as u64;
+        self.written += frame.len() as u64;
+        self.group.published(self.written, &self.current, &path);
+        let position = WalPosition(self.written);
         if let Some(file) = self.files.last_mut() {
             for e in entries {
                 let max = file.max_seq.entry(e.shard).or_insert(e.seq);
@@ -202,7 +325,7 @@ impl WriteAheadLog {
         if self.current_size >= ROTATE_BYTES {
             self.rotate()?;
         }
-        Ok(())
+        Ok(position)
     }
 
     /// Deletes log files whose records are all sealed. `sealed_through(shard)` is the highest
@@ -244,10 +367,18 @@ impl WriteAheadLog {
     }
 
     fn rotate(&mut self) -> Result<()> {
+        // Group commit syncs only the newest file: the one left behind is synced now.
+        if self.durability == Durability::Fsync && self.current_size > 0 {
+            let old = self.current_path().to_path_buf();
+            self.current
+                .sync_data()
+                .map_err(|e| Error::io("syncing write-ahead log", &old, e))?;
+        }
         let generation = self.files.last().map_or(1, |f| f.generation + 1);
         let (file, path) = create_log_file(&self.dir, generation, self.durability)?;
-        self.current = file;
+        self.current = Arc::new(file);
         self.current_size = 0;
+        self.group.published(self.written, &self.current, &path);
         self.files.push(LogFile {
             generation,
             path,

@@ -410,3 +410,42 @@ fn decoded_appends_route_like_blobs_and_recover_from_the_log() -> TestResult {
     assert_eq!(all, vec![0.5, 1.5, 2.5, 3.5, 4.5, 5.5]);
     Ok(())
 }
+
+#[test]
+fn concurrent_appends_share_fsyncs_and_all_survive_a_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = ManualClock::new(START);
+    let appends_per_writer = 40;
+    let writers = 8;
+    {
+        let engine = Engine::open(
+            options(dir.path(), &clock).with_durability(sluice_engine::Durability::Fsync),
+        )?;
+        let stream = engine.create_stream(StreamSpec::raw("events", 2), false)?;
+        std::thread::scope(|scope| {
+            for w in 0..writers {
+                let stream = Arc::clone(&stream);
+                scope.spawn(move || {
+                    for i in 0..appends_per_writer {
+                        let records: Vec<PutRecord> = (0..10)
+                            .map(|r| PutRecord::new(format!("w{w}-{r}"), format!("{w}-{i}-{r}")))
+                            .collect();
+                        stream.append(&records).expect("append");
+                    }
+                });
+            }
+        });
+        let appends = (writers * appends_per_writer) as u64;
+        let syncs = stream.wal_syncs();
+        assert!(
+            syncs > 0 && syncs <= appends,
+            "{syncs} fsyncs for {appends} appends"
+        );
+        eprintln!("group commit: {syncs} fsyncs for {appends} appends");
+    }
+    let engine = Engine::open(options(dir.path(), &clock))?;
+    let stream = engine.stream("events")?;
+    let total: usize = stream.stats().iter().map(|s| s.records).sum();
+    assert_eq!(total, writers * appends_per_writer * 10);
+    Ok(())
+}

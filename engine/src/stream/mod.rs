@@ -1,10 +1,12 @@
 //! A stream: its shards, its write-ahead log, and the append path that ties them together.
 //!
 //! An append validates every record first (size, partition key), routes each to its shard by
-//! hash key, numbers them and decodes each shard's records into columns in one pass, logs the
+//! hash key, numbers them and decodes each shard's records into columns in one pass, writes the
 //! whole call as one write-ahead-log frame, and only then makes the records visible in the shards'
-//! tails. So an append either happens whole or not at all, and a record is durable before anyone
-//! can read it.
+//! tails. So an append either happens whole or not at all, and a record is in the log (it
+//! survives the process being killed) before anyone can read it. The call returns — the records
+//! are acknowledged — once an `fsync` covers the frame (with `fsync` durability); concurrent
+//! appends share one `fsync` (group commit, see [`crate::wal`]).
 
 pub mod reshard;
 pub mod shard;
@@ -27,7 +29,7 @@ use crate::format::{StreamFormat, decode};
 use crate::routing::{HashKeyRange, hash_key, route};
 use crate::schema::{public_schema, stored_schema};
 use crate::sequence::{format_sequence_number, shard_id};
-use crate::wal::{WalEntry, WalRecord, WriteAheadLog};
+use crate::wal::{GroupCommit, WalEntry, WalRecord, WriteAheadLog};
 use crate::{Durability, EngineOptions};
 pub use reshard::{MAX_OPEN_SHARDS, Reshard};
 pub use shard::{Shard, ShardStats};
@@ -160,6 +162,8 @@ pub struct Stream {
     shards: RwLock<Arc<ShardSet>>,
     dir: PathBuf,
     wal: Mutex<WriteAheadLog>,
+    /// Makes appends durable after the append lock is released (group commit).
+    group_commit: Arc<GroupCommit>,
     runtime: StreamRuntime,
     /// Where records that do not decode are reported (`None` for the error stream itself).
     errors: Option<Arc<Stream>>,
@@ -244,6 +248,7 @@ impl Stream {
             public_schema: public,
             shards: RwLock::new(Arc::new(ShardSet::new(shards))),
             dir,
+            group_commit: wal.group_commit(),
             wal: Mutex::new(wal),
             runtime,
             errors,
@@ -464,6 +469,7 @@ impl Stream {
             records.len()
         ];
         let mut failures = Vec::new();
+        let durable_at;
         {
             let mut wal = self.wal.lock();
             // Routed under the append lock, which resharding also takes: no record can land in
@@ -525,7 +531,7 @@ impl Stream {
                 }
                 chunks.push((position, batch));
             }
-            wal.append(&entries)?;
+            durable_at = wal.write(&entries)?;
             // Reported before the records become visible, so a reader that sees a record
             // can already find its error report.
             self.report_failures(std::mem::take(&mut failures))?;
@@ -546,6 +552,8 @@ impl Stream {
                 self.seal_locked(&mut wal, false)?;
             }
         }
+        // Acknowledged only once durable: one fsync covers every append waiting here.
+        self.group_commit.wait(durable_at)?;
         Ok(results)
     }
 
@@ -685,6 +693,12 @@ impl Stream {
     /// caught up, then awaits `changed()`, and so never misses a record nor polls.
     pub fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
         self.appends.subscribe()
+    }
+
+    /// How many write-ahead-log `fsync`s this stream has run (group commit shares one among
+    /// concurrent appends).
+    pub fn wal_syncs(&self) -> u64 {
+        self.group_commit.syncs()
     }
 
     /// The stream's folder.
