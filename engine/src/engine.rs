@@ -201,62 +201,7 @@ impl Engine {
 
     /// Creates a stream. With `if_not_exists`, an existing stream of that name is left as is.
     pub fn create_stream(&self, spec: StreamSpec, if_not_exists: bool) -> Result<Arc<Stream>> {
-        validate_stream_name(&spec.name)?;
-        if spec.shards == 0 || spec.shards > 1024 {
-            return Err(Error::InvalidArgument(format!(
-                "shards = {} is out of range; a stream has 1 to 1024 shards",
-                spec.shards
-            )));
-        }
-        if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&spec.retention_hours) {
-            return Err(Error::InvalidArgument(format!(
-                "retention of {} hours is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours",
-                spec.retention_hours
-            )));
-        }
-        let columns = validate_user_schema(&spec.columns)?;
-        match (spec.format, columns.fields().is_empty()) {
-            (StreamFormat::Raw, false) => {
-                return Err(Error::InvalidArgument(format!(
-                    "stream '{}' declares columns but format 'raw' decodes none; use format 'json' or 'csv'",
-                    spec.name
-                )));
-            }
-            (StreamFormat::Json | StreamFormat::Csv, true) => {
-                return Err(Error::InvalidArgument(format!(
-                    "stream '{}' has format '{}' but declares no columns to decode into; declare columns or use format 'raw'",
-                    spec.name, spec.format
-                )));
-            }
-            _ => {}
-        }
-        if let Some(key) = &spec.partition_key
-            && columns.field_with_name(key).is_err()
-        {
-            return Err(Error::InvalidArgument(format!(
-                "partition_key '{key}' is not a column of stream '{}'; its columns are {}",
-                spec.name,
-                column_list(&columns)
-            )));
-        }
-
-        if let Some(watermark) = &spec.watermark {
-            let is_timestamp = columns
-                .field_with_name(&watermark.column)
-                .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(_, _)));
-            if !is_timestamp {
-                return Err(Error::InvalidArgument(format!(
-                    "WATERMARK FOR {0}: '{0}' must be a TIMESTAMP column of stream '{1}'",
-                    watermark.column, spec.name
-                )));
-            }
-            if watermark.delay_ms < 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "WATERMARK FOR {}: the delay must not be negative",
-                    watermark.column
-                )));
-            }
-        }
+        let columns = validate_spec(&spec)?;
         let mut catalog = self.inner.catalog.lock();
         if let Some(existing) = self.inner.streams.read().get(&spec.name) {
             if if_not_exists {
@@ -351,6 +296,79 @@ impl Engine {
         catalog.save(&self.inner.catalog_path())?;
         stream.set_retention_hours(hours);
         Ok(())
+    }
+
+    /// Changes how stream `name` decodes its records — format, columns, partition key and
+    /// watermark from `spec` (its name, shards and retention are ignored) — for every record it
+    /// retains as well as new ones: its segments are decoded again from each record's data.
+    /// Refused while anything reads the stream continuously (pumps, delivery streams,
+    /// subscriptions), since they hold the old columns.
+    pub fn alter_stream(&self, name: &str, spec: StreamSpec) -> Result<Arc<Stream>> {
+        if name == ERROR_STREAM {
+            return Err(Error::InvalidArgument(format!(
+                "'{ERROR_STREAM}' is a system stream and cannot be altered"
+            )));
+        }
+        let columns = validate_spec(&StreamSpec {
+            name: name.to_string(),
+            ..spec.clone()
+        })?;
+        let mut catalog = self.inner.catalog.lock();
+        let stream = self.stream(name)?;
+        if let Some(delivery) = catalog.deliveries.iter().find(|d| d.source == name) {
+            return Err(Error::InvalidArgument(format!(
+                "stream '{name}' feeds delivery stream '{}'; DROP DELIVERY STREAM {} before altering it",
+                delivery.name, delivery.name
+            )));
+        }
+        let readers = stream.followers();
+        if readers > 0 {
+            return Err(Error::InvalidArgument(format!(
+                "stream '{name}' is being read continuously ({readers} reader{}: pumps, continuous queries or subscriptions); stop them before altering it",
+                if readers == 1 { "" } else { "s" }
+            )));
+        }
+        let position = catalog
+            .streams
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
+        let before = catalog.streams[position].clone();
+        let mut definition = before.clone();
+        definition.format = spec.format;
+        definition.columns = columns
+            .fields()
+            .iter()
+            .map(|f| ColumnDefinition {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
+            .collect();
+        definition.partition_key = spec.partition_key;
+        definition.watermark = spec.watermark;
+        definition.shards = stream.shard_definitions();
+        definition.retention_hours = stream.retention_hours();
+        let path = self.inner.catalog_path();
+        let inner = &self.inner;
+        let replaced = stream.retire(|| {
+            catalog.streams[position] = definition.clone();
+            catalog.save(&path)?;
+            inner.open_stream(definition)
+        });
+        match replaced {
+            Ok(new) => {
+                self.inner
+                    .streams
+                    .write()
+                    .insert(name.to_string(), Arc::clone(&new));
+                Ok(new)
+            }
+            Err(e) => {
+                catalog.streams[position] = before;
+                catalog.save(&path)?;
+                Err(e)
+            }
+        }
     }
 
     /// Splits or merges shards of stream `name` (Kinesis's SplitShard, MergeShards and
@@ -657,6 +675,68 @@ fn remove_orphan_folders(streams_dir: &Path, catalog: &Catalog) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks everything about a stream's specification that does not depend on other streams;
+/// returns its user columns.
+fn validate_spec(spec: &StreamSpec) -> Result<SchemaRef> {
+    validate_stream_name(&spec.name)?;
+    if spec.shards == 0 || spec.shards > 1024 {
+        return Err(Error::InvalidArgument(format!(
+            "shards = {} is out of range; a stream has 1 to 1024 shards",
+            spec.shards
+        )));
+    }
+    if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&spec.retention_hours) {
+        return Err(Error::InvalidArgument(format!(
+            "retention of {} hours is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours",
+            spec.retention_hours
+        )));
+    }
+    let columns = validate_user_schema(&spec.columns)?;
+    match (spec.format, columns.fields().is_empty()) {
+        (StreamFormat::Raw, false) => {
+            return Err(Error::InvalidArgument(format!(
+                "stream '{}' declares columns but format 'raw' decodes none; use format 'json' or 'csv'",
+                spec.name
+            )));
+        }
+        (StreamFormat::Json | StreamFormat::Csv, true) => {
+            return Err(Error::InvalidArgument(format!(
+                "stream '{}' has format '{}' but declares no columns to decode into; declare columns or use format 'raw'",
+                spec.name, spec.format
+            )));
+        }
+        _ => {}
+    }
+    if let Some(key) = &spec.partition_key
+        && columns.field_with_name(key).is_err()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "partition_key '{key}' is not a column of stream '{}'; its columns are {}",
+            spec.name,
+            column_list(&columns)
+        )));
+    }
+
+    if let Some(watermark) = &spec.watermark {
+        let is_timestamp = columns
+            .field_with_name(&watermark.column)
+            .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(_, _)));
+        if !is_timestamp {
+            return Err(Error::InvalidArgument(format!(
+                "WATERMARK FOR {0}: '{0}' must be a TIMESTAMP column of stream '{1}'",
+                watermark.column, spec.name
+            )));
+        }
+        if watermark.delay_ms < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "WATERMARK FOR {}: the delay must not be negative",
+                watermark.column
+            )));
+        }
+    }
+    Ok(columns)
 }
 
 fn validate_stream_name(name: &str) -> Result<()> {

@@ -56,6 +56,9 @@ pub enum Error {
 
     #[error("the engine is closed")]
     Closed,
+
+    #[error("{0}")]
+    Retry(String),
 }
 
 impl Error {

@@ -61,6 +61,23 @@ pub fn write_segment(
 
 /// Reads a segment back as one batch in `schema`.
 pub fn read_segment(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
+    let (found, batch) = read_segment_as_written(path)?;
+    if found.fields() != schema.fields() {
+        return Err(Error::Corrupt {
+            what: "segment",
+            path: path.to_path_buf(),
+            reason: format!(
+                "its columns {:?} do not match the stream's {:?}",
+                found.fields(),
+                schema.fields()
+            ),
+        });
+    }
+    Ok(batch)
+}
+
+/// Reads a segment with whatever columns it was written with (one batch, and its schema).
+pub fn read_segment_as_written(path: &Path) -> Result<(SchemaRef, RecordBatch)> {
     let corrupt = |reason: String| Error::Corrupt {
         what: "segment",
         path: path.to_path_buf(),
@@ -68,24 +85,15 @@ pub fn read_segment(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
     };
     let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
     let reader = FileReader::try_new(file, None).map_err(|e| corrupt(e.to_string()))?;
+    let schema = reader.schema();
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| corrupt(e.to_string()))?;
-    if let Some(first) = batches.first()
-        && first.schema().fields() != schema.fields()
-    {
-        return Err(corrupt(format!(
-            "its columns {:?} do not match the stream's {:?}",
-            first.schema().fields(),
-            schema.fields()
-        )));
-    }
     let batch =
-        arrow::compute::concat_batches(schema, &batches).map_err(|e| corrupt(e.to_string()))?;
-    Ok(batch)
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| corrupt(e.to_string()))?;
+    Ok((schema, batch))
 }
 
-/// Lists the segments in `dir` in counter order, removing leftovers of interrupted writes.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     let mut segments = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| Error::io("listing segments", dir, e))?;

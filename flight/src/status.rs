@@ -43,7 +43,7 @@ fn engine_code(error: &sluice_engine::Error) -> Code {
         },
         E::Corrupt { .. } => Code::DataLoss,
         E::Arrow(_) => Code::InvalidArgument,
-        E::Closed => Code::Unavailable,
+        E::Closed | E::Retry(_) => Code::Unavailable,
     }
 }
 

@@ -120,6 +120,7 @@ impl From<sluice_engine::Error> for ApiError {
                 Self::invalid(error.to_string())
             }
             E::Closed => Self::internal("Sluice is shutting down"),
+            E::Retry(message) => Self::internal(message.clone()),
             E::Io { .. } | E::Corrupt { .. } | E::Arrow(_) => Self::internal(error.to_string()),
         }
     }

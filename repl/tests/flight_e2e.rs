@@ -241,17 +241,19 @@ fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
         "--format",
         "csv",
         "-c",
-        "CREATE STREAM keys (k VARCHAR) WITH (shards = 1);
+        "ALTER STREAM events (user VARCHAR, n BIGINT) SET (format = 'json');
+         CREATE STREAM keys (k VARCHAR) WITH (shards = 1);
          CREATE PUMP copy_keys AS INSERT INTO keys SELECT STREAM _partition_key AS k FROM events;
          CREATE PUMP copy_scaled AS INSERT INTO keys SELECT STREAM _partition_key AS k FROM scaled;
          FLUSH;
-         SELECT (SELECT count(*) FROM events) AS put, (SELECT count(DISTINCT _shard_id) FROM scaled) AS shards, count(*) AS pumped FROM keys;",
+         SELECT (SELECT count(*) FROM events) AS put, (SELECT sum(n) FROM events) AS total, (SELECT count(DISTINCT _shard_id) FROM scaled) AS shards, count(*) AS pumped FROM keys;",
     ])?;
     assert!(sql.status.success(), "{}", text(&sql.stderr));
+    // `events`, created raw over the API, decodes as JSON once altered (n: 1 + 0..=99).
     // `scaled` was split, merged and scaled over the API: its records sit in the parent and the
     // two children of the split, and the pump follows the lineage to all 40 of them.
     assert!(
-        text(&sql.stdout).ends_with("put,shards,pumped\n101,3,141\n"),
+        text(&sql.stdout).ends_with("put,total,shards,pumped\n101,4951,3,141\n"),
         "{}",
         text(&sql.stdout)
     );

@@ -19,6 +19,10 @@ use crate::error::{Error, Result};
 pub enum SluiceStatement {
     /// `CREATE [OR REPLACE] STREAM [IF NOT EXISTS] name (columns) [WITH (options)]`
     CreateStream(Box<CreateStream>),
+    /// `ALTER STREAM name [(columns)] SET (options)`: a new format, columns, partition key or
+    /// watermark for the stream and every record it retains (`or_replace`/`if_not_exists`
+    /// unused).
+    AlterStream(Box<CreateStream>),
     /// `DROP STREAM [IF EXISTS] name`
     DropStream { name: String, if_exists: bool },
     /// `SHOW STREAMS`
@@ -325,6 +329,10 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
         }
     }
     match (first.as_deref(), second.as_deref(), third.as_deref()) {
+        (Some("ALTER"), Some("STREAM"), _) => {
+            skip(parser, 2);
+            parse_alter_stream(parser)
+        }
         (Some("DROP"), Some("DELIVERY"), Some("STREAM")) => {
             skip(parser, 3);
             let if_exists = parser
@@ -400,6 +408,57 @@ fn parse_create_stream(parser: &mut DFParser<'_>, or_replace: bool) -> Result<Sl
     let p = &mut parser.parser;
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = object_name(&p.parse_object_name(false)?)?;
+    let (columns, watermark) = parse_columns(parser)?;
+    let options = parser
+        .parser
+        .parse_options(Keyword::WITH)?
+        .into_iter()
+        .map(option_pair)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SluiceStatement::CreateStream(Box::new(CreateStream {
+        name,
+        or_replace,
+        if_not_exists,
+        columns,
+        watermark,
+        options,
+    })))
+}
+
+/// `ALTER STREAM name [(columns)] SET (options)` (`WITH` is taken for `SET` too).
+fn parse_alter_stream(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
+    let name = object_name(&parser.parser.parse_object_name(false)?)?;
+    let (columns, watermark) = parse_columns(parser)?;
+    let p = &mut parser.parser;
+    let keyword = if p.peek_keyword(Keyword::WITH) {
+        Keyword::WITH
+    } else {
+        Keyword::SET
+    };
+    let options = p
+        .parse_options(keyword)?
+        .into_iter()
+        .map(option_pair)
+        .collect::<Result<Vec<_>>>()?;
+    if options.is_empty() && columns.is_empty() {
+        return Err(Error::Plan(format!(
+            "ALTER STREAM {name} changes nothing; give new columns and/or SET (format = 'json', …)"
+        )));
+    }
+    Ok(SluiceStatement::AlterStream(Box::new(CreateStream {
+        name,
+        or_replace: false,
+        if_not_exists: false,
+        columns,
+        watermark,
+        options,
+    })))
+}
+
+/// A stream's `(column type, …, WATERMARK FOR column AS …)` list, if there is one.
+#[allow(clippy::type_complexity)]
+fn parse_columns(parser: &mut DFParser<'_>) -> Result<(Vec<ColumnDef>, Option<(String, Expr)>)> {
+    let p = &mut parser.parser;
     let mut columns = Vec::new();
     let mut watermark = None;
     if p.consume_token(&Token::LParen) {
@@ -425,19 +484,7 @@ fn parse_create_stream(parser: &mut DFParser<'_>, or_replace: bool) -> Result<Sl
             }
         }
     }
-    let options = p
-        .parse_options(Keyword::WITH)?
-        .into_iter()
-        .map(option_pair)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(SluiceStatement::CreateStream(Box::new(CreateStream {
-        name,
-        or_replace,
-        if_not_exists,
-        columns,
-        watermark,
-        options,
-    })))
+    Ok((columns, watermark))
 }
 
 fn parse_create_pump(parser: &mut DFParser<'_>, or_replace: bool) -> Result<SluiceStatement> {

@@ -215,6 +215,30 @@ impl SluiceSession {
                     if shards == 1 { "" } else { "s" }
                 )))
             }
+            SluiceStatement::AlterStream(alter) => {
+                if alter.options.iter().any(|(k, _)| k == "shards") {
+                    return Err(Error::Plan(format!(
+                        "ALTER STREAM {} cannot change the shard count; reshard with the Kinesis API's SplitShard, MergeShards or UpdateShardCount",
+                        alter.name
+                    )));
+                }
+                let retention = alter.options.iter().any(|(k, _)| k == "retention");
+                let spec = stream_spec(&alter)?;
+                let engine = self.engine.clone();
+                let name = alter.name.clone();
+                let records = blocking(move || {
+                    let stream = engine.alter_stream(&spec.name, spec.clone())?;
+                    if retention {
+                        engine.set_retention(&spec.name, spec.retention_hours)?;
+                    }
+                    Ok(stream.stats().iter().map(|s| s.records).sum::<usize>())
+                })
+                .await?;
+                Ok(StatementOutput::Done(format!(
+                    "Stream '{name}' altered; its {records} retained record{} were decoded again.",
+                    if records == 1 { "" } else { "s" }
+                )))
+            }
             SluiceStatement::DropStream { name, if_exists } => {
                 let engine = self.engine.clone();
                 let dropped = name.clone();

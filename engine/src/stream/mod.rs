@@ -164,6 +164,8 @@ pub struct Stream {
     wal: Mutex<WriteAheadLog>,
     /// Makes appends durable after the append lock is released (group commit).
     group_commit: Arc<GroupCommit>,
+    /// Set once `ALTER STREAM` has replaced this object: appends go to the new one.
+    retired: std::sync::atomic::AtomicBool,
     runtime: StreamRuntime,
     /// Where records that do not decode are reported (`None` for the error stream itself).
     errors: Option<Arc<Stream>>,
@@ -226,8 +228,23 @@ impl Stream {
             fs::create_dir_all(&shard_dir)
                 .map_err(|e| Error::io("creating shard folder", &shard_dir, e))?;
             let mut sealed = Vec::new();
-            for (_, _, path) in crate::segment::list_segments(&shard_dir)? {
-                let batch = crate::segment::read_segment(&path, &stored)?;
+            for (first, last, path) in crate::segment::list_segments(&shard_dir)? {
+                let (found, batch) = crate::segment::read_segment_as_written(&path)?;
+                let batch = if found.fields() == stored.fields() {
+                    batch
+                } else {
+                    // Written before `ALTER STREAM` changed the format or columns: decoded
+                    // again from the records' data, and rewritten (atomically) in the new form.
+                    let batch = redecode(&definition, &user_schema, &stored, &path, &batch)?;
+                    crate::segment::write_segment(
+                        &shard_dir,
+                        first,
+                        last,
+                        &batch,
+                        runtime.durability,
+                    )?;
+                    batch
+                };
                 if let Some(chunk) = shard::Chunk::new(batch, Some(path)) {
                     sealed.push(chunk);
                 }
@@ -249,6 +266,7 @@ impl Stream {
             shards: RwLock::new(Arc::new(ShardSet::new(shards))),
             dir,
             group_commit: wal.group_commit(),
+            retired: std::sync::atomic::AtomicBool::new(false),
             wal: Mutex::new(wal),
             runtime,
             errors,
@@ -472,6 +490,12 @@ impl Stream {
         let durable_at;
         {
             let mut wal = self.wal.lock();
+            if self.retired.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Error::Retry(format!(
+                    "stream '{}' was altered while this append waited; send it again",
+                    self.definition.name
+                )));
+            }
             // Routed under the append lock, which resharding also takes: no record can land in
             // a shard that a split or merge has just closed.
             let set = Arc::clone(&self.shards.read());
@@ -635,6 +659,23 @@ impl Stream {
         Ok(())
     }
 
+    /// Stops taking appends for good, with every record sealed into segments and the log
+    /// empty, then runs `replace` (which reopens the stream's folder under a new definition).
+    /// If `replace` fails, the stream takes appends again. Appends waiting meanwhile fail with
+    /// [`Error::Retry`]; the new stream object takes them.
+    pub(crate) fn retire<T>(&self, replace: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut wal = self.wal.lock();
+        self.seal_locked(&mut wal, true)?;
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        let replaced = replace();
+        if replaced.is_err() {
+            self.retired
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        replaced
+    }
+
     /// Seals the tails that are due (or all of them, with `force`) and trims the log.
     pub fn seal(&self, force: bool) -> Result<()> {
         let mut wal = self.wal.lock();
@@ -705,6 +746,55 @@ impl Stream {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A stored batch written with other user columns (before `ALTER STREAM`), decoded again from
+/// its records' data into the stream's current columns. Records that do not decode keep NULL
+/// columns, as on append.
+fn redecode(
+    definition: &StreamDefinition,
+    user_schema: &SchemaRef,
+    stored: &SchemaRef,
+    path: &Path,
+    batch: &RecordBatch,
+) -> Result<RecordBatch> {
+    use arrow::array::{Array, AsArray};
+    let system = crate::schema::STORED_SYSTEM_COLUMNS;
+    let fits = batch.num_columns() >= system
+        && (0..system).all(|i| batch.schema().field(i) == stored.field(i));
+    if !fits {
+        return Err(Error::Corrupt {
+            what: "segment",
+            path: path.to_path_buf(),
+            reason: format!(
+                "its columns {:?} are not a Sluice segment's",
+                batch.schema().fields()
+            ),
+        });
+    }
+    let data = batch.column(system - 1).as_binary::<i32>();
+    let blobs: Vec<&[u8]> = (0..data.len())
+        .map(|i| {
+            if data.is_null(i) {
+                &[][..]
+            } else {
+                data.value(i)
+            }
+        })
+        .collect();
+    let decoded = decode(definition.format, user_schema, &blobs)?;
+    if !decoded.errors.is_empty() {
+        log::warn!(
+            "stream '{}': {} records of {} do not decode as {} and keep NULL columns",
+            definition.name,
+            decoded.errors.len(),
+            path.display(),
+            definition.format
+        );
+    }
+    let mut columns: Vec<ArrayRef> = batch.columns()[..system].to_vec();
+    columns.extend(decoded.columns);
+    Ok(RecordBatch::try_new(Arc::clone(stored), columns)?)
 }
 
 /// The stored system columns (sequence counter, arrival time, partition key, data) of a run.
