@@ -106,6 +106,7 @@ async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
         .tcp_nodelay(true)
         .initial_stream_window_size(sluice_flight::server::STREAM_WINDOW)
         .initial_connection_window_size(sluice_flight::server::CONNECTION_WINDOW)
+        .max_frame_size(sluice_flight::server::MAX_FRAME)
         .connect()
         .await?;
 

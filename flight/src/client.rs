@@ -48,7 +48,8 @@ impl RemoteSession {
             .map_err(|e| format!("cannot connect to '{url}': {e}"))?
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::server::STREAM_WINDOW)
-            .initial_connection_window_size(crate::server::CONNECTION_WINDOW);
+            .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
+            .max_frame_size(crate::server::MAX_FRAME);
         if tls {
             let mut config = ClientTlsConfig::new();
             if let Some(ca) = &options.ca_pem {

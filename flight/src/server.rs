@@ -26,6 +26,9 @@ use crate::ticket::FlightTicket;
 /// HTTP/2 flow-control windows, per call and per connection.
 pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// The largest HTTP/2 frame each side accepts: with the 16 KiB default, a 1 MiB record batch
+/// crosses as 64 frames, each with its own header, bookkeeping and wake-up.
+pub const MAX_FRAME: u32 = 1024 * 1024;
 
 /// How long a shutdown waits for open calls to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -325,7 +328,8 @@ impl BoundServer {
         // waits for a window update every 64 KiB.
         let mut builder = Server::builder()
             .initial_stream_window_size(Some(STREAM_WINDOW))
-            .initial_connection_window_size(Some(CONNECTION_WINDOW));
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
+            .max_frame_size(Some(MAX_FRAME));
         if let Some(tls) = self.tls {
             builder = builder
                 .tls_config(tls)
