@@ -5,6 +5,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
 //! benchmarks/kinesis.sh   # kinesis [--emulator URL] [--seconds S] [--clients C], with kinesalite
 //! ```
 //!
@@ -15,6 +16,7 @@
 //! the baseline, and memory per million retained records.
 
 mod delivery;
+mod durability;
 mod flight;
 mod kinesis;
 mod measure;
@@ -119,6 +121,17 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "durability" => {
+            let records = if args.records == 10_000_000 {
+                2_000_000
+            } else {
+                args.records
+            };
+            if let Err(e) = durability::durability(records) {
+                eprintln!("durability benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, args)) if command == "kinesis" => {
             if let Err(e) = kinesis::kinesis(&args.kinesis) {
                 eprintln!("kinesis benchmark failed: {e}");
@@ -127,7 +140,7 @@ fn main() {
         }
         Ok((command, _)) => {
             eprintln!(
-                "unknown benchmark '{command}'; available: ingest, window, delivery, flight, kinesis"
+                "unknown benchmark '{command}'; available: ingest, window, delivery, flight, durability, kinesis"
             );
             std::process::exit(2);
         }
