@@ -613,6 +613,7 @@ impl Runner {
         let checkpoint = PumpCheckpoint {
             positions: positions.clone(),
             watermark: None,
+            epoch: 0,
         };
         tokio::task::spawn_blocking(move || engine.save_delivery_positions(&delivery, &checkpoint))
             .await

@@ -122,6 +122,22 @@ pub struct PumpCheckpoint {
     /// The event-time watermark of a windowed pump (in its time column's unit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<i64>,
+    /// Counts the pump's output batches: of two checkpoints, the one with the higher epoch is
+    /// newer (the pump's own file, or the commit it wrote with its output).
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+impl PumpCheckpoint {
+    /// The checkpoint as the bytes of a writer commit (JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A checkpoint from a writer commit's bytes, if they hold one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 /// A delivery stream: a stream's records buffered and written as objects to a destination.

@@ -55,5 +55,6 @@ pub use format::StreamFormat;
 pub use reader::{ShardIterator, ShardRead, StartPosition, StreamReader};
 pub use schema::PublicProjector;
 pub use stream::{
-    MAX_OPEN_SHARDS, PutRecord, PutResult, RecordRef, Reshard, Shard, ShardStats, Stream,
+    COMMIT_SHARD, MAX_OPEN_SHARDS, PutRecord, PutResult, RecordRef, Reshard, Shard, ShardStats,
+    Stream,
 };

@@ -75,13 +75,26 @@ impl ShardIterator {
     /// Up to `max_records` records from the cursor on, as public-layout batches; advances the
     /// cursor past them. An empty result means the reader has caught up for now.
     pub fn next_batches(&mut self, max_records: usize) -> Result<Vec<RecordBatch>> {
+        Ok(self
+            .next_batches_ending(max_records)?
+            .into_iter()
+            .map(|(batch, _)| batch)
+            .collect())
+    }
+
+    /// [`Self::next_batches`], each batch with the counter just after its last record (where a
+    /// reader that has handed on this batch, and no further, resumes).
+    pub fn next_batches_ending(&mut self, max_records: usize) -> Result<Vec<(RecordBatch, u64)>> {
         let stored = self.shard.read_from(self.position, max_records);
         let mut out = Vec::with_capacity(stored.len());
         for batch in stored {
             if let Some(last) = last_seq(&batch) {
                 self.position = last + 1;
             }
-            out.push(self.projector.project(self.shard.index(), &batch)?);
+            out.push((
+                self.projector.project(self.shard.index(), &batch)?,
+                self.position,
+            ));
         }
         Ok(out)
     }
@@ -112,6 +125,8 @@ pub struct ShardRead {
     pub shard: u32,
     /// Public-layout batches, in sequence order.
     pub batches: Vec<RecordBatch>,
+    /// For each batch, the counter just after its last record.
+    pub ends: Vec<u64>,
     /// The counter the reader will read next from this shard.
     pub position: u64,
 }
@@ -153,11 +168,13 @@ impl StreamReader {
                 continue;
             }
             let iterator = &mut self.iterators[i];
-            let batches = iterator.next_batches(max_records)?;
-            if !batches.is_empty() {
+            let read = iterator.next_batches_ending(max_records)?;
+            if !read.is_empty() {
+                let (batches, ends) = read.into_iter().unzip();
                 out.push(ShardRead {
                     shard: iterator.shard_index(),
                     batches,
+                    ends,
                     position: iterator.position(),
                 });
             }

@@ -41,6 +41,8 @@ const READ_BATCH: usize = 8192;
 pub struct PumpCursor {
     /// Where a resumed pump starts reading each shard (saved positions).
     resume: HashMap<(String, u32), u64>,
+    /// The number of the pump's last output batch (see [`PumpCheckpoint::epoch`]).
+    epoch: std::sync::atomic::AtomicU64,
     /// How far each shard read by the running query has been read.
     read: Mutex<HashMap<(String, u32), u64>>,
     caught_up: Mutex<HashMap<(String, u32), u64>>,
@@ -72,6 +74,7 @@ impl PumpCursor {
             .collect();
         Self {
             resume: read,
+            epoch: std::sync::atomic::AtomicU64::new(checkpoint.epoch),
             watermark: Mutex::new(checkpoint.watermark),
             ..Self::default()
         }
@@ -105,7 +108,14 @@ impl PumpCursor {
         PumpCheckpoint {
             positions,
             watermark: *self.watermark.lock(),
+            epoch: self.epoch.load(Ordering::Relaxed),
         }
+    }
+
+    /// Numbers the pump's next output batch: its checkpoint carries the number, so of two
+    /// checkpoints the newer is known.
+    pub fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The watermark saved or reached so far.
@@ -232,7 +242,8 @@ struct TailState {
     reader: StreamReader,
     cursor: Option<Arc<PumpCursor>>,
     appends: tokio::sync::watch::Receiver<u64>,
-    pending: VecDeque<RecordBatch>,
+    /// Batches read and not yet handed on, each with its shard and the position after it.
+    pending: VecDeque<(RecordBatch, u32, u64)>,
 }
 
 impl TailState {
@@ -248,18 +259,34 @@ impl TailState {
                 .map(|b| b.num_rows())
                 .sum();
             cursor.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+            // Shards a reshard opened start where the reader starts them; positions of shards
+            // with records move as their batches are handed on (`next_batch`).
             let mut read = cursor.read.lock();
             for (shard, position) in self.reader.positions() {
-                read.insert((name.clone(), shard), position);
+                read.entry((name.clone(), shard)).or_insert(position);
             }
             if !any {
                 let read = read.clone();
                 cursor.caught_up.lock().extend(read);
             }
         }
-        self.pending
-            .extend(reads.into_iter().flat_map(|r| r.batches));
+        for read in reads {
+            for (batch, end) in read.batches.into_iter().zip(read.ends) {
+                self.pending.push_back((batch, read.shard, end));
+            }
+        }
         Ok(any)
+    }
+
+    /// The next batch to hand on; the cursor moves past it (and no further), so a checkpoint
+    /// taken when the pump writes what came of it resumes right after it.
+    fn next_batch(&mut self) -> Option<RecordBatch> {
+        let (batch, shard, end) = self.pending.pop_front()?;
+        if let Some(cursor) = &self.cursor {
+            let name = self.reader.stream().name().to_string();
+            cursor.read.lock().insert((name, shard), end);
+        }
+        Some(batch)
     }
 }
 
@@ -301,7 +328,7 @@ impl PartitionStream for StreamTail {
                 Err(e) => return Some((Err(e), None)),
             };
             loop {
-                if let Some(batch) = tail.pending.pop_front() {
+                if let Some(batch) = tail.next_batch() {
                     return Some((Ok(batch), Some(Ok(tail))));
                 }
                 // Mark the current append count seen *before* reading, so an append that lands

@@ -529,7 +529,7 @@ fn parse_create_delivery(parser: &mut DFParser<'_>, or_replace: bool) -> Result<
 }
 
 /// A stream name: one identifier, lower-cased unless quoted (as DataFusion does for tables).
-fn object_name(name: &ObjectName) -> Result<String> {
+pub(crate) fn object_name(name: &ObjectName) -> Result<String> {
     let parts: Vec<_> = name.0.iter().filter_map(|p| p.as_ident()).collect();
     match parts.as_slice() {
         [ident] => Ok(normalize(ident)),

@@ -19,7 +19,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use sluice_engine::{Engine, PumpDefinition, Stream};
+use sluice_engine::{Engine, PumpCheckpoint, PumpDefinition, Stream};
 
 use crate::continuous::PumpCursor;
 use crate::error::{Error, Result};
@@ -106,9 +106,11 @@ impl PumpManager {
         }
         for pump in saved {
             let progress = Arc::new(PumpProgress {
-                cursor: Arc::new(PumpCursor::resuming(
-                    session.engine().pump_checkpoint(&pump.name)?,
-                )),
+                cursor: Arc::new(PumpCursor::resuming(resume_point(
+                    session.engine(),
+                    &pump.name,
+                    &pump.sql,
+                )?)),
                 ..PumpProgress::default()
             });
             let task_session = session.clone();
@@ -131,7 +133,7 @@ impl PumpManager {
 
     /// Plans `sql` for pump `name` (reporting any error now), then runs it in the background.
     pub async fn start(&self, session: &SluiceSession, name: &str, sql: &str) -> Result<()> {
-        let checkpoint = session.engine().pump_checkpoint(name)?;
+        let checkpoint = resume_point(session.engine(), name, sql)?;
         let progress = Arc::new(PumpProgress {
             cursor: Arc::new(PumpCursor::resuming(checkpoint).for_pump(name)),
             ..PumpProgress::default()
@@ -291,6 +293,41 @@ async fn prepare(
     })
 }
 
+/// The stream a pump's `INSERT INTO target …` writes, from its SQL.
+pub(crate) fn pump_target(sql: &str) -> Option<String> {
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::{Statement, TableObject};
+    let mut statements = parse_statements(sql).ok()?;
+    let Some(SluiceStatement::DataFusion(statement)) = statements.pop() else {
+        return None;
+    };
+    let DFStatement::Statement(statement) = *statement else {
+        return None;
+    };
+    let Statement::Insert(insert) = *statement else {
+        return None;
+    };
+    match &insert.table {
+        TableObject::TableName(name) => crate::parser::object_name(name).ok(),
+        _ => None,
+    }
+}
+
+/// Where pump `name` resumes: the newer of its own checkpoint file and the commit it wrote with
+/// its last output (the file is saved just after the output; a crash in between leaves the
+/// commit newer).
+pub(crate) fn resume_point(engine: &Engine, name: &str, sql: &str) -> Result<PumpCheckpoint> {
+    let saved = engine.pump_checkpoint(name)?;
+    let committed = pump_target(sql)
+        .and_then(|target| engine.try_stream(&target))
+        .and_then(|target| target.commit_of(name))
+        .and_then(|bytes| PumpCheckpoint::from_bytes(&bytes));
+    Ok(match committed {
+        Some(committed) if committed.epoch > saved.epoch => committed,
+        _ => saved,
+    })
+}
+
 /// Runs a pump until its source ends, it fails, or it is stopped (its task aborted).
 async fn run(engine: Engine, name: String, prepared: PreparedPump) {
     let PreparedPump {
@@ -303,7 +340,8 @@ async fn run(engine: Engine, name: String, prepared: PreparedPump) {
         // Where to resume once this batch is written: what was read when it came out (all of
         // it is in this batch, filtered away, or still held in an open window, which the
         // checkpoint accounts for), and the watermark then.
-        let checkpoint = progress.cursor.checkpoint();
+        let mut checkpoint = progress.cursor.checkpoint();
+        checkpoint.epoch = progress.cursor.next_epoch();
         let written = async {
             let batch = batch?;
             let records = sink.records(&batch)?;
@@ -312,7 +350,11 @@ async fn run(engine: Engine, name: String, prepared: PreparedPump) {
             let engine = engine.clone();
             let pump = name.clone();
             tokio::task::spawn_blocking(move || {
-                records.append_to(&target)?;
+                // The output and the positions it came from, in one log frame: after a crash
+                // the pump resumes exactly after what it wrote (exactly-once output).
+                if records.len() > 0 {
+                    records.append_committing_to(&target, &pump, &checkpoint.to_bytes())?;
+                }
                 engine.save_pump_checkpoint(&pump, &checkpoint)
             })
             .await

@@ -570,7 +570,15 @@ impl SluiceSession {
                 }
                 self.pumps.stop(&name).await;
                 let dropped = name.clone();
-                blocking(move || engine.drop_pump(&dropped)).await?;
+                let target = find(&name).and_then(|p| crate::pumps::pump_target(&p.sql));
+                blocking(move || {
+                    // A new pump of this name must not resume from this one's last commit.
+                    if let Some(target) = target.and_then(|t| engine.try_stream(&t)) {
+                        target.forget_commit(&dropped)?;
+                    }
+                    engine.drop_pump(&dropped)
+                })
+                .await?;
                 Ok(StatementOutput::Done(format!("Pump '{name}' dropped.")))
             }
             SluiceStatement::StartPump { name } => {

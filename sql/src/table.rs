@@ -302,6 +302,17 @@ impl Appendable {
         self.records.len()
     }
 
+    /// Appends the records to `stream` with `writer`'s commit in the same log frame.
+    pub(crate) fn append_committing_to(
+        &self,
+        stream: &Stream,
+        writer: &str,
+        commit: &[u8],
+    ) -> sluice_engine::Result<Vec<PutResult>> {
+        let refs: Vec<RecordRef<'_>> = self.records.iter().map(RecordRef::from).collect();
+        stream.append_committing(&refs, self.columns.as_ref(), writer, commit)
+    }
+
     /// Appends the records to `stream`, all or none.
     pub(crate) fn append_to(&self, stream: &Stream) -> sluice_engine::Result<Vec<PutResult>> {
         match &self.columns {

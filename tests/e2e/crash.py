@@ -6,7 +6,9 @@ SQL (ADBC). Every record carries a unique id, and no client retries, so a record
 server at most once. After the last kill the server is started once more and every record is read
 back; each acknowledged record must be there exactly once, in the order it was acknowledged
 within its shard (at the shard and sequence number it was acknowledged with), and nothing may
-appear that was never sent.
+appear that was never sent. A pump copies the Kinesis stream into another one the whole time;
+its output must equal what an uninterrupted run would write: every input record exactly once,
+in the input's order per source shard.
 
 Usage: crash.py SLUICE_BINARY [ROUNDS]
 """
@@ -106,6 +108,8 @@ for round in range(ROUNDS):
         kinesis_client(http).create_stream(StreamName="crash", ShardCount=4)
         with flightsql.connect(grpc) as conn, conn.cursor() as cursor:
             cursor.execute("CREATE STREAM crash_sql (id VARCHAR) WITH (shards = 2, partition_key = 'id')")
+            cursor.execute("CREATE STREAM crash_copy WITH (shards = 1)")
+            cursor.execute("CREATE PUMP copy AS INSERT INTO crash_copy SELECT STREAM _partition_key, _data FROM crash")
     stop = threading.Event()
     threads = [threading.Thread(target=kinesis_producer, args=(http, f"r{round}k{t}", stop)) for t in range(3)]
     threads.append(threading.Thread(target=sql_producer, args=(grpc, f"r{round}s", stop)))
@@ -149,12 +153,25 @@ try:
     with flightsql.connect(grpc) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT id FROM crash_sql")
         rows = [r[0] for r in cursor.fetchall()]
+        # The pump, restarted with the server each time, catches up; FLUSH waits for it.
+        cursor.execute("FLUSH")
+        cursor.fetchall()
+        cursor.execute("SELECT arrow_cast(_data, 'Utf8') FROM crash_copy ORDER BY _sequence_number")
+        copied = [json.loads(r[0])["id"] for r in cursor.fetchall()]
+    check(len(copied) == len(set(copied)), f"the pump wrote {len(copied) - len(set(copied))} records twice")
+    check(set(copied) == set(found), f"the pump's output lacks {len(set(found) - set(copied))} input records")
+    last = {}
+    for record_id in copied:
+        shard_id, sequence = found[record_id]
+        check(sequence > last.get(shard_id, ""), f"the pump's output is out of order for {shard_id}")
+        last[shard_id] = sequence
     check(len(rows) == len(set(rows)), "a SQL row is in the stream twice")
     missing = acked_sql - set(rows)
     check(not missing, f"acknowledged SQL rows lost: {sorted(missing)[:5]}")
     check(set(rows) <= sent, "SQL rows nobody sent")
     print(f"after {ROUNDS} kills: all {len(acked)} acknowledged Kinesis records ({len(found)} present, "
-          f"{per_shard}) and all {len(acked_sql)} acknowledged SQL rows ({len(rows)} present) survived, once each")
+          f"{per_shard}) and all {len(acked_sql)} acknowledged SQL rows ({len(rows)} present) survived, once each; "
+          f"the pump copied all {len(copied)} exactly once, in order")
 finally:
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)

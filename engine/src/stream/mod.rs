@@ -8,6 +8,7 @@
 //! are acknowledged — once an `fsync` covers the frame (with `fsync` durability); concurrent
 //! appends share one `fsync` (group commit, see [`crate::wal`]).
 
+mod commits;
 pub mod reshard;
 pub mod shard;
 
@@ -31,6 +32,7 @@ use crate::schema::{public_schema, stored_schema};
 use crate::sequence::{format_sequence_number, shard_id};
 use crate::wal::{GroupCommit, WalEntry, WalRecord, WriteAheadLog};
 use crate::{Durability, EngineOptions};
+pub use commits::COMMIT_SHARD;
 pub use reshard::{MAX_OPEN_SHARDS, Reshard};
 pub use shard::{Shard, ShardStats};
 
@@ -164,6 +166,8 @@ pub struct Stream {
     wal: Mutex<WriteAheadLog>,
     /// Makes appends durable after the append lock is released (group commit).
     group_commit: Arc<GroupCommit>,
+    /// The latest commit of each writer that commits with its appends (pumps).
+    commits: Mutex<commits::Commits>,
     /// Set once `ALTER STREAM` has replaced this object: appends go to the new one.
     retired: std::sync::atomic::AtomicBool,
     runtime: StreamRuntime,
@@ -258,6 +262,7 @@ impl Stream {
         }
         let (wal, replay) = WriteAheadLog::open(&dir.join("wal"), runtime.durability)?;
         let retention_hours = std::sync::atomic::AtomicU32::new(definition.retention_hours);
+        let commits = Mutex::new(commits::Commits::load(&dir)?);
         let stream = Arc::new(Self {
             definition,
             user_schema,
@@ -267,6 +272,7 @@ impl Stream {
             dir,
             group_commit: wal.group_commit(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            commits,
             wal: Mutex::new(wal),
             runtime,
             errors,
@@ -278,7 +284,15 @@ impl Stream {
     }
 
     /// Puts logged records that were not yet sealed back into their shards' tails.
-    fn replay(&self, records: Vec<WalRecord>) -> Result<()> {
+    fn replay(&self, mut records: Vec<WalRecord>) -> Result<()> {
+        // Writers' commits, newest last, over those saved when the log was last trimmed.
+        {
+            let mut commits = self.commits.lock();
+            for marker in records.iter().filter(|r| r.shard == COMMIT_SHARD) {
+                commits.set(&marker.partition_key, &marker.data);
+            }
+        }
+        records.retain(|r| r.shard != COMMIT_SHARD);
         let mut replayed = 0usize;
         let mut start = 0;
         while start < records.len() {
@@ -413,7 +427,48 @@ impl Stream {
 
     /// [`Self::append`] for borrowed records.
     pub fn append_refs(&self, records: &[RecordRef<'_>]) -> Result<Vec<PutResult>> {
-        self.append_inner(records, None)
+        self.append_inner(records, None, None)
+    }
+
+    /// [`Self::append_refs`] (or [`Self::append_decoded`], with `columns`) together with
+    /// `writer`'s commit, in one write-ahead-log frame: after a crash either both are there or
+    /// neither is. A pump commits its read positions this way, so its output is exact.
+    pub fn append_committing(
+        &self,
+        records: &[RecordRef<'_>],
+        columns: Option<&RecordBatch>,
+        writer: &str,
+        commit: &[u8],
+    ) -> Result<Vec<PutResult>> {
+        if let Some(columns) = columns {
+            self.check_columns(records, columns)?;
+        }
+        self.append_inner(records, columns, Some((writer, commit)))
+    }
+
+    /// The latest commit `writer` made with its appends, if any.
+    pub fn commit_of(&self, writer: &str) -> Option<Vec<u8>> {
+        self.commits.lock().latest.get(writer).cloned()
+    }
+
+    /// Forgets `writer`'s commit, durably (a dropped pump; a new one of that name starts over).
+    pub fn forget_commit(&self, writer: &str) -> Result<()> {
+        if self.commit_of(writer).is_none() {
+            return Ok(());
+        }
+        let position = {
+            let mut wal = self.wal.lock();
+            let position = wal.write(&[WalEntry {
+                shard: COMMIT_SHARD,
+                seq: 0,
+                arrival_ms: 0,
+                partition_key: writer,
+                data: &[],
+            }])?;
+            self.commits.lock().set(writer, &[]);
+            position
+        };
+        self.group_commit.wait(position)
     }
 
     /// Appends records whose columns the writer already holds: row `i` of `columns` (the
@@ -425,6 +480,12 @@ impl Stream {
         records: &[RecordRef<'_>],
         columns: &RecordBatch,
     ) -> Result<Vec<PutResult>> {
+        self.check_columns(records, columns)?;
+        self.append_inner(records, Some(columns), None)
+    }
+
+    /// Checks that `columns` are the stream's user columns, one row per record.
+    fn check_columns(&self, records: &[RecordRef<'_>], columns: &RecordBatch) -> Result<()> {
         if columns.num_rows() != records.len() {
             return Err(Error::InvalidArgument(format!(
                 "{} records but {} rows of columns",
@@ -448,13 +509,14 @@ impl Stream {
                 describe_fields(given.fields())
             )));
         }
-        self.append_inner(records, Some(columns))
+        Ok(())
     }
 
     fn append_inner(
         &self,
         records: &[RecordRef<'_>],
         columns: Option<&RecordBatch>,
+        commit: Option<(&str, &[u8])>,
     ) -> Result<Vec<PutResult>> {
         for (index, record) in records.iter().enumerate() {
             if record.data.len() > MAX_RECORD_BYTES {
@@ -555,7 +617,19 @@ impl Stream {
                 }
                 chunks.push((position, batch));
             }
+            if let Some((writer, data)) = commit {
+                entries.push(WalEntry {
+                    shard: COMMIT_SHARD,
+                    seq: 0,
+                    arrival_ms: 0,
+                    partition_key: writer,
+                    data,
+                });
+            }
             durable_at = wal.write(&entries)?;
+            if let Some((writer, data)) = commit {
+                self.commits.lock().set(writer, data);
+            }
             // Reported before the records become visible, so a reader that sees a record
             // can already find its error report.
             self.report_failures(std::mem::take(&mut failures))?;
@@ -694,6 +768,10 @@ impl Stream {
                 shard.seal(self.runtime.durability)?;
             }
         }
+        // The log about to be trimmed may hold the only copy of a writer's latest commit.
+        self.commits
+            .lock()
+            .save(&self.dir, self.runtime.durability)?;
         wal.trim(|index| self.shard(index).map_or(u64::MAX, |s| s.sealed_through()))
     }
 
