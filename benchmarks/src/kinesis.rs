@@ -145,6 +145,10 @@ impl Client {
             )
             .into());
         }
+        // kinesalite answers CreateStream with an empty body.
+        if bytes.is_empty() {
+            return Ok(json!({}));
+        }
         Ok(serde_json::from_slice(&bytes)?)
     }
 }
