@@ -171,13 +171,14 @@ impl PumpCursor {
         {
             return false;
         }
-        let caught_up = self.caught_up.lock();
+        // One lock at a time (never `read` and `caught_up` together).
         let streams: std::collections::BTreeSet<String> = self
             .read
             .lock()
             .keys()
             .map(|(stream, _)| stream.clone())
             .collect();
+        let caught_up = self.caught_up.lock();
         // Every shard of every stream read, including shards a reshard opened since.
         streams.into_iter().all(|name| {
             let Some(stream) = engine.try_stream(&name) else {
@@ -261,12 +262,16 @@ impl TailState {
             cursor.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
             // Shards a reshard opened start where the reader starts them; positions of shards
             // with records move as their batches are handed on (`next_batch`).
-            let mut read = cursor.read.lock();
-            for (shard, position) in self.reader.positions() {
-                read.entry((name.clone(), shard)).or_insert(position);
-            }
+            let read = {
+                let mut read = cursor.read.lock();
+                for (shard, position) in self.reader.positions() {
+                    read.entry((name.clone(), shard)).or_insert(position);
+                }
+                read.clone()
+            };
+            // `caught_up` is locked with `read` released: `PumpCursor::caught_up` takes them
+            // the other way round.
             if !any {
-                let read = read.clone();
                 cursor.caught_up.lock().extend(read);
             }
         }

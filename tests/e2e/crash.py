@@ -8,7 +8,9 @@ back; each acknowledged record must be there exactly once, in the order it was a
 within its shard (at the shard and sequence number it was acknowledged with), and nothing may
 appear that was never sent. A pump copies the Kinesis stream into another one the whole time;
 its output must equal what an uninterrupted run would write: every input record exactly once,
-in the input's order per source shard.
+in the input's order per source shard. A delivery stream writes the Kinesis stream to a folder
+the whole time; its objects must cover every record (at least once: duplicates are allowed
+across a crash).
 
 Usage: crash.py SLUICE_BINARY [ROUNDS]
 """
@@ -30,6 +32,7 @@ from botocore.config import Config
 SLUICE = sys.argv[1]
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 DATA = tempfile.mkdtemp(prefix="sluice-crash-")
+LAKE = tempfile.mkdtemp(prefix="sluice-crash-lake-")
 
 
 def check(condition, message):
@@ -110,6 +113,8 @@ for round in range(ROUNDS):
             cursor.execute("CREATE STREAM crash_sql (id VARCHAR) WITH (shards = 2, partition_key = 'id')")
             cursor.execute("CREATE STREAM crash_copy WITH (shards = 1)")
             cursor.execute("CREATE PUMP copy AS INSERT INTO crash_copy SELECT STREAM _partition_key, _data FROM crash")
+            cursor.execute(f"CREATE DELIVERY STREAM lake FROM crash WITH (destination = 'file://{LAKE}/', "
+                           "format = 'json', buffer_interval_seconds = 0)")
     stop = threading.Event()
     threads = [threading.Thread(target=kinesis_producer, args=(http, f"r{round}k{t}", stop)) for t in range(3)]
     threads.append(threading.Thread(target=sql_producer, args=(grpc, f"r{round}s", stop)))
@@ -158,6 +163,14 @@ try:
         cursor.fetchall()
         cursor.execute("SELECT arrow_cast(_data, 'Utf8') FROM crash_copy ORDER BY _sequence_number")
         copied = [json.loads(r[0])["id"] for r in cursor.fetchall()]
+    delivered = []
+    for folder, _, files in os.walk(LAKE):
+        for name in files:
+            with open(os.path.join(folder, name)) as f:
+                delivered.extend(json.loads(line)["id"] for line in f if line.strip())
+    lost = set(found) - set(delivered)
+    check(not lost, f"{len(lost)} records never delivered, e.g. {sorted(lost)[:3]}")
+    check(set(delivered) <= set(found), "delivered records that are not in the stream")
     check(len(copied) == len(set(copied)), f"the pump wrote {len(copied) - len(set(copied))} records twice")
     check(set(copied) == set(found), f"the pump's output lacks {len(set(found) - set(copied))} input records")
     last = {}
@@ -171,7 +184,8 @@ try:
     check(set(rows) <= sent, "SQL rows nobody sent")
     print(f"after {ROUNDS} kills: all {len(acked)} acknowledged Kinesis records ({len(found)} present, "
           f"{per_shard}) and all {len(acked_sql)} acknowledged SQL rows ({len(rows)} present) survived, once each; "
-          f"the pump copied all {len(copied)} exactly once, in order")
+          f"the pump copied all {len(copied)} exactly once, in order; delivery wrote all of them "
+          f"({len(delivered) - len(set(delivered))} duplicates)")
 finally:
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)
