@@ -8,6 +8,13 @@
 //! ([`ShardIterator`]) start anywhere Kinesis allows and see every record as soon as its append
 //! returns. Records expire with their stream's retention, a whole sealed batch at a time.
 //!
+//! An append returns once an `fsync` covers it; concurrent appends share one (group commit, in
+//! [`wal`]). Shards can be split and merged ([`Engine::reshard`]): parents close with an ending
+//! sequence number and children record their lineage, and a [`StreamReader`] follows a stream
+//! through it, reading parents to their ends before their children. A writer that reads
+//! elsewhere (a pump) can commit its position in the same log frame as its output
+//! ([`Stream::append_committing`]), which makes its output exactly-once across crashes.
+//!
 //! The engine is a library first: the SQL layer, the REPL and the servers are all clients of
 //! this API.
 //!
