@@ -165,6 +165,36 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The definition of stream `name`.
+    pub fn stream(&self, name: &str) -> Result<&StreamDefinition> {
+        self.streams
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))
+    }
+
+    /// Applies `change` to stream `name`'s definition and saves the catalog at `path`; if the
+    /// save fails, the definition is put back as it was, so memory never runs ahead of disk.
+    pub fn update_stream(
+        &mut self,
+        path: &Path,
+        name: &str,
+        change: impl FnOnce(&mut StreamDefinition),
+    ) -> Result<()> {
+        let position = self
+            .streams
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
+        let before = self.streams[position].clone();
+        change(&mut self.streams[position]);
+        let saved = self.save(path);
+        if saved.is_err() {
+            self.streams[position] = before;
+        }
+        saved
+    }
+
     /// Reads the catalog at `path`, or an empty one if there is none yet.
     pub fn load(path: &Path) -> Result<Self> {
         match fs::read(path) {

@@ -287,13 +287,9 @@ impl Engine {
         }
         let mut catalog = self.inner.catalog.lock();
         let stream = self.stream(name)?;
-        let definition = catalog
-            .streams
-            .iter_mut()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
-        definition.retention_hours = hours;
-        catalog.save(&self.inner.catalog_path())?;
+        catalog.update_stream(&self.inner.catalog_path(), name, |d| {
+            d.retention_hours = hours;
+        })?;
         stream.set_retention_hours(hours);
         Ok(())
     }
@@ -385,43 +381,22 @@ impl Engine {
         let stream = self.stream(name)?;
         let path = self.inner.catalog_path();
         stream.reshard(change, |shards| {
-            let definition = catalog
-                .streams
-                .iter_mut()
-                .find(|s| s.name == name)
-                .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
-            let before = std::mem::replace(&mut definition.shards, shards.to_vec());
-            let saved = catalog.save(&path);
-            if saved.is_err()
-                && let Some(definition) = catalog.streams.iter_mut().find(|s| s.name == name)
-            {
-                definition.shards = before;
-            }
-            saved
+            catalog.update_stream(&path, name, |d| d.shards = shards.to_vec())
         })
     }
 
     /// The tags of stream `name`.
     pub fn stream_tags(&self, name: &str) -> Result<BTreeMap<String, String>> {
-        let catalog = self.inner.catalog.lock();
-        catalog
-            .streams
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.tags.clone())
-            .ok_or_else(|| Error::StreamNotFound(name.to_string()))
+        Ok(self.inner.catalog.lock().stream(name)?.tags.clone())
     }
 
     /// Replaces the tags of stream `name`, durably.
     pub fn set_stream_tags(&self, name: &str, tags: BTreeMap<String, String>) -> Result<()> {
-        let mut catalog = self.inner.catalog.lock();
-        let definition = catalog
-            .streams
-            .iter_mut()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
-        definition.tags = tags;
-        catalog.save(&self.inner.catalog_path())
+        let path = self.inner.catalog_path();
+        self.inner
+            .catalog
+            .lock()
+            .update_stream(&path, name, |d| d.tags = tags)
     }
 
     /// The stream called `name`.

@@ -10,6 +10,7 @@ use arrow::datatypes::TimestampMillisecondType;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
+use sluice_engine::routing::HashKeyRange;
 use sluice_engine::sequence::{format_sequence_number, parse_sequence_number, shard_id};
 use sluice_engine::{
     Engine, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS, RecordRef, Shard, ShardIterator,
@@ -102,6 +103,25 @@ pub(crate) fn int_field(request: &Map<String, Value>, name: &str) -> Result<Opti
             "{name} must be a number, not {other}"
         ))),
     }
+}
+
+/// A page size member (`Limit`, `MaxResults`): 1 to 10,000, `default` when absent.
+fn page_size(
+    request: &Map<String, Value>,
+    name: &str,
+    at: &str,
+    default: i64,
+) -> Result<i64, ApiError> {
+    let size = int_field(request, name)?.unwrap_or(default);
+    let mut v = Validation::default();
+    v.check(
+        (1..=10_000).contains(&size),
+        &size.to_string(),
+        at,
+        "Member must have value less than or equal to 10000",
+    );
+    v.finish()?;
+    Ok(size)
 }
 
 /// The stream a request names, by `StreamName` or `StreamARN`.
@@ -308,15 +328,7 @@ fn describe_stream_summary(
 }
 
 fn list_streams(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let limit = int_field(request, "Limit")?.unwrap_or(100);
-    let mut v = Validation::default();
-    v.check(
-        (1..=10_000).contains(&limit),
-        &limit.to_string(),
-        "limit",
-        "Member must have value less than or equal to 10000",
-    );
-    v.finish()?;
+    let limit = page_size(request, "Limit", "limit", 100)?;
     // A NextToken is the name of the last stream of the previous page.
     let after = match str_field(request, "NextToken")? {
         Some(token) => Some(decode_token(token)?),
@@ -382,15 +394,7 @@ fn list_shards(engine: &Engine, request: &Map<String, Value>) -> Result<Value, A
     let stream = engine
         .try_stream(&name)
         .ok_or_else(|| ApiError::not_found(&name))?;
-    let max = int_field(request, "MaxResults")?.unwrap_or(1000);
-    let mut v = Validation::default();
-    v.check(
-        (1..=10_000).contains(&max),
-        &max.to_string(),
-        "maxResults",
-        "Member must have value less than or equal to 10000",
-    );
-    v.finish()?;
+    let max = page_size(request, "MaxResults", "maxResults", 1000)?;
     let filter = ShardFilter::parse(request.get("ShardFilter"))?;
     let all = stream.shards();
     let shards: Vec<Value> = all
@@ -468,16 +472,25 @@ fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128>, ApiError
     }
 }
 
-/// The open shard `record` routes to now (for throttling; the engine routes the append itself).
-fn shard_for(stream: &Stream, record: &RecordRef<'_>) -> u32 {
-    let key = record
-        .explicit_hash_key
-        .unwrap_or_else(|| sluice_engine::routing::hash_key(record.partition_key));
+/// The open shards' hash-key ranges now, to route records for throttling (the engine routes
+/// the append itself). Taken once per request.
+fn open_ranges(stream: &Stream) -> Vec<(HashKeyRange, u32)> {
     stream
         .open_shards()
         .iter()
-        .find(|s| s.hash_key_range().contains(key))
-        .map_or(0, |s| s.index())
+        .map(|s| (s.hash_key_range(), s.index()))
+        .collect()
+}
+
+/// The open shard (of `ranges`) `record` routes to.
+fn shard_for(ranges: &[(HashKeyRange, u32)], record: &RecordRef<'_>) -> u32 {
+    let key = record
+        .explicit_hash_key
+        .unwrap_or_else(|| sluice_engine::routing::hash_key(record.partition_key));
+    ranges
+        .iter()
+        .find(|(range, _)| range.contains(key))
+        .map_or(0, |(_, index)| *index)
 }
 
 fn rate_exceeded(stream: &Stream, shard: u32) -> ApiError {
@@ -500,7 +513,7 @@ fn put_record(services: &Services, request: &Map<String, Value>) -> Result<Value
     let mut record = RecordRef::new(&key, &data);
     record.explicit_hash_key = hash_key_of(request.get("ExplicitHashKey"), "explicitHashKey")?;
     if services.throttle.is_on() {
-        let shard = shard_for(&stream, &record);
+        let shard = shard_for(&open_ranges(&stream), &record);
         if !services
             .throttle
             .admit_write(stream.name(), shard, data.len() + key.len())
@@ -585,8 +598,9 @@ fn put_records(services: &Services, request: &Map<String, Value>) -> Result<Valu
     let mut refused: Vec<Option<ApiError>> = vec![None; records.len()];
     if services.throttle.is_on() {
         let mut throttled: BTreeMap<u32, u64> = BTreeMap::new();
+        let ranges = open_ranges(&stream);
         for (i, record) in records.iter().enumerate() {
-            let shard = shard_for(&stream, record);
+            let shard = shard_for(&ranges, record);
             let bytes = record.data.len() + record.partition_key.len();
             if !services.throttle.admit_write(stream.name(), shard, bytes) {
                 refused[i] = Some(rate_exceeded(&stream, shard));

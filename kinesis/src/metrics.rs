@@ -36,26 +36,29 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn put(&self, stream: &str, shard: u32, records: u64, bytes: u64) {
-        let mut shards = self.shards.lock();
-        let counters = shards.entry((stream.to_string(), shard)).or_default();
-        counters.incoming_records += records;
-        counters.incoming_bytes += bytes;
+        self.update(stream, shard, |c| {
+            c.incoming_records += records;
+            c.incoming_bytes += bytes;
+        });
     }
 
     /// Counts `requests` (or PutRecords entries) refused by the shard's throughput limits.
     pub fn throttled(&self, stream: &str, shard: u32, requests: u64) {
-        let mut shards = self.shards.lock();
-        let counters = shards.entry((stream.to_string(), shard)).or_default();
-        counters.throttled += requests;
+        self.update(stream, shard, |c| c.throttled += requests);
     }
 
     pub fn got(&self, stream: &str, shard: u32, records: u64, bytes: u64, age_ms: i64) {
+        self.update(stream, shard, |c| {
+            c.get_records_calls += 1;
+            c.outgoing_records += records;
+            c.outgoing_bytes += bytes;
+            c.iterator_age_ms = age_ms;
+        });
+    }
+
+    fn update(&self, stream: &str, shard: u32, change: impl FnOnce(&mut ShardCounters)) {
         let mut shards = self.shards.lock();
-        let counters = shards.entry((stream.to_string(), shard)).or_default();
-        counters.get_records_calls += 1;
-        counters.outgoing_records += records;
-        counters.outgoing_bytes += bytes;
-        counters.iterator_age_ms = age_ms;
+        change(shards.entry((stream.to_string(), shard)).or_default());
     }
 
     /// The Prometheus text exposition of every counter, and of what the engine's shards hold.

@@ -240,6 +240,8 @@ impl StreamTail {
 }
 
 struct TailState {
+    /// The stream's name, as the cursor keys positions by it.
+    name: String,
     reader: StreamReader,
     cursor: Option<Arc<PumpCursor>>,
     appends: tokio::sync::watch::Receiver<u64>,
@@ -253,7 +255,7 @@ impl TailState {
         let reads = self.reader.read(READ_BATCH)?;
         let any = !reads.is_empty();
         if let Some(cursor) = &self.cursor {
-            let name = self.reader.stream().name().to_string();
+            let name = &self.name;
             let rows: usize = reads
                 .iter()
                 .flat_map(|r| &r.batches)
@@ -288,8 +290,7 @@ impl TailState {
     fn next_batch(&mut self) -> Option<RecordBatch> {
         let (batch, shard, end) = self.pending.pop_front()?;
         if let Some(cursor) = &self.cursor {
-            let name = self.reader.stream().name().to_string();
-            cursor.read.lock().insert((name, shard), end);
+            cursor.read.lock().insert((self.name.clone(), shard), end);
         }
         Some(batch)
     }
@@ -320,6 +321,7 @@ impl PartitionStream for StreamTail {
                 }
             }
             TailState {
+                name: name.clone(),
                 reader,
                 cursor: self.cursor.clone(),
                 appends,
