@@ -230,7 +230,7 @@ fn ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let sluice_cpu = cpu.elapsed_secs();
     let retained: usize = stream.stats().iter().map(|s| s.records).sum();
     assert_eq!(retained, args.records, "every record is retained");
-    let batch_bytes: usize = stream.shards().iter().map(|s| s.memory_size()).sum();
+    let batch_bytes: usize = stream.shards().iter().map(|s| s.retained_bytes()).sum();
     let rss_growth = rss_bytes().saturating_sub(rss_before);
 
     // Baseline: arrow-json decoding the same bytes into one RecordBatch, no routing.

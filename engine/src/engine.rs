@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::format::StreamFormat;
 use crate::routing::even_split;
 use crate::schema::validate_user_schema;
+use crate::cache::CacheStats;
 use crate::stream::{Reshard, Stream, StreamRuntime};
 
 /// The name of the stream that collects records that did not decode.
@@ -54,7 +55,13 @@ pub struct EngineOptions {
     pub seal_after: Duration,
     /// Run a background thread that seals aged tails and expires old records.
     pub background: bool,
+    /// At most this many bytes of sealed segments stay in memory (shared by every stream);
+    /// older records are read from disk when a reader reaches them.
+    pub cache_bytes: usize,
 }
+
+/// The default [`EngineOptions::cache_bytes`]: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 impl EngineOptions {
     /// Defaults for a data folder: fsync durability, the system clock, background sealing.
@@ -67,6 +74,7 @@ impl EngineOptions {
             seal_bytes: 8 * 1024 * 1024,
             seal_after: Duration::from_secs(1),
             background: true,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 
@@ -85,6 +93,12 @@ impl EngineOptions {
     /// Turns the background sealer on or off (tests turn it off for determinism).
     pub fn with_background(mut self, background: bool) -> Self {
         self.background = background;
+        self
+    }
+
+    /// Bounds the memory sealed segments may take (see [`EngineOptions::cache_bytes`]).
+    pub fn with_cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
         self
     }
 }
@@ -197,6 +211,11 @@ impl Engine {
     /// The processing-time clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.options.clock
+    }
+
+    /// What the segment cache holds now (every stream shares it).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.runtime.cache.stats()
     }
 
     /// Creates a stream. With `if_not_exists`, an existing stream of that name is left as is.

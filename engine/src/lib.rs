@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+pub mod cache;
 pub mod catalog;
 pub mod clock;
 mod engine;
@@ -56,12 +57,15 @@ pub use catalog::{
     PumpCheckpoint, PumpDefinition, StreamDefinition, WatermarkDefinition,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields};
+pub use cache::CacheStats;
+pub use engine::{
+    DEFAULT_CACHE_BYTES, Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields,
+};
 pub use error::{Error, Result};
 pub use format::StreamFormat;
 pub use reader::{ShardIterator, ShardRead, StartPosition, StreamReader};
 pub use schema::PublicProjector;
 pub use stream::{
-    COMMIT_SHARD, MAX_OPEN_SHARDS, PutRecord, PutResult, RecordRef, Reshard, Shard, ShardStats,
-    Stream,
+    COMMIT_SHARD, Chunk, MAX_OPEN_SHARDS, PutRecord, PutResult, RecordRef, Reshard, Shard,
+    ShardStats, Stream,
 };

@@ -63,7 +63,7 @@ impl ShardIterator {
             StartPosition::Latest => shard.next_seq(),
             StartPosition::AtSequenceNumber(text) => counter_of(text)?,
             StartPosition::AfterSequenceNumber(text) => counter_of(text)? + 1,
-            StartPosition::AtTimestamp(ts) => shard.seq_at_timestamp(*ts),
+            StartPosition::AtTimestamp(ts) => shard.seq_at_timestamp(*ts)?,
         };
         Ok(Self {
             shard,
@@ -85,7 +85,7 @@ impl ShardIterator {
     /// [`Self::next_batches`], each batch with the counter just after its last record (where a
     /// reader that has handed on this batch, and no further, resumes).
     pub fn next_batches_ending(&mut self, max_records: usize) -> Result<Vec<(RecordBatch, u64)>> {
-        let stored = self.shard.read_from(self.position, max_records);
+        let stored = self.shard.read_from(self.position, max_records)?;
         let mut out = Vec::with_capacity(stored.len());
         for batch in stored {
             if let Some(last) = last_seq(&batch) {

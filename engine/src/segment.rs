@@ -4,6 +4,8 @@
 //! (`00000000000000000001-00000000000000016384.arrow`) so a shard's folder lists in order and
 //! recovery knows each segment's range before opening it. Segments are written to a temporary
 //! name, synced, then renamed into place, so a crash leaves either a whole segment or none.
+//! The file's footer also records how many rows it holds and when its newest record arrived
+//! ([`read_segment_header`]), so opening a shard reads footers, not whole segments.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -29,34 +31,80 @@ pub fn parse_segment_file_name(name: &str) -> Option<(u64, u64)> {
     Some((first.parse().ok()?, last.parse().ok()?))
 }
 
-/// Writes `batch` as a segment in `dir`; returns its path.
+/// Footer keys: how many rows a segment holds, and the newest arrival time among them.
+const ROWS_KEY: &str = "sluice.rows";
+const MAX_ARRIVAL_KEY: &str = "sluice.max_arrival_ms";
+
+/// Writes `batch` (whose newest record arrived at `max_arrival_ms`) as a segment in `dir`;
+/// returns its path. On failure (a full disk, say) nothing is left behind under either name.
 pub fn write_segment(
     dir: &Path,
     first: u64,
     last: u64,
     batch: &RecordBatch,
+    max_arrival_ms: i64,
     durability: Durability,
 ) -> Result<PathBuf> {
     let path = dir.join(segment_file_name(first, last));
     let tmp = dir.join(format!("{}.tmp", segment_file_name(first, last)));
-    let file = File::create(&tmp).map_err(|e| Error::io("creating segment", &tmp, e))?;
-    let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())?;
-    writer.write(batch)?;
-    writer.finish()?;
-    let file = writer
-        .into_inner()?
-        .into_inner()
-        .map_err(|e| Error::io("writing segment", &tmp, e.into_error()))?;
-    if durability == Durability::Fsync {
-        file.sync_all()
-            .map_err(|e| Error::io("syncing segment", &tmp, e))?;
-    }
-    drop(file);
-    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment into place", &path, e))?;
-    if durability == Durability::Fsync {
-        sync_dir(dir)?;
+    let written = write_segment_file(&tmp, batch, max_arrival_ms, durability)
+        .and_then(|_| {
+            fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment into place", &path, e))
+        })
+        .and_then(|_| match durability {
+            Durability::Fsync => sync_dir(dir),
+            Durability::Buffered => Ok(()),
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     Ok(path)
+}
+
+fn write_segment_file(
+    tmp: &Path,
+    batch: &RecordBatch,
+    max_arrival_ms: i64,
+    durability: Durability,
+) -> Result<()> {
+    let file = File::create(tmp).map_err(|e| Error::io("creating segment", tmp, e))?;
+    let io = |e: arrow::error::ArrowError| match e {
+        arrow::error::ArrowError::IoError(_, e) => Error::io("writing segment", tmp, e),
+        other => Error::Arrow(other),
+    };
+    let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema()).map_err(io)?;
+    writer.write_metadata(ROWS_KEY, batch.num_rows().to_string());
+    writer.write_metadata(MAX_ARRIVAL_KEY, max_arrival_ms.to_string());
+    writer.write(batch).map_err(io)?;
+    writer.finish().map_err(io)?;
+    let file = writer
+        .into_inner()
+        .map_err(io)?
+        .into_inner()
+        .map_err(|e| Error::io("writing segment", tmp, e.into_error()))?;
+    if durability == Durability::Fsync {
+        file.sync_all()
+            .map_err(|e| Error::io("syncing segment", tmp, e))?;
+    }
+    Ok(())
+}
+
+/// What a segment's footer says: the columns it was written with and, for segments written
+/// since footers carry them, its row count and newest arrival time. Reads no record data.
+pub fn read_segment_header(path: &Path) -> Result<(SchemaRef, Option<(usize, i64)>)> {
+    let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
+    let reader = FileReader::try_new(file, None).map_err(|e| Error::Corrupt {
+        what: "segment",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let metadata = reader.custom_metadata();
+    let number = |key: &str| metadata.get(key).and_then(|v| v.parse::<i64>().ok());
+    let summary = number(ROWS_KEY)
+        .zip(number(MAX_ARRIVAL_KEY))
+        .map(|(rows, max_arrival)| (rows as usize, max_arrival));
+    Ok((reader.schema(), summary))
 }
 
 /// Reads a segment back as one batch in `schema`.
@@ -137,8 +185,8 @@ mod tests {
                 vec![Arc::new(Int64Array::from(v)) as ArrayRef],
             )
         };
-        write_segment(dir.path(), 11, 12, &batch(vec![3, 4])?, Durability::Fsync)?;
-        write_segment(dir.path(), 1, 10, &batch(vec![1, 2])?, Durability::Fsync)?;
+        write_segment(dir.path(), 11, 12, &batch(vec![3, 4])?, 5, Durability::Fsync)?;
+        write_segment(dir.path(), 1, 10, &batch(vec![1, 2])?, 4, Durability::Fsync)?;
         fs::write(dir.path().join("x.arrow.tmp"), b"junk")
             .map_err(|e| Error::io("w", dir.path(), e))?;
         let listed = list_segments(dir.path())?;
@@ -148,6 +196,8 @@ mod tests {
         );
         let read = read_segment(&listed[1].2, &schema)?;
         assert_eq!(read, batch(vec![3, 4])?);
+        let (columns, summary) = read_segment_header(&listed[1].2)?;
+        assert_eq!((columns, summary), (schema, Some((2, 5))));
         assert!(!dir.path().join("x.arrow.tmp").exists());
         Ok(())
     }

@@ -249,7 +249,7 @@ impl ShardFilter {
                 .filter_map(|p| all.iter().find(|s| s.index() == p))
         };
         let retained = |s: &Shard| s.is_open() || s.stats().records > 0;
-        let since = |s: &Shard, ts: i64| s.is_open() || s.seq_at_timestamp(ts) < s.next_seq();
+        let since = |s: &Shard, ts: i64| s.is_open() || s.has_records_since(ts);
         match self {
             Self::All => true,
             Self::AfterShardId(id) => shard_id(shard.index()).as_str() > id.as_str(),

@@ -1,8 +1,10 @@
 //! Streams as DataFusion tables.
 //!
 //! A bounded `SELECT … FROM stream` scans a snapshot of every retained record: each shard is
-//! one partition of a [`MemorySourceConfig`] over the shard's batches, projected without copying
-//! (the derived `_shard_id` and `_sequence_number` columns are built only when asked for).
+//! one partition ([`SnapshotPartition`]) over the shard's chunks, each read (from the segment
+//! cache or disk) only when the scan reaches it, so a query over a long stream holds a few
+//! batches at a time rather than the stream. Batches are projected without copying (the derived
+//! `_shard_id` and `_sequence_number` columns are built only when asked for).
 //! `INSERT INTO stream …` plans through DataFusion (so casts and `INSERT … SELECT` just work) and
 //! ends in [`StreamSink`], which turns rows back into records.
 
@@ -15,16 +17,19 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Result as DFResult, exec_err, not_impl_err, plan_err};
-use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::common::{DataFusionError, Result as DFResult, exec_err, not_impl_err, plan_err};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use sluice_engine::schema::{DATA, PARTITION_KEY, ROWTIME, SEQUENCE_NUMBER, SHARD_ID};
-use sluice_engine::{PublicProjector, PutRecord, PutResult, RecordRef, Stream, StreamFormat};
+use sluice_engine::{
+    Chunk, PublicProjector, PutRecord, PutResult, RecordRef, Stream, StreamFormat,
+};
 
 use crate::error::to_datafusion;
 
@@ -58,13 +63,19 @@ impl TableProvider for StreamTable {
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let projection = projection.map(|p| p.as_slice());
-        let partitions = snapshot_partitions(&self.stream, projection)?;
         let schema = match projection {
             Some(columns) => Arc::new(self.stream.public_schema().project(columns)?),
             None => Arc::clone(self.stream.public_schema()),
         };
-        let exec = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
-        Ok(exec)
+        let partitions = snapshot_partitions(&self.stream, projection, None)?;
+        Ok(Arc::new(StreamingTableExec::try_new(
+            schema,
+            partitions,
+            None,
+            [],
+            false,
+            None,
+        )?))
     }
 
     async fn insert_into(
@@ -115,25 +126,111 @@ impl StreamTable {
     }
 }
 
+/// A function applied to every batch of a snapshot after projection, and the schema it gives.
+pub(crate) type BatchMap = (
+    Arc<dyn Fn(&RecordBatch) -> DFResult<RecordBatch> + Send + Sync>,
+    SchemaRef,
+);
+
 /// Every retained record of `stream`, one partition per shard, in the public layout projected
-/// to `projection` (indexes into the public schema; `None` for all columns).
+/// to `projection` (indexes into the public schema; `None` for all columns), then through `map`
+/// if given. The chunks are fixed now; their records are read as the scan pulls them.
 pub(crate) fn snapshot_partitions(
     stream: &Stream,
     projection: Option<&[usize]>,
-) -> DFResult<Vec<Vec<RecordBatch>>> {
+    map: Option<BatchMap>,
+) -> DFResult<Vec<Arc<dyn PartitionStream>>> {
     let projector =
-        PublicProjector::new(stream.user_schema(), projection).map_err(to_datafusion)?;
-    let snapshot = stream.snapshot().map_err(to_datafusion)?;
-    snapshot
-        .iter()
-        .map(|(shard, batches)| {
-            batches
-                .iter()
-                .map(|b| projector.project(*shard, b))
-                .collect::<Result<Vec<_>, _>>()
+        Arc::new(PublicProjector::new(stream.user_schema(), projection).map_err(to_datafusion)?);
+    let schema = match (&map, projection) {
+        (Some((_, schema)), _) => Arc::clone(schema),
+        (None, Some(columns)) => Arc::new(stream.public_schema().project(columns)?),
+        (None, None) => Arc::clone(stream.public_schema()),
+    };
+    let map = map.map(|(f, _)| f);
+    Ok(stream
+        .snapshot()
+        .map_err(to_datafusion)?
+        .into_iter()
+        .map(|(shard, chunks)| {
+            Arc::new(SnapshotPartition {
+                shard,
+                chunks,
+                projector: Arc::clone(&projector),
+                schema: Arc::clone(&schema),
+                map: map.clone(),
+            }) as Arc<dyn PartitionStream>
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(to_datafusion)
+        .collect())
+}
+
+/// Hands every batch of a snapshot (public layout, all columns) to `f`, one at a time, reading
+/// each chunk only when its turn comes; the first error stops the walk.
+pub(crate) fn for_each_snapshot_batch(
+    stream: &Stream,
+    mut f: impl FnMut(&RecordBatch) -> DFResult<()>,
+) -> DFResult<()> {
+    let projector = PublicProjector::new(stream.user_schema(), None).map_err(to_datafusion)?;
+    for (shard, chunks) in stream.snapshot().map_err(to_datafusion)? {
+        for chunk in chunks {
+            let batch = chunk.batch().map_err(to_datafusion)?;
+            f(&projector.project(shard, &batch).map_err(to_datafusion)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// One shard of a snapshot as a partition of a scan: each chunk is read when the scan pulls
+/// it — from memory if it is the tail or a cached segment, else from disk on a blocking thread.
+pub(crate) struct SnapshotPartition {
+    shard: u32,
+    chunks: Vec<Chunk>,
+    projector: Arc<PublicProjector>,
+    schema: SchemaRef,
+    map: Option<Arc<dyn Fn(&RecordBatch) -> DFResult<RecordBatch> + Send + Sync>>,
+}
+
+impl fmt::Debug for SnapshotPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotPartition")
+            .field("shard", &self.shard)
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
+}
+
+impl PartitionStream for SnapshotPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let shard = self.shard;
+        let projector = Arc::clone(&self.projector);
+        let map = self.map.clone();
+        let batches = futures::stream::iter(self.chunks.clone()).then(move |chunk| {
+            let projector = Arc::clone(&projector);
+            let map = map.clone();
+            async move {
+                let stored = match chunk.batch_in_memory() {
+                    Some(batch) => batch,
+                    None => tokio::task::spawn_blocking(move || chunk.batch())
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?
+                        .map_err(to_datafusion)?,
+                };
+                let batch = projector.project(shard, &stored).map_err(to_datafusion)?;
+                match &map {
+                    Some(map) => map(&batch),
+                    None => Ok(batch),
+                }
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            batches,
+        ))
+    }
 }
 
 /// Turns inserted rows into records: the user columns encoded in the stream's format become the

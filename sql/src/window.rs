@@ -22,7 +22,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::StreamExt;
 use sluice_engine::schema::ROWTIME;
 use sluice_engine::{Clock, Engine, Stream};
@@ -31,7 +31,7 @@ use crate::continuous::{PumpCursor, StreamTail};
 use crate::create_stream::literal_interval_millis;
 use crate::schema_provider::StreamView;
 use crate::session_window::Sessions;
-use crate::table::snapshot_partitions;
+use crate::table::{BatchMap, for_each_snapshot_batch, snapshot_partitions};
 
 /// The window columns every windowed row gets.
 pub const WINDOW_START: &str = "window_start";
@@ -491,10 +491,10 @@ impl TableProvider for WindowedTable {
                 // Sessions span shards: gather every retained row, then close every session.
                 let public = Arc::clone(self.stream.public_schema());
                 let mut sessions = Sessions::new(&self.spec, &public, Arc::clone(&self.schema))?;
-                for batch in snapshot_partitions(&self.stream, None)?.iter().flatten() {
+                for_each_snapshot_batch(&self.stream, |batch| {
                     let positions = vec![None; batch.num_rows()];
-                    sessions.accept(batch, None, &positions)?;
-                }
+                    sessions.accept(batch, None, &positions).map(|_| ())
+                })?;
                 let rows = sessions.close(None)?.into_iter().collect::<Vec<_>>();
                 Ok(MemorySourceConfig::try_new_exec(
                     &[rows],
@@ -506,21 +506,20 @@ impl TableProvider for WindowedTable {
                 "session windows in a continuous query need an aggregate grouped by window_start or window_end"
             ),
             StreamView::Bounded => {
-                let partitions = snapshot_partitions(&self.stream, None)?
-                    .into_iter()
-                    .map(|batches| {
-                        batches
-                            .iter()
-                            .map(|b| add_window_columns(b, &self.spec, &self.schema))
-                            .collect::<DFResult<Vec<_>>>()
-                    })
-                    .collect::<DFResult<Vec<_>>>()?;
-                let exec = MemorySourceConfig::try_new_exec(
-                    &partitions,
+                let (spec, schema) = (self.spec.clone(), Arc::clone(&self.schema));
+                let add_windows: BatchMap = (
+                    Arc::new(move |b: &RecordBatch| add_window_columns(b, &spec, &schema)),
                     Arc::clone(&self.schema),
-                    projection.cloned(),
-                )?;
-                Ok(exec)
+                );
+                let partitions = snapshot_partitions(&self.stream, None, Some(add_windows))?;
+                Ok(Arc::new(StreamingTableExec::try_new(
+                    Arc::clone(&self.schema),
+                    partitions,
+                    projection,
+                    [],
+                    false,
+                    None,
+                )?))
             }
             StreamView::Continuous => {
                 let tail: Arc<dyn PartitionStream> = Arc::new(WindowedTail {

@@ -23,6 +23,7 @@ use arrow::array::{
 use arrow::datatypes::SchemaRef;
 use parking_lot::{Mutex, RwLock};
 
+use crate::cache::SegmentCache;
 use crate::catalog::{ShardDefinition, StreamDefinition};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -34,7 +35,7 @@ use crate::wal::{GroupCommit, WalEntry, WalRecord, WriteAheadLog};
 use crate::{Durability, EngineOptions};
 pub use commits::COMMIT_SHARD;
 pub use reshard::{MAX_OPEN_SHARDS, Reshard};
-pub use shard::{Shard, ShardStats};
+pub use shard::{Chunk, Shard, ShardStats};
 
 /// The largest data blob a record may carry: 1 MiB, as Kinesis.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -137,11 +138,14 @@ pub(crate) struct StreamRuntime {
     pub seal_rows: usize,
     pub seal_bytes: usize,
     pub seal_after: Duration,
+    /// The engine's segment cache.
+    pub cache: Arc<SegmentCache>,
 }
 
 impl StreamRuntime {
     pub fn from_options(options: &EngineOptions) -> Self {
         Self {
+            cache: Arc::new(SegmentCache::new(options.cache_bytes)),
             clock: Arc::clone(&options.clock),
             durability: options.durability,
             seal_rows: options.seal_rows,
@@ -233,31 +237,20 @@ impl Stream {
                 .map_err(|e| Error::io("creating shard folder", &shard_dir, e))?;
             let mut sealed = Vec::new();
             for (first, last, path) in crate::segment::list_segments(&shard_dir)? {
-                let (found, batch) = crate::segment::read_segment_as_written(&path)?;
-                let batch = if found.fields() == stored.fields() {
-                    batch
-                } else {
-                    // Written before `ALTER STREAM` changed the format or columns: decoded
-                    // again from the records' data, and rewritten (atomically) in the new form.
-                    let batch = redecode(&definition, &user_schema, &stored, &path, &batch)?;
-                    crate::segment::write_segment(
-                        &shard_dir,
-                        first,
-                        last,
-                        &batch,
-                        runtime.durability,
-                    )?;
-                    batch
-                };
-                if let Some(chunk) = shard::Chunk::new(batch, Some(path)) {
-                    sealed.push(chunk);
-                }
+                sealed.extend(open_segment(
+                    &definition,
+                    &user_schema,
+                    &stored,
+                    &runtime,
+                    (first, last, path),
+                )?);
             }
             shards.push(Arc::new(Shard::new(
                 shard_def,
                 shard_dir,
                 Arc::clone(&stored),
                 sealed,
+                Arc::clone(&runtime.cache),
             )));
         }
         let (wal, replay) = WriteAheadLog::open(&dir.join("wal"), runtime.durability)?;
@@ -332,7 +325,7 @@ impl Stream {
                 }
                 let (batch, _) = self.build_batch(shard_index, &run)?;
                 replayed += run.len();
-                if let Some(chunk) = shard::Chunk::new(batch, None) {
+                if let Some(chunk) = shard::Chunk::resident(batch) {
                     shard.push_tail(chunk);
                 }
             }
@@ -636,7 +629,7 @@ impl Stream {
             let mut due = false;
             for (position, batch) in chunks {
                 let shard = &set.all[position];
-                if let Some(chunk) = shard::Chunk::new(batch, None) {
+                if let Some(chunk) = shard::Chunk::resident(batch) {
                     shard.push_tail(chunk);
                 }
                 due |= shard.tail_is_due(
@@ -786,9 +779,10 @@ impl Stream {
         Ok(expired)
     }
 
-    /// Every retained record of every shard, in the stored layout, by shard index: what a
-    /// bounded query scans. Expired batches are dropped first.
-    pub fn snapshot(&self) -> Result<Vec<(u32, Vec<RecordBatch>)>> {
+    /// Every retained chunk of every shard, in the stored layout, by shard index: what a
+    /// bounded query scans, loading each chunk's records as it reaches it. Expired segments are
+    /// dropped first.
+    pub fn snapshot(&self) -> Result<Vec<(u32, Vec<Chunk>)>> {
         self.expire()?;
         Ok(self
             .shards()
@@ -824,6 +818,53 @@ impl Stream {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A sealed segment found when a stream opens, as a chunk whose records stay on disk until
+/// read. Only its footer is read, unless it predates footers that summarise it or was written
+/// with other columns (before `ALTER STREAM`): then its records are read, and in the second case
+/// decoded again from their data and the segment rewritten (atomically) in the new form.
+fn open_segment(
+    definition: &StreamDefinition,
+    user_schema: &SchemaRef,
+    stored: &SchemaRef,
+    runtime: &StreamRuntime,
+    (first, last, path): (u64, u64, PathBuf),
+) -> Result<Option<shard::Chunk>> {
+    let (found, summary) = crate::segment::read_segment_header(&path)?;
+    let summary = match summary {
+        Some(summary) if found.fields() == stored.fields() => summary,
+        _ => {
+            let (found, mut batch) = crate::segment::read_segment_as_written(&path)?;
+            if found.fields() != stored.fields() {
+                batch = redecode(definition, user_schema, stored, &path, &batch)?;
+            }
+            let Some(chunk) = shard::Chunk::resident(batch.clone()) else {
+                return Ok(None);
+            };
+            let max_arrival = chunk.max_arrival_ms();
+            let dir = path.parent().unwrap_or(Path::new("."));
+            crate::segment::write_segment(dir, first, last, &batch, max_arrival, runtime.durability)?;
+            (batch.num_rows(), max_arrival)
+        }
+    };
+    let (rows, max_arrival_ms) = summary;
+    if rows == 0 {
+        return Ok(None);
+    }
+    let bytes = fs::metadata(&path)
+        .map_err(|e| Error::io("reading segment size", &path, e))?
+        .len() as usize;
+    let segment =
+        shard::StoredSegment::new(path, Arc::clone(stored), Arc::clone(&runtime.cache));
+    Ok(Some(shard::Chunk::stored(
+        first,
+        last,
+        rows,
+        max_arrival_ms,
+        bytes,
+        segment,
+    )))
 }
 
 /// A stored batch written with other user columns (before `ALTER STREAM`), decoded again from

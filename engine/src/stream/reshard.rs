@@ -254,6 +254,7 @@ impl Stream {
                 dir,
                 Arc::clone(&self.stored_schema),
                 Vec::new(),
+                Arc::clone(&self.runtime.cache),
             )));
         }
         persist(&definitions)?;

@@ -7,6 +7,7 @@
 //! enough to clone a few `Arc`s; they never hold up a writer.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -15,25 +16,79 @@ use arrow::datatypes::{SchemaRef, TimestampMillisecondType, UInt64Type};
 use parking_lot::RwLock;
 
 use crate::Durability;
+use crate::cache::SegmentCache;
 use crate::catalog::ShardDefinition;
 use crate::error::Result;
 use crate::routing::HashKeyRange;
-use crate::segment::write_segment;
+use crate::segment::{read_segment, write_segment};
 
-/// A run of consecutive records of one shard, in the stored layout.
+/// A run of consecutive records of one shard, in the stored layout: a batch in memory (the
+/// open tail) or a sealed segment, read from disk through the [`SegmentCache`] when needed.
+/// Cloning one is cheap and never copies records.
 #[derive(Debug, Clone)]
 pub struct Chunk {
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub max_arrival_ms: i64,
-    pub batch: RecordBatch,
-    /// The segment file holding it, once sealed.
-    pub path: Option<PathBuf>,
+    first_seq: u64,
+    last_seq: u64,
+    max_arrival_ms: i64,
+    rows: usize,
+    /// Bytes of memory the batch takes when loaded.
+    bytes: usize,
+    data: ChunkData,
+}
+
+#[derive(Debug, Clone)]
+enum ChunkData {
+    Resident(RecordBatch),
+    Stored(Arc<StoredSegment>),
+}
+
+/// A sealed segment of a shard. Its batch is in the cache or on disk; dropping the last
+/// reference (the segment expired) drops it from the cache.
+#[derive(Debug)]
+pub(crate) struct StoredSegment {
+    id: u64,
+    path: PathBuf,
+    schema: SchemaRef,
+    cache: Arc<SegmentCache>,
+}
+
+impl StoredSegment {
+    pub(crate) fn new(path: PathBuf, schema: SchemaRef, cache: Arc<SegmentCache>) -> Self {
+        Self {
+            id: cache.next_id(),
+            path,
+            schema,
+            cache,
+        }
+    }
+
+    fn load(&self) -> Result<RecordBatch> {
+        if let Some(batch) = self.cache.get(self.id) {
+            return Ok(batch);
+        }
+        let batch = read_segment(&self.path, &self.schema).map_err(|e| match e {
+            crate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                crate::Error::Retry(format!(
+                    "segment {} is gone: it expired with the stream's retention while being read (read again from the trim horizon), or was removed from the data folder",
+                    self.path.display()
+                ))
+            }
+            other => other,
+        })?;
+        self.cache.insert(self.id, &batch);
+        Ok(batch)
+    }
+}
+
+impl Drop for StoredSegment {
+    fn drop(&mut self) {
+        self.cache.remove(self.id);
+    }
 }
 
 impl Chunk {
-    /// Wraps a non-empty stored batch, reading its sequence and arrival bounds.
-    pub fn new(batch: RecordBatch, path: Option<PathBuf>) -> Option<Self> {
+    /// Wraps a non-empty batch held in memory, reading its sequence and arrival bounds.
+    pub(crate) fn resident(batch: RecordBatch) -> Option<Self> {
         let rows = batch.num_rows();
         if rows == 0 {
             return None;
@@ -44,30 +99,85 @@ impl Chunk {
             first_seq: seqs.value(0),
             last_seq: seqs.value(rows - 1),
             max_arrival_ms: arrivals.value(rows - 1),
-            batch,
-            path,
+            rows,
+            bytes: batch.get_array_memory_size(),
+            data: ChunkData::Resident(batch),
         })
     }
 
-    /// The rows of this chunk with sequence counter `>= seq`.
-    fn rows_from(&self, seq: u64) -> RecordBatch {
-        if seq <= self.first_seq {
-            return self.batch.clone();
+    /// A sealed segment holding counters `first_seq..=last_seq`, read when needed.
+    pub(crate) fn stored(
+        first_seq: u64,
+        last_seq: u64,
+        rows: usize,
+        max_arrival_ms: i64,
+        bytes: usize,
+        segment: StoredSegment,
+    ) -> Self {
+        Self {
+            first_seq,
+            last_seq,
+            max_arrival_ms,
+            rows,
+            bytes,
+            data: ChunkData::Stored(Arc::new(segment)),
         }
-        let seqs = self.batch.column(0).as_primitive::<UInt64Type>();
+    }
+
+    /// The first sequence counter it holds.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The last sequence counter it holds.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// How many records it holds.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// When its newest record arrived (ms since the epoch).
+    pub fn max_arrival_ms(&self) -> i64 {
+        self.max_arrival_ms
+    }
+
+    /// Its records, read from disk if its segment is not cached.
+    pub fn batch(&self) -> Result<RecordBatch> {
+        match &self.data {
+            ChunkData::Resident(batch) => Ok(batch.clone()),
+            ChunkData::Stored(segment) => segment.load(),
+        }
+    }
+
+    /// Its records if they are in memory (the tail, or a cached segment): no disk read.
+    pub fn batch_in_memory(&self) -> Option<RecordBatch> {
+        match &self.data {
+            ChunkData::Resident(batch) => Some(batch.clone()),
+            ChunkData::Stored(segment) => segment.cache.get(segment.id),
+        }
+    }
+
+    /// The rows of this chunk with sequence counter `>= seq`.
+    fn rows_from(&self, seq: u64) -> Result<RecordBatch> {
+        let batch = self.batch()?;
+        if seq <= self.first_seq {
+            return Ok(batch);
+        }
+        let seqs = batch.column(0).as_primitive::<UInt64Type>();
         let start = seqs.values().partition_point(|s| *s < seq);
-        self.batch.slice(start, self.batch.num_rows() - start)
+        Ok(batch.slice(start, batch.num_rows() - start))
     }
 
     /// The sequence counter of the first row arriving at or after `ts_ms`, if any.
-    fn first_at_or_after(&self, ts_ms: i64) -> Option<u64> {
-        let arrivals = self
-            .batch
-            .column(1)
-            .as_primitive::<TimestampMillisecondType>();
+    fn first_at_or_after(&self, ts_ms: i64) -> Result<Option<u64>> {
+        let batch = self.batch()?;
+        let arrivals = batch.column(1).as_primitive::<TimestampMillisecondType>();
         let index = arrivals.values().partition_point(|t| *t < ts_ms);
-        let seqs = self.batch.column(0).as_primitive::<UInt64Type>();
-        (index < seqs.len()).then(|| seqs.value(index))
+        let seqs = batch.column(0).as_primitive::<UInt64Type>();
+        Ok((index < seqs.len()).then(|| seqs.value(index)))
     }
 }
 
@@ -122,6 +232,7 @@ pub struct Shard {
     pub(crate) dir: PathBuf,
     pub(crate) stored_schema: SchemaRef,
     pub(crate) state: RwLock<ShardState>,
+    cache: Arc<SegmentCache>,
     /// The shard this one was split from, or the first of the two merged into it.
     parent: Option<u32>,
     /// The second shard merged into this one.
@@ -152,6 +263,7 @@ impl Shard {
         dir: PathBuf,
         stored_schema: SchemaRef,
         sealed: Vec<Chunk>,
+        cache: Arc<SegmentCache>,
     ) -> Self {
         let last = sealed.last().map(|c| (c.last_seq, c.max_arrival_ms));
         let (sealed_through, last_arrival_ms) = last.unwrap_or((0, i64::MIN));
@@ -164,6 +276,7 @@ impl Shard {
             ending_seq: AtomicU64::new(definition.ending_seq.unwrap_or(OPEN)),
             dir,
             stored_schema,
+            cache,
             state: RwLock::new(ShardState {
                 sealed,
                 tail: Vec::new(),
@@ -233,8 +346,8 @@ impl Shard {
         let mut state = self.state.write();
         state.next_seq = chunk.last_seq + 1;
         state.last_arrival_ms = state.last_arrival_ms.max(chunk.max_arrival_ms);
-        state.tail_rows += chunk.batch.num_rows();
-        state.tail_bytes += chunk.batch.get_array_memory_size();
+        state.tail_rows += chunk.rows;
+        state.tail_bytes += chunk.bytes;
         state.tail_since.get_or_insert_with(Instant::now);
         state.tail.push(chunk);
     }
@@ -248,8 +361,9 @@ impl Shard {
                 || state.tail_since.is_some_and(|t| t.elapsed() >= age))
     }
 
-    /// Seals the tail into one batch persisted as a segment. Returns the highest counter now
-    /// durable in segments.
+    /// Seals the tail into one batch persisted as a segment, which enters the cache. Returns
+    /// the highest counter now durable in segments. If the segment cannot be written (a full
+    /// disk), the tail stays as it was, still covered by the write-ahead log.
     ///
     /// The caller holds the stream's append lock, so the tail cannot grow meanwhile; the segment
     /// is written without holding the shard's lock, so readers are not held up by the disk.
@@ -261,23 +375,33 @@ impl Shard {
             }
             state.tail.clone()
         };
-        let batches: Vec<&RecordBatch> = tail.iter().map(|c| &c.batch).collect();
-        let batch = arrow::compute::concat_batches(&self.stored_schema, batches)?;
+        let batches = tail.iter().map(Chunk::batch).collect::<Result<Vec<_>>>()?;
+        let batch = arrow::compute::concat_batches(&self.stored_schema, &batches)?;
+        drop(batches);
         let first = tail[0].first_seq;
         let last = tail[tail.len() - 1].last_seq;
-        let path = write_segment(&self.dir, first, last, &batch, durability)?;
+        let max_arrival_ms = tail.iter().map(|c| c.max_arrival_ms).max().unwrap_or(0);
+        let path = write_segment(&self.dir, first, last, &batch, max_arrival_ms, durability)?;
+        let segment = StoredSegment::new(
+            path,
+            Arc::clone(&self.stored_schema),
+            Arc::clone(&self.cache),
+        );
+        self.cache.insert(segment.id, &batch);
+        let sealed = Chunk::stored(
+            first,
+            last,
+            batch.num_rows(),
+            max_arrival_ms,
+            batch.get_array_memory_size(),
+            segment,
+        );
         let mut state = self.state.write();
         // Swap exactly the chunks that were sealed for the sealed batch, atomically for readers.
         state.tail.drain(..tail.len());
-        if let Some(chunk) = Chunk::new(batch, Some(path)) {
-            state.sealed.push(chunk);
-        }
-        state.tail_rows = state.tail.iter().map(|c| c.batch.num_rows()).sum();
-        state.tail_bytes = state
-            .tail
-            .iter()
-            .map(|c| c.batch.get_array_memory_size())
-            .sum();
+        state.sealed.push(sealed);
+        state.tail_rows = state.tail.iter().map(|c| c.rows).sum();
+        state.tail_bytes = state.tail.iter().map(|c| c.bytes).sum();
         if state.tail.is_empty() {
             state.tail_since = None;
         }
@@ -311,19 +435,24 @@ impl Shard {
         drop(state);
         let mut records = 0;
         for chunk in expired {
-            records += chunk.batch.num_rows();
-            if let Some(path) = &chunk.path
-                && let Err(e) = std::fs::remove_file(path)
+            records += chunk.rows;
+            if let ChunkData::Stored(segment) = &chunk.data
+                && let Err(e) = std::fs::remove_file(&segment.path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                return Err(crate::Error::io("removing expired segment", path, e));
+                return Err(crate::Error::io(
+                    "removing expired segment",
+                    &segment.path,
+                    e,
+                ));
             }
         }
         Ok(records)
     }
 
-    /// Every retained record from counter `seq` on, up to `max_records` (stored layout).
-    pub fn read_from(&self, seq: u64, max_records: usize) -> Vec<RecordBatch> {
+    /// Every retained record from counter `seq` on, up to `max_records` (stored layout). Sealed
+    /// segments not in the cache are read from disk, outside the shard's lock.
+    pub fn read_from(&self, seq: u64, max_records: usize) -> Result<Vec<RecordBatch>> {
         let chunks: Vec<Chunk> = {
             let state = self.state.read();
             let start = state.sealed.partition_point(|c| c.last_seq < seq);
@@ -340,7 +469,7 @@ impl Shard {
             if remaining == 0 {
                 break;
             }
-            let batch = chunk.rows_from(seq);
+            let batch = chunk.rows_from(seq)?;
             let batch = if batch.num_rows() > remaining {
                 batch.slice(0, remaining)
             } else {
@@ -351,13 +480,14 @@ impl Shard {
                 out.push(batch);
             }
         }
-        out
+        Ok(out)
     }
 
-    /// Every retained record (stored layout): the snapshot a bounded query scans.
-    pub fn snapshot(&self) -> Vec<RecordBatch> {
+    /// Every retained chunk (stored layout): the snapshot a bounded query scans, loading each
+    /// chunk's records as it reaches it.
+    pub fn snapshot(&self) -> Vec<Chunk> {
         let state = self.state.read();
-        state.chunks().map(|c| c.batch.clone()).collect()
+        state.chunks().cloned().collect()
     }
 
     /// The counter the next record will get (where LATEST starts).
@@ -376,20 +506,31 @@ impl Shard {
     }
 
     /// The counter of the first record that arrived at or after `ts_ms`, or the next one.
-    pub fn seq_at_timestamp(&self, ts_ms: i64) -> u64 {
-        let state = self.state.read();
-        let chunks: Vec<&Chunk> = state.chunks().collect();
-        let index = chunks.partition_point(|c| c.max_arrival_ms < ts_ms);
-        chunks
-            .get(index)
-            .and_then(|c| c.first_at_or_after(ts_ms))
-            .unwrap_or(state.next_seq)
+    pub fn seq_at_timestamp(&self, ts_ms: i64) -> Result<u64> {
+        let (chunk, next_seq) = {
+            let state = self.state.read();
+            let chunks: Vec<&Chunk> = state.chunks().collect();
+            let index = chunks.partition_point(|c| c.max_arrival_ms < ts_ms);
+            (chunks.get(index).map(|c| (*c).clone()), state.next_seq)
+        };
+        Ok(match chunk {
+            Some(chunk) => chunk.first_at_or_after(ts_ms)?.unwrap_or(next_seq),
+            None => next_seq,
+        })
+    }
+
+    /// Whether a retained record arrived at or after `ts_ms` (no disk read).
+    pub fn has_records_since(&self, ts_ms: i64) -> bool {
+        self.state
+            .read()
+            .chunks()
+            .any(|c| c.max_arrival_ms >= ts_ms)
     }
 
     /// A summary of the shard now.
     pub fn stats(&self) -> ShardStats {
         let state = self.state.read();
-        let sealed_rows: usize = state.sealed.iter().map(|c| c.batch.num_rows()).sum();
+        let sealed_rows: usize = state.sealed.iter().map(|c| c.rows).sum();
         ShardStats {
             index: self.index,
             hash_key_range: self.range,
@@ -405,12 +546,14 @@ impl Shard {
         self.state.read().sealed_through
     }
 
-    /// Bytes of memory the retained batches use.
-    pub fn memory_size(&self) -> usize {
+    /// Bytes the retained records take as Arrow batches (in memory or on disk).
+    pub fn retained_bytes(&self) -> usize {
         let state = self.state.read();
-        state
-            .chunks()
-            .map(|c| c.batch.get_array_memory_size())
-            .sum()
+        state.chunks().map(|c| c.bytes).sum()
+    }
+
+    /// Bytes of the open tail: the records in memory only (and in the write-ahead log).
+    pub fn tail_bytes(&self) -> usize {
+        self.state.read().tail_bytes
     }
 }
