@@ -80,6 +80,9 @@ pub struct WriteAheadLog {
     files: Vec<LogFile>,
     current: Arc<File>,
     current_size: u64,
+    /// A failed write left part of a frame that could not be cut off yet: no frame may follow
+    /// it until it is.
+    torn: bool,
     /// Bytes written over the log's life (this process): frames' positions.
     written: u64,
     group: Arc<GroupCommit>,
@@ -262,6 +265,7 @@ impl WriteAheadLog {
                 files,
                 current,
                 current_size: 0,
+                torn: false,
                 written: 0,
                 group,
             },
@@ -309,9 +313,15 @@ impl WriteAheadLog {
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
 
         let path = self.current_path().to_path_buf();
-        (&*self.current)
-            .write_all(&frame)
-            .map_err(|e| Error::io("appending to write-ahead log", &path, e))?;
+        if self.torn {
+            self.cut_torn_frame(&path)?;
+        }
+        if let Err(e) = (&*self.current).write_all(&frame) {
+            // A full disk can take part of a frame. Cut it off, or the next frame would land
+            // after it and recovery would stop at the torn one, dropping acknowledged records.
+            self.cut_torn_frame(&path)?;
+            return Err(Error::io("appending to write-ahead log", &path, e));
+        }
         self.current_size += frame.len() as u64;
         self.written += frame.len() as u64;
         self.group.published(self.written, &self.current, &path);
@@ -322,10 +332,28 @@ impl WriteAheadLog {
                 *max = (*max).max(e.seq);
             }
         }
-        if self.current_size >= ROTATE_BYTES {
-            self.rotate()?;
+        if self.current_size >= ROTATE_BYTES
+            && let Err(e) = self.rotate()
+        {
+            // The frame is written; it must not be reported as failed (its sequence numbers
+            // would be handed out again). The log keeps growing this file and tries again.
+            log::warn!("write-ahead log {}: cannot rotate yet: {e}", path.display());
         }
         Ok(position)
+    }
+
+    /// Truncates the current file back to its last whole frame after a failed write.
+    fn cut_torn_frame(&mut self, path: &Path) -> Result<()> {
+        self.torn = true;
+        self.current.set_len(self.current_size).map_err(|e| {
+            Error::io(
+                "cutting a partly written frame from the write-ahead log",
+                path,
+                e,
+            )
+        })?;
+        self.torn = false;
+        Ok(())
     }
 
     /// Deletes log files whose records are all sealed. `sealed_through(shard)` is the highest
@@ -376,6 +404,7 @@ impl WriteAheadLog {
         }
         let generation = self.files.last().map_or(1, |f| f.generation + 1);
         let (file, path) = create_log_file(&self.dir, generation, self.durability)?;
+        // The new file is only used from here on; a failure above leaves the log as it was.
         self.current = Arc::new(file);
         self.current_size = 0;
         self.group.published(self.written, &self.current, &path);

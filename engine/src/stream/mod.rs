@@ -174,6 +174,8 @@ pub struct Stream {
     commits: Mutex<commits::Commits>,
     /// Set once `ALTER STREAM` has replaced this object: appends go to the new one.
     retired: std::sync::atomic::AtomicBool,
+    /// The last seal failed: appends try it again first and are refused while it fails.
+    seal_failing: std::sync::atomic::AtomicBool,
     runtime: StreamRuntime,
     /// Where records that do not decode are reported (`None` for the error stream itself).
     errors: Option<Arc<Stream>>,
@@ -265,6 +267,7 @@ impl Stream {
             dir,
             group_commit: wal.group_commit(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            seal_failing: std::sync::atomic::AtomicBool::new(false),
             commits,
             wal: Mutex::new(wal),
             runtime,
@@ -551,6 +554,11 @@ impl Stream {
                     self.definition.name
                 )));
             }
+            // While tails cannot be sealed (a full disk), new records are refused rather than
+            // held in memory without bound; they are taken again once a seal succeeds.
+            if self.seal_failing.load(std::sync::atomic::Ordering::Acquire) {
+                self.seal_locked(&mut wal, false)?;
+            }
             // Routed under the append lock, which resharding also takes: no record can land in
             // a shard that a split or merge has just closed.
             let set = Arc::clone(&self.shards.read());
@@ -624,8 +632,15 @@ impl Stream {
                 self.commits.lock().set(writer, data);
             }
             // Reported before the records become visible, so a reader that sees a record
-            // can already find its error report.
-            self.report_failures(std::mem::take(&mut failures))?;
+            // can already find its error report. The records are logged by now, so nothing
+            // may fail their append any more (their sequence numbers would be handed out
+            // again): a report that cannot be written is logged instead.
+            if let Err(e) = self.report_failures(std::mem::take(&mut failures)) {
+                log::error!(
+                    "stream '{}': could not report records that did not decode: {e}",
+                    self.definition.name
+                );
+            }
             let mut due = false;
             for (position, batch) in chunks {
                 let shard = &set.all[position];
@@ -639,8 +654,12 @@ impl Stream {
                 );
             }
             self.appends.send_modify(|n| *n += 1);
-            if due {
-                self.seal_locked(&mut wal, false)?;
+            // The records are in the log: a seal that fails now does not fail their append.
+            if due && let Err(e) = self.seal_locked(&mut wal, false) {
+                log::error!(
+                    "stream '{}': sealing failed, the records stay in the write-ahead log: {e}",
+                    self.definition.name
+                );
             }
         }
         // Acknowledged only once durable: one fsync covers every append waiting here.
@@ -749,7 +768,15 @@ impl Stream {
         self.seal_locked(&mut wal, force)
     }
 
+    /// Seals under the append lock, remembering whether it failed (see `seal_failing`).
     fn seal_locked(&self, wal: &mut WriteAheadLog, force: bool) -> Result<()> {
+        let sealed = self.seal_and_trim(wal, force);
+        self.seal_failing
+            .store(sealed.is_err(), std::sync::atomic::Ordering::Release);
+        sealed
+    }
+
+    fn seal_and_trim(&self, wal: &mut WriteAheadLog, force: bool) -> Result<()> {
         for shard in self.shards().iter() {
             if force
                 || shard.tail_is_due(
