@@ -38,7 +38,7 @@ struct Figures {
     get_records_per_s: f64,
 }
 
-const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 /// Distinct request bodies each client cycles through (building them is not what is measured).
 const BODIES: usize = 8;
 
@@ -51,7 +51,7 @@ pub fn kinesis(args: &KinesisArgs) -> Result<(), BoxError> {
 
 async fn run(args: &KinesisArgs) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
-    let (mut server, endpoint) = start_sluice(dir.path())?;
+    let (mut server, endpoint) = start_sluice(dir.path(), &[])?;
     println!(
         "Kinesis API load: {} clients x PutRecords of {BATCH} ~100-byte records for {} s into {} shards, then GetRecords of everything",
         args.clients, args.seconds, args.shards
@@ -87,8 +87,12 @@ fn print_figures(name: &str, f: &Figures) {
     );
 }
 
-/// Starts `sluice serve` from beside this binary; returns it and its Kinesis endpoint.
-fn start_sluice(dir: &std::path::Path) -> Result<(std::process::Child, String), BoxError> {
+/// Starts `sluice serve` (with `extra` arguments) from beside this binary; returns it and its
+/// Kinesis endpoint.
+pub(crate) fn start_sluice(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<(std::process::Child, String), BoxError> {
     use std::io::BufRead;
     let exe = std::env::current_exe()?;
     let sluice = exe.with_file_name("sluice");
@@ -103,6 +107,7 @@ fn start_sluice(dir: &std::path::Path) -> Result<(std::process::Child, String), 
         .arg("--data-dir")
         .arg(dir)
         .args(["serve", "--flight-port", "0", "--kinesis-port", "0"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().ok_or("sluice serve has no stdout")?;
@@ -116,13 +121,17 @@ fn start_sluice(dir: &std::path::Path) -> Result<(std::process::Child, String), 
     Ok((child, endpoint))
 }
 
-struct Client {
-    http: reqwest::Client,
-    endpoint: String,
+pub(crate) struct Client {
+    pub http: reqwest::Client,
+    pub endpoint: String,
 }
 
 impl Client {
-    async fn call(&self, action: &str, body: impl Into<reqwest::Body>) -> Result<Value, BoxError> {
+    pub(crate) async fn call(
+        &self,
+        action: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Value, BoxError> {
         let response = self
             .http
             .post(&self.endpoint)
@@ -278,7 +287,7 @@ async fn measure(endpoint: &str, label: &str, args: &KinesisArgs) -> Result<Figu
 }
 
 /// One PutRecords body of `BATCH` ~100-byte JSON records, and its bytes of record data.
-fn put_records_body(stream: &str, seed: usize) -> (bytes::Bytes, u64) {
+pub(crate) fn put_records_body(stream: &str, seed: usize) -> (bytes::Bytes, u64) {
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (seed as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let mut data_bytes = 0u64;
     let records: Vec<Value> = (0..BATCH)

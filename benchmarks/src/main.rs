@@ -7,6 +7,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
 //! benchmarks/kinesis.sh   # kinesis [--emulator URL] [--seconds S] [--clients C], with kinesalite
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- soak [--seconds S] [--clients C] [--cache-mb M]
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -20,6 +21,7 @@ mod durability;
 mod flight;
 mod kinesis;
 mod measure;
+mod soak;
 mod window;
 
 /// The same allocator as the `sluice` binary, so the figures are the ones users get.
@@ -39,6 +41,7 @@ struct Args {
     batch: usize,
     durability: Durability,
     kinesis: kinesis::KinesisArgs,
+    cache_mb: usize,
 }
 
 fn parse_args() -> Result<(String, Args), String> {
@@ -54,6 +57,7 @@ fn parse_args() -> Result<(String, Args), String> {
             clients: 8,
             shards: 4,
         },
+        cache_mb: 64,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -70,9 +74,12 @@ fn parse_args() -> Result<(String, Args), String> {
             "--clients" => {
                 parsed.kinesis.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
             }
+            "--cache-mb" => {
+                parsed.cache_mb = value()?.parse().map_err(|e| format!("--cache-mb: {e}"))?
+            }
             other => {
                 return Err(format!(
-                    "unknown flag {other}; expected --records N, --batch N, --fsync, --emulator URL, --seconds S, --clients C"
+                    "unknown flag {other}; expected --records N, --batch N, --fsync, --emulator URL, --seconds S, --clients C, --cache-mb M"
                 ));
             }
         }
@@ -138,9 +145,24 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "soak" => {
+            let soak = soak::SoakArgs {
+                seconds: if args.kinesis.seconds == 10 {
+                    120
+                } else {
+                    args.kinesis.seconds
+                },
+                clients: args.kinesis.clients,
+                cache_mb: args.cache_mb,
+            };
+            if let Err(e) = soak::soak(&soak) {
+                eprintln!("soak failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, _)) => {
             eprintln!(
-                "unknown benchmark '{command}'; available: ingest, window, delivery, flight, durability, kinesis"
+                "unknown benchmark '{command}'; available: ingest, window, delivery, flight, durability, kinesis, soak"
             );
             std::process::exit(2);
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parking_lot::{Mutex, RwLock};
 
+use crate::cache::CacheStats;
 use crate::catalog::{
     Catalog, ColumnDefinition, DEFAULT_RETENTION_HOURS, DeliveryDefinition, MAX_RETENTION_HOURS,
     MIN_RETENTION_HOURS, PumpCheckpoint, PumpDefinition, ShardDefinition, StreamDefinition,
@@ -22,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::format::StreamFormat;
 use crate::routing::even_split;
 use crate::schema::validate_user_schema;
-use crate::cache::CacheStats;
 use crate::stream::{Reshard, Stream, StreamRuntime};
 
 /// The name of the stream that collects records that did not decode.

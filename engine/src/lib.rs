@@ -52,12 +52,12 @@ pub mod sequence;
 pub mod stream;
 pub mod wal;
 
+pub use cache::CacheStats;
 pub use catalog::{
     DEFAULT_RETENTION_HOURS, DeliveryDefinition, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS,
     PumpCheckpoint, PumpDefinition, StreamDefinition, WatermarkDefinition,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use cache::CacheStats;
 pub use engine::{
     DEFAULT_CACHE_BYTES, Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields,
 };

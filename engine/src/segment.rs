@@ -185,7 +185,14 @@ mod tests {
                 vec![Arc::new(Int64Array::from(v)) as ArrayRef],
             )
         };
-        write_segment(dir.path(), 11, 12, &batch(vec![3, 4])?, 5, Durability::Fsync)?;
+        write_segment(
+            dir.path(),
+            11,
+            12,
+            &batch(vec![3, 4])?,
+            5,
+            Durability::Fsync,
+        )?;
         write_segment(dir.path(), 1, 10, &batch(vec![1, 2])?, 4, Durability::Fsync)?;
         fs::write(dir.path().join("x.arrow.tmp"), b"junk")
             .map_err(|e| Error::io("w", dir.path(), e))?;

@@ -69,7 +69,10 @@ fn read_all(engine: &Engine) -> sluice_engine::Result<BTreeMap<u32, Vec<i64>>> {
                 break;
             }
             for batch in batches {
-                let n = batch.column_by_name("n").expect("n").as_primitive::<Int64Type>();
+                let n = batch
+                    .column_by_name("n")
+                    .expect("n")
+                    .as_primitive::<Int64Type>();
                 ns.extend(n.values().iter().copied());
             }
         }
@@ -160,7 +163,11 @@ fn fill_and_recover(seal_rows: usize, failing: &str) -> TestResult {
             error.contains("No space left on device") && error.contains(failing),
             "the error says the disk is full while {failing}: {error}"
         );
-        assert!(acknowledged.len() > 1000, "{} before full", acknowledged.len());
+        assert!(
+            acknowledged.len() > 1000,
+            "{} before full",
+            acknowledged.len()
+        );
         // Still full: the next appends fail too, and nothing acknowledged is touched.
         for _ in 0..3 {
             let (acked, error) = append_until_full(&engine, &mut next);

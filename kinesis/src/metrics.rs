@@ -138,6 +138,38 @@ impl Metrics {
                 );
             }
         }
+        let cache = engine.cache_stats();
+        for (name, kind, help, value) in [
+            (
+                "sluice_segment_cache_bytes",
+                "gauge",
+                "Bytes of sealed segments held in memory (bounded by --cache-mb).",
+                cache.bytes as u64,
+            ),
+            (
+                "sluice_segment_cache_capacity_bytes",
+                "gauge",
+                "The most bytes of sealed segments held in memory.",
+                cache.capacity as u64,
+            ),
+            (
+                "sluice_segment_cache_hits_total",
+                "counter",
+                "Reads of sealed records answered from memory.",
+                cache.hits,
+            ),
+            (
+                "sluice_segment_cache_misses_total",
+                "counter",
+                "Reads of sealed records that loaded a segment from disk.",
+                cache.misses,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out
     }
 }

@@ -66,6 +66,17 @@ struct Args {
     #[arg(long, global = true)]
     os_buffered: bool,
 
+    /// Memory for sealed segments, in MiB, shared by every stream; older records are read from
+    /// disk when a reader reaches them.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 256,
+        env = "SLUICE_CACHE_MB",
+        global = true
+    )]
+    cache_mb: usize,
+
     /// Run statements on a Sluice server instead of an embedded engine
     /// (grpc://host:port or grpc+tls://host:port).
     #[arg(long, value_name = "URL")]
@@ -171,7 +182,8 @@ fn main() -> ExitCode {
 }
 
 async fn open_session(args: &Args) -> Result<SluiceSession, String> {
-    let mut options = EngineOptions::new(&args.data_dir);
+    let mut options =
+        EngineOptions::new(&args.data_dir).with_cache_bytes(args.cache_mb.saturating_mul(1 << 20));
     if args.os_buffered {
         options = options.with_durability(Durability::Buffered);
     }

@@ -871,7 +871,14 @@ fn open_segment(
             };
             let max_arrival = chunk.max_arrival_ms();
             let dir = path.parent().unwrap_or(Path::new("."));
-            crate::segment::write_segment(dir, first, last, &batch, max_arrival, runtime.durability)?;
+            crate::segment::write_segment(
+                dir,
+                first,
+                last,
+                &batch,
+                max_arrival,
+                runtime.durability,
+            )?;
             (batch.num_rows(), max_arrival)
         }
     };
@@ -882,8 +889,7 @@ fn open_segment(
     let bytes = fs::metadata(&path)
         .map_err(|e| Error::io("reading segment size", &path, e))?
         .len() as usize;
-    let segment =
-        shard::StoredSegment::new(path, Arc::clone(stored), Arc::clone(&runtime.cache));
+    let segment = shard::StoredSegment::new(path, Arc::clone(stored), Arc::clone(&runtime.cache));
     Ok(Some(shard::Chunk::stored(
         first,
         last,
