@@ -620,6 +620,9 @@ impl EngineInner {
             if let Err(e) = stream.expire() {
                 log::error!("expiring records of stream '{}': {e}", stream.name());
             }
+            if let Err(e) = stream.compact() {
+                log::error!("merging small segments of stream '{}': {e}", stream.name());
+            }
         }
     }
 }

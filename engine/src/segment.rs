@@ -161,6 +161,38 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     Ok(segments)
 }
 
+/// Segments (as listed, in order) without those lying inside another: a merged segment and the
+/// parts it replaced, when a crash came between writing the one and deleting the others. The
+/// parts are deleted. Segments that overlap only partly are damage, reported by name.
+pub fn without_merged_parts(
+    segments: Vec<(u64, u64, PathBuf)>,
+) -> Result<Vec<(u64, u64, PathBuf)>> {
+    let mut segments = segments;
+    // By first counter, the widest first, so a merged segment comes before its parts.
+    segments.sort_by_key(|(first, last, _)| (*first, std::cmp::Reverse(*last)));
+    let mut kept: Vec<(u64, u64, PathBuf)> = Vec::with_capacity(segments.len());
+    for (first, last, path) in segments {
+        match kept.last() {
+            Some((_, kept_last, _)) if last <= *kept_last => {
+                fs::remove_file(&path)
+                    .map_err(|e| Error::io("removing a segment merged into another", &path, e))?;
+            }
+            Some((_, kept_last, kept_path)) if first <= *kept_last => {
+                return Err(Error::Corrupt {
+                    what: "segment",
+                    path,
+                    reason: format!(
+                        "its records overlap those of {} (and neither holds the other)",
+                        kept_path.display()
+                    ),
+                });
+            }
+            _ => kept.push((first, last, path)),
+        }
+    }
+    Ok(kept)
+}
+
 /// Syncs a directory so a file created or renamed in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -166,3 +166,78 @@ fn a_segment_deleted_from_under_the_engine_is_reported_by_name() -> TestResult {
     assert!(error.contains(".arrow"), "{error}");
     Ok(())
 }
+
+/// The `.arrow` files in a shard's folder.
+fn segment_files(stream: &sluice_engine::Stream, shard: u32) -> std::io::Result<Vec<String>> {
+    let dir = stream.dir().join("shards").join(shard.to_string());
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".arrow"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[test]
+fn a_slow_streams_small_segments_are_merged_and_a_crash_mid_merge_loses_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let backup = tempfile::tempdir()?;
+    let clock = ManualClock::new(START);
+    let mut one_shard = spec();
+    one_shard.shards = 1;
+    let engine = Engine::open(options(dir.path(), &clock).with_cache_bytes(0))?;
+    let stream = engine.create_stream(one_shard, false)?;
+    // A slow producer: five records a second, each second sealed by age.
+    for second in 0..40 {
+        let records: Vec<PutRecord> = (second * 5..second * 5 + 5)
+            .map(|n| PutRecord::new("k", format!(r#"{{"n":{n},"note":"slow"}}"#)))
+            .collect();
+        stream.append(&records)?;
+        clock.advance(1000);
+        stream.seal(true)?;
+    }
+    let shard_dir = stream.dir().join("shards").join("0");
+    for name in segment_files(&stream, 0)? {
+        std::fs::copy(shard_dir.join(&name), backup.path().join(&name))?;
+    }
+    assert_eq!(segment_files(&stream, 0)?.len(), 40);
+
+    // A query that started before the merge keeps reading the segments it started with.
+    let snapshot = stream.snapshot()?;
+    let mut merged_away = 0;
+    loop {
+        let merged = stream.compact()?;
+        if merged == 0 {
+            break;
+        }
+        merged_away += merged;
+    }
+    assert_eq!(merged_away, 32, "two runs of 16 merged");
+    assert_eq!(stream.shards()[0].segment_count(), 10);
+    let from_snapshot: usize = snapshot[0]
+        .1
+        .iter()
+        .map(|c| c.batch().map(|b| b.num_rows()))
+        .sum::<Result<usize, _>>()?;
+    assert_eq!(from_snapshot, 200, "the snapshot's files outlive the merge");
+    drop(snapshot);
+    assert_eq!(segment_files(&stream, 0)?.len(), 10, "merged parts deleted");
+    assert_eq!(read_shard(&stream, 0)?, (0..200).collect::<Vec<_>>());
+    drop((stream, engine));
+
+    // A crash between writing a merged segment and deleting its parts: both are on disk.
+    for entry in std::fs::read_dir(backup.path())? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), shard_dir.join(entry.file_name()))?;
+    }
+    let engine = Engine::open(options(dir.path(), &clock))?;
+    let stream = engine.stream("events")?;
+    assert_eq!(read_shard(&stream, 0)?, (0..200).collect::<Vec<_>>());
+    assert_eq!(
+        segment_files(&stream, 0)?.len(),
+        10,
+        "parts removed at open"
+    );
+    Ok(())
+}

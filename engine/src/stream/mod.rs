@@ -183,6 +183,10 @@ pub struct Stream {
     appends: tokio::sync::watch::Sender<u64>,
 }
 
+/// Segments are merged only if their newest records arrived within this long of each other,
+/// so a merged segment does not keep expired records much past the retention period.
+const COMPACT_SPAN_MS: i64 = 10 * 60 * 1000;
+
 /// A stream's shards at one moment.
 #[derive(Debug)]
 struct ShardSet {
@@ -238,7 +242,9 @@ impl Stream {
             fs::create_dir_all(&shard_dir)
                 .map_err(|e| Error::io("creating shard folder", &shard_dir, e))?;
             let mut sealed = Vec::new();
-            for (first, last, path) in crate::segment::list_segments(&shard_dir)? {
+            for (first, last, path) in
+                crate::segment::without_merged_parts(crate::segment::list_segments(&shard_dir)?)?
+            {
                 sealed.extend(open_segment(
                     &definition,
                     &user_schema,
@@ -793,6 +799,26 @@ impl Stream {
             .lock()
             .save(&self.dir, self.runtime.durability)?;
         wal.trim(|index| self.shard(index).map_or(u64::MAX, |s| s.sealed_through()))
+    }
+
+    /// Merges small sealed segments (sealed by age, from a slow stream) into segments of up to
+    /// the sealing thresholds, one run per shard per call, so a stream keeps few files however
+    /// slowly it is written. Returns how many segments were merged away.
+    pub fn compact(&self) -> Result<usize> {
+        let _append_lock = self.wal.lock();
+        if self.retired.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(0);
+        }
+        let mut merged = 0;
+        for shard in self.shards().iter() {
+            merged += shard.compact(
+                self.runtime.seal_rows,
+                self.runtime.seal_bytes,
+                COMPACT_SPAN_MS,
+                self.runtime.durability,
+            )?;
+        }
+        Ok(merged)
     }
 
     /// Drops sealed batches older than the retention period. Returns how many records expired.

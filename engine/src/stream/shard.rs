@@ -50,6 +50,8 @@ pub(crate) struct StoredSegment {
     path: PathBuf,
     schema: SchemaRef,
     cache: Arc<SegmentCache>,
+    /// Merged into a larger segment: the file goes once no reader holds this one.
+    superseded: std::sync::atomic::AtomicBool,
 }
 
 impl StoredSegment {
@@ -59,6 +61,7 @@ impl StoredSegment {
             path,
             schema,
             cache,
+            superseded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -83,6 +86,13 @@ impl StoredSegment {
 impl Drop for StoredSegment {
     fn drop(&mut self) {
         self.cache.remove(self.id);
+        if self.superseded.load(Ordering::Acquire)
+            && let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            // Harmless: the next start finds it inside the merged segment and removes it.
+            log::warn!("removing merged segment {}: {e}", self.path.display());
+        }
     }
 }
 
@@ -241,6 +251,9 @@ pub struct Shard {
     /// it takes records.
     ending_seq: AtomicU64,
 }
+
+/// How many small segments [`Shard::compact`] merges at once.
+pub(crate) const MERGE_RUN: usize = 16;
 
 /// `Shard::ending_seq` of a shard that is still open.
 const OPEN: u64 = u64::MAX;
@@ -407,6 +420,117 @@ impl Shard {
         }
         state.sealed_through = last;
         Ok(last)
+    }
+
+    /// Merges the first run of small adjacent sealed segments — together at most `rows` records
+    /// and `bytes` bytes, their newest records at most `span_ms` apart — into one segment, once
+    /// the run holds [`MERGE_RUN`] segments or cannot grow any more. (Waiting for a run keeps
+    /// rewriting low: a record is merged again only each time its segment's run fills.)
+    /// Returns how many segments it replaced (0 if none were worth merging).
+    ///
+    /// The caller holds the stream's append lock (so the stream cannot be altered meanwhile).
+    /// The merged segment is written first, under a name covering the run; then it takes the
+    /// run's place for readers at once; the old files are deleted when no reader holds them
+    /// any more. A crash in between leaves both, and opening the shard keeps the larger one.
+    pub(crate) fn compact(
+        &self,
+        rows: usize,
+        bytes: usize,
+        span_ms: i64,
+        durability: Durability,
+    ) -> Result<usize> {
+        let run: Vec<Chunk> = {
+            let state = self.state.read();
+            let small = |c: &Chunk| c.rows < rows / 2 && c.bytes < bytes / 2;
+            let mut run: Vec<&Chunk> = Vec::new();
+            let (mut run_rows, mut run_bytes) = (0, 0);
+            let mut ready = false;
+            for chunk in &state.sealed {
+                let fits = small(chunk)
+                    && run_rows + chunk.rows <= rows
+                    && run_bytes + chunk.bytes <= bytes
+                    && run
+                        .first()
+                        .is_none_or(|f| chunk.max_arrival_ms - f.max_arrival_ms <= span_ms);
+                if fits {
+                    run.push(chunk);
+                    run_rows += chunk.rows;
+                    run_bytes += chunk.bytes;
+                    if run.len() == MERGE_RUN {
+                        ready = true;
+                        break;
+                    }
+                    continue;
+                }
+                // The run cannot take this chunk: merge it if it is as full as it gets (a small
+                // chunk was refused for size or age), else start again after it.
+                if run.len() >= 2 && small(chunk) {
+                    ready = true;
+                    break;
+                }
+                run.clear();
+                (run_rows, run_bytes) = (0, 0);
+                if small(chunk) {
+                    run.push(chunk);
+                    (run_rows, run_bytes) = (chunk.rows, chunk.bytes);
+                }
+            }
+            if !ready {
+                return Ok(0);
+            }
+            run.into_iter().cloned().collect()
+        };
+        let batches = run.iter().map(Chunk::batch).collect::<Result<Vec<_>>>()?;
+        let batch = arrow::compute::concat_batches(&self.stored_schema, &batches)?;
+        drop(batches);
+        let (first, last) = (run[0].first_seq, run[run.len() - 1].last_seq);
+        let max_arrival_ms = run.iter().map(|c| c.max_arrival_ms).max().unwrap_or(0);
+        let path = write_segment(&self.dir, first, last, &batch, max_arrival_ms, durability)?;
+        let merged = Chunk::stored(
+            first,
+            last,
+            batch.num_rows(),
+            max_arrival_ms,
+            batch.get_array_memory_size(),
+            StoredSegment::new(
+                path.clone(),
+                Arc::clone(&self.stored_schema),
+                Arc::clone(&self.cache),
+            ),
+        );
+        let mut state = self.state.write();
+        // Retention may have dropped the front of the run meanwhile.
+        let start = state.sealed.partition_point(|c| c.first_seq < first);
+        let still_there = state
+            .sealed
+            .get(start..start + run.len())
+            .is_some_and(|now| {
+                now.iter()
+                    .zip(&run)
+                    .all(|(a, b)| (a.first_seq, a.last_seq) == (b.first_seq, b.last_seq))
+            });
+        if !still_there {
+            drop(state);
+            std::fs::remove_file(&path)
+                .map_err(|e| crate::Error::io("removing unused merged segment", &path, e))?;
+            return Ok(0);
+        }
+        let replaced: Vec<Chunk> = state
+            .sealed
+            .splice(start..start + run.len(), [merged])
+            .collect();
+        drop(state);
+        for chunk in &replaced {
+            if let ChunkData::Stored(segment) = &chunk.data {
+                segment.superseded.store(true, Ordering::Release);
+            }
+        }
+        Ok(replaced.len())
+    }
+
+    /// How many sealed segments the shard keeps.
+    pub fn segment_count(&self) -> usize {
+        self.state.read().sealed.len()
     }
 
     /// Drops sealed batches whose newest record arrived before `cutoff_ms`, deleting their
