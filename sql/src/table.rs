@@ -126,11 +126,11 @@ impl StreamTable {
     }
 }
 
-/// A function applied to every batch of a snapshot after projection, and the schema it gives.
-pub(crate) type BatchMap = (
-    Arc<dyn Fn(&RecordBatch) -> DFResult<RecordBatch> + Send + Sync>,
-    SchemaRef,
-);
+/// A function applied to every batch of a snapshot after projection.
+pub(crate) type MapBatch = Arc<dyn Fn(&RecordBatch) -> DFResult<RecordBatch> + Send + Sync>;
+
+/// A [`MapBatch`] and the schema of the batches it gives.
+pub(crate) type BatchMap = (MapBatch, SchemaRef);
 
 /// Every retained record of `stream`, one partition per shard, in the public layout projected
 /// to `projection` (indexes into the public schema; `None` for all columns), then through `map`
@@ -187,7 +187,7 @@ pub(crate) struct SnapshotPartition {
     chunks: Vec<Chunk>,
     projector: Arc<PublicProjector>,
     schema: SchemaRef,
-    map: Option<Arc<dyn Fn(&RecordBatch) -> DFResult<RecordBatch> + Send + Sync>>,
+    map: Option<MapBatch>,
 }
 
 impl fmt::Debug for SnapshotPartition {
