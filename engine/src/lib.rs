@@ -8,6 +8,12 @@
 //! ([`ShardIterator`]) start anywhere Kinesis allows and see every record as soon as its append
 //! returns. Records expire with their stream's retention, a whole sealed batch at a time.
 //!
+//! Memory is bounded by the open tails and the [`cache`] of recently read segments (shared by
+//! every stream, [`EngineOptions::cache_bytes`]), not by how much a stream retains: a reader
+//! that reaches an older segment loads it from disk, opening a stream reads only segment
+//! footers, and bounded queries read one segment at a time. Small segments of slowly written
+//! streams are merged in the background ([`Stream::compact`]).
+//!
 //! An append returns once an `fsync` covers it; concurrent appends share one (group commit, in
 //! [`wal`]). Shards can be split and merged ([`Engine::reshard`]): parents close with an ending
 //! sequence number and children record their lineage, and a [`StreamReader`] follows a stream
