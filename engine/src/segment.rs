@@ -134,11 +134,15 @@ pub fn read_segment_as_written(path: &Path) -> Result<(SchemaRef, RecordBatch)> 
     let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
     let reader = FileReader::try_new(file, None).map_err(|e| corrupt(e.to_string()))?;
     let schema = reader.schema();
-    let batches = reader
+    let mut batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| corrupt(e.to_string()))?;
-    let batch =
-        arrow::compute::concat_batches(&schema, &batches).map_err(|e| corrupt(e.to_string()))?;
+    // Sluice writes one batch per segment: taken as read, without copying it again.
+    let batch = if batches.len() == 1 {
+        batches.swap_remove(0)
+    } else {
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| corrupt(e.to_string()))?
+    };
     Ok((schema, batch))
 }
 
