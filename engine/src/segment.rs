@@ -8,12 +8,14 @@
 //! ([`read_segment_header`]), so opening a shard reads footers, not whole segments.
 
 use std::fs::{self, File};
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
-use arrow_ipc::reader::FileReader;
+use arrow_ipc::reader::{FileDecoder, FileReader, read_footer_length};
 use arrow_ipc::writer::FileWriter;
 
 use crate::Durability;
@@ -34,6 +36,9 @@ pub fn parse_segment_file_name(name: &str) -> Option<(u64, u64)> {
 /// Footer keys: how many rows a segment holds, and the newest arrival time among them.
 const ROWS_KEY: &str = "sluice.rows";
 const MAX_ARRIVAL_KEY: &str = "sluice.max_arrival_ms";
+/// `<bytes>:<crc32>`: the checksum of the file's first `bytes` bytes (everything before the
+/// footer), checked whenever the segment is read.
+const CHECKSUM_KEY: &str = "sluice.crc32";
 
 /// Writes `batch` (whose newest record arrived at `max_arrival_ms`) as a segment in `dir`;
 /// returns its path. On failure (a full disk, say) nothing is left behind under either name.
@@ -68,19 +73,26 @@ fn write_segment_file(
     max_arrival_ms: i64,
     durability: Durability,
 ) -> Result<()> {
-    let file = File::create(tmp).map_err(|e| Error::io("creating segment", tmp, e))?;
-    let io = |e: arrow::error::ArrowError| match e {
-        arrow::error::ArrowError::IoError(_, e) => Error::io("writing segment", tmp, e),
-        other => Error::Arrow(other),
-    };
-    let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema()).map_err(io)?;
+    // Encoded in memory first, so the checksum of everything before the footer can go into it.
+    let mut writer = FileWriter::try_new(
+        Vec::with_capacity(batch.get_array_memory_size() + 4096),
+        &batch.schema(),
+    )?;
     writer.write_metadata(ROWS_KEY, batch.num_rows().to_string());
     writer.write_metadata(MAX_ARRIVAL_KEY, max_arrival_ms.to_string());
-    writer.write(batch).map_err(io)?;
-    writer.finish().map_err(io)?;
-    let file = writer
-        .into_inner()
-        .map_err(io)?
+    writer.write(batch)?;
+    let data = writer.get_ref();
+    writer.write_metadata(
+        CHECKSUM_KEY,
+        format!("{}:{}", data.len(), crc32fast::hash(data)),
+    );
+    writer.finish()?;
+    let bytes = writer.into_inner()?;
+    let mut file =
+        BufWriter::new(File::create(tmp).map_err(|e| Error::io("creating segment", tmp, e))?);
+    file.write_all(&bytes)
+        .map_err(|e| Error::io("writing segment", tmp, e))?;
+    let file = file
         .into_inner()
         .map_err(|e| Error::io("writing segment", tmp, e.into_error()))?;
     if durability == Durability::Fsync {
@@ -94,11 +106,16 @@ fn write_segment_file(
 /// since footers carry them, its row count and newest arrival time. Reads no record data.
 pub fn read_segment_header(path: &Path) -> Result<(SchemaRef, Option<(usize, i64)>)> {
     let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
-    let reader = FileReader::try_new(file, None).map_err(|e| Error::Corrupt {
+    let corrupt = |reason: String| Error::Corrupt {
         what: "segment",
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let reader = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        FileReader::try_new(file, None)
+    }))
+    .map_err(|_| corrupt("the Arrow IPC decoder failed on its footer".to_string()))?
+    .map_err(|e| corrupt(e.to_string()))?;
     let metadata = reader.custom_metadata();
     let number = |key: &str| metadata.get(key).and_then(|v| v.parse::<i64>().ok());
     let summary = number(ROWS_KEY)
@@ -125,23 +142,96 @@ pub fn read_segment(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
 }
 
 /// Reads a segment with whatever columns it was written with (one batch, and its schema).
+///
+/// The file is read whole in one call into a buffer the batch then points into: no zeroed
+/// buffer to read into and no copy after the read (what `FileReader` would cost).
 pub fn read_segment_as_written(path: &Path) -> Result<(SchemaRef, RecordBatch)> {
-    let corrupt = |reason: String| Error::Corrupt {
+    let bytes = fs::read(path).map_err(|e| Error::io("reading segment", path, e))?;
+    let buffer = Buffer::from_vec(bytes);
+    // The checksum catches damage first; arrow's decoder can still panic on a damaged file
+    // written before segments had one, which must not take the server down either.
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_ipc_file(&buffer)))
+            .unwrap_or_else(|_| Err("the Arrow IPC decoder failed on it".to_string()));
+    decoded.map_err(|reason| Error::Corrupt {
         what: "segment",
         path: path.to_path_buf(),
         reason,
+    })
+}
+
+/// The schema and the batches (concatenated if more than one) of an Arrow IPC file held in
+/// `file`; every length and offset is checked before it is used.
+fn decode_ipc_file(file: &Buffer) -> std::result::Result<(SchemaRef, RecordBatch), String> {
+    const TRAILER: usize = 10;
+    let trailer_start = file
+        .len()
+        .checked_sub(TRAILER)
+        .ok_or("too short to be an Arrow IPC file")?;
+    let trailer: [u8; TRAILER] = file[trailer_start..]
+        .try_into()
+        .map_err(|_| "the file's trailer is cut short")?;
+    let footer_len = read_footer_length(trailer).map_err(|e| e.to_string())?;
+    let footer_start = trailer_start
+        .checked_sub(footer_len)
+        .ok_or("its footer runs past the start of the file")?;
+    let footer = arrow_ipc::root_as_footer(&file[footer_start..trailer_start])
+        .map_err(|e| format!("unreadable footer: {e}"))?;
+    let checksum = footer
+        .custom_metadata()
+        .into_iter()
+        .flatten()
+        .find(|kv| kv.key() == Some(CHECKSUM_KEY))
+        .and_then(|kv| kv.value());
+    // Segments written before they carried a checksum are read without one.
+    if let Some(checksum) = checksum {
+        let (len, crc) = checksum
+            .split_once(':')
+            .and_then(|(len, crc)| Some((len.parse::<usize>().ok()?, crc.parse::<u32>().ok()?)))
+            .ok_or_else(|| format!("unreadable checksum {checksum:?}"))?;
+        if len > footer_start {
+            return Err(format!("its checksum covers {len} bytes, past its data"));
+        }
+        let found = crc32fast::hash(&file[..len]);
+        if found != crc {
+            return Err(format!(
+                "checksum mismatch: its data has crc32 {found}, it was written with {crc}"
+            ));
+        }
+    }
+    let schema = Arc::new(arrow_ipc::convert::fb_to_schema(
+        footer.schema().ok_or("the footer has no schema")?,
+    ));
+    let block_bytes = |block: &arrow_ipc::Block| {
+        let offset = usize::try_from(block.offset()).map_err(|_| "a negative block offset")?;
+        let len = usize::try_from(block.metaDataLength()).map_err(|_| "a negative length")?
+            + usize::try_from(block.bodyLength()).map_err(|_| "a negative length")?;
+        if offset.checked_add(len).is_none_or(|end| end > footer_start) {
+            return Err(format!(
+                "a block at byte {offset} of {len} bytes runs past the data"
+            ));
+        }
+        Ok::<_, String>(file.slice_with_length(offset, len))
     };
-    let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
-    let reader = FileReader::try_new(file, None).map_err(|e| corrupt(e.to_string()))?;
-    let schema = reader.schema();
-    let mut batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| corrupt(e.to_string()))?;
+    let mut decoder = FileDecoder::new(Arc::clone(&schema), footer.version());
+    for block in footer.dictionaries().iter().flatten() {
+        decoder
+            .read_dictionary(block, &block_bytes(block)?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut batches = Vec::new();
+    for block in footer.recordBatches().iter().flatten() {
+        let batch = decoder
+            .read_record_batch(block, &block_bytes(block)?)
+            .map_err(|e| e.to_string())?
+            .ok_or("a record batch block holds no batch")?;
+        batches.push(batch);
+    }
     // Sluice writes one batch per segment: taken as read, without copying it again.
     let batch = if batches.len() == 1 {
         batches.swap_remove(0)
     } else {
-        arrow::compute::concat_batches(&schema, &batches).map_err(|e| corrupt(e.to_string()))?
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string())?
     };
     Ok((schema, batch))
 }
@@ -242,6 +332,57 @@ mod tests {
         let (columns, summary) = read_segment_header(&listed[1].2)?;
         assert_eq!((columns, summary), (schema, Some((2, 5))));
         assert!(!dir.path().join("x.arrow.tmp").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_segment_cut_at_any_byte_or_with_any_byte_changed_is_an_error_not_a_panic()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+                Arc::new(arrow::array::StringArray::from(vec!["a", "bb", "ccc"])) as ArrayRef,
+            ],
+        )?;
+        let path = write_segment(dir.path(), 1, 3, &batch, 9, Durability::Buffered)?;
+        let whole = fs::read(&path).map_err(|e| Error::io("r", &path, e))?;
+        assert_eq!(read_segment(&path, &schema)?, batch);
+        let damaged = dir.path().join(segment_file_name(4, 6));
+        let check = |bytes: &[u8]| -> Result<()> {
+            fs::write(&damaged, bytes).map_err(|e| Error::io("w", &damaged, e))?;
+            if let Err(e) = read_segment(&damaged, &schema) {
+                assert!(e.to_string().contains("-00000000000000000006.arrow"), "{e}");
+            }
+            Ok(())
+        };
+        for len in 0..whole.len() {
+            check(&whole[..len])?;
+            assert!(read_segment(&damaged, &schema).is_err(), "cut at {len}");
+        }
+        // Every byte before the footer (and its end-of-stream marker) is under the checksum.
+        let footer_len = i32::from_le_bytes(whole[whole.len() - 10..whole.len() - 6].try_into()?);
+        let covered = whole.len() - 10 - footer_len as usize - 8;
+        for at in 0..whole.len() {
+            let mut bytes = whole.clone();
+            bytes[at] ^= 0x5a;
+            check(&bytes)?;
+            if at < covered {
+                let message = read_segment(&damaged, &schema)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    message.contains("checksum mismatch"),
+                    "byte {at}: {message}"
+                );
+            }
+        }
         Ok(())
     }
 
