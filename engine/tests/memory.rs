@@ -241,3 +241,35 @@ fn a_slow_streams_small_segments_are_merged_and_a_crash_mid_merge_loses_nothing(
     );
     Ok(())
 }
+
+#[test]
+fn a_query_that_started_before_records_expired_still_reads_them() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = ManualClock::new(START);
+    let engine = Engine::open(options(dir.path(), &clock).with_cache_bytes(0))?;
+    let mut one_shard = spec();
+    one_shard.shards = 1;
+    let stream = engine.create_stream(one_shard, false)?;
+    let records: Vec<PutRecord> = (0..50)
+        .map(|n| PutRecord::new("k", format!(r#"{{"n":{n},"note":"old"}}"#)))
+        .collect();
+    stream.append(&records)?;
+    stream.seal(true)?;
+    let snapshot = stream.snapshot()?;
+    clock.advance(25 * 3600 * 1000);
+    assert_eq!(stream.expire()?, 50);
+    assert!(
+        read_shard(&stream, 0)?.is_empty(),
+        "expired for new readers"
+    );
+    let rows: usize = snapshot[0]
+        .1
+        .iter()
+        .map(|c| c.batch().map(|b| b.num_rows()))
+        .sum::<Result<usize, _>>()?;
+    assert_eq!(rows, 50, "the query that started before still reads them");
+    assert_eq!(segment_files(&stream, 0)?.len(), 1);
+    drop(snapshot);
+    assert!(segment_files(&stream, 0)?.is_empty(), "deleted once unread");
+    Ok(())
+}

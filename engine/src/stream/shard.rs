@@ -50,8 +50,8 @@ pub(crate) struct StoredSegment {
     path: PathBuf,
     schema: SchemaRef,
     cache: Arc<SegmentCache>,
-    /// Merged into a larger segment: the file goes once no reader holds this one.
-    superseded: std::sync::atomic::AtomicBool,
+    /// Expired, or merged into a larger segment: the file goes once no reader holds this one.
+    delete_when_dropped: std::sync::atomic::AtomicBool,
 }
 
 impl StoredSegment {
@@ -61,7 +61,7 @@ impl StoredSegment {
             path,
             schema,
             cache,
-            superseded: std::sync::atomic::AtomicBool::new(false),
+            delete_when_dropped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -71,10 +71,12 @@ impl StoredSegment {
         }
         let batch = read_segment(&self.path, &self.schema).map_err(|e| match e {
             crate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                crate::Error::Retry(format!(
-                    "segment {} is gone: it expired with the stream's retention while being read (read again from the trim horizon), or was removed from the data folder",
-                    self.path.display()
-                ))
+                crate::Error::Corrupt {
+                    what: "segment",
+                    path: self.path.clone(),
+                    reason: "it was removed from the data folder while Sluice still held it"
+                        .to_string(),
+                }
             }
             other => other,
         })?;
@@ -86,12 +88,13 @@ impl StoredSegment {
 impl Drop for StoredSegment {
     fn drop(&mut self) {
         self.cache.remove(self.id);
-        if self.superseded.load(Ordering::Acquire)
+        if self.delete_when_dropped.load(Ordering::Acquire)
             && let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            // Harmless: the next start finds it inside the merged segment and removes it.
-            log::warn!("removing merged segment {}: {e}", self.path.display());
+            // Harmless: the next start finds it expired again, or inside the segment it was
+            // merged into, and removes it then.
+            log::warn!("removing segment {}: {e}", self.path.display());
         }
     }
 }
@@ -522,7 +525,7 @@ impl Shard {
         drop(state);
         for chunk in &replaced {
             if let ChunkData::Stored(segment) = &chunk.data {
-                segment.superseded.store(true, Ordering::Release);
+                segment.delete_when_dropped.store(true, Ordering::Release);
             }
         }
         Ok(replaced.len())
@@ -533,8 +536,8 @@ impl Shard {
         self.state.read().sealed.len()
     }
 
-    /// Drops sealed batches whose newest record arrived before `cutoff_ms`, deleting their
-    /// segments. Returns how many records expired.
+    /// Drops sealed batches whose newest record arrived before `cutoff_ms`; their segments are
+    /// deleted once no reader holds them. Returns how many records expired.
     pub(crate) fn expire(&self, cutoff_ms: i64) -> Result<usize> {
         {
             let state = self.state.read();
@@ -560,15 +563,10 @@ impl Shard {
         let mut records = 0;
         for chunk in expired {
             records += chunk.rows;
-            if let ChunkData::Stored(segment) = &chunk.data
-                && let Err(e) = std::fs::remove_file(&segment.path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(crate::Error::io(
-                    "removing expired segment",
-                    &segment.path,
-                    e,
-                ));
+            // Deleted as soon as no reader holds it: now, unless a query that started before
+            // the records expired is still reading them (it finishes with what it started on).
+            if let ChunkData::Stored(segment) = &chunk.data {
+                segment.delete_when_dropped.store(true, Ordering::Release);
             }
         }
         Ok(records)
