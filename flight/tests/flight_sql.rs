@@ -178,6 +178,32 @@ async fn statements_metadata_and_prepared_statements() -> TestResult {
     assert_eq!(schema.field(0).name(), "id");
     assert_eq!(schema.field(0).data_type(), &DataType::Int64);
 
+    // The SQL types database tools ask for when they connect (JDBC getTypeInfo).
+    let info = client
+        .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
+        .await?;
+    let types = fetch(&mut client, info).await?;
+    let type_names: Vec<String> = types
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("type_name")
+                .map(|c| {
+                    c.as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    for name in ["BIGINT", "VARCHAR", "TIMESTAMP", "DECIMAL"] {
+        assert!(
+            type_names.iter().any(|n| n == name),
+            "{name} in {type_names:?}"
+        );
+    }
+
     // A prepared statement with a parameter, bound twice.
     let mut prepared = client
         .prepare(
