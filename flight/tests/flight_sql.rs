@@ -113,6 +113,14 @@ fn int_column(batches: &[RecordBatch], name: &str) -> Vec<i64> {
         .collect()
 }
 
+fn string_column(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name(name))
+        .flat_map(|c| c.as_string::<i32>().iter().flatten().map(String::from))
+        .collect()
+}
+
 fn status_of(error: arrow_flight::error::FlightError) -> tonic::Status {
     match error {
         arrow_flight::error::FlightError::Tonic(status) => *status,
@@ -153,20 +161,7 @@ async fn statements_metadata_and_prepared_statements() -> TestResult {
         })
         .await?;
     let tables = fetch(&mut client, info).await?;
-    let names: Vec<String> = tables
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("table_name")
-                .map(|c| {
-                    c.as_string::<i32>()
-                        .iter()
-                        .flatten()
-                        .map(String::from)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect();
+    let names = string_column(&tables, "table_name");
     assert_eq!(names, ["orders"]);
     let schema_bytes = tables[0]
         .column_by_name("table_schema")
@@ -183,20 +178,7 @@ async fn statements_metadata_and_prepared_statements() -> TestResult {
         .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
         .await?;
     let types = fetch(&mut client, info).await?;
-    let type_names: Vec<String> = types
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("type_name")
-                .map(|c| {
-                    c.as_string::<i32>()
-                        .iter()
-                        .flatten()
-                        .map(String::from)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect();
+    let type_names = string_column(&types, "type_name");
     for name in ["BIGINT", "VARCHAR", "TIMESTAMP", "DECIMAL"] {
         assert!(
             type_names.iter().any(|n| n == name),
