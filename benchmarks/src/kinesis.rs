@@ -160,6 +160,38 @@ impl Client {
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
+
+    /// A TRIM_HORIZON iterator for `shard` of `stream`.
+    pub(crate) async fn trim_horizon(
+        &self,
+        stream: &str,
+        shard: &str,
+    ) -> Result<Option<String>, BoxError> {
+        let out = self
+            .call(
+                "GetShardIterator",
+                json!({"StreamName": stream, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"})
+                    .to_string(),
+            )
+            .await?;
+        Ok(out["ShardIterator"].as_str().map(str::to_string))
+    }
+
+    /// One GetRecords call: how many records it returned, and the next iterator.
+    pub(crate) async fn get_records(
+        &self,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<(u64, Option<String>), BoxError> {
+        let out = self
+            .call(
+                "GetRecords",
+                json!({"ShardIterator": iterator, "Limit": limit}).to_string(),
+            )
+            .await?;
+        let got = out["Records"].as_array().map_or(0, Vec::len) as u64;
+        Ok((got, out["NextShardIterator"].as_str().map(str::to_string)))
+    }
 }
 
 async fn measure(endpoint: &str, label: &str, args: &KinesisArgs) -> Result<Figures, BoxError> {
@@ -242,28 +274,15 @@ async fn measure(endpoint: &str, label: &str, args: &KinesisArgs) -> Result<Figu
         let client = Arc::clone(&client);
         let stream = stream.clone();
         readers.push(tokio::spawn(async move {
-            let out = client
-                .call(
-                    "GetShardIterator",
-                    json!({"StreamName": stream, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"})
-                        .to_string(),
-                )
-                .await?;
-            let mut iterator = out["ShardIterator"].as_str().map(str::to_string);
+            let mut iterator = client.trim_horizon(&stream, &shard).await?;
             let mut read = 0u64;
             while let Some(token) = iterator {
-                let out = client
-                    .call(
-                        "GetRecords",
-                        json!({"ShardIterator": token, "Limit": 10_000}).to_string(),
-                    )
-                    .await?;
-                let got = out["Records"].as_array().map_or(0, Vec::len) as u64;
+                let (got, next) = client.get_records(&token, 10_000).await?;
                 read += got;
                 if got == 0 {
                     break;
                 }
-                iterator = out["NextShardIterator"].as_str().map(str::to_string);
+                iterator = next;
             }
             Ok::<u64, BoxError>(read)
         }));

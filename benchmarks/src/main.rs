@@ -36,11 +36,14 @@ use sluice_engine::{Durability, Engine, EngineOptions, RecordRef, StreamFormat, 
 
 use crate::measure::{CpuTimer, peak_rss_bytes, rss_bytes};
 
+/// The flags; a benchmark takes its own default for what is not given.
 struct Args {
-    records: usize,
+    records: Option<usize>,
     batch: usize,
     durability: Durability,
-    kinesis: kinesis::KinesisArgs,
+    emulator: Option<String>,
+    seconds: Option<u64>,
+    clients: usize,
     cache_mb: usize,
 }
 
@@ -48,31 +51,28 @@ fn parse_args() -> Result<(String, Args), String> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_else(|| "ingest".to_string());
     let mut parsed = Args {
-        records: 10_000_000,
+        records: None,
         batch: 500,
         durability: Durability::Buffered,
-        kinesis: kinesis::KinesisArgs {
-            emulator: None,
-            seconds: 10,
-            clients: 8,
-            shards: 4,
-        },
+        emulator: None,
+        seconds: None,
+        clients: 8,
         cache_mb: 64,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--records" => {
-                parsed.records = value()?.parse().map_err(|e| format!("--records: {e}"))?
+                parsed.records = Some(value()?.parse().map_err(|e| format!("--records: {e}"))?)
             }
             "--batch" => parsed.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--fsync" => parsed.durability = Durability::Fsync,
-            "--emulator" => parsed.kinesis.emulator = Some(value()?),
+            "--emulator" => parsed.emulator = Some(value()?),
             "--seconds" => {
-                parsed.kinesis.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
+                parsed.seconds = Some(value()?.parse().map_err(|e| format!("--seconds: {e}"))?)
             }
             "--clients" => {
-                parsed.kinesis.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
+                parsed.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
             }
             "--cache-mb" => {
                 parsed.cache_mb = value()?.parse().map_err(|e| format!("--cache-mb: {e}"))?
@@ -96,63 +96,49 @@ fn main() {
             }
         }
         Ok((command, args)) if command == "window" => {
-            let records = if args.records == 10_000_000 {
-                10_000_000
-            } else {
-                args.records
-            };
+            let records = args.records.unwrap_or(10_000_000);
             if let Err(e) = window::window(records, 100_000) {
                 eprintln!("window benchmark failed: {e}");
                 std::process::exit(1);
             }
         }
         Ok((command, args)) if command == "delivery" => {
-            let records = if args.records == 10_000_000 {
-                2_000_000
-            } else {
-                args.records
-            };
+            let records = args.records.unwrap_or(2_000_000);
             if let Err(e) = delivery::delivery(records) {
                 eprintln!("delivery benchmark failed: {e}");
                 std::process::exit(1);
             }
         }
         Ok((command, args)) if command == "flight" => {
-            let records = if args.records == 10_000_000 {
-                2_000_000
-            } else {
-                args.records
-            };
+            let records = args.records.unwrap_or(2_000_000);
             if let Err(e) = flight::flight(records) {
                 eprintln!("flight benchmark failed: {e}");
                 std::process::exit(1);
             }
         }
         Ok((command, args)) if command == "durability" => {
-            let records = if args.records == 10_000_000 {
-                2_000_000
-            } else {
-                args.records
-            };
+            let records = args.records.unwrap_or(2_000_000);
             if let Err(e) = durability::durability(records) {
                 eprintln!("durability benchmark failed: {e}");
                 std::process::exit(1);
             }
         }
         Ok((command, args)) if command == "kinesis" => {
-            if let Err(e) = kinesis::kinesis(&args.kinesis) {
+            let kinesis = kinesis::KinesisArgs {
+                emulator: args.emulator,
+                seconds: args.seconds.unwrap_or(10),
+                clients: args.clients,
+                shards: 4,
+            };
+            if let Err(e) = kinesis::kinesis(&kinesis) {
                 eprintln!("kinesis benchmark failed: {e}");
                 std::process::exit(1);
             }
         }
         Ok((command, args)) if command == "soak" => {
             let soak = soak::SoakArgs {
-                seconds: if args.kinesis.seconds == 10 {
-                    120
-                } else {
-                    args.kinesis.seconds
-                },
-                clients: args.kinesis.clients,
+                seconds: args.seconds.unwrap_or(120),
+                clients: args.clients,
                 cache_mb: args.cache_mb,
             };
             if let Err(e) = soak::soak(&soak) {
@@ -213,11 +199,12 @@ fn schema() -> Arc<Schema> {
 }
 
 fn ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let records = args.records.unwrap_or(10_000_000);
     println!(
         "ingest: {} JSON records into a 4-shard stream, {} records per append, durability {:?}",
-        args.records, args.batch, args.durability
+        records, args.batch, args.durability
     );
-    let (bytes, spans, _) = generate(args.records);
+    let (bytes, spans, _) = generate(records);
     let avg = spans.iter().map(|(s, e)| e - s).sum::<usize>() as f64 / spans.len().max(1) as f64;
     println!(
         "  record size: {avg:.0} bytes on average, {:.0} MB in all",
@@ -251,7 +238,7 @@ fn ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let sluice_wall = wall.elapsed().as_secs_f64();
     let sluice_cpu = cpu.elapsed_secs();
     let retained: usize = stream.stats().iter().map(|s| s.records).sum();
-    assert_eq!(retained, args.records, "every record is retained");
+    assert_eq!(retained, records, "every record is retained");
     let batch_bytes: usize = stream.shards().iter().map(|s| s.retained_bytes()).sum();
     let rss_growth = rss_bytes().saturating_sub(rss_before);
 
@@ -259,7 +246,7 @@ fn ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let cpu = CpuTimer::start();
     let wall = Instant::now();
     let mut decoder = arrow_json::ReaderBuilder::new(schema())
-        .with_batch_size(args.records.max(1))
+        .with_batch_size(records.max(1))
         .build_decoder()?;
     let mut offset = 0;
     while offset < bytes.len() {
@@ -270,25 +257,25 @@ fn ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         offset += read;
     }
     let batch = decoder.flush()?.map(|b| b.num_rows()).unwrap_or(0);
-    assert_eq!(batch, args.records);
+    assert_eq!(batch, records);
     let base_wall = wall.elapsed().as_secs_f64();
     let base_cpu = cpu.elapsed_secs();
 
     let rate = |n: usize, secs: f64| n as f64 / secs.max(1e-9);
-    let per_million = |b: usize| b as f64 / (args.records as f64 / 1e6) / 1e6;
+    let per_million = |b: usize| b as f64 / (records as f64 / 1e6) / 1e6;
     println!();
     println!("  {:<44} {:>14} {:>14}", "", "sluice", "baseline");
     println!(
         "  {:<44} {:>14.0} {:>14.0}",
         "records/s per core (CPU time)",
-        rate(args.records, sluice_cpu),
-        rate(args.records, base_cpu)
+        rate(records, sluice_cpu),
+        rate(records, base_cpu)
     );
     println!(
         "  {:<44} {:>14.0} {:>14.0}",
         "records/s wall clock",
-        rate(args.records, sluice_wall),
-        rate(args.records, base_wall)
+        rate(records, sluice_wall),
+        rate(records, base_wall)
     );
     println!(
         "  {:<44} {:>14.2} {:>14.2}",

@@ -115,29 +115,14 @@ async fn drive(
         let stream = stream.clone();
         tasks.push(tokio::spawn(async move {
             let shard_id = format!("shardId-{shard:012}");
-            let out = client
-                .call(
-                    "GetShardIterator",
-                    json!({"StreamName": stream, "ShardId": shard_id, "ShardIteratorType": "TRIM_HORIZON"})
-                        .to_string(),
-                )
-                .await?;
-            let mut iterator = out["ShardIterator"].as_str().map(str::to_string);
+            let mut iterator = client.trim_horizon(&stream, &shard_id).await?;
             while let Some(token) = iterator {
                 if Instant::now() >= deadline {
                     break;
                 }
-                let out = client
-                    .call(
-                        "GetRecords",
-                        json!({"ShardIterator": token, "Limit": 1000}).to_string(),
-                    )
-                    .await?;
-                read.fetch_add(
-                    out["Records"].as_array().map_or(0, Vec::len) as u64,
-                    Ordering::Relaxed,
-                );
-                iterator = out["NextShardIterator"].as_str().map(str::to_string);
+                let (got, next) = client.get_records(&token, 1000).await?;
+                read.fetch_add(got, Ordering::Relaxed);
+                iterator = next;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok::<(), BoxError>(())
@@ -166,7 +151,12 @@ fn report(args: &SoakArgs, samples: &[Sample]) -> Result<(), BoxError> {
         return Err("the soak needs at least 8 s to say anything".into());
     }
     let step = (samples.len() / 10).max(1);
-    for s in samples.iter().step_by(step).chain(samples.last()) {
+    let last_index = samples.len() - 1;
+    let shown = samples
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i == last_index);
+    for (_, s) in shown {
         println!(
             "  t={:>5.0} s  server RSS {:>7.1} MB  retained on disk {:>8.1} MB  acknowledged {:>11}  replayed {:>10}",
             s.at,

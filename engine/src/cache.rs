@@ -71,16 +71,23 @@ impl SegmentCache {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The batch cached under `id`, marked as just used.
+    /// The batch cached under `id`, marked as just used; a miss is counted (the caller reads
+    /// the segment from disk next).
     pub(crate) fn get(&self, id: u64) -> Option<RecordBatch> {
+        let found = self.lookup(id);
+        if found.is_none() {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// [`Self::get`] for a caller that only asks whether the batch is in memory: a miss is
+    /// counted by the [`Self::get`] that follows it, not here.
+    pub(crate) fn lookup(&self, id: u64) -> Option<RecordBatch> {
         let mut state = self.state.lock();
         state.clock += 1;
         let now = state.clock;
-        let Some(entry) = state.entries.get_mut(&id) else {
-            drop(state);
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
+        let entry = state.entries.get_mut(&id)?;
         let previous = std::mem::replace(&mut entry.used, now);
         let batch = entry.batch.clone();
         state.by_use.remove(&previous);

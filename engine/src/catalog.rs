@@ -167,9 +167,14 @@ pub struct Catalog {
 impl Catalog {
     /// The definition of stream `name`.
     pub fn stream(&self, name: &str) -> Result<&StreamDefinition> {
+        Ok(&self.streams[self.position(name)?])
+    }
+
+    /// Where stream `name` is in [`Self::streams`].
+    pub fn position(&self, name: &str) -> Result<usize> {
         self.streams
             .iter()
-            .find(|s| s.name == name)
+            .position(|s| s.name == name)
             .ok_or_else(|| Error::StreamNotFound(name.to_string()))
     }
 
@@ -181,11 +186,7 @@ impl Catalog {
         name: &str,
         change: impl FnOnce(&mut StreamDefinition),
     ) -> Result<()> {
-        let position = self
-            .streams
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
+        let position = self.position(name)?;
         let before = self.streams[position].clone();
         change(&mut self.streams[position]);
         let saved = self.save(path);

@@ -343,11 +343,7 @@ impl Engine {
                 if readers == 1 { "" } else { "s" }
             )));
         }
-        let position = catalog
-            .streams
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| Error::StreamNotFound(name.to_string()))?;
+        let position = catalog.position(name)?;
         let before = catalog.streams[position].clone();
         let mut definition = before.clone();
         definition.format = spec.format;

@@ -8,7 +8,7 @@
 //! ([`read_segment_header`]), so opening a shard reads footers, not whole segments.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -88,13 +88,9 @@ fn write_segment_file(
     );
     writer.finish()?;
     let bytes = writer.into_inner()?;
-    let mut file =
-        BufWriter::new(File::create(tmp).map_err(|e| Error::io("creating segment", tmp, e))?);
+    let mut file = File::create(tmp).map_err(|e| Error::io("creating segment", tmp, e))?;
     file.write_all(&bytes)
         .map_err(|e| Error::io("writing segment", tmp, e))?;
-    let file = file
-        .into_inner()
-        .map_err(|e| Error::io("writing segment", tmp, e.into_error()))?;
     if durability == Durability::Fsync {
         file.sync_all()
             .map_err(|e| Error::io("syncing segment", tmp, e))?;
@@ -102,10 +98,23 @@ fn write_segment_file(
     Ok(())
 }
 
-/// What a segment's footer says: the columns it was written with and, for segments written
-/// since footers carry them, its row count and newest arrival time. Reads no record data.
-pub fn read_segment_header(path: &Path) -> Result<(SchemaRef, Option<(usize, i64)>)> {
+/// What a segment's footer says, and how large its file is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentHeader {
+    /// The columns it was written with.
+    pub columns: SchemaRef,
+    /// Its row count and newest arrival time (segments written since footers carry them).
+    pub summary: Option<(usize, i64)>,
+    pub file_bytes: u64,
+}
+
+/// Reads a segment's footer (no record data).
+pub fn read_segment_header(path: &Path) -> Result<SegmentHeader> {
     let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
+    let file_bytes = file
+        .metadata()
+        .map_err(|e| Error::io("reading segment size", path, e))?
+        .len();
     let corrupt = |reason: String| Error::Corrupt {
         what: "segment",
         path: path.to_path_buf(),
@@ -121,7 +130,11 @@ pub fn read_segment_header(path: &Path) -> Result<(SchemaRef, Option<(usize, i64
     let summary = number(ROWS_KEY)
         .zip(number(MAX_ARRIVAL_KEY))
         .map(|(rows, max_arrival)| (rows as usize, max_arrival));
-    Ok((reader.schema(), summary))
+    Ok(SegmentHeader {
+        columns: reader.schema(),
+        summary,
+        file_bytes,
+    })
 }
 
 /// Reads a segment back as one batch in `schema`.
@@ -236,6 +249,10 @@ fn decode_ipc_file(file: &Buffer) -> std::result::Result<(SchemaRef, RecordBatch
     Ok((schema, batch))
 }
 
+/// The segments in a shard's folder, in order, after clearing what a crash can leave behind:
+/// unfinished segments (`.tmp`), and the parts of a merged segment when the crash came between
+/// writing it and deleting them (a segment lying inside another). Segments that overlap only
+/// partly are damage, reported by name.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
     let mut segments = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| Error::io("listing segments", dir, e))?;
@@ -251,17 +268,6 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>> {
             segments.push((first, last, entry.path()));
         }
     }
-    segments.sort_by_key(|(first, _, _)| *first);
-    Ok(segments)
-}
-
-/// Segments (as listed, in order) without those lying inside another: a merged segment and the
-/// parts it replaced, when a crash came between writing the one and deleting the others. The
-/// parts are deleted. Segments that overlap only partly are damage, reported by name.
-pub fn without_merged_parts(
-    segments: Vec<(u64, u64, PathBuf)>,
-) -> Result<Vec<(u64, u64, PathBuf)>> {
-    let mut segments = segments;
     // By first counter, the widest first, so a merged segment comes before its parts.
     segments.sort_by_key(|(first, last, _)| (*first, std::cmp::Reverse(*last)));
     let mut kept: Vec<(u64, u64, PathBuf)> = Vec::with_capacity(segments.len());
@@ -329,8 +335,8 @@ mod tests {
         );
         let read = read_segment(&listed[1].2, &schema)?;
         assert_eq!(read, batch(vec![3, 4])?);
-        let (columns, summary) = read_segment_header(&listed[1].2)?;
-        assert_eq!((columns, summary), (schema, Some((2, 5))));
+        let header = read_segment_header(&listed[1].2)?;
+        assert_eq!((header.columns, header.summary), (schema, Some((2, 5))));
         assert!(!dir.path().join("x.arrow.tmp").exists());
         Ok(())
     }

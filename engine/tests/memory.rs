@@ -167,6 +167,11 @@ fn a_segment_deleted_from_under_the_engine_is_reported_by_name() -> TestResult {
     Ok(())
 }
 
+/// Every record of `chunks`, read (from disk, the cache being off) and counted.
+fn rows_read(chunks: &[sluice_engine::Chunk]) -> sluice_engine::Result<usize> {
+    chunks.iter().map(|c| c.batch().map(|b| b.num_rows())).sum()
+}
+
 /// The `.arrow` files in a shard's folder.
 fn segment_files(stream: &sluice_engine::Stream, shard: u32) -> std::io::Result<Vec<String>> {
     let dir = stream.dir().join("shards").join(shard.to_string());
@@ -215,11 +220,7 @@ fn a_slow_streams_small_segments_are_merged_and_a_crash_mid_merge_loses_nothing(
     }
     assert_eq!(merged_away, 32, "two runs of 16 merged");
     assert_eq!(stream.shards()[0].segment_count(), 10);
-    let from_snapshot: usize = snapshot[0]
-        .1
-        .iter()
-        .map(|c| c.batch().map(|b| b.num_rows()))
-        .sum::<Result<usize, _>>()?;
+    let from_snapshot = rows_read(&snapshot[0].1)?;
     assert_eq!(from_snapshot, 200, "the snapshot's files outlive the merge");
     drop(snapshot);
     assert_eq!(segment_files(&stream, 0)?.len(), 10, "merged parts deleted");
@@ -262,11 +263,7 @@ fn a_query_that_started_before_records_expired_still_reads_them() -> TestResult 
         read_shard(&stream, 0)?.is_empty(),
         "expired for new readers"
     );
-    let rows: usize = snapshot[0]
-        .1
-        .iter()
-        .map(|c| c.batch().map(|b| b.num_rows()))
-        .sum::<Result<usize, _>>()?;
+    let rows = rows_read(&snapshot[0].1)?;
     assert_eq!(rows, 50, "the query that started before still reads them");
     assert_eq!(segment_files(&stream, 0)?.len(), 1);
     drop(snapshot);

@@ -62,20 +62,12 @@ impl TableProvider for StreamTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let projection = projection.map(|p| p.as_slice());
-        let schema = match projection {
+        let columns = projection.map(|p| p.as_slice());
+        let schema = match columns {
             Some(columns) => Arc::new(self.stream.public_schema().project(columns)?),
             None => Arc::clone(self.stream.public_schema()),
         };
-        let partitions = snapshot_partitions(&self.stream, projection, None)?;
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema,
-            partitions,
-            None,
-            [],
-            false,
-            None,
-        )?))
+        snapshot_scan(&self.stream, columns, None, schema, None)
     }
 
     async fn insert_into(
@@ -129,26 +121,20 @@ impl StreamTable {
 /// A function applied to every batch of a snapshot after projection.
 pub(crate) type MapBatch = Arc<dyn Fn(&RecordBatch) -> DFResult<RecordBatch> + Send + Sync>;
 
-/// A [`MapBatch`] and the schema of the batches it gives.
-pub(crate) type BatchMap = (MapBatch, SchemaRef);
-
-/// Every retained record of `stream`, one partition per shard, in the public layout projected
-/// to `projection` (indexes into the public schema; `None` for all columns), then through `map`
-/// if given. The chunks are fixed now; their records are read as the scan pulls them.
-pub(crate) fn snapshot_partitions(
+/// A scan of every retained record of `stream`, one partition per shard: each batch in the
+/// public layout with the `columns` given (indexes into the public schema; `None` for all),
+/// then through `map` if given, giving batches of `schema`; the plan projects those to
+/// `projection`. The chunks are fixed now; their records are read as the scan pulls them.
+pub(crate) fn snapshot_scan(
     stream: &Stream,
-    projection: Option<&[usize]>,
-    map: Option<BatchMap>,
-) -> DFResult<Vec<Arc<dyn PartitionStream>>> {
+    columns: Option<&[usize]>,
+    map: Option<MapBatch>,
+    schema: SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> DFResult<Arc<dyn ExecutionPlan>> {
     let projector =
-        Arc::new(PublicProjector::new(stream.user_schema(), projection).map_err(to_datafusion)?);
-    let schema = match (&map, projection) {
-        (Some((_, schema)), _) => Arc::clone(schema),
-        (None, Some(columns)) => Arc::new(stream.public_schema().project(columns)?),
-        (None, None) => Arc::clone(stream.public_schema()),
-    };
-    let map = map.map(|(f, _)| f);
-    Ok(stream
+        Arc::new(PublicProjector::new(stream.user_schema(), columns).map_err(to_datafusion)?);
+    let partitions = stream
         .snapshot()
         .map_err(to_datafusion)?
         .into_iter()
@@ -161,7 +147,15 @@ pub(crate) fn snapshot_partitions(
                 map: map.clone(),
             }) as Arc<dyn PartitionStream>
         })
-        .collect())
+        .collect();
+    Ok(Arc::new(StreamingTableExec::try_new(
+        schema,
+        partitions,
+        projection,
+        [],
+        false,
+        None,
+    )?))
 }
 
 /// Hands every batch of a snapshot (public layout, all columns) to `f`, one at a time, reading

@@ -22,7 +22,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt;
 use sluice_engine::schema::ROWTIME;
 use sluice_engine::{Clock, Engine, Stream};
@@ -31,7 +31,7 @@ use crate::continuous::{PumpCursor, StreamTail};
 use crate::create_stream::literal_interval_millis;
 use crate::schema_provider::StreamView;
 use crate::session_window::Sessions;
-use crate::table::{BatchMap, for_each_snapshot_batch, snapshot_partitions};
+use crate::table::{MapBatch, for_each_snapshot_batch, snapshot_scan};
 
 /// The window columns every windowed row gets.
 pub const WINDOW_START: &str = "window_start";
@@ -507,19 +507,15 @@ impl TableProvider for WindowedTable {
             ),
             StreamView::Bounded => {
                 let (spec, schema) = (self.spec.clone(), Arc::clone(&self.schema));
-                let add_windows: BatchMap = (
-                    Arc::new(move |b: &RecordBatch| add_window_columns(b, &spec, &schema)),
-                    Arc::clone(&self.schema),
-                );
-                let partitions = snapshot_partitions(&self.stream, None, Some(add_windows))?;
-                Ok(Arc::new(StreamingTableExec::try_new(
-                    Arc::clone(&self.schema),
-                    partitions,
-                    projection,
-                    [],
-                    false,
+                let add_windows: MapBatch =
+                    Arc::new(move |b: &RecordBatch| add_window_columns(b, &spec, &schema));
+                snapshot_scan(
+                    &self.stream,
                     None,
-                )?))
+                    Some(add_windows),
+                    Arc::clone(&self.schema),
+                    projection,
+                )
             }
             StreamView::Continuous => {
                 let tail: Arc<dyn PartitionStream> = Arc::new(WindowedTail {

@@ -13,11 +13,23 @@ use std::path::Path;
 
 use crate::Durability;
 use crate::error::{Error, Result};
+use crate::wal::WalEntry;
 
 /// The shard number write-ahead-log entries carrying commits use (no real shard has it).
 pub const COMMIT_SHARD: u32 = u32::MAX;
 
 const FILE: &str = "commits.json";
+
+/// The log entry carrying `writer`'s commit `data` (empty: the writer's commit is forgotten).
+pub(crate) fn commit_entry<'a>(writer: &'a str, data: &'a [u8]) -> WalEntry<'a> {
+    WalEntry {
+        shard: COMMIT_SHARD,
+        seq: 0,
+        arrival_ms: 0,
+        partition_key: writer,
+        data,
+    }
+}
 
 /// The latest commit of each writer, and whether `commits.json` is behind.
 #[derive(Debug, Default)]

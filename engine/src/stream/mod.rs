@@ -242,9 +242,7 @@ impl Stream {
             fs::create_dir_all(&shard_dir)
                 .map_err(|e| Error::io("creating shard folder", &shard_dir, e))?;
             let mut sealed = Vec::new();
-            for (first, last, path) in
-                crate::segment::without_merged_parts(crate::segment::list_segments(&shard_dir)?)?
-            {
+            for (first, last, path) in crate::segment::list_segments(&shard_dir)? {
                 sealed.extend(open_segment(
                     &definition,
                     &user_schema,
@@ -460,13 +458,7 @@ impl Stream {
         }
         let position = {
             let mut wal = self.wal.lock();
-            let position = wal.write(&[WalEntry {
-                shard: COMMIT_SHARD,
-                seq: 0,
-                arrival_ms: 0,
-                partition_key: writer,
-                data: &[],
-            }])?;
+            let position = wal.write(&[commits::commit_entry(writer, &[])])?;
             self.commits.lock().set(writer, &[]);
             position
         };
@@ -625,13 +617,7 @@ impl Stream {
                 chunks.push((position, batch));
             }
             if let Some((writer, data)) = commit {
-                entries.push(WalEntry {
-                    shard: COMMIT_SHARD,
-                    seq: 0,
-                    arrival_ms: 0,
-                    partition_key: writer,
-                    data,
-                });
+                entries.push(commits::commit_entry(writer, data));
             }
             durable_at = wal.write(&entries)?;
             if let Some((writer, data)) = commit {
@@ -884,9 +870,11 @@ fn open_segment(
     runtime: &StreamRuntime,
     (first, last, path): (u64, u64, PathBuf),
 ) -> Result<Option<shard::Chunk>> {
-    let (found, summary) = crate::segment::read_segment_header(&path)?;
-    let summary = match summary {
-        Some(summary) if found.fields() == stored.fields() => summary,
+    let header = crate::segment::read_segment_header(&path)?;
+    let (rows, max_arrival_ms, bytes) = match header.summary {
+        Some((rows, max_arrival)) if header.columns.fields() == stored.fields() => {
+            (rows, max_arrival, header.file_bytes as usize)
+        }
         _ => {
             let (found, mut batch) = crate::segment::read_segment_as_written(&path)?;
             if found.fields() != stored.fields() {
@@ -895,26 +883,21 @@ fn open_segment(
             let Some(chunk) = shard::Chunk::resident(batch.clone()) else {
                 return Ok(None);
             };
-            let max_arrival = chunk.max_arrival_ms();
             let dir = path.parent().unwrap_or(Path::new("."));
             crate::segment::write_segment(
                 dir,
                 first,
                 last,
                 &batch,
-                max_arrival,
+                chunk.max_arrival_ms(),
                 runtime.durability,
             )?;
-            (batch.num_rows(), max_arrival)
+            (chunk.rows(), chunk.max_arrival_ms(), chunk.bytes())
         }
     };
-    let (rows, max_arrival_ms) = summary;
     if rows == 0 {
         return Ok(None);
     }
-    let bytes = fs::metadata(&path)
-        .map_err(|e| Error::io("reading segment size", &path, e))?
-        .len() as usize;
     let segment = shard::StoredSegment::new(path, Arc::clone(stored), Arc::clone(&runtime.cache));
     Ok(Some(shard::Chunk::stored(
         first,

@@ -152,6 +152,11 @@ impl Chunk {
         self.rows
     }
 
+    /// Bytes of memory its records take when loaded.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// When its newest record arrived (ms since the epoch).
     pub fn max_arrival_ms(&self) -> i64 {
         self.max_arrival_ms
@@ -169,7 +174,14 @@ impl Chunk {
     pub fn batch_in_memory(&self) -> Option<RecordBatch> {
         match &self.data {
             ChunkData::Resident(batch) => Some(batch.clone()),
-            ChunkData::Stored(segment) => segment.cache.get(segment.id),
+            ChunkData::Stored(segment) => segment.cache.lookup(segment.id),
+        }
+    }
+
+    /// Lets its segment file go once no reader holds it (it expired, or was merged away).
+    fn delete_when_unread(&self) {
+        if let ChunkData::Stored(segment) = &self.data {
+            segment.delete_when_dropped.store(true, Ordering::Release);
         }
     }
 
@@ -391,27 +403,12 @@ impl Shard {
             }
             state.tail.clone()
         };
-        let batches = tail.iter().map(Chunk::batch).collect::<Result<Vec<_>>>()?;
-        let batch = arrow::compute::concat_batches(&self.stored_schema, &batches)?;
-        drop(batches);
-        let first = tail[0].first_seq;
-        let last = tail[tail.len() - 1].last_seq;
-        let max_arrival_ms = tail.iter().map(|c| c.max_arrival_ms).max().unwrap_or(0);
-        let path = write_segment(&self.dir, first, last, &batch, max_arrival_ms, durability)?;
-        let segment = StoredSegment::new(
-            path,
-            Arc::clone(&self.stored_schema),
-            Arc::clone(&self.cache),
-        );
-        self.cache.insert(segment.id, &batch);
-        let sealed = Chunk::stored(
-            first,
-            last,
-            batch.num_rows(),
-            max_arrival_ms,
-            batch.get_array_memory_size(),
-            segment,
-        );
+        let (sealed, batch) = self.write_chunk(&tail, durability)?;
+        // Readers that follow the stream read it next.
+        if let ChunkData::Stored(segment) = &sealed.data {
+            self.cache.insert(segment.id, &batch);
+        }
+        let last = sealed.last_seq;
         let mut state = self.state.write();
         // Swap exactly the chunks that were sealed for the sealed batch, atomically for readers.
         state.tail.drain(..tail.len());
@@ -483,24 +480,8 @@ impl Shard {
             }
             run.into_iter().cloned().collect()
         };
-        let batches = run.iter().map(Chunk::batch).collect::<Result<Vec<_>>>()?;
-        let batch = arrow::compute::concat_batches(&self.stored_schema, &batches)?;
-        drop(batches);
-        let (first, last) = (run[0].first_seq, run[run.len() - 1].last_seq);
-        let max_arrival_ms = run.iter().map(|c| c.max_arrival_ms).max().unwrap_or(0);
-        let path = write_segment(&self.dir, first, last, &batch, max_arrival_ms, durability)?;
-        let merged = Chunk::stored(
-            first,
-            last,
-            batch.num_rows(),
-            max_arrival_ms,
-            batch.get_array_memory_size(),
-            StoredSegment::new(
-                path.clone(),
-                Arc::clone(&self.stored_schema),
-                Arc::clone(&self.cache),
-            ),
-        );
+        let (merged, _) = self.write_chunk(&run, durability)?;
+        let first = merged.first_seq;
         let mut state = self.state.write();
         // Retention may have dropped the front of the run meanwhile.
         let start = state.sealed.partition_point(|c| c.first_seq < first);
@@ -514,8 +495,7 @@ impl Shard {
             });
         if !still_there {
             drop(state);
-            std::fs::remove_file(&path)
-                .map_err(|e| crate::Error::io("removing unused merged segment", &path, e))?;
+            merged.delete_when_unread();
             return Ok(0);
         }
         let replaced: Vec<Chunk> = state
@@ -523,12 +503,39 @@ impl Shard {
             .splice(start..start + run.len(), [merged])
             .collect();
         drop(state);
-        for chunk in &replaced {
-            if let ChunkData::Stored(segment) = &chunk.data {
-                segment.delete_when_dropped.store(true, Ordering::Release);
-            }
-        }
+        replaced.iter().for_each(Chunk::delete_when_unread);
         Ok(replaced.len())
+    }
+
+    /// Writes consecutive `chunks` as one segment; returns it as a stored chunk, and its batch.
+    fn write_chunk(
+        &self,
+        chunks: &[Chunk],
+        durability: Durability,
+    ) -> Result<(Chunk, RecordBatch)> {
+        let batches = chunks
+            .iter()
+            .map(Chunk::batch)
+            .collect::<Result<Vec<_>>>()?;
+        let batch = arrow::compute::concat_batches(&self.stored_schema, &batches)?;
+        drop(batches);
+        let (first, last) = (chunks[0].first_seq, chunks[chunks.len() - 1].last_seq);
+        let max_arrival_ms = chunks.iter().map(|c| c.max_arrival_ms).max().unwrap_or(0);
+        let path = write_segment(&self.dir, first, last, &batch, max_arrival_ms, durability)?;
+        let segment = StoredSegment::new(
+            path,
+            Arc::clone(&self.stored_schema),
+            Arc::clone(&self.cache),
+        );
+        let chunk = Chunk::stored(
+            first,
+            last,
+            batch.num_rows(),
+            max_arrival_ms,
+            batch.get_array_memory_size(),
+            segment,
+        );
+        Ok((chunk, batch))
     }
 
     /// How many sealed segments the shard keeps.
@@ -565,9 +572,7 @@ impl Shard {
             records += chunk.rows;
             // Deleted as soon as no reader holds it: now, unless a query that started before
             // the records expired is still reading them (it finishes with what it started on).
-            if let ChunkData::Stored(segment) = &chunk.data {
-                segment.delete_when_dropped.store(true, Ordering::Release);
-            }
+            chunk.delete_when_unread();
         }
         Ok(records)
     }
@@ -641,12 +646,15 @@ impl Shard {
         })
     }
 
-    /// Whether a retained record arrived at or after `ts_ms` (no disk read).
+    /// Whether a retained record arrived at or after `ts_ms` (no disk read). Arrival times
+    /// never go backwards in a shard, so the newest chunk says.
     pub fn has_records_since(&self, ts_ms: i64) -> bool {
-        self.state
-            .read()
-            .chunks()
-            .any(|c| c.max_arrival_ms >= ts_ms)
+        let state = self.state.read();
+        state
+            .tail
+            .last()
+            .or(state.sealed.last())
+            .is_some_and(|c| c.max_arrival_ms >= ts_ms)
     }
 
     /// A summary of the shard now.
