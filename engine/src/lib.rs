@@ -56,6 +56,7 @@ pub mod schema;
 pub mod segment;
 pub mod sequence;
 pub mod stream;
+pub mod views;
 pub mod wal;
 
 pub use cache::CacheStats;

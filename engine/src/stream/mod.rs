@@ -684,13 +684,15 @@ impl Stream {
     ) -> Result<RecordBatch> {
         let mut stored = system_columns(run);
         if members.len() == columns.num_rows() {
-            // Every row went to this shard, in order.
-            stored.extend(columns.columns().iter().cloned());
+            // Every row went to this shard, in order (a client's batch can be a slice of a
+            // larger one, holding its strings).
+            stored.extend(columns.columns().iter().map(crate::views::compact_views));
         } else {
             let indices =
                 arrow::array::UInt32Array::from_iter_values(members.iter().map(|&i| i as u32));
             for column in columns.columns() {
-                stored.push(arrow::compute::take(column, &indices, None)?);
+                let taken = arrow::compute::take(column, &indices, None)?;
+                stored.push(crate::views::compact_views(&taken));
             }
         }
         Ok(RecordBatch::try_new(
