@@ -34,8 +34,16 @@ struct Running {
 
 impl Running {
     async fn start(auth: Option<Auth>) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_with_cache(auth, sluice_engine::DEFAULT_CACHE_BYTES).await
+    }
+
+    /// A server whose engine keeps `cache_bytes` of sealed segments in memory.
+    async fn start_with_cache(
+        auth: Option<Auth>,
+        cache_bytes: usize,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let engine = Engine::open(EngineOptions::new(dir.path()))?;
+        let engine = Engine::open(EngineOptions::new(dir.path()).with_cache_bytes(cache_bytes))?;
         let session = SluiceSession::new(engine)?;
         let server = BoundServer::bind(
             session.clone(),
@@ -516,5 +524,100 @@ async fn a_subscriber_that_stops_reading_does_not_hold_up_the_others() -> TestRe
         received += batch.num_rows();
     }
     assert_eq!(received, rows);
+    server.stop().await
+}
+
+/// A scan of segments read back from disk arrives as a few messages of whole segments, each
+/// carrying its own rows' strings once. (Rows routed from one client batch to four shards kept
+/// the whole batch's strings, and each segment went out as hundreds of small messages that
+/// each repeated them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_arrive_in_whole_batches_without_repeated_strings() -> TestResult {
+    const ROWS: usize = 40_000;
+    const NOTE: usize = 50;
+    let server = Running::start_with_cache(None, 0).await?;
+    let mut sql = server.sql();
+    sql.execute(
+        "CREATE STREAM notes (k VARCHAR, v BIGINT, note VARCHAR) WITH (shards = 4, partition_key = 'k')"
+            .into(),
+        None,
+    )
+    .await?;
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new("note", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..ROWS).map(|i| format!("key-{}", i % 100)),
+            )),
+            Arc::new(Int64Array::from_iter_values(0..ROWS as i64)),
+            Arc::new(StringArray::from_iter_values(
+                (0..ROWS).map(|i| format!("{i:0NOTE$}")),
+            )),
+        ],
+    )?;
+    let mut flight = FlightServiceClient::new(server.channel.clone());
+    let data = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["notes".into()])))
+        .with_max_flight_data_size(usize::MAX)
+        .build(futures::stream::iter([Ok(batch)]))
+        .map(|d| d.expect("encoded"));
+    let acks: Vec<_> = flight
+        .do_put(data)
+        .await?
+        .into_inner()
+        .try_collect()
+        .await?;
+    assert_eq!(acks.len(), 1);
+    // Sealed, and with no cache every scan reads the segment files.
+    server.session.engine().stream("notes")?.seal(true)?;
+
+    let info = sql
+        .execute("SELECT k, v, note FROM notes".into(), None)
+        .await?;
+    let ticket = info.endpoint[0].ticket.clone().ok_or("no ticket")?;
+    let messages: Vec<arrow_flight::FlightData> = flight
+        .do_get(ticket)
+        .await?
+        .into_inner()
+        .try_collect()
+        .await?;
+    let body: usize = messages.iter().map(|m| m.data_body.len()).sum();
+    // Views (16 bytes a string), the notes themselves, v; keys are short enough to sit in
+    // their views.
+    let rows_bytes = ROWS * (16 + 16 + NOTE + 8);
+    assert!(
+        body < rows_bytes * 5 / 4,
+        "{body} bytes sent for {rows_bytes} bytes of rows"
+    );
+    assert!(
+        messages.len() <= 1 + 8,
+        "{} messages for 4 segments",
+        messages.len()
+    );
+    let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
+        futures::stream::iter(messages.into_iter().map(Ok)),
+    )
+    .try_collect()
+    .await?;
+    let mut values = int_column(&batches, "v");
+    values.sort();
+    assert_eq!(values, (0..ROWS as i64).collect::<Vec<_>>());
+    for batch in &batches {
+        let v = batch
+            .column_by_name("v")
+            .ok_or("no v")?
+            .as_primitive::<Int64Type>();
+        let note = arrow::compute::cast(
+            batch.column_by_name("note").ok_or("no note")?,
+            &DataType::Utf8,
+        )?;
+        for (v, note) in v.values().iter().zip(note.as_string::<i32>().iter()) {
+            assert_eq!(note, Some(format!("{v:0NOTE$}").as_str()));
+        }
+    }
     server.stop().await
 }
