@@ -5,13 +5,13 @@
 //! shards, each shard's rows would keep the whole batch's strings; concatenated into a segment,
 //! every shard's file would carry all of them (four times the string bytes on disk, in memory
 //! and over Flight). [`compact_views`] copies just the referenced strings when the buffers hold
-//! much more than that.
+//! much more than that: the engine applies it where client batches enter a shard, and the
+//! Flight server to the pieces it cuts results into.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::DataType;
-use arrow::error::ArrowError;
 
 /// Buffers may hold this much beyond what the views use before they are compacted.
 const SLACK_BYTES: usize = 64 * 1024;
@@ -35,19 +35,6 @@ pub fn compact_views(column: &ArrayRef) -> ArrayRef {
         _ => {}
     }
     Arc::clone(column)
-}
-
-/// `batch` with every view column compacted by [`compact_views`].
-pub fn compact_batch_views(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let needs = batch
-        .columns()
-        .iter()
-        .any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView));
-    if !needs {
-        return Ok(batch);
-    }
-    let columns = batch.columns().iter().map(compact_views).collect();
-    RecordBatch::try_new(batch.schema(), columns)
 }
 
 fn wasteful(buffers: &[arrow::buffer::Buffer], used: usize) -> bool {

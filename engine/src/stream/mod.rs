@@ -683,17 +683,17 @@ impl Stream {
         members: &[usize],
     ) -> Result<RecordBatch> {
         let mut stored = system_columns(run);
-        if members.len() == columns.num_rows() {
-            // Every row went to this shard, in order (a client's batch can be a slice of a
-            // larger one, holding its strings).
-            stored.extend(columns.columns().iter().map(crate::views::compact_views));
-        } else {
-            let indices =
-                arrow::array::UInt32Array::from_iter_values(members.iter().map(|&i| i as u32));
-            for column in columns.columns() {
-                let taken = arrow::compute::take(column, &indices, None)?;
-                stored.push(crate::views::compact_views(&taken));
-            }
+        let indices = (members.len() != columns.num_rows()).then(|| {
+            arrow::array::UInt32Array::from_iter_values(members.iter().map(|&i| i as u32))
+        });
+        for column in columns.columns() {
+            let column = match &indices {
+                // Every row went to this shard, in order.
+                None => Arc::clone(column),
+                Some(indices) => arrow::compute::take(column, indices, None)?,
+            };
+            // Rows taken from (or a client's batch sliced from) a larger batch keep its strings.
+            stored.push(crate::views::compact_views(&column));
         }
         Ok(RecordBatch::try_new(
             Arc::clone(&self.stored_schema),

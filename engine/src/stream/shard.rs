@@ -519,9 +519,6 @@ impl Shard {
             .collect::<Result<Vec<_>>>()?;
         let batch = arrow::compute::concat_batches(&self.stored_schema, &batches)?;
         drop(batches);
-        // Rows taken from shared batches elsewhere must not carry their neighbours' strings
-        // into the file.
-        let batch = crate::views::compact_batch_views(batch)?;
         let (first, last) = (chunks[0].first_seq, chunks[chunks.len() - 1].last_seq);
         let max_arrival_ms = chunks.iter().map(|c| c.max_arrival_ms).max().unwrap_or(0);
         let path = write_segment(&self.dir, first, last, &batch, max_arrival_ms, durability)?;
