@@ -22,6 +22,7 @@ pub mod server;
 pub mod sql_service;
 pub mod status;
 pub mod ticket;
+pub mod wire;
 mod xdbc;
 
 pub use client::RemoteSession;

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::sql_service::SqlService;
 use crate::ticket::FlightTicket;
+use crate::wire::FlightRouter;
 
 /// HTTP/2 flow-control windows, per call and per connection.
 pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
@@ -34,7 +35,7 @@ pub const MAX_FRAME: u32 = 1024 * 1024;
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The largest message accepted or sent (a `DoPut` batch, a result batch).
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -345,7 +346,7 @@ impl BoundServer {
             let _ = stopping.send(());
         };
         let serving = builder
-            .add_service(self.service.into_server())
+            .add_service(FlightRouter::new(self.service))
             .serve_with_incoming_shutdown(incoming, shutdown);
         tokio::pin!(serving);
         // A client that stopped reading keeps its call open (its data waits in flow control):
