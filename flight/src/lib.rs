@@ -18,6 +18,7 @@
 //! would print. [`client::RemoteSession`] is the client side `sluice --connect` uses.
 
 pub mod client;
+pub mod results;
 pub mod server;
 pub mod sql_service;
 pub mod status;

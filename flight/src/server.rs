@@ -12,7 +12,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use base64::Engine as _;
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use sluice_sql::SluiceSession;
 use tokio::net::TcpListener;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -20,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::results::{ResultMessage, ResultMessages};
 use crate::sql_service::SqlService;
 use crate::ticket::FlightTicket;
 use crate::wire::FlightRouter;
@@ -150,6 +151,20 @@ impl SluiceFlight {
             Some(auth) => auth.check(request.metadata()),
             None => Ok(()),
         }
+    }
+
+    /// What a `DoGet` answers with, as messages whose bodies [`crate::wire`] sends without
+    /// joining them: the same call as [`FlightService::do_get`].
+    pub async fn result_messages(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<ResultMessages>, Status> {
+        self.check(&request)?;
+        if let Some(messages) = self.sql.result_messages(&request.get_ref().ticket).await? {
+            return Ok(Response::new(messages));
+        }
+        let response = FlightService::do_get(self.sql.as_ref(), request).await?;
+        Ok(response.map(|data| Box::pin(data.map_ok(ResultMessage::from)) as ResultMessages))
     }
 
     /// A tonic service for this Flight service, with Sluice's message limits.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch, new_empty_array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
-use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -41,12 +41,12 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use prost::Message;
-use sluice_engine::views::compact_views;
 use sluice_engine::{StreamFormat, StreamSpec};
 use sluice_sql::continuous::StreamTail;
 use sluice_sql::{SluiceSession, StatementOutput, StreamSink};
 use tonic::{Request, Response, Status};
 
+use crate::results::{ResultMessage, ResultMessages, result_messages};
 use crate::status::{datafusion_status, engine_status, sql_status};
 use crate::ticket::{FlightTicket, StatementKind, TicketRequest};
 
@@ -56,10 +56,6 @@ pub const RESULT_TTL: Duration = Duration::from_secs(300);
 const PREPARED_TTL: Duration = Duration::from_secs(3600);
 /// At most this many executed statements wait for their `DoGet`; beyond it the oldest goes.
 const MAX_PENDING: usize = 1024;
-/// About the most row data one result message carries: well under the 4 MiB that gRPC clients
-/// accept by default.
-const MESSAGE_BYTES: usize = 2 * 1024 * 1024;
-
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 type DoPutStream = Pin<Box<dyn Stream<Item = Result<PutResult, Status>> + Send + 'static>>;
 
@@ -208,9 +204,32 @@ impl SqlService {
         Ok(Response::new(info))
     }
 
-    /// Runs a plain (JSON) ticket: a statement or a subscription.
+    /// The messages a `DoGet` of `ticket` answers with, when it is a query's or a
+    /// subscription's (a plain JSON ticket or a Flight SQL statement's); `None` for the other
+    /// Flight SQL tickets (metadata).
+    pub async fn result_messages(&self, ticket: &[u8]) -> Result<Option<ResultMessages>, Status> {
+        let rows = if FlightTicket::is_plain(ticket) {
+            self.plain_rows(ticket).await?
+        } else if let Some(statement) = Any::decode(ticket)
+            .ok()
+            .and_then(|any| any.unpack::<TicketStatementQuery>().ok().flatten())
+        {
+            self.take_result(&statement.statement_handle)?
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(result_messages(rows, self.closing.subscribe())))
+    }
+
+    /// Answers a plain (JSON) ticket: a statement or a subscription.
     pub async fn plain_do_get(&self, ticket: &[u8]) -> Result<Response<DoGetStream>, Status> {
-        let rows = match FlightTicket::parse(ticket)? {
+        let rows = self.plain_rows(ticket).await?;
+        Ok(stream_rows(result_messages(rows, self.closing.subscribe())))
+    }
+
+    /// The rows of a plain ticket's statement or subscription.
+    async fn plain_rows(&self, ticket: &[u8]) -> Result<SendableRecordBatchStream, Status> {
+        Ok(match FlightTicket::parse(ticket)? {
             TicketRequest::Query(sql) => match self.session.execute(&sql).await {
                 Ok(StatementOutput::Rows(rows) | StatementOutput::Continuous(rows)) => rows,
                 Ok(StatementOutput::Done(note)) => {
@@ -240,8 +259,19 @@ impl SqlService {
                     .map_err(engine_status)?;
                 StreamTail::subscribe(stream, from).map_err(engine_status)?
             }
-        };
-        Ok(stream_rows(rows, self.closing.subscribe()))
+        })
+    }
+
+    /// The held rows of an executed statement, taken: a ticket fetches once.
+    fn take_result(&self, handle: &[u8]) -> Result<SendableRecordBatchStream, Status> {
+        let handle = String::from_utf8_lossy(handle).to_string();
+        let pending = self.results.lock().remove(&handle).ok_or_else(|| {
+            Status::not_found(format!(
+                "no result for ticket '{handle}': it was fetched already or waited longer than {} s",
+                RESULT_TTL.as_secs()
+            ))
+        })?;
+        Ok(pending.rows)
     }
 
     /// Appends the batches of a `DoPut` to `stream`, answering each with the running count.
@@ -331,130 +361,10 @@ impl SqlService {
     }
 }
 
-/// Encodes `rows` as Flight data, for as long as they come or until the server closes; a
-/// client that goes away drops them and with them the query's work.
-fn stream_rows(
-    rows: SendableRecordBatchStream,
-    mut closing: tokio::sync::watch::Receiver<bool>,
-) -> Response<DoGetStream> {
-    let schema = rows.schema();
-    let closed = async move {
-        let _ = closing.wait_for(|closed| *closed).await;
-    };
-    let batches = rows.take_until(closed);
-    let has_dictionaries = schema
-        .flattened_fields()
-        .iter()
-        .any(|f| matches!(f.data_type(), DataType::Dictionary(..)));
-    if has_dictionaries {
-        // arrow-flight's encoder sends dictionary columns as their values.
-        let batches = batches.map_err(|e| FlightError::Tonic(Box::new(datafusion_status(e))));
-        let data = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(Status::from);
-        return Response::new(Box::pin(data));
-    }
-    let options = IpcWriteOptions::default();
-    let schema_message = FlightData::from(SchemaAsIpc::new(&schema, &options));
-    let mut encoder = MessageEncoder::new(options);
-    let data = batches
-        .map(move |batch| {
-            let batch = batch.map_err(datafusion_status)?;
-            let messages = split_for_messages(batch)
-                .iter()
-                .map(|piece| encoder.encode(piece))
-                .collect::<Result<Vec<_>, Status>>()?;
-            Ok::<_, Status>(futures::stream::iter(messages.into_iter().map(Ok)))
-        })
-        .try_flatten();
-    Response::new(Box::pin(
-        futures::stream::once(async move { Ok(schema_message) }).chain(data),
-    ))
-}
-
-/// Encodes result batches (without dictionaries) as Flight data, one message each.
-///
-/// arrow-flight's encoder builds each message's body in a buffer that starts empty unless the
-/// batch was one of several pieces of a larger one, so a whole batch's body grew by doubling,
-/// copying itself each time (7% of a plain scan's time over Flight); this one starts each body
-/// with the last one's capacity.
-struct MessageEncoder {
-    options: IpcWriteOptions,
-    generator: IpcDataGenerator,
-    dictionaries: DictionaryTracker,
-    context: IpcWriteContext,
-}
-
-impl MessageEncoder {
-    fn new(options: IpcWriteOptions) -> Self {
-        let mut context = IpcWriteContext::default();
-        context.set_reserve_scratch(true);
-        Self {
-            options,
-            generator: IpcDataGenerator::default(),
-            dictionaries: DictionaryTracker::new(false),
-            context,
-        }
-    }
-
-    fn encode(&mut self, batch: &RecordBatch) -> Result<FlightData, Status> {
-        let (_dictionaries, message) = self
-            .generator
-            .encode(
-                batch,
-                &mut self.dictionaries,
-                &self.options,
-                &mut self.context,
-            )
-            .map_err(|e| Status::internal(format!("encoding a result batch: {e}")))?;
-        Ok(message.into())
-    }
-}
-
-/// `batch` cut into row ranges of about [`MESSAGE_BYTES`] each, by the bytes those rows cover.
-///
-/// arrow-flight's own split counts each column's whole buffers, but a scan's columns are
-/// slices of the one buffer a segment file was read into: every column seemed as large as the
-/// file, and a segment went out as hundreds of messages of a few hundred rows (pyarrow and ADBC
-/// clients read 20 to 100 times slower than with whole batches).
-fn split_for_messages(batch: RecordBatch) -> Vec<RecordBatch> {
-    let bytes: usize = batch.columns().iter().map(|c| row_bytes(c.as_ref())).sum();
-    let rows = batch.num_rows();
-    let pieces = bytes.div_ceil(MESSAGE_BYTES).clamp(1, rows.max(1));
-    if pieces == 1 {
-        return vec![batch];
-    }
-    let rows_per_piece = rows.div_ceil(pieces);
-    (0..rows)
-        .step_by(rows_per_piece)
-        .map(|offset| {
-            let piece = batch.slice(offset, rows_per_piece.min(rows - offset));
-            // IPC sends a view column's data buffers whole: each piece keeps only its strings,
-            // or every piece would carry all of them.
-            let columns = piece.columns().iter().map(compact_views).collect();
-            RecordBatch::try_new(piece.schema(), columns).unwrap_or(piece)
-        })
-        .collect()
-}
-
-/// The bytes `column`'s rows take in an IPC message.
-fn row_bytes(column: &dyn Array) -> usize {
-    let validity = column
-        .logical_nulls()
-        .map_or(0, |_| column.len().div_ceil(8));
-    match column.data_type() {
-        DataType::Utf8View => {
-            validity + 16 * column.len() + column.as_string_view().total_buffer_bytes_used()
-        }
-        DataType::BinaryView => {
-            validity + 16 * column.len() + column.as_binary_view().total_buffer_bytes_used()
-        }
-        _ => column
-            .to_data()
-            .get_slice_memory_size()
-            .unwrap_or_else(|_| column.get_buffer_memory_size()),
-    }
+/// `rows` as Flight data, each message whole (for tonic's generated server; [`crate::wire`]
+/// sends [`ResultMessage`]s without joining their bodies).
+fn stream_rows(rows: ResultMessages) -> Response<DoGetStream> {
+    Response::new(Box::pin(rows.map_ok(ResultMessage::into_flight_data)))
 }
 
 /// The record batches of a `DoPut`.
@@ -672,14 +582,8 @@ impl FlightSqlService for SqlService {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let handle = String::from_utf8_lossy(&ticket.statement_handle).to_string();
-        let pending = self.results.lock().remove(&handle).ok_or_else(|| {
-            Status::not_found(format!(
-                "no result for ticket '{handle}': it was fetched already or waited longer than {} s",
-                RESULT_TTL.as_secs()
-            ))
-        })?;
-        Ok(stream_rows(pending.rows, self.closing.subscribe()))
+        let rows = self.take_result(&ticket.statement_handle)?;
+        Ok(stream_rows(result_messages(rows, self.closing.subscribe())))
     }
 
     async fn do_get_fallback(
@@ -1131,76 +1035,4 @@ impl FlightSqlService for SqlService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{ArrayRef, Int64Array, StringArray, StringViewArray};
-
-    fn batch(rows: usize, note_bytes: usize) -> RecordBatch {
-        let note = "x".repeat(note_bytes);
-        RecordBatch::try_from_iter([
-            (
-                "v",
-                Arc::new(Int64Array::from_iter_values(0..rows as i64)) as _,
-            ),
-            (
-                "note",
-                Arc::new(StringArray::from_iter_values((0..rows).map(|_| &note))) as _,
-            ),
-        ])
-        .expect("valid batch")
-    }
-
-    #[test]
-    fn a_slice_of_a_large_batch_is_measured_by_its_rows() {
-        // 1,000 rows of a 40 MB batch: the buffers are the whole batch's, the rows ~40 KB.
-        let large = batch(1_000_000, 32);
-        let slice = large.slice(500_000, 1_000);
-        assert!(slice.get_array_memory_size() > 10 * MESSAGE_BYTES);
-        let pieces = split_for_messages(slice.clone());
-        assert_eq!(pieces, vec![slice]);
-    }
-
-    #[test]
-    fn a_large_batch_is_cut_into_even_pieces_in_order() {
-        // 100,000 rows of ~108 bytes: ~10.8 MB, six pieces of ~1.8 MB.
-        let large = batch(100_000, 100);
-        let pieces = split_for_messages(large.clone());
-        assert_eq!(pieces.len(), 6);
-        assert!(
-            pieces
-                .iter()
-                .all(|p| p.num_rows() == 16_667 || p.num_rows() == 16_665)
-        );
-        let rejoined =
-            arrow::compute::concat_batches(&large.schema(), &pieces).expect("same schema");
-        assert_eq!(rejoined, large);
-        assert_eq!(split_for_messages(batch(0, 1)).len(), 1);
-    }
-
-    #[test]
-    fn view_pieces_carry_only_their_own_strings() {
-        let notes: ArrayRef = Arc::new(StringViewArray::from_iter_values(
-            (0..100_000).map(|i| format!("{i:0100}")),
-        ));
-        let large = RecordBatch::try_from_iter([("note", notes)]).expect("valid batch");
-        // 100,000 x (16 + 100) bytes: ~11.6 MB, six pieces.
-        let pieces = split_for_messages(large.clone());
-        assert_eq!(pieces.len(), 6);
-        for piece in &pieces {
-            let held: usize = piece
-                .column(0)
-                .as_string_view()
-                .data_buffers()
-                .iter()
-                .map(|b| b.len())
-                .sum();
-            assert_eq!(held, piece.num_rows() * 100);
-        }
-        let rejoined =
-            arrow::compute::concat_batches(&large.schema(), &pieces).expect("same schema");
-        assert_eq!(rejoined, large);
-    }
 }

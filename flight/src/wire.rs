@@ -4,10 +4,10 @@
 //! Arrow body was copied once more on its way out (5% of a scan's time over Flight, all of it
 //! on the server's cores). [`FlightRouter`] sits in front of the generated
 //! `FlightServiceServer`: it hands every call but `DoGet` to it unchanged, and answers `DoGet`
-//! itself, through the same [`SluiceFlight::do_get`](FlightService::do_get) (credentials,
-//! plain and Flight SQL tickets alike), writing each `FlightData` as a small chunk — the gRPC
-//! prefix, the header fields and the body's tag and length — followed by the body's own bytes,
-//! handed to HTTP/2 as they are. What a client receives is byte for byte what tonic would
+//! itself, through [`SluiceFlight::result_messages`] (the same call as `do_get`: credentials,
+//! plain and Flight SQL tickets alike), writing each message as a small chunk — the gRPC
+//! prefix, the header fields and the body's tag and length — followed by the body's pieces,
+//! the result's Arrow buffers ([`crate::results`]), handed to HTTP/2 as they are. What a client receives is byte for byte what tonic would
 //! have sent; errors, before the first message or after, end the call with the same
 //! `grpc-status` trailers.
 //!
@@ -23,14 +23,15 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::{FlightData, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use prost::Message;
@@ -41,14 +42,13 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
+use crate::results::{ResultMessage, ResultMessages};
 use crate::server::{MAX_MESSAGE_BYTES, SluiceFlight};
 
 /// The path of the call answered here.
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 /// `FlightData.data_body`'s field number.
 const DATA_BODY_FIELD: u32 = 1000;
-
-type Messages = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
 /// The Flight service as served: `DoGet` written here, every other call by tonic's generated
 /// server.
@@ -101,7 +101,7 @@ async fn do_get(flight: SluiceFlight, request: http::Request<Body>) -> http::Res
         parts.extensions,
         ticket,
     );
-    match flight.do_get(request).await {
+    match flight.result_messages(request).await {
         Ok(response) => {
             let (metadata, messages, extensions) = response.into_parts();
             let mut answer = http::Response::new(Body::new(DoGetBody::new(messages)));
@@ -147,19 +147,19 @@ async fn read_ticket(body: Body) -> Result<Ticket, Status> {
 }
 
 /// A `DoGet` response body: each message as its framing and header fields, then its Arrow
-/// body as it is; `grpc-status` trailers at the end.
+/// body's pieces as they are; `grpc-status` trailers at the end.
 struct DoGetBody {
-    messages: Messages,
+    messages: ResultMessages,
     /// The body of the message whose framing went out last.
-    body: Option<Bytes>,
+    body: VecDeque<Bytes>,
     finished: bool,
 }
 
 impl DoGetBody {
-    fn new(messages: Messages) -> Self {
+    fn new(messages: ResultMessages) -> Self {
         Self {
             messages,
-            body: None,
+            body: VecDeque::new(),
             finished: false,
         }
     }
@@ -182,16 +182,16 @@ impl http_body::Body for DoGetBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(body) = self.body.take() {
-            return Poll::Ready(Some(Ok(Frame::data(body))));
+        if let Some(piece) = self.body.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         if self.finished {
             return Poll::Ready(None);
         }
         match ready!(self.messages.poll_next_unpin(cx)) {
-            Some(Ok(data)) => match frame(data) {
+            Some(Ok(message)) => match frame(message) {
                 Ok((head, body)) => {
-                    self.body = (!body.is_empty()).then_some(body);
+                    self.body = body.into_iter().filter(|b| !b.is_empty()).collect();
                     Poll::Ready(Some(Ok(Frame::data(head))))
                 }
                 Err(status) => self.end(&status),
@@ -202,13 +202,15 @@ impl http_body::Body for DoGetBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished && self.body.is_none()
+        self.finished && self.body.is_empty()
     }
 }
 
-/// `data` as gRPC sends it, in two pieces: the message prefix, every field but the body, and
-/// the body's key and length; then the body itself.
-fn frame(data: FlightData) -> Result<(Bytes, Bytes), Status> {
+/// `message` as gRPC sends it: the message prefix, every field but the body, and the body's
+/// key and length; then the body's pieces.
+fn frame(message: ResultMessage) -> Result<(Bytes, Vec<Bytes>), Status> {
+    let body_len = message.body_len();
+    let ResultMessage { data, mut body } = message;
     let FlightData {
         flight_descriptor,
         data_header,
@@ -221,13 +223,13 @@ fn frame(data: FlightData) -> Result<(Bytes, Bytes), Status> {
         app_metadata,
         data_body: Bytes::new(),
     };
-    let body_key = if data_body.is_empty() {
+    let body_key = if body_len == 0 {
         0
     } else {
-        key_len(DATA_BODY_FIELD) + encoded_len_varint(data_body.len() as u64)
+        key_len(DATA_BODY_FIELD) + encoded_len_varint(body_len as u64)
     };
     let head_len = fields.encoded_len() + body_key;
-    let message_len = head_len + data_body.len();
+    let message_len = head_len + body_len;
     if message_len > MAX_MESSAGE_BYTES {
         return Err(Status::out_of_range(format!(
             "a result message of {message_len} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
@@ -239,11 +241,12 @@ fn frame(data: FlightData) -> Result<(Bytes, Bytes), Status> {
     fields
         .encode(&mut head)
         .map_err(|e| Status::internal(format!("encoding a result message: {e}")))?;
-    if !data_body.is_empty() {
+    if body_len > 0 {
         encode_key(DATA_BODY_FIELD, WireType::LengthDelimited, &mut head);
-        encode_varint(data_body.len() as u64, &mut head);
+        encode_varint(body_len as u64, &mut head);
     }
-    Ok((head.freeze(), data_body))
+    body.insert(0, data_body);
+    Ok((head.freeze(), body))
 }
 
 #[cfg(test)]
@@ -280,7 +283,7 @@ mod tests {
         let messages = vec![message(3), message(0), message(300_000)];
         let expected: Vec<u8> = messages.iter().flat_map(tonic_framing).collect();
         let body = DoGetBody::new(Box::pin(futures::stream::iter(
-            messages.into_iter().map(Ok),
+            messages.into_iter().map(|m| Ok(m.into())),
         )));
         let (sent, trailers) = drain(body).await;
         assert_eq!(sent, expected);
@@ -290,18 +293,34 @@ mod tests {
     #[tokio::test]
     async fn the_body_is_sent_as_its_own_bytes() {
         let data = message(1 << 20);
-        let address = data.data_body.as_ptr();
-        let (head, body) = frame(data).expect("framed");
-        assert_eq!(body.as_ptr(), address);
+        let whole = data.clone();
+        let pieces = vec![Bytes::from(vec![8u8; 1000]), Bytes::from(vec![9u8; 24])];
+        let addresses: Vec<_> = std::iter::once(&data.data_body)
+            .chain(&pieces)
+            .map(|b| b.as_ptr())
+            .collect();
+        let message = ResultMessage { data, body: pieces };
+        let expected = tonic_framing(&message.clone().into_flight_data());
+        let (head, body) = frame(message).expect("framed");
         assert!(head.len() < 64);
+        assert_eq!(
+            body.iter().map(|b| b.as_ptr()).collect::<Vec<_>>(),
+            addresses
+        );
+        let sent: Vec<u8> = std::iter::once(&head)
+            .chain(&body)
+            .flat_map(|b| b.iter().copied())
+            .collect();
+        assert_eq!(sent, expected);
+        assert_ne!(sent, tonic_framing(&whole));
     }
 
     #[tokio::test]
     async fn an_error_after_rows_ends_the_call_with_its_status() {
         let stream = futures::stream::iter([
-            Ok(message(10)),
+            Ok(message(10).into()),
             Err(Status::not_found("stream 'gone' does not exist")),
-            Ok(message(10)),
+            Ok(message(10).into()),
         ]);
         let (sent, trailers) = drain(DoGetBody::new(Box::pin(stream))).await;
         assert_eq!(sent, tonic_framing(&message(10)));
