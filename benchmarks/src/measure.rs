@@ -19,8 +19,17 @@ impl CpuTimer {
 
 /// User + system CPU seconds of this process so far.
 fn cpu_secs() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
-    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+    stat_cpu_secs("/proc/self/stat")
+}
+
+/// User + system CPU seconds of the calling thread so far.
+pub fn thread_cpu_secs() -> f64 {
+    stat_cpu_secs("/proc/thread-self/stat")
+}
+
+fn stat_cpu_secs(path: &str) -> f64 {
+    // Fields 14 and 15 of a stat file, in clock ticks (100 per second on Linux).
+    let Ok(stat) = fs::read_to_string(path) else {
         return 0.0;
     };
     let Some(after_name) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
