@@ -13,6 +13,10 @@
 //! - Optional authentication ([`Auth`]: bearer token, Basic handshake) checked on every call,
 //!   and TLS.
 //!
+//! Query and subscription results go out as messages of about 2 MiB ([`results`]), written to
+//! the connection by [`wire`] with their Arrow buffers as they are, not copied into gRPC
+//! message buffers.
+//!
 //! Errors become gRPC statuses by an exhaustive match ([`status`]): bad SQL is
 //! `InvalidArgument`, an unknown stream `NotFound`, and so on, each with the message the REPL
 //! would print. [`client::RemoteSession`] is the client side `sluice --connect` uses.

@@ -244,7 +244,7 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let complete = args.iter().any(|a| a == "--complete");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+    let root = Path::new(&manifest_dir()).join("../testdata");
     let mut files = Vec::new();
     if let Err(e) = slt_files(&root, &mut files) {
         eprintln!("cannot list {}: {e}", root.display());
@@ -299,4 +299,10 @@ fn main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::SUCCESS
     }
+}
+
+/// This package's folder: cargo's at run time, as a test binary built from another checkout
+/// sharing the target folder may carry that checkout's path.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }
