@@ -242,7 +242,23 @@ impl IpcBytes {
 /// file, and a segment went out as hundreds of messages of a few hundred rows (pyarrow and ADBC
 /// clients read 20 to 100 times slower than with whole batches).
 fn split_for_messages(batch: RecordBatch) -> Vec<RecordBatch> {
-    let bytes: usize = batch.columns().iter().map(|c| row_bytes(c.as_ref())).sum();
+    // A view column's data buffers bound the strings its rows use, without visiting every
+    // view (a segment's batches fit one message by that measure); only a batch that may not
+    // fit is counted exactly.
+    let bound: usize = batch
+        .columns()
+        .iter()
+        .map(|c| row_bytes(c.as_ref(), false))
+        .sum();
+    let bytes = if bound <= MESSAGE_BYTES {
+        bound
+    } else {
+        batch
+            .columns()
+            .iter()
+            .map(|c| row_bytes(c.as_ref(), true))
+            .sum()
+    };
     let rows = batch.num_rows();
     let pieces = bytes.div_ceil(MESSAGE_BYTES).clamp(1, rows.max(1));
     if pieces == 1 {
@@ -261,17 +277,31 @@ fn split_for_messages(batch: RecordBatch) -> Vec<RecordBatch> {
         .collect()
 }
 
-/// The bytes `column`'s rows take in an IPC message.
-fn row_bytes(column: &dyn Array) -> usize {
+/// The bytes `column`'s rows take in an IPC message; for view columns, `exact` counts the
+/// strings the views use, otherwise the data buffers they point into (at least as many).
+fn row_bytes(column: &dyn Array, exact: bool) -> usize {
     let validity = column
         .logical_nulls()
         .map_or(0, |_| column.len().div_ceil(8));
+    let held = |buffers: &[arrow::buffer::Buffer]| buffers.iter().map(|b| b.len()).sum::<usize>();
     match column.data_type() {
         DataType::Utf8View => {
-            validity + 16 * column.len() + column.as_string_view().total_buffer_bytes_used()
+            let views = column.as_string_view();
+            let strings = if exact {
+                views.total_buffer_bytes_used()
+            } else {
+                held(views.data_buffers())
+            };
+            validity + 16 * column.len() + strings
         }
         DataType::BinaryView => {
-            validity + 16 * column.len() + column.as_binary_view().total_buffer_bytes_used()
+            let views = column.as_binary_view();
+            let strings = if exact {
+                views.total_buffer_bytes_used()
+            } else {
+                held(views.data_buffers())
+            };
+            validity + 16 * column.len() + strings
         }
         _ => column
             .to_data()
@@ -403,6 +433,22 @@ mod tests {
         assert!(slice.get_array_memory_size() > 10 * MESSAGE_BYTES);
         let pieces = split_for_messages(slice.clone());
         assert_eq!(pieces, vec![slice]);
+    }
+
+    #[test]
+    fn a_slice_of_large_views_is_counted_by_the_strings_it_uses() {
+        // 1,000 rows of 100-byte strings, pointing into ~10 MB of data buffers.
+        let notes: ArrayRef = Arc::new(StringViewArray::from_iter_values(
+            (0..100_000).map(|i| format!("{i:0100}")),
+        ));
+        let large = RecordBatch::try_from_iter([("note", notes)]).expect("valid batch");
+        let slice = large.slice(50_000, 1_000);
+        assert!(row_bytes(slice.column(0).as_ref(), false) > 4 * MESSAGE_BYTES);
+        assert_eq!(
+            row_bytes(slice.column(0).as_ref(), true),
+            1_000 * (16 + 100)
+        );
+        assert_eq!(split_for_messages(slice.clone()), vec![slice]);
     }
 
     #[test]
