@@ -33,8 +33,9 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, GenericByteViewArray, RecordBatch};
 use arrow::buffer::Buffer;
+use arrow::datatypes::ByteViewType;
 use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
 use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
@@ -283,31 +284,24 @@ fn row_bytes(column: &dyn Array, exact: bool) -> usize {
     let validity = column
         .logical_nulls()
         .map_or(0, |_| column.len().div_ceil(8));
-    let held = |buffers: &[arrow::buffer::Buffer]| buffers.iter().map(|b| b.len()).sum::<usize>();
     match column.data_type() {
-        DataType::Utf8View => {
-            let views = column.as_string_view();
-            let strings = if exact {
-                views.total_buffer_bytes_used()
-            } else {
-                held(views.data_buffers())
-            };
-            validity + 16 * column.len() + strings
-        }
-        DataType::BinaryView => {
-            let views = column.as_binary_view();
-            let strings = if exact {
-                views.total_buffer_bytes_used()
-            } else {
-                held(views.data_buffers())
-            };
-            validity + 16 * column.len() + strings
-        }
+        DataType::Utf8View => validity + view_bytes(column.as_string_view(), exact),
+        DataType::BinaryView => validity + view_bytes(column.as_binary_view(), exact),
         _ => column
             .to_data()
             .get_slice_memory_size()
             .unwrap_or_else(|_| column.get_buffer_memory_size()),
     }
+}
+
+/// The bytes of a view column's views and the strings they use (`exact`) or hold.
+fn view_bytes<T: ByteViewType + ?Sized>(views: &GenericByteViewArray<T>, exact: bool) -> usize {
+    let strings = if exact {
+        views.total_buffer_bytes_used()
+    } else {
+        views.data_buffers().iter().map(|b| b.len()).sum()
+    };
+    16 * views.len() + strings
 }
 
 #[cfg(test)]
