@@ -1,7 +1,9 @@
 //! Result rows as Flight messages: what a `DoGet` of a query or a subscription sends.
 //!
-//! Each result batch is cut into pieces of about [`MESSAGE_BYTES`] by the bytes its rows cover
-//! (view columns compacted, so a piece carries only its own strings), and each piece encoded
+//! Each result batch is cut into pieces of about [`MESSAGE_BYTES`] by the bytes its rows cover,
+//! view columns (`Utf8View`, `BinaryView`: DataFusion's strings) are sent as `Utf8` and `Binary`
+//! ([`wire_schema`]; the Flight SQL JDBC driver and other clients before Arrow's string views
+//! refuse them, and each piece then carries only its own strings), and each piece is encoded
 //! by arrow-ipc's [`StreamEncoder`], whose record batch bodies are the batch's own Arrow buffers:
 //! a [`ResultMessage`] holds them as they are, and [`crate::wire`] hands them to HTTP/2 without
 //! copying them. Through tonic's generated server (which wants whole `FlightData`), the pieces
@@ -35,8 +37,11 @@ use std::pin::Pin;
 
 use arrow::array::{Array, AsArray, GenericByteViewArray, RecordBatch};
 use arrow::buffer::Buffer;
+use std::sync::Arc;
+
+use arrow::compute::{can_cast_types, cast};
 use arrow::datatypes::ByteViewType;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow::ipc::{MessageHeader, root_as_message};
@@ -46,7 +51,6 @@ use arrow_flight::{FlightData, SchemaAsIpc};
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use sluice_engine::views::compact_views;
 use tonic::Status;
 
 use crate::status::datafusion_status;
@@ -124,6 +128,7 @@ pub fn result_messages(
         return Box::pin(data);
     }
     let options = IpcWriteOptions::default();
+    let schema = wire_schema(&schema);
     let schema_message = FlightData::from(SchemaAsIpc::new(&schema, &options));
     let encoder = StreamEncoder::try_new_with_options(&schema, options)
         .map_err(|e| Status::internal(format!("encoding the result schema: {e}")));
@@ -136,6 +141,7 @@ pub fn result_messages(
             let batch = batch.map_err(datafusion_status)?;
             let mut messages = Vec::new();
             for piece in split_for_messages(batch) {
+                let piece = to_wire(piece, &schema)?;
                 let buffers = encoder
                     .encode(&piece)
                     .map_err(|e| Status::internal(format!("encoding a result batch: {e}")))?;
@@ -148,6 +154,62 @@ pub fn result_messages(
         })
         .try_flatten();
     Box::pin(futures::stream::once(async move { Ok(schema_message.into()) }).chain(data))
+}
+
+/// `schema` as results travel: view types as their plain forms (`Utf8View` as `Utf8`,
+/// `BinaryView` as `Binary`), inside lists, maps and structs too. Every schema a Flight SQL
+/// client is told (query results, prepared statements, tables) is this one.
+pub fn wire_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<FieldRef> = schema.fields().iter().map(wire_field).collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn wire_field(field: &FieldRef) -> FieldRef {
+    let sent = wire_type(field.data_type());
+    if &sent == field.data_type() || !can_cast_types(field.data_type(), &sent) {
+        return Arc::clone(field);
+    }
+    Arc::new(Field::clone(field).with_data_type(sent))
+}
+
+fn wire_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::List(item) => DataType::List(wire_field(item)),
+        DataType::LargeList(item) => DataType::LargeList(wire_field(item)),
+        DataType::FixedSizeList(item, n) => DataType::FixedSizeList(wire_field(item), *n),
+        DataType::Map(entries, sorted) => DataType::Map(wire_field(entries), *sorted),
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(wire_field).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `piece` with its columns as `schema` (its [`wire_schema`]) says they travel.
+fn to_wire(piece: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> {
+    if piece.schema().fields() == schema.fields() {
+        return Ok(piece);
+    }
+    let columns = piece
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                cast(column, field.data_type()).map_err(|e| {
+                    Status::internal(format!(
+                        "cannot send column '{}' as {}: {e}",
+                        field.name(),
+                        field.data_type()
+                    ))
+                })
+            }
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .map_err(|e| Status::internal(format!("a result batch: {e}")))
 }
 
 /// The Flight messages in an IPC stream encoder's output: each message's flatbuffer as the
@@ -268,13 +330,7 @@ fn split_for_messages(batch: RecordBatch) -> Vec<RecordBatch> {
     let rows_per_piece = rows.div_ceil(pieces);
     (0..rows)
         .step_by(rows_per_piece)
-        .map(|offset| {
-            let piece = batch.slice(offset, rows_per_piece.min(rows - offset));
-            // IPC sends a view column's data buffers whole: each piece keeps only its strings,
-            // or every piece would carry all of them.
-            let columns = piece.columns().iter().map(compact_views).collect();
-            RecordBatch::try_new(piece.schema(), columns).unwrap_or(piece)
-        })
+        .map(|offset| batch.slice(offset, rows_per_piece.min(rows - offset)))
         .collect()
 }
 
@@ -398,9 +454,22 @@ mod tests {
         ];
         let (messages, decoded) = round_trip(sent.clone()).await;
         assert_eq!(messages.len(), 4, "the schema, then one message per batch");
+        // Views arrive as plain strings, in lists and structs too.
+        let schema = wire_schema(&whole.schema());
+        assert_eq!(schema.field(2).data_type(), &DataType::Utf8);
+        assert_eq!(
+            schema.field(5).data_type(),
+            &DataType::Struct(
+                vec![
+                    Field::new("x", DataType::Int32, true),
+                    Field::new("label", DataType::Utf8, false),
+                ]
+                .into()
+            )
+        );
         let sent = arrow::compute::concat_batches(&whole.schema(), &sent).expect("same schema");
-        let decoded =
-            arrow::compute::concat_batches(&whole.schema(), &decoded).expect("same schema");
+        let sent = to_wire(sent, &schema).expect("castable");
+        let decoded = arrow::compute::concat_batches(&schema, &decoded).expect("same schema");
         assert_eq!(decoded, sent);
     }
 
@@ -471,18 +540,17 @@ mod tests {
         // 100,000 x (16 + 100) bytes: ~11.6 MB, six pieces.
         let pieces = split_for_messages(large.clone());
         assert_eq!(pieces.len(), 6);
-        for piece in &pieces {
-            let held: usize = piece
-                .column(0)
-                .as_string_view()
-                .data_buffers()
-                .iter()
-                .map(|b| b.len())
-                .sum();
-            assert_eq!(held, piece.num_rows() * 100);
+        let schema = wire_schema(&large.schema());
+        let sent: Vec<RecordBatch> = pieces
+            .into_iter()
+            .map(|p| to_wire(p, &schema).expect("castable"))
+            .collect();
+        for piece in &sent {
+            let strings = piece.column(0).as_string::<i32>().values().len();
+            assert_eq!(strings, piece.num_rows() * 100);
         }
-        let rejoined =
-            arrow::compute::concat_batches(&large.schema(), &pieces).expect("same schema");
+        let rejoined = arrow::compute::concat_batches(&schema, &sent).expect("same schema");
+        let large = to_wire(large, &schema).expect("castable");
         assert_eq!(rejoined, large);
     }
 }

@@ -46,7 +46,7 @@ use sluice_sql::continuous::StreamTail;
 use sluice_sql::{SluiceSession, StatementOutput, StreamSink};
 use tonic::{Request, Response, Status};
 
-use crate::results::{ResultMessage, ResultMessages, result_messages};
+use crate::results::{ResultMessage, ResultMessages, result_messages, wire_schema};
 use crate::status::{datafusion_status, engine_status, sql_status};
 use crate::ticket::{FlightTicket, StatementKind, TicketRequest};
 
@@ -191,7 +191,7 @@ impl SqlService {
             ),
         };
         let mut info = FlightInfo::new()
-            .try_with_schema(&schema)
+            .try_with_schema(&wire_schema(&schema))
             .map_err(|e| Status::internal(format!("cannot encode the result schema: {e}")))?
             .with_descriptor(descriptor)
             .with_app_metadata(kind.encode());
@@ -618,7 +618,7 @@ impl FlightSqlService for SqlService {
         })
         .map_err(|e| Status::internal(e.to_string()))?;
         let info = FlightInfo::new()
-            .try_with_schema(stream.public_schema())
+            .try_with_schema(&wire_schema(stream.public_schema()))
             .map_err(|e| Status::internal(e.to_string()))?
             .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
             .with_descriptor(descriptor)
@@ -806,8 +806,8 @@ impl FlightSqlService for SqlService {
         }
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into_bytes().into(),
-            dataset_schema: encode_schema(&shape.schema)?,
-            parameter_schema: encode_schema(&parameters)?,
+            dataset_schema: encode_schema(&wire_schema(&shape.schema))?,
+            parameter_schema: encode_schema(&wire_schema(&parameters))?,
         })
     }
 
@@ -904,7 +904,7 @@ impl FlightSqlService for SqlService {
                             &schema_name,
                             &name,
                             table_type_name(table.table_type()),
-                            table.schema().as_ref(),
+                            wire_schema(&table.schema()).as_ref(),
                         )
                         .map_err(|e| Status::internal(e.to_string()))?;
                 }

@@ -180,6 +180,20 @@ async fn statements_metadata_and_prepared_statements() -> TestResult {
     let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes)?;
     assert_eq!(schema.field(0).name(), "id");
     assert_eq!(schema.field(0).data_type(), &DataType::Int64);
+    // Strings as plain Utf8 (the Flight SQL JDBC driver refuses Utf8View), here and in results.
+    assert_eq!(
+        schema.field_with_name("customer")?.data_type(),
+        &DataType::Utf8
+    );
+    let info = client
+        .execute("SELECT customer FROM orders".into(), None)
+        .await?;
+    assert_eq!(
+        info.clone().try_decode_schema()?.field(0).data_type(),
+        &DataType::Utf8
+    );
+    let customers = fetch(&mut client, info).await?;
+    assert_eq!(customers[0].schema().field(0).data_type(), &DataType::Utf8);
 
     // The SQL types database tools ask for when they connect (JDBC getTypeInfo).
     let info = client

@@ -40,6 +40,8 @@ def ddl_inserts_and_queries():
         cur.execute("SELECT user_id, sum(n) AS total FROM clicks GROUP BY user_id ORDER BY user_id")
         table = cur.fetch_arrow_table()
         check(table.to_pylist() == [{"user_id": "u1", "total": 4}, {"user_id": "u2", "total": 2}], table)
+        # Plain strings, not string views: the Flight SQL JDBC driver refuses Utf8View.
+        check(table.schema.field("user_id").type == pa.string(), table.schema)
         cur.execute("SHOW STREAMS")
         names = cur.fetch_arrow_table().column("name").to_pylist()
         check("clicks" in names, names)
@@ -61,6 +63,7 @@ def metadata():
         check(columns[:3] == ["user_id", "url", "n"] and "_sequence_number" in columns, columns)
         schema = conn.adbc_get_table_schema("clicks", catalog_filter="sluice", db_schema_filter="public")
         check(schema.field("n").type == pa.int64(), schema)
+        check(schema.field("url").type == pa.string(), schema)
         check("TABLE" in conn.adbc_get_table_types(), conn.adbc_get_table_types())
         info = conn.adbc_get_info()
         check(info["vendor_name"] == "Sluice", info)
