@@ -111,13 +111,7 @@ async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
     let serving = tokio::spawn(server.serve(async move {
         let _ = stopped.await;
     }));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(sluice_flight::server::STREAM_WINDOW)
-        .initial_connection_window_size(sluice_flight::server::CONNECTION_WINDOW)
-        .max_frame_size(sluice_flight::server::MAX_FRAME)
-        .connect()
-        .await?;
+    let channel = endpoint(addr)?.connect().await?;
 
     // Ingest: in-process append of the same batches, then DoPut.
     let sink = StreamSink::new(engine.stream("local_events")?);
@@ -276,6 +270,19 @@ async fn run_local(
     Ok((figure, rows))
 }
 
+/// A client's view of the server at `addr`, with the server's own HTTP/2 windows and frames.
+fn endpoint(
+    addr: std::net::SocketAddr,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(sluice_flight::server::STREAM_WINDOW)
+            .initial_connection_window_size(sluice_flight::server::CONNECTION_WINDOW)
+            .max_frame_size(sluice_flight::server::MAX_FRAME),
+    )
+}
+
 /// A Flight SQL client on a thread of its own, with its own single-threaded runtime and
 /// connection, so its CPU time can be told apart from the server's.
 struct DoGetClient {
@@ -294,15 +301,7 @@ impl DoGetClient {
         std::thread::Builder::new()
             .name("flight-client".into())
             .spawn(move || {
-                let connected = runtime.block_on(async {
-                    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                        .tcp_nodelay(true)
-                        .initial_stream_window_size(sluice_flight::server::STREAM_WINDOW)
-                        .initial_connection_window_size(sluice_flight::server::CONNECTION_WINDOW)
-                        .max_frame_size(sluice_flight::server::MAX_FRAME)
-                        .connect()
-                        .await
-                });
+                let connected = runtime.block_on(async { endpoint(addr)?.connect().await });
                 let mut sql = connected.map(FlightSqlServiceClient::new);
                 for (query, answer) in requests {
                     let result = match &mut sql {

@@ -5,13 +5,12 @@
 //! shards, each shard's rows would keep the whole batch's strings; concatenated into a segment,
 //! every shard's file would carry all of them (four times the string bytes on disk, in memory
 //! and over Flight). [`compact_views`] copies just the referenced strings when the buffers hold
-//! much more than that: the engine applies it where client batches enter a shard, and the
-//! Flight server to the pieces it cuts results into.
+//! much more than that; the engine applies it where client batches enter a shard.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, ArrayRef, AsArray, GenericByteViewArray};
+use arrow::datatypes::{ByteViewType, DataType};
 
 /// Buffers may hold this much beyond what the views use before they are compacted.
 const SLACK_BYTES: usize = 64 * 1024;
@@ -19,27 +18,24 @@ const SLACK_BYTES: usize = 64 * 1024;
 /// `column` with its view data buffers cut down to the bytes its views use, when they hold
 /// more than twice that; any other column as it is.
 pub fn compact_views(column: &ArrayRef) -> ArrayRef {
-    match column.data_type() {
-        DataType::Utf8View => {
-            let views = column.as_string_view();
-            if wasteful(views.data_buffers(), views.total_buffer_bytes_used()) {
-                return Arc::new(views.gc());
-            }
-        }
-        DataType::BinaryView => {
-            let views = column.as_binary_view();
-            if wasteful(views.data_buffers(), views.total_buffer_bytes_used()) {
-                return Arc::new(views.gc());
-            }
-        }
-        _ => {}
-    }
-    Arc::clone(column)
+    let compacted = match column.data_type() {
+        DataType::Utf8View => compacted(column.as_string_view()).map(|v| Arc::new(v) as ArrayRef),
+        DataType::BinaryView => compacted(column.as_binary_view()).map(|v| Arc::new(v) as ArrayRef),
+        _ => None,
+    };
+    compacted.unwrap_or_else(|| Arc::clone(column))
 }
 
-fn wasteful(buffers: &[arrow::buffer::Buffer], used: usize) -> bool {
-    let held: usize = buffers.iter().map(|b| b.len()).sum();
-    held > 2 * used + SLACK_BYTES
+/// `views` with only the bytes they use, if their buffers hold more than twice that.
+fn compacted<T: ByteViewType + ?Sized>(
+    views: &GenericByteViewArray<T>,
+) -> Option<GenericByteViewArray<T>> {
+    let held: usize = views.data_buffers().iter().map(|b| b.len()).sum();
+    // Buffers within the slack cannot be wasteful: no need to visit every view.
+    if held <= SLACK_BYTES || held <= 2 * views.total_buffer_bytes_used() + SLACK_BYTES {
+        return None;
+    }
+    Some(views.gc())
 }
 
 #[cfg(test)]

@@ -34,19 +34,15 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, GenericByteViewArray, RecordBatch};
 use arrow::buffer::Buffer;
-use std::sync::Arc;
-
 use arrow::compute::{can_cast_types, cast};
-use arrow::datatypes::ByteViewType;
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{ByteViewType, DataType, Field, FieldRef, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow::ipc::{MessageHeader, root_as_message};
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
 use arrow_flight::{FlightData, SchemaAsIpc};
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
@@ -113,20 +109,6 @@ pub fn result_messages(
         let _ = closing.wait_for(|closed| *closed).await;
     };
     let batches = rows.take_until(closed);
-    let has_dictionaries = schema
-        .flattened_fields()
-        .iter()
-        .any(|f| matches!(f.data_type(), DataType::Dictionary(..)));
-    if has_dictionaries {
-        // arrow-flight's encoder sends dictionary columns as their values.
-        let batches = batches.map_err(|e| FlightError::Tonic(Box::new(datafusion_status(e))));
-        let data = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_ok(ResultMessage::from)
-            .map_err(Status::from);
-        return Box::pin(data);
-    }
     let options = IpcWriteOptions::default();
     let schema = wire_schema(&schema);
     let schema_message = FlightData::from(SchemaAsIpc::new(&schema, &options));
@@ -157,8 +139,9 @@ pub fn result_messages(
 }
 
 /// `schema` as results travel: view types as their plain forms (`Utf8View` as `Utf8`,
-/// `BinaryView` as `Binary`), inside lists, maps and structs too. Every schema a Flight SQL
-/// client is told (query results, prepared statements, tables) is this one.
+/// `BinaryView` as `Binary`) and dictionaries as their values, inside lists, maps and structs
+/// too. Every schema a Flight SQL client is told (query results, prepared statements, tables)
+/// is this one.
 pub fn wire_schema(schema: &Schema) -> SchemaRef {
     let fields: Vec<FieldRef> = schema.fields().iter().map(wire_field).collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
@@ -176,6 +159,7 @@ fn wire_type(data_type: &DataType) -> DataType {
     match data_type {
         DataType::Utf8View => DataType::Utf8,
         DataType::BinaryView => DataType::Binary,
+        DataType::Dictionary(_, values) => wire_type(values),
         DataType::List(item) => DataType::List(wire_field(item)),
         DataType::LargeList(item) => DataType::LargeList(wire_field(item)),
         DataType::FixedSizeList(item, n) => DataType::FixedSizeList(wire_field(item), *n),
@@ -268,8 +252,9 @@ fn arrow_bytes(buffer: Buffer) -> Bytes {
 fn join(buffers: &[Buffer]) -> Vec<u8> {
     buffers
         .iter()
-        .flat_map(|b| b.as_slice().iter().copied())
-        .collect()
+        .map(Buffer::as_slice)
+        .collect::<Vec<_>>()
+        .concat()
 }
 
 /// An IPC encoder's output, read from the front by length.
@@ -366,8 +351,8 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{
-        ArrayRef, BooleanArray, Int32Array, Int64Array, ListArray, StringArray, StringViewArray,
-        StructArray,
+        ArrayRef, BooleanArray, DictionaryArray, Int32Array, Int64Array, ListArray, StringArray,
+        StringViewArray, StructArray,
     };
     use arrow::datatypes::{Field, Int32Type};
     use arrow_flight::decode::FlightRecordBatchStream;
@@ -471,6 +456,20 @@ mod tests {
         let sent = to_wire(sent, &schema).expect("castable");
         let decoded = arrow::compute::concat_batches(&schema, &decoded).expect("same schema");
         assert_eq!(decoded, sent);
+    }
+
+    #[tokio::test]
+    async fn dictionaries_arrive_as_their_values() {
+        let keys: DictionaryArray<Int32Type> = ["a", "b", "a", "c"].into_iter().collect();
+        let sent =
+            RecordBatch::try_from_iter([("k", Arc::new(keys) as ArrayRef)]).expect("valid batch");
+        assert_eq!(
+            wire_schema(&sent.schema()).field(0).data_type(),
+            &DataType::Utf8
+        );
+        let (_, decoded) = round_trip(vec![sent]).await;
+        let expected: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "a", "c"]));
+        assert_eq!(decoded[0].column(0), &expected);
     }
 
     #[tokio::test]

@@ -22,7 +22,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::results::{ResultMessage, ResultMessages};
 use crate::sql_service::SqlService;
-use crate::ticket::FlightTicket;
 use crate::wire::FlightRouter;
 
 /// HTTP/2 flow-control windows, per call and per connection.
@@ -154,7 +153,7 @@ impl SluiceFlight {
     }
 
     /// What a `DoGet` answers with, as messages whose bodies [`crate::wire`] sends without
-    /// joining them: the same call as [`FlightService::do_get`].
+    /// joining them ([`FlightService::do_get`] joins them).
     pub async fn result_messages(
         &self,
         request: Request<Ticket>,
@@ -245,11 +244,11 @@ impl FlightService for SluiceFlight {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        self.check(&request)?;
-        if FlightTicket::is_plain(&request.get_ref().ticket) {
-            return self.sql.plain_do_get(&request.get_ref().ticket).await;
-        }
-        FlightService::do_get(self.sql.as_ref(), request).await
+        // One dispatch for both paths; here the messages' bodies are joined.
+        let response = self.result_messages(request).await?;
+        Ok(response.map(|messages| {
+            Box::pin(messages.map_ok(ResultMessage::into_flight_data)) as Self::DoGetStream
+        }))
     }
 
     async fn do_put(

@@ -221,12 +221,6 @@ impl SqlService {
         Ok(Some(result_messages(rows, self.closing.subscribe())))
     }
 
-    /// Answers a plain (JSON) ticket: a statement or a subscription.
-    pub async fn plain_do_get(&self, ticket: &[u8]) -> Result<Response<DoGetStream>, Status> {
-        let rows = self.plain_rows(ticket).await?;
-        Ok(stream_rows(result_messages(rows, self.closing.subscribe())))
-    }
-
     /// The rows of a plain ticket's statement or subscription.
     async fn plain_rows(&self, ticket: &[u8]) -> Result<SendableRecordBatchStream, Status> {
         Ok(match FlightTicket::parse(ticket)? {
@@ -359,12 +353,6 @@ impl SqlService {
         };
         Ok((entry.sql.clone(), sets))
     }
-}
-
-/// `rows` as Flight data, each message whole (for tonic's generated server; [`crate::wire`]
-/// sends [`ResultMessage`]s without joining their bodies).
-fn stream_rows(rows: ResultMessages) -> Response<DoGetStream> {
-    Response::new(Box::pin(rows.map_ok(ResultMessage::into_flight_data)))
 }
 
 /// The record batches of a `DoPut`.
@@ -582,8 +570,13 @@ impl FlightSqlService for SqlService {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        // `SluiceFlight` answers statement tickets through `result_messages` before the
+        // Flight SQL dispatch; this serves callers of `SqlService` on its own.
         let rows = self.take_result(&ticket.statement_handle)?;
-        Ok(stream_rows(result_messages(rows, self.closing.subscribe())))
+        let messages = result_messages(rows, self.closing.subscribe());
+        Ok(Response::new(Box::pin(
+            messages.map_ok(ResultMessage::into_flight_data),
+        )))
     }
 
     async fn do_get_fallback(

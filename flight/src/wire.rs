@@ -213,7 +213,7 @@ const SMALL_PIECE: usize = 8 * 1024;
 /// body's key and length; then the body's pieces, large ones as they are.
 fn frame(message: ResultMessage) -> Result<Vec<Bytes>, Status> {
     let body_len = message.body_len();
-    let ResultMessage { data, mut body } = message;
+    let ResultMessage { data, body } = message;
     let FlightData {
         flight_descriptor,
         data_header,
@@ -249,8 +249,7 @@ fn frame(message: ResultMessage) -> Result<Vec<Bytes>, Status> {
         encode_varint(body_len as u64, &mut small);
     }
     let mut chunks = Vec::with_capacity(body.len() + 2);
-    body.insert(0, data_body);
-    for piece in body {
+    for piece in std::iter::once(data_body).chain(body) {
         if piece.len() < SMALL_PIECE {
             small.extend_from_slice(&piece);
         } else {
