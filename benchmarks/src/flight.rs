@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use arrow_flight::{FlightDescriptor, PutResult};
+use arrow_flight::{FlightData, FlightDescriptor, PutResult};
 use futures::{StreamExt, TryStreamExt};
 use sluice_engine::{Durability, Engine, EngineOptions, StreamFormat, StreamSpec};
 use sluice_flight::{BoundServer, ServerOptions};
@@ -171,6 +172,7 @@ async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
     ];
     let client = DoGetClient::start(addr)?;
     let mut gets = Vec::new();
+    let mut floors = Vec::new();
     for (name, query) in &queries {
         // Each path RUNS times, alternating, and the median of each: one run of a query is a
         // tenth of a second, and this machine's timing varies by more than the difference.
@@ -192,7 +194,17 @@ async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
             locals.push(local);
             flights.push(over);
         }
-        gets.push((*name, median(locals), median(flights), rows, megabytes));
+        let decode = client.decode_alone(result_flight_data(&session, query).await?)?;
+        if decode.rows != rows {
+            return Err(format!(
+                "{name}: {rows} rows over Flight, {} decoded alone",
+                decode.rows
+            )
+            .into());
+        }
+        let local = median(locals);
+        floors.push((*name, local.cpu, decode.cpu));
+        gets.push((*name, local, median(flights), rows, megabytes));
     }
 
     let _ = stop.send(());
@@ -226,6 +238,15 @@ async fn run(records: usize) -> Result<(), Box<dyn std::error::Error>> {
             over.wall / local.wall,
             local.cpu,
             over.cpu,
+        );
+    }
+    for (name, local_cpu, decode_cpu) in floors {
+        println!(
+            "{name}: arrow-flight's decoder alone (the same messages, no network) takes {decode_cpu:.3} CPU s: \
+             were the server and the network free, the client's share of these 2 cores would still make the wall ratio about {:.2}x (CPU ({:.3} + {decode_cpu:.3}) / {:.3}).",
+            (local_cpu + decode_cpu) / local_cpu,
+            local_cpu,
+            local_cpu,
         );
     }
     println!(
@@ -286,15 +307,30 @@ fn endpoint(
 /// A Flight SQL client on a thread of its own, with its own single-threaded runtime and
 /// connection, so its CPU time can be told apart from the server's.
 struct DoGetClient {
-    queries: std::sync::mpsc::Sender<(String, std::sync::mpsc::Sender<DoGetResult>)>,
+    requests: std::sync::mpsc::Sender<ClientRequest>,
 }
 
 type DoGetResult = Result<(Figure, usize, usize), String>;
 
+enum ClientRequest {
+    /// A query through Flight SQL.
+    Query(String, std::sync::mpsc::Sender<DoGetResult>),
+    /// Messages decoded by arrow-flight's decoder, [`RUNS`] times, without a network.
+    Decode(
+        Vec<FlightData>,
+        std::sync::mpsc::Sender<Result<Decoded, String>>,
+    ),
+}
+
+/// What decoding a result alone took: CPU seconds per decode, and the rows.
+struct Decoded {
+    cpu: f64,
+    rows: usize,
+}
+
 impl DoGetClient {
     fn start(addr: std::net::SocketAddr) -> Result<Self, Box<dyn std::error::Error>> {
-        let (queries, requests) =
-            std::sync::mpsc::channel::<(String, std::sync::mpsc::Sender<DoGetResult>)>();
+        let (requests, received) = std::sync::mpsc::channel::<ClientRequest>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -303,25 +339,79 @@ impl DoGetClient {
             .spawn(move || {
                 let connected = runtime.block_on(async { endpoint(addr)?.connect().await });
                 let mut sql = connected.map(FlightSqlServiceClient::new);
-                for (query, answer) in requests {
-                    let result = match &mut sql {
-                        Ok(sql) => runtime
-                            .block_on(run_flight(sql, &query))
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("connecting: {e}")),
-                    };
-                    let _ = answer.send(result);
+                for request in received {
+                    match request {
+                        ClientRequest::Query(query, answer) => {
+                            let result = match &mut sql {
+                                Ok(sql) => runtime
+                                    .block_on(run_flight(sql, &query))
+                                    .map_err(|e| e.to_string()),
+                                Err(e) => Err(format!("connecting: {e}")),
+                            };
+                            let _ = answer.send(result);
+                        }
+                        ClientRequest::Decode(messages, answer) => {
+                            let _ = answer.send(runtime.block_on(decode(messages)));
+                        }
+                    }
                 }
             })?;
-        Ok(Self { queries })
+        Ok(Self { requests })
     }
 
     /// Runs `query` on the client thread.
     fn run(&self, query: &str) -> Result<(Figure, usize, usize), Box<dyn std::error::Error>> {
         let (answer, result) = std::sync::mpsc::channel();
-        self.queries.send((query.to_string(), answer))?;
+        self.requests
+            .send(ClientRequest::Query(query.to_string(), answer))?;
         Ok(result.recv()??)
     }
+
+    /// Decodes `messages` on the client thread, as its `DoGet` streams are decoded.
+    fn decode_alone(
+        &self,
+        messages: Vec<FlightData>,
+    ) -> Result<Decoded, Box<dyn std::error::Error>> {
+        let (answer, result) = std::sync::mpsc::channel();
+        self.requests
+            .send(ClientRequest::Decode(messages, answer))?;
+        Ok(result.recv()??)
+    }
+}
+
+/// The messages the server sends for `query`, made in-process by the same encoder.
+async fn result_flight_data(
+    session: &SluiceSession,
+    query: &str,
+) -> Result<Vec<FlightData>, Box<dyn std::error::Error>> {
+    let StatementOutput::Rows(rows) = session.execute(query).await? else {
+        return Err(format!("{query}: no rows").into());
+    };
+    let (_open, closing) = tokio::sync::watch::channel(false);
+    let messages: Vec<_> = sluice_flight::results::result_messages(rows, closing)
+        .map_ok(sluice_flight::results::ResultMessage::into_flight_data)
+        .try_collect()
+        .await?;
+    Ok(messages)
+}
+
+/// `messages` through arrow-flight's decoder (what `FlightSqlServiceClient::do_get` returns),
+/// [`RUNS`] times; the CPU seconds of one decode on average.
+async fn decode(messages: Vec<FlightData>) -> Result<Decoded, String> {
+    let cpu = thread_cpu_secs();
+    let mut rows = 0;
+    for _ in 0..RUNS {
+        rows = 0;
+        let flight_data = futures::stream::iter(messages.clone().into_iter().map(Ok));
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(flight_data);
+        while let Some(batch) = batches.next().await {
+            rows += batch.map_err(|e| e.to_string())?.num_rows();
+        }
+    }
+    Ok(Decoded {
+        cpu: (thread_cpu_secs() - cpu) / RUNS as f64,
+        rows,
+    })
 }
 
 /// `query` through Flight SQL (`GetFlightInfo`, then `DoGet` of each endpoint); returns the

@@ -16,6 +16,11 @@
 mod print;
 mod repl;
 
+/// mimalloc, as DataFusion's own CLI uses: Arrow buffers come and go by the megabyte, and the
+/// benchmarks (which measure with it) found the system allocator slower on that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
