@@ -7,9 +7,9 @@
 //! itself, through [`SluiceFlight::result_messages`] (the same call as `do_get`: credentials,
 //! plain and Flight SQL tickets alike), writing each message as a small chunk — the gRPC
 //! prefix, the header fields and the body's tag and length — followed by the body's pieces,
-//! the result's Arrow buffers ([`crate::results`]), handed to HTTP/2 as they are. What a client receives is byte for byte what tonic would
-//! have sent; errors, before the first message or after, end the call with the same
-//! `grpc-status` trailers.
+//! the result's Arrow buffers ([`crate::results`]), handed to HTTP/2 as they are. What a client
+//! receives is byte for byte what tonic would have sent; errors, before the first message or
+//! after, end the call with the same `grpc-status` trailers.
 //!
 //! # Example
 //!
@@ -28,8 +28,8 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use arrow_flight::Ticket;
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::{FlightData, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use http_body::Frame;
@@ -213,19 +213,11 @@ const SMALL_PIECE: usize = 8 * 1024;
 /// body's key and length; then the body's pieces, large ones as they are.
 fn frame(message: ResultMessage) -> Result<Vec<Bytes>, Status> {
     let body_len = message.body_len();
-    let ResultMessage { data, body } = message;
-    let FlightData {
-        flight_descriptor,
-        data_header,
-        app_metadata,
-        data_body,
-    } = data;
-    let fields = FlightData {
-        flight_descriptor,
-        data_header,
-        app_metadata,
-        data_body: Bytes::new(),
-    };
+    let ResultMessage {
+        data: mut fields,
+        body,
+    } = message;
+    let data_body = std::mem::take(&mut fields.data_body);
     let body_key = if body_len == 0 {
         0
     } else {
@@ -268,7 +260,7 @@ fn frame(message: ResultMessage) -> Result<Vec<Bytes>, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_flight::FlightDescriptor;
+    use arrow_flight::{FlightData, FlightDescriptor};
 
     /// Every frame of `body`: the data concatenated, and the trailers.
     async fn drain(body: DoGetBody) -> (Vec<u8>, http::HeaderMap) {
@@ -306,8 +298,8 @@ mod tests {
         assert_eq!(trailers["grpc-status"], "0");
     }
 
-    #[tokio::test]
-    async fn the_body_is_sent_as_its_own_bytes() {
+    #[test]
+    fn the_body_is_sent_as_its_own_bytes() {
         let data = message(1 << 20);
         let whole = data.clone();
         let pieces = vec![Bytes::from(vec![8u8; 1000]), Bytes::from(vec![9u8; 24])];

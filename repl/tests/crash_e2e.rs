@@ -2,12 +2,13 @@
 //! Kinesis API and Flight SQL producers, kills it with SIGKILL at random moments, restarts it,
 //! and checks that every acknowledged record survived exactly once where it was acknowledged.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn acknowledged_records_survive_sigkill_under_load() -> Result<(), Box<dyn std::error::Error>> {
-    let script = Path::new(&manifest_dir()).join("../tests/e2e/crash.py");
+    let script = common::e2e_script("crash.py");
     let run = Command::new("python3")
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_sluice"))
@@ -19,10 +20,4 @@ fn acknowledged_records_survive_sigkill_under_load() -> Result<(), Box<dyn std::
     assert!(stdout.contains("crash checks passed"), "{stdout}");
     println!("{stdout}");
     Ok(())
-}
-
-/// This package's folder: cargo's at run time, as a test binary built from another checkout
-/// sharing the target folder may carry that checkout's path.
-fn manifest_dir() -> String {
-    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }

@@ -3,7 +3,8 @@
 //! them) read them back and compare them row for row with what went in
 //! (`tests/e2e/read_delivery.py`).
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -110,7 +111,7 @@ fn objects_in_every_format_read_back_with_pyarrow_and_duckdb() -> TestResult {
         .collect();
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, serde_json::to_string(&expected)?)?;
-    let script = Path::new(&manifest_dir()).join("../tests/e2e/read_delivery.py");
+    let script = common::e2e_script("read_delivery.py");
     let check = Command::new("python3")
         .arg(script)
         .arg(&lake)
@@ -129,10 +130,4 @@ fn objects_in_every_format_read_back_with_pyarrow_and_duckdb() -> TestResult {
         "{report}"
     );
     Ok(())
-}
-
-/// This package's folder: cargo's at run time, as a test binary built from another checkout
-/// sharing the target folder may carry that checkout's path.
-fn manifest_dir() -> String {
-    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }

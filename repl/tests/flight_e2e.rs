@@ -2,6 +2,8 @@
 //! ADBC's Flight SQL driver and by pyarrow.flight (tests/e2e/flight_sql.py), by boto3 over the
 //! Kinesis API (tests/e2e/kinesis_api.py), and stopped by SIGTERM with everything kept.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -195,7 +197,7 @@ fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
     }
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
-    let script = Path::new(&manifest_dir()).join("../tests/e2e/flight_sql.py");
+    let script = common::e2e_script("flight_sql.py");
     let run = Command::new("python3")
         .arg(script)
         .args([&server.url, TOKEN])
@@ -219,7 +221,7 @@ fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
     }
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
-    let script = Path::new(&manifest_dir()).join("../tests/e2e/kinesis_api.py");
+    let script = common::e2e_script("kinesis_api.py");
     let run = Command::new("python3")
         .arg(script)
         .arg(&server.kinesis)
@@ -260,10 +262,4 @@ fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
     let status = server.terminate()?;
     assert!(status.success(), "{status:?}");
     Ok(())
-}
-
-/// This package's folder: cargo's at run time, as a test binary built from another checkout
-/// sharing the target folder may carry that checkout's path.
-fn manifest_dir() -> String {
-    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }
