@@ -200,17 +200,25 @@ impl Runner {
         destination: Destination,
         stats: Arc<DeliveryStats>,
     ) -> Result<Self> {
-        let saved = engine.delivery_positions(name)?;
+        let mut saved = engine.delivery_positions(name)?;
+        let stream_id = stream.definition().id;
+        if !saved.applies_to(stream.name(), stream_id) {
+            // Saved in another stream that had this name: this one is read from its start.
+            log::warn!(
+                "delivery stream '{name}': stream '{}' was created again since its positions were saved; reading the new stream from its oldest record",
+                stream.name()
+            );
+            saved = PumpCheckpoint::default();
+        }
         let reader = StreamReader::new(Arc::clone(&stream), |index| {
-            saved
-                .positions
-                .iter()
-                .find(|(s, i, _)| s == stream.name() && *i == index)
-                .map_or(StartPosition::TrimHorizon, |(_, _, seq)| {
+            saved.position(stream.name(), stream_id, index).map_or(
+                StartPosition::TrimHorizon,
+                |seq| {
                     StartPosition::AtSequenceNumber(
-                        sluice_engine::sequence::format_sequence_number(index, *seq),
+                        sluice_engine::sequence::format_sequence_number(index, seq),
                     )
-                })
+                },
+            )
         })?;
         let errors = match engine.try_stream(ERROR_STREAM) {
             Some(errors) if stream.name() != ERROR_STREAM => Some(ErrorIndex {
@@ -612,6 +620,7 @@ impl Runner {
         let delivery = self.name.clone();
         let checkpoint = PumpCheckpoint {
             positions: positions.clone(),
+            stream_ids: [(name, self.stream.definition().id)].into_iter().collect(),
             watermark: None,
             epoch: 0,
         };

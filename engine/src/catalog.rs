@@ -82,6 +82,21 @@ pub struct StreamDefinition {
     /// Tags set over the Kinesis API (`AddTagsToStream`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// A generator that feeds the stream while Sluice runs (`WITH (source = 'demo')`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceDefinition>,
+}
+
+/// A built-in generator feeding a stream: `CREATE STREAM … WITH (source = 'demo')`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDefinition {
+    /// What it generates; `demo` is a stock ticker like the Kinesis Data Analytics console's
+    /// demo stream.
+    pub kind: String,
+    /// Records per second of processing time.
+    pub rate: u32,
+    /// Seeds the generator: the same seed gives the same records.
+    pub seed: u64,
 }
 
 impl StreamDefinition {
@@ -112,13 +127,33 @@ pub struct PumpDefinition {
     pub sql: String,
     /// Whether it runs when the engine opens (`START PUMP` / `STOP PUMP`).
     pub running: bool,
+    /// The streams it reads, as planned when it was created: they cannot be dropped while
+    /// the pump exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<String>,
+    /// The stream it writes into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<String>,
 }
 
-/// How far a pump has got: where to resume reading, and its watermark then.
+impl PumpDefinition {
+    /// Whether the pump reads or writes stream `name`.
+    pub fn uses(&self, name: &str) -> bool {
+        self.writes.as_deref() == Some(name) || self.reads.iter().any(|r| r == name)
+    }
+}
+
+/// How far a pump (or a delivery stream) has got: where to resume reading, and its watermark
+/// then.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PumpCheckpoint {
     /// `(stream, shard, next sequence counter)` for every shard the pump reads.
     pub positions: Vec<(String, u32, u64)>,
+    /// The incarnation ([`StreamDefinition::id`]) of each stream the positions are in: a
+    /// stream dropped and created again under the same name is another stream, and positions
+    /// saved in the old one never apply to it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stream_ids: std::collections::BTreeMap<String, u64>,
     /// The event-time watermark of a windowed pump (in its time column's unit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<i64>,
@@ -137,6 +172,23 @@ impl PumpCheckpoint {
     /// A checkpoint from a writer commit's bytes, if they hold one.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         serde_json::from_slice(bytes).ok()
+    }
+
+    /// Whether positions saved for stream `name` belong to its incarnation `id`. Checkpoints
+    /// saved before streams' incarnations were recorded name none, and apply.
+    pub fn applies_to(&self, name: &str, id: u64) -> bool {
+        self.stream_ids.get(name).is_none_or(|saved| *saved == id)
+    }
+
+    /// Where to resume shard `shard` of stream `name` (incarnation `id`), if saved for it.
+    pub fn position(&self, name: &str, id: u64, shard: u32) -> Option<u64> {
+        if !self.applies_to(name, id) {
+            return None;
+        }
+        self.positions
+            .iter()
+            .find(|(s, i, _)| s == name && *i == shard)
+            .map(|(_, _, seq)| *seq)
     }
 }
 
@@ -273,6 +325,7 @@ mod tests {
             created_at_ms: 0,
             watermark: None,
             tags: Default::default(),
+            source: None,
         });
         catalog.save(&path)?;
         let loaded = Catalog::load(&path)?;

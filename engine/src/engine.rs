@@ -15,8 +15,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::cache::CacheStats;
 use crate::catalog::{
     Catalog, ColumnDefinition, DEFAULT_RETENTION_HOURS, DeliveryDefinition, MAX_RETENTION_HOURS,
-    MIN_RETENTION_HOURS, PumpCheckpoint, PumpDefinition, ShardDefinition, StreamDefinition,
-    WatermarkDefinition,
+    MIN_RETENTION_HOURS, PumpCheckpoint, PumpDefinition, ShardDefinition, SourceDefinition,
+    StreamDefinition, WatermarkDefinition,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -114,6 +114,8 @@ pub struct StreamSpec {
     pub retention_hours: u32,
     /// `WATERMARK FOR column AS column - delay`.
     pub watermark: Option<WatermarkDefinition>,
+    /// A built-in generator that feeds the stream (`source = 'demo'`).
+    pub source: Option<SourceDefinition>,
 }
 
 impl StreamSpec {
@@ -127,6 +129,7 @@ impl StreamSpec {
             partition_key: None,
             retention_hours: DEFAULT_RETENTION_HOURS,
             watermark: None,
+            source: None,
         }
     }
 
@@ -256,6 +259,7 @@ impl Engine {
             created_at_ms: self.inner.options.clock.now_millis(),
             watermark: spec.watermark,
             tags: BTreeMap::new(),
+            source: spec.source,
         };
         let stream = self.inner.open_stream(definition.clone())?;
         catalog.next_stream_id += 1;
@@ -282,12 +286,33 @@ impl Engine {
                 delivery.name, delivery.name
             )));
         }
+        if let Some((pump, writes)) = catalog.pumps.iter().find_map(|p| {
+            if p.writes.as_deref() == Some(name) {
+                return Some((p.name.clone(), true));
+            }
+            let reads = if p.reads.is_empty() {
+                // Pumps saved before their streams were recorded: the streams of their
+                // saved positions.
+                self.pump_checkpoint(&p.name)
+                    .is_ok_and(|c| c.positions.iter().any(|(s, _, _)| s == name))
+            } else {
+                p.uses(name)
+            };
+            reads.then(|| (p.name.clone(), false))
+        }) {
+            return Err(Error::InvalidArgument(format!(
+                "stream '{name}' is {} by pump '{pump}'; DROP PUMP {pump} first",
+                if writes { "written" } else { "read" }
+            )));
+        }
         let Some(stream) = self.inner.streams.write().remove(name) else {
             if if_exists {
                 return Ok(());
             }
             return Err(Error::StreamNotFound(name.to_string()));
         };
+        // Readers following it (continuous queries, subscriptions) end, saying why.
+        stream.mark_dropped();
         catalog.streams.retain(|s| s.name != name);
         catalog.save(&self.inner.catalog_path())?;
         let dir = stream.dir().to_path_buf();
@@ -648,6 +673,7 @@ fn error_stream_definition(id: u64, now_ms: i64) -> StreamDefinition {
         created_at_ms: now_ms,
         watermark: None,
         tags: BTreeMap::new(),
+        source: None,
     }
 }
 

@@ -62,7 +62,7 @@ pub mod wal;
 pub use cache::CacheStats;
 pub use catalog::{
     DEFAULT_RETENTION_HOURS, DeliveryDefinition, MAX_RETENTION_HOURS, MIN_RETENTION_HOURS,
-    PumpCheckpoint, PumpDefinition, StreamDefinition, WatermarkDefinition,
+    PumpCheckpoint, PumpDefinition, SourceDefinition, StreamDefinition, WatermarkDefinition,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{

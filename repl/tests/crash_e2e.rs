@@ -9,7 +9,7 @@ use std::process::Command;
 #[test]
 fn acknowledged_records_survive_sigkill_under_load() -> Result<(), Box<dyn std::error::Error>> {
     let script = common::e2e_script("crash.py");
-    let run = Command::new("python3")
+    let run = Command::new(common::python::python())
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_sluice"))
         .arg("4")

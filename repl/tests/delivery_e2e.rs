@@ -1,6 +1,6 @@
 //! Delivery streams end to end with real readers: the `sluice` binary writes objects in every
-//! format and compression to a folder, then pyarrow and DuckDB (from PyPI; `.ci/run` installs
-//! them) read them back and compare them row for row with what went in
+//! format and compression to a folder, then pyarrow and DuckDB (pinned in `tests/e2e/requirements.txt`,
+//! installed by the tests themselves) read them back and compare them row for row with what went in
 //! (`tests/e2e/read_delivery.py`).
 
 mod common;
@@ -9,24 +9,8 @@ use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Whether the Python readers are installed. In CI they must be.
-fn python_readers() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import pyarrow, duckdb"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI must install pyarrow and duckdb (pip install pyarrow duckdb)");
-    }
-    found
-}
-
 #[test]
 fn objects_in_every_format_read_back_with_pyarrow_and_duckdb() -> TestResult {
-    if !python_readers() {
-        eprintln!("skipped: pyarrow and duckdb are not installed (pip install pyarrow duckdb)");
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let lake = dir.path().join("lake");
     let rows = [
@@ -112,7 +96,7 @@ fn objects_in_every_format_read_back_with_pyarrow_and_duckdb() -> TestResult {
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, serde_json::to_string(&expected)?)?;
     let script = common::e2e_script("read_delivery.py");
-    let check = Command::new("python3")
+    let check = Command::new(common::python::python())
         .arg(script)
         .arg(&lake)
         .arg(&expected_path)

@@ -172,33 +172,12 @@ fn the_repl_prints_the_same_against_a_server_as_embedded() -> TestResult {
     Ok(())
 }
 
-/// Whether Python can import `modules`. In CI it must: `.ci/run` installs them.
-fn python_has(modules: &str, install: &str) -> bool {
-    let found = Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI must install the Python clients ({install})");
-    }
-    if !found {
-        eprintln!("skipped: {install}");
-    }
-    found
-}
-
 #[test]
 fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
-    if !python_has(
-        "adbc_driver_flightsql.dbapi, pyarrow.flight",
-        "pip install adbc-driver-flightsql adbc-driver-manager pyarrow",
-    ) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let script = common::e2e_script("flight_sql.py");
-    let run = Command::new("python3")
+    let run = Command::new(common::python::python())
         .arg(script)
         .args([&server.url, TOKEN])
         .output()?;
@@ -216,13 +195,10 @@ fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
 
 #[test]
 fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
-    if !python_has("boto3", "pip install boto3") {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let script = common::e2e_script("kinesis_api.py");
-    let run = Command::new("python3")
+    let run = Command::new(common::python::python())
         .arg(script)
         .arg(&server.kinesis)
         .output()?;

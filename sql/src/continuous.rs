@@ -39,8 +39,11 @@ const READ_BATCH: usize = 8192;
 /// new it copies `read` to `caught_up`, which is what `FLUSH` waits on.
 #[derive(Debug, Default)]
 pub struct PumpCursor {
-    /// Where a resumed pump starts reading each shard (saved positions).
-    resume: HashMap<(String, u32), u64>,
+    /// Where a resumed pump starts reading each shard (saved positions), and the
+    /// incarnation of each stream they were saved in.
+    resume: PumpCheckpoint,
+    /// The incarnation of each stream read now.
+    stream_ids: Mutex<HashMap<String, u64>>,
     /// The number of the pump's last output batch (see [`PumpCheckpoint::epoch`]).
     epoch: std::sync::atomic::AtomicU64,
     /// How far each shard read by the running query has been read.
@@ -67,17 +70,19 @@ pub struct PumpCursor {
 impl PumpCursor {
     /// A cursor resuming from a saved checkpoint.
     pub fn resuming(checkpoint: PumpCheckpoint) -> Self {
-        let read = checkpoint
-            .positions
-            .into_iter()
-            .map(|(stream, shard, seq)| ((stream, shard), seq))
-            .collect();
         Self {
-            resume: read,
             epoch: std::sync::atomic::AtomicU64::new(checkpoint.epoch),
             watermark: Mutex::new(checkpoint.watermark),
+            resume: checkpoint,
             ..Self::default()
         }
+    }
+
+    /// The streams read so far, by name.
+    pub fn streams(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.stream_ids.lock().keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// The cursor of pump `name`.
@@ -107,6 +112,12 @@ impl PumpCursor {
         positions.sort();
         PumpCheckpoint {
             positions,
+            stream_ids: self
+                .stream_ids
+                .lock()
+                .iter()
+                .map(|(name, id)| (name.clone(), *id))
+                .collect(),
             watermark: *self.watermark.lock(),
             epoch: self.epoch.load(Ordering::Relaxed),
         }
@@ -192,8 +203,18 @@ impl PumpCursor {
         })
     }
 
-    fn start(&self, stream: &str, shard: u32) -> Option<u64> {
-        self.resume.get(&(stream.to_string(), shard)).copied()
+    /// Where to start reading `shard` of `stream`: the saved position, unless the stream is
+    /// another incarnation than the one it was saved in (dropped and created again).
+    fn start(&self, stream: &Stream, shard: u32) -> Option<u64> {
+        let id = stream.definition().id;
+        self.stream_ids.lock().insert(stream.name().to_string(), id);
+        if !self.resume.applies_to(stream.name(), id) {
+            // Neither its positions nor the watermark its records made mean anything for the
+            // stream now called so: start it as a new pump would.
+            *self.watermark.lock() = None;
+            return None;
+        }
+        self.resume.position(stream.name(), id, shard)
     }
 }
 
@@ -306,7 +327,11 @@ impl PartitionStream for StreamTail {
         let appends = self.stream.watch_appends();
         let name = self.stream.name().to_string();
         let reader = StreamReader::new(Arc::clone(&self.stream), |index| {
-            match self.cursor.as_ref().and_then(|c| c.start(&name, index)) {
+            match self
+                .cursor
+                .as_ref()
+                .and_then(|c| c.start(&self.stream, index))
+            {
                 Some(seq) => StartPosition::AtSequenceNumber(
                     sluice_engine::sequence::format_sequence_number(index, seq),
                 ),
@@ -341,6 +366,15 @@ impl PartitionStream for StreamTail {
                 // Mark the current append count seen *before* reading, so an append that lands
                 // after the read still wakes us.
                 tail.appends.borrow_and_update();
+                if tail.reader.stream().is_dropped() {
+                    let name = tail.reader.stream().name().to_string();
+                    return Some((
+                        Err(datafusion::error::DataFusionError::Execution(format!(
+                            "stream '{name}' was dropped; nothing more will arrive in it"
+                        ))),
+                        None,
+                    ));
+                }
                 match tail.read_more() {
                     Ok(true) => {}
                     Ok(false) => {

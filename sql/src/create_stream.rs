@@ -16,19 +16,22 @@ use sluice_engine::{
 use datafusion::common::DFSchema;
 use datafusion::sql::planner::PlannerContext;
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SQLExpr};
-use sluice_engine::WatermarkDefinition;
+use sluice_engine::{SourceDefinition, WatermarkDefinition};
 
 use crate::error::{Error, Result};
 use crate::parser::CreateStream;
 
 /// The `WITH` options `CREATE STREAM` accepts.
-pub const STREAM_OPTIONS: [&str; 6] = [
+pub const STREAM_OPTIONS: [&str; 9] = [
     "shards",
     "format",
     "partition_key",
     "retention",
     "allowed_lateness",
     "idle_timeout",
+    "source",
+    "rate",
+    "seed",
 ];
 
 /// Builds the engine's spec for a `CREATE STREAM`.
@@ -85,6 +88,10 @@ pub fn stream_spec(create: &CreateStream) -> Result<StreamSpec> {
         };
         set(watermark, parse_duration_millis(option, text)?);
     }
+    let source = source_definition(&create.name, &options, format)?;
+    if let Some(source) = &source {
+        crate::source::check(&create.name, &columns, source)?;
+    }
     Ok(StreamSpec {
         name: create.name.clone(),
         columns,
@@ -93,7 +100,64 @@ pub fn stream_spec(create: &CreateStream) -> Result<StreamSpec> {
         partition_key,
         retention_hours,
         watermark,
+        source,
     })
+}
+
+/// `source = 'demo'` with its `rate` (records per second) and `seed`.
+fn source_definition(
+    stream: &str,
+    options: &HashMap<&str, &str>,
+    format: StreamFormat,
+) -> Result<Option<SourceDefinition>> {
+    let Some(kind) = options.get("source") else {
+        if let Some(option) = ["rate", "seed"]
+            .into_iter()
+            .find(|o| options.contains_key(o))
+        {
+            return Err(Error::Plan(format!(
+                "WITH option {option} sets up a source; add source = 'demo'"
+            )));
+        }
+        return Ok(None);
+    };
+    let kind = kind.to_ascii_lowercase();
+    if kind != crate::source::DEMO {
+        return Err(Error::Plan(format!(
+            "unknown source '{kind}' for stream '{stream}'; the built-in source is 'demo'"
+        )));
+    }
+    if format != StreamFormat::Json {
+        return Err(Error::Plan(format!(
+            "source 'demo' writes JSON records; stream '{stream}' has format '{format}' (leave format out or say 'json')"
+        )));
+    }
+    let rate = match options.get("rate") {
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|r| (1..=crate::source::MAX_RATE).contains(r))
+            .ok_or_else(|| {
+                Error::Plan(format!(
+                    "WITH option rate = '{text}' is not valid; expected records per second, 1 to {}",
+                    crate::source::MAX_RATE
+                ))
+            })?,
+        None => crate::source::DEFAULT_RATE,
+    };
+    let seed = match options.get("seed") {
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            Error::Plan(format!(
+                "WITH option seed = '{text}' is not a whole number from 0 to {}",
+                u64::MAX
+            ))
+        })?,
+        // Different streams tick differently unless told otherwise.
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    };
+    Ok(Some(SourceDefinition { kind, rate, seed }))
 }
 
 /// `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND` (or `AS ts`, no delay).

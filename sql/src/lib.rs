@@ -45,6 +45,7 @@ pub mod pumps;
 pub mod schema_provider;
 pub mod session;
 pub mod session_window;
+pub mod source;
 pub mod stateless;
 pub mod streaming_filter;
 pub mod table;

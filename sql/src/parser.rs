@@ -27,6 +27,8 @@ pub enum SluiceStatement {
     DropStream { name: String, if_exists: bool },
     /// `SHOW STREAMS`
     ShowStreams,
+    /// `SHOW SHARDS name`: a stream's shards as Kinesis's `ListShards` gives them.
+    ShowShards { name: String },
     /// `DESCRIBE name` / `DESC name`: a stream's columns, or any table's through DataFusion.
     Describe { name: String },
     /// `FLUSH`: returns once everything inserted before it is sealed and visible.
@@ -372,6 +374,17 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
             } else {
                 SluiceStatement::StopPump { name }
             })
+        }
+        (Some("SHOW"), Some("SHARDS"), _) => {
+            skip(parser, 2);
+            let _from = parser.parser.parse_keyword(Keyword::FROM);
+            if at_statement_end(parser, 0) {
+                return Err(Error::Parse(
+                    "SHOW SHARDS needs a stream: SHOW SHARDS stream_name".to_string(),
+                ));
+            }
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(SluiceStatement::ShowShards { name })
         }
         (Some("SHOW"), Some(what @ ("PUMPS" | "STREAMS")), _) => {
             let pumps = what == "PUMPS";

@@ -117,10 +117,11 @@ impl PumpManager {
             let task_progress = Arc::clone(&progress);
             let name = pump.name.clone();
             let task = tokio::spawn(async move {
-                match prepare(&task_session, &pump.sql, task_progress).await {
+                match prepare(&task_session, &pump.sql, Arc::clone(&task_progress)).await {
                     Ok(prepared) => run(task_session.engine().clone(), pump.name, prepared).await,
                     Err(e) => {
                         log::error!("pump '{}' could not start: {e}", pump.name);
+                        *task_progress.failure.lock() = Some(format!("could not start: {e}"));
                     }
                 }
             });
@@ -160,6 +161,15 @@ impl PumpManager {
         for pump in pumps {
             pump.stop().await;
         }
+    }
+
+    /// The streams running pump `name` reads (known once it is planned).
+    pub fn reads(&self, name: &str) -> Vec<String> {
+        self.running
+            .lock()
+            .get(name)
+            .map(|p| p.progress.cursor.streams())
+            .unwrap_or_default()
     }
 
     /// Whether pump `name` runs.
@@ -215,8 +225,14 @@ impl PumpManager {
             let failure = live.and_then(|p| p.progress.failure.lock().clone());
             states.push(match (live, failure) {
                 (_, Some(reason)) => format!("failed: {reason}"),
-                (Some(p), None) if !p.is_finished() => "running".to_string(),
-                (Some(_), None) => "ended".to_string(),
+                (Some(p), None) if !p.is_finished() => {
+                    if p.progress.ready.load(Ordering::Acquire) {
+                        "running".to_string()
+                    } else {
+                        "starting".to_string()
+                    }
+                }
+                (Some(_), None) => "finished".to_string(),
                 (None, _) => "stopped".to_string(),
             });
             rows_in.push(live.map_or(0, |p| p.progress.cursor.rows_in()));

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::parser::{SluiceStatement, parse_statements};
 use crate::pumps::PumpManager;
 use crate::schema_provider::{StreamSchemaProvider, StreamView};
+use crate::source::SourceManager;
 use crate::stateless::start_isolated;
 use crate::streaming_filter::StreamingFilterRule;
 use crate::window::TumbleFunction;
@@ -92,6 +93,8 @@ pub struct SluiceSession {
     pumps: Arc<PumpManager>,
     /// The delivery streams running on this session's engine.
     deliveries: Arc<DeliveryManager>,
+    /// The built-in sources feeding streams (`source = 'demo'`).
+    sources: Arc<SourceManager>,
 }
 
 impl std::fmt::Debug for SluiceSession {
@@ -125,7 +128,9 @@ impl SluiceSession {
             provider,
             pumps: Arc::new(PumpManager::default()),
             deliveries: Arc::new(DeliveryManager::default()),
+            sources: Arc::new(SourceManager::default()),
         };
+        session.sources.start_saved(&session.engine)?;
         session.pumps.start_saved(&session)?;
         session.deliveries.start_saved(&session.engine);
         Ok(session)
@@ -160,6 +165,7 @@ impl SluiceSession {
     /// clones) closes the engine. Pumps stay marked running in the catalog and start again
     /// with the next session.
     pub async fn shutdown(&self) {
+        self.sources.stop_all();
         self.pumps.stop_all().await;
         // What delivery streams still buffer is delivered after the next start: their
         // positions were never committed past it.
@@ -200,15 +206,22 @@ impl SluiceSession {
                 let engine = self.engine.clone();
                 let name = spec.name.clone();
                 let shards = spec.shards;
-                let replaced = blocking(move || {
+                let (replaced, definition) = blocking(move || {
                     let replaced = create.or_replace && engine.try_stream(&spec.name).is_some();
                     if replaced {
                         engine.drop_stream(&spec.name, true)?;
                     }
-                    engine.create_stream(spec, create.if_not_exists)?;
-                    Ok(replaced)
+                    let existed = engine.try_stream(&spec.name).is_some();
+                    let stream = engine.create_stream(spec, create.if_not_exists)?;
+                    Ok((replaced, (!existed).then(|| stream.definition().clone())))
                 })
                 .await?;
+                if replaced {
+                    self.sources.stop(&name);
+                }
+                if let Some(definition) = definition {
+                    self.sources.start(&self.engine, &definition, true)?;
+                }
                 let verb = if replaced { "replaced" } else { "created" };
                 Ok(StatementOutput::Done(format!(
                     "Stream '{name}' {verb} with {shards} shard{}.",
@@ -243,9 +256,11 @@ impl SluiceSession {
                 let engine = self.engine.clone();
                 let dropped = name.clone();
                 blocking(move || engine.drop_stream(&dropped, if_exists)).await?;
+                self.sources.stop(&name);
                 Ok(StatementOutput::Done(format!("Stream '{name}' dropped.")))
             }
             SluiceStatement::ShowStreams => rows(self.show_streams()?),
+            SluiceStatement::ShowShards { name } => rows(self.show_shards(&name)?),
             SluiceStatement::Describe { name } => match self.engine.try_stream(&name) {
                 Some(_) => rows(self.describe_stream(&name)?),
                 None => {
@@ -254,8 +269,10 @@ impl SluiceSession {
                 }
             },
             SluiceStatement::Flush => {
-                // Pumps first take in everything inserted before the FLUSH (and what other
-                // pumps write meanwhile), then every tail is sealed.
+                // Sources first append every record their clock has reached; pumps then take
+                // in everything inserted before the FLUSH (and what other pumps write
+                // meanwhile), then every tail is sealed.
+                self.sources.catch_up().await?;
                 self.pumps
                     .wait_caught_up(&self.engine, FLUSH_PUMP_TIMEOUT)
                     .await?;
@@ -548,6 +565,8 @@ impl SluiceSession {
                 }
                 let definition = PumpDefinition {
                     name: name.clone(),
+                    reads: self.pumps.reads(&name),
+                    writes: crate::pumps::pump_target(&sql),
                     sql,
                     running: true,
                 };
@@ -590,6 +609,8 @@ impl SluiceSession {
                 }
                 self.pumps.start(self, &name, &pump.sql).await?;
                 pump.running = true;
+                pump.reads = self.pumps.reads(&name);
+                pump.writes = crate::pumps::pump_target(&pump.sql);
                 blocking(move || engine.save_pump(pump)).await?;
                 Ok(StatementOutput::Done(format!("Pump '{name}' started.")))
             }
@@ -732,6 +753,53 @@ impl SluiceSession {
             Arc::new(UInt64Array::from_iter_values(streams.iter().map(|s| {
                 s.stats().iter().map(|st| st.records as u64).sum::<u64>()
             }))),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// `SHOW SHARDS name`: every shard, open and closed, as `ListShards` lists it (ids, hash-key
+    /// range, lineage, sequence number range), with the records it retains and whether it is
+    /// open.
+    fn show_shards(&self, name: &str) -> Result<RecordBatch> {
+        use sluice_engine::sequence::{format_sequence_number, shard_id};
+        let stream = self.engine.try_stream(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "stream '{name}' does not exist; SHOW STREAMS lists the streams"
+            ))
+        })?;
+        let shards = stream.shards();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("shard_id", DataType::Utf8, false),
+            Field::new("starting_hash_key", DataType::Utf8, false),
+            Field::new("ending_hash_key", DataType::Utf8, false),
+            Field::new("parent_shard_id", DataType::Utf8, true),
+            Field::new("adjacent_parent_shard_id", DataType::Utf8, true),
+            Field::new("starting_sequence_number", DataType::Utf8, false),
+            Field::new("ending_sequence_number", DataType::Utf8, true),
+            Field::new("records", DataType::UInt64, false),
+            Field::new("state", DataType::Utf8, false),
+        ]));
+        let text = |f: &dyn Fn(&sluice_engine::Shard) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(shards.iter().map(|s| f(s))))
+        };
+        let maybe = |f: &dyn Fn(&sluice_engine::Shard) -> Option<String>| -> ArrayRef {
+            Arc::new(StringArray::from_iter(shards.iter().map(|s| f(s))))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            text(&|s| shard_id(s.index())),
+            text(&|s| s.hash_key_range().start.to_string()),
+            text(&|s| s.hash_key_range().end.to_string()),
+            maybe(&|s| s.parent().map(shard_id)),
+            maybe(&|s| s.adjacent_parent().map(shard_id)),
+            text(&|s| format_sequence_number(s.index(), s.trim_horizon())),
+            maybe(&|s| {
+                s.ending_seq()
+                    .map(|end| format_sequence_number(s.index(), end))
+            }),
+            Arc::new(UInt64Array::from_iter_values(
+                shards.iter().map(|s| s.stats().records as u64),
+            )),
+            text(&|s| if s.is_open() { "OPEN" } else { "CLOSED" }.to_string()),
         ];
         Ok(RecordBatch::try_new(schema, columns)?)
     }

@@ -174,6 +174,8 @@ pub struct Stream {
     commits: Mutex<commits::Commits>,
     /// Set once `ALTER STREAM` has replaced this object: appends go to the new one.
     retired: std::sync::atomic::AtomicBool,
+    /// Set once `DROP STREAM` has removed the stream: readers following it stop.
+    dropped: std::sync::atomic::AtomicBool,
     /// The last seal failed: appends try it again first and are refused while it fails.
     seal_failing: std::sync::atomic::AtomicBool,
     runtime: StreamRuntime,
@@ -271,6 +273,7 @@ impl Stream {
             dir,
             group_commit: wal.group_commit(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            dropped: std::sync::atomic::AtomicBool::new(false),
             seal_failing: std::sync::atomic::AtomicBool::new(false),
             commits,
             wal: Mutex::new(wal),
@@ -546,6 +549,9 @@ impl Stream {
         let durable_at;
         {
             let mut wal = self.wal.lock();
+            if self.dropped.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Error::StreamNotFound(self.definition.name.clone()));
+            }
             if self.retired.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(Error::Retry(format!(
                     "stream '{}' was altered while this append waited; send it again",
@@ -835,6 +841,21 @@ impl Stream {
     /// Counts of retained records, per shard.
     pub fn stats(&self) -> Vec<ShardStats> {
         self.shards().iter().map(|s| s.stats()).collect()
+    }
+
+    /// Marks the stream dropped and wakes every reader following it, so it can stop.
+    pub(crate) fn mark_dropped(&self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.appends.send_modify(|n| *n += 1);
+    }
+
+    /// Whether `DROP STREAM` removed this stream: nothing more will arrive in it (a stream
+    /// created again under its name is another stream).
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How many readers follow this stream's appends right now (continuous queries, pumps,

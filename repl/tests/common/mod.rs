@@ -10,3 +10,5 @@ pub fn e2e_script(name: &str) -> PathBuf {
         .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     PathBuf::from(manifest_dir).join("../tests/e2e").join(name)
 }
+
+pub mod python;
