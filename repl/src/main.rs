@@ -3,7 +3,9 @@
 //! `sluice` opens the REPL on the data folder `./sluice-data` (or `--data-dir`); `sluice -c SQL`
 //! and `sluice -f file.sql` run statements without a prompt, for scripts and tests, printing in
 //! `--format` (table, csv, tsv, json, ndjson) and exiting non-zero at the first error.
-//! `sluice serve` serves Arrow Flight and Flight SQL on 127.0.0.1:50051 until SIGINT/SIGTERM;
+//! `sluice demo` opens the REPL with a live stock-ticker stream (`demo_ticker`) to try
+//! continuous queries on. `sluice serve` serves Arrow Flight and Flight SQL on 127.0.0.1:50051
+//! until SIGINT/SIGTERM;
 //! `sluice --connect grpc://127.0.0.1:50051` runs the same REPL against it.
 //!
 //! # Example
@@ -41,7 +43,12 @@ use crate::repl::{Backend, Shell};
 
 /// Sluice: Kinesis-style streams and SQL over them, in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about)]
+#[command(
+    name = "sluice",
+    version,
+    about,
+    after_help = "New here? `sluice demo` opens the REPL with a live stock-ticker stream to query."
+)]
 struct Args {
     /// The folder holding streams, segments and logs.
     #[arg(
@@ -113,7 +120,27 @@ struct Args {
 enum Command {
     /// Serve Arrow Flight / Flight SQL and the Kinesis API until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Open the REPL with a live stock-ticker stream, `demo_ticker`, to try continuous
+    /// queries on at once (shaped like the Kinesis Data Analytics console's demo stream).
+    Demo,
 }
+
+/// The stream `sluice demo` creates, and what to try on it.
+const DEMO_STREAM: &str = "CREATE STREAM IF NOT EXISTS demo_ticker (
+    ticker_symbol VARCHAR, sector VARCHAR, change DOUBLE, price DOUBLE, event_time TIMESTAMP,
+    WATERMARK FOR event_time AS event_time - INTERVAL '1' SECOND
+) WITH (source = 'demo', shards = 2)";
+
+const DEMO_HINT: &str = "A stock ticker feeds the stream demo_ticker (ticker_symbol, sector, change, price, event_time), five records a second. Try:
+
+  SELECT STREAM ticker_symbol, change, price FROM demo_ticker WHERE abs(change) > 4;
+  SELECT STREAM window_start, sector, count(*) AS trades, avg(price) AS avg_price
+    FROM tumble(demo_ticker, event_time, INTERVAL '10' SECOND)
+    GROUP BY window_start, sector;
+  SELECT ticker_symbol, count(*), min(price), max(price) FROM demo_ticker GROUP BY ticker_symbol;
+
+Ctrl-C stops a continuous query; \\q quits.
+";
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
@@ -177,6 +204,7 @@ fn main() -> ExitCode {
     };
     let result = match &args.command {
         Some(Command::Serve(serve)) => runtime.block_on(run_server(&args, serve)),
+        Some(Command::Demo) => runtime.block_on(run_demo(&args)),
         None => runtime.block_on(run(&args)),
     };
     match result {
@@ -243,6 +271,42 @@ async fn run(args: &Args) -> Result<(), String> {
     if let Some(session) = session {
         session.shutdown().await;
     }
+    result
+}
+
+/// `sluice demo`: the REPL (or `-c`/`-f`) on an engine with the demo ticker stream running.
+async fn run_demo(args: &Args) -> Result<(), String> {
+    if args.connect.is_some() {
+        return Err(
+            "sluice demo runs on its own data folder; to try the demo on a server, run there: CREATE STREAM demo_ticker (ticker_symbol VARCHAR, sector VARCHAR, change DOUBLE, price DOUBLE) WITH (source = 'demo')".to_string(),
+        );
+    }
+    let session = open_session(args).await?;
+    session
+        .execute_all(DEMO_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = session
+        .engine()
+        .stream("demo_ticker")
+        .map_err(|e| e.to_string())?;
+    if stream.definition().source.is_none() {
+        session.shutdown().await;
+        return Err(format!(
+            "the data folder {} has a stream demo_ticker that no demo source feeds; run sluice demo with another --data-dir",
+            args.data_dir.display()
+        ));
+    }
+    let scripted = !args.commands.is_empty() || !args.files.is_empty();
+    let mut shell = Shell::new(Backend::Embedded(session.clone()), args.format, !args.quiet);
+    let result = if scripted {
+        run_scripts(&mut shell, args).await
+    } else {
+        print!("{DEMO_HINT}");
+        let history = dirs::home_dir().map(|home| home.join(".sluice_history"));
+        shell.interactive(history).await
+    };
+    session.shutdown().await;
     result
 }
 

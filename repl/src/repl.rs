@@ -23,9 +23,25 @@ Statements end with ';' and may span lines.
   INSERT INTO name VALUES (...) | SELECT ...      append records
   SELECT ... FROM name                            query the retained records
   SELECT STREAM ... FROM name                     keep running over new records (Ctrl-C stops)
-  SHOW STREAMS; DESCRIBE name; DROP STREAM name; FLUSH;
+  SHOW STREAMS; DESCRIBE name; SHOW SHARDS name; DROP STREAM name; FLUSH;
+
+Windows (in SELECT STREAM and pumps; a window's row comes out once the watermark passes its end):
+  FROM tumble(name, ts, INTERVAL '1' MINUTE) GROUP BY window_start, ...     also hop(), session()
+  GROUP BY ..., STEP(name.ROWTIME BY INTERVAL '60' SECOND)                  Kinesis Analytics
+  CREATE STREAM ... (..., ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+
+Pumps and delivery streams (run in the background, survive restarts):
+  CREATE PUMP name AS INSERT INTO out SELECT STREAM ... FROM name;  SHOW PUMPS; STOP/START/DROP PUMP
+  CREATE DELIVERY STREAM name FROM stream WITH (destination = 's3://bucket/prefix/',
+                                                format = 'parquet');  SHOW DELIVERY STREAMS
+
+Try it on live data: `sluice demo`, or
+  CREATE STREAM t (ticker_symbol VARCHAR, sector VARCHAR, change DOUBLE, price DOUBLE)
+    WITH (source = 'demo');
 
 System columns: rowtime, _shard_id, _sequence_number, _partition_key, _data.
+Run `sluice serve` to share one data folder; `sluice --connect grpc://127.0.0.1:50051` opens
+this REPL on it. Docs: docs/sql.md.
 
   \q              quit
   \?              this help
@@ -243,7 +259,17 @@ impl Shell {
                 .await;
             }
             (Some("\\d"), Some(name), None) => {
-                self.run_interruptible(&format!("DESCRIBE {name}")).await
+                self.run_interruptible(&format!("DESCRIBE {name}")).await;
+                let is_stream = self
+                    .backend
+                    .stream_names()
+                    .await
+                    .is_ok_and(|names| names.iter().any(|n| n == name));
+                if is_stream {
+                    println!(
+                        "Shards: SHOW SHARDS {name} lists them (hash-key ranges, lineage, sequence numbers)."
+                    );
+                }
             }
             (Some("\\pset"), Some("format"), Some(format)) => match format.parse() {
                 Ok(format) => {

@@ -216,3 +216,104 @@ fn a_pump_keeps_working_from_one_process_to_the_next() -> TestResult {
     assert_eq!(stdout(&check), "kind,n\nc,100\nb,500\n");
     Ok(())
 }
+
+#[test]
+fn sluice_demo_shows_rows_of_a_continuous_query_at_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let started = std::time::Instant::now();
+    let run = sluice(
+        dir.path(),
+        &[
+            "--format",
+            "csv",
+            "-c",
+            "SELECT STREAM ticker_symbol, sector, price FROM demo_ticker LIMIT 3",
+            "demo",
+        ],
+    )?;
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    let out = stdout(&run);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"ticker_symbol,sector,price"), "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
+    for line in &lines[1..] {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(
+            [
+                "TECHNOLOGY",
+                "HEALTHCARE",
+                "RETAIL",
+                "FINANCIAL",
+                "ENERGY",
+                "AUTOMOBILE"
+            ]
+            .contains(&fields[1]),
+            "{line}"
+        );
+        assert!(fields[2].parse::<f64>().is_ok_and(|p| p > 0.0), "{line}");
+    }
+    // Five records a second: three rows take well under the minute a newcomer gives it.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    // The stream stays, and `sluice demo` on the same folder carries on with it.
+    let again = sluice(
+        dir.path(),
+        &[
+            "--format",
+            "csv",
+            "-c",
+            "SELECT STREAM ticker_symbol FROM demo_ticker LIMIT 5",
+            "-c",
+            "SELECT count(*) >= 5 AS fed FROM demo_ticker",
+            "demo",
+        ],
+    )?;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        stdout(&again).ends_with("fed\ntrue\n"),
+        "{}",
+        stdout(&again)
+    );
+    Ok(())
+}
+
+#[test]
+fn help_points_a_newcomer_to_the_demo() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let help = sluice(dir.path(), &["--help"])?;
+    assert!(stdout(&help).contains("sluice demo"), "{}", stdout(&help));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(b"\\?\n\\q\n")?;
+    let shown = child.wait_with_output()?;
+    let text = stdout(&shown);
+    for wanted in [
+        "sluice demo",
+        "SHOW SHARDS",
+        "CREATE PUMP",
+        "CREATE DELIVERY STREAM",
+        "--connect",
+        "tumble(",
+    ] {
+        assert!(
+            text.contains(wanted),
+            "\\? does not mention {wanted}: {text}"
+        );
+    }
+    Ok(())
+}
