@@ -182,7 +182,7 @@ impl Engine {
             .map_err(|e| Error::io("opening lock file", &lock_path, e))?;
         lock.try_lock().map_err(|_| {
             Error::InvalidArgument(format!(
-                "data folder {} is in use by another Sluice process",
+                "data folder {0} is in use by another Sluice process; one process owns a data folder at a time: run `sluice serve --data-dir {0}` and connect to it with `sluice --connect grpc://127.0.0.1:50051` (as many as you like), or give this one another --data-dir",
                 dir.display()
             ))
         })?;

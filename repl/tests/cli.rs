@@ -317,3 +317,32 @@ fn help_points_a_newcomer_to_the_demo() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn the_readme_example_script_runs_as_shipped() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ticker.sql");
+    let run = sluice(
+        dir.path(),
+        &["--format", "csv", "-q", "-f", &script.display().to_string()],
+    )?;
+    let out = stdout(&run);
+    assert!(
+        run.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        out.contains("symbol,trades,avg_price\nAMZN,2,130.55\nMSFT,2,411.5\nXOM,1,112.3\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(
+            "window_start,sector,trades,avg_price\n\
+             2026-01-01T10:00:00,TECHNOLOGY,3,223.86666666666667\n\
+             2026-01-01T10:01:00,ENERGY,1,112.3\n"
+        ),
+        "{out}"
+    );
+    Ok(())
+}
