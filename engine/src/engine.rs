@@ -326,7 +326,8 @@ impl Engine {
     pub fn set_retention(&self, name: &str, hours: u32) -> Result<()> {
         if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) {
             return Err(Error::InvalidArgument(format!(
-                "retention of {hours} hours is outside {MIN_RETENTION_HOURS}–{MAX_RETENTION_HOURS}"
+                "retention of {hours} hour{} is outside {MIN_RETENTION_HOURS}–{MAX_RETENTION_HOURS} hours",
+                if hours == 1 { "" } else { "s" }
             )));
         }
         let mut catalog = self.inner.catalog.lock();
@@ -708,8 +709,9 @@ fn validate_spec(spec: &StreamSpec) -> Result<SchemaRef> {
     }
     if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&spec.retention_hours) {
         return Err(Error::InvalidArgument(format!(
-            "retention of {} hours is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours",
-            spec.retention_hours
+            "retention of {} hour{} is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours",
+            spec.retention_hours,
+            if spec.retention_hours == 1 { "" } else { "s" }
         )));
     }
     let columns = validate_user_schema(&spec.columns)?;

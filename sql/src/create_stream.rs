@@ -275,7 +275,8 @@ pub fn parse_retention_hours(text: &str) -> Result<u32> {
     };
     if !(u64::from(MIN_RETENTION_HOURS)..=u64::from(MAX_RETENTION_HOURS)).contains(&hours) {
         return Err(Error::Plan(format!(
-            "retention of {hours} hours is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours"
+            "retention of {hours} hour{} is out of range; retention is {MIN_RETENTION_HOURS} to {MAX_RETENTION_HOURS} hours (1 to 365 days)",
+            if hours == 1 { "" } else { "s" }
         )));
     }
     Ok(hours as u32)

@@ -5,8 +5,9 @@ use datafusion::error::DataFusionError;
 /// What can go wrong running a statement.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The statement did not parse.
-    #[error("SQL error: {0}")]
+    /// The statement did not parse: "syntax error at line L, column C: …" and the line with a
+    /// caret under the place.
+    #[error("{0}")]
     Parse(String),
 
     /// The statement parsed but asks for something that cannot be done (an unknown option, a bad
@@ -54,7 +55,18 @@ impl From<datafusion::arrow::error::ArrowError> for Error {
 
 impl From<datafusion::sql::sqlparser::parser::ParserError> for Error {
     fn from(e: datafusion::sql::sqlparser::parser::ParserError) -> Self {
-        Error::Parse(e.to_string())
+        Error::Parse(parser_message(&e))
+    }
+}
+
+/// The parser's own words, without its debug wrapping (`ParserError("…")`).
+pub(crate) fn parser_message(e: &datafusion::sql::sqlparser::parser::ParserError) -> String {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    match e {
+        ParserError::TokenizerError(message) | ParserError::ParserError(message) => message.clone(),
+        ParserError::RecursionLimitExceeded => {
+            "the statement nests expressions too deeply".to_string()
+        }
     }
 }
 

@@ -49,6 +49,7 @@ pub mod source;
 pub mod stateless;
 pub mod streaming_filter;
 pub mod table;
+pub mod types;
 pub mod window;
 pub mod window_runtime;
 

@@ -82,8 +82,46 @@ pub struct CreateStream {
     pub options: Vec<(String, String)>,
 }
 
-/// Parses `sql` (one or more statements separated by `;`).
+/// Parses `sql` (one or more statements separated by `;`). A syntax error says where, plainly:
+/// `syntax error at line 1, column 1: Expected: an SQL statement, found: SELEC`, then the line
+/// and a caret under the place.
 pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>> {
+    parse_all(sql).map_err(|e| match e {
+        Error::Parse(message) => Error::Parse(syntax_error(sql, &message)),
+        Error::DataFusion(datafusion::error::DataFusionError::SQL(e, _)) => {
+            Error::Parse(syntax_error(sql, &crate::error::parser_message(&e)))
+        }
+        other => other,
+    })
+}
+
+/// "syntax error at line L, column C: message", the line, and a caret under column C, from a
+/// parser message ending in sqlparser's ` at Line: L, Column: C`.
+fn syntax_error(sql: &str, message: &str) -> String {
+    let located = message.rsplit_once(" at Line: ").and_then(|(text, place)| {
+        let (line, column) = place.split_once(", Column: ")?;
+        Some((
+            text,
+            line.trim().parse::<usize>().ok()?,
+            column.trim().parse::<usize>().ok()?,
+        ))
+    });
+    let Some((text, line, column)) = located else {
+        return format!("syntax error: {message}");
+    };
+    let mut out = format!("syntax error at line {line}, column {column}: {text}");
+    if let Some(source) = sql.lines().nth(line.saturating_sub(1)) {
+        let caret: String = source
+            .chars()
+            .take(column.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        out.push_str(&format!("\n  {source}\n  {caret}^"));
+    }
+    out
+}
+
+fn parse_all(sql: &str) -> Result<Vec<SluiceStatement>> {
     let dialect = GenericDialect {};
     let (tokens, continuous) = lift_select_stream(sql, &dialect)?;
     let mut parser = DFParserBuilder::new(tokens)
@@ -99,9 +137,10 @@ pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>> {
             break;
         }
         if expecting_delimiter {
+            let found = parser.parser.peek_token();
             return Err(Error::Parse(format!(
-                "expected ';' or the end of the statement, found {}",
-                parser.parser.peek_token()
+                "expected ';' or the end of the statement, found {} at Line: {}, Column: {}",
+                found.token, found.span.start.line, found.span.start.column
             )));
         }
         let start = parser.parser.peek_token().span;

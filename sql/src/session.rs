@@ -263,6 +263,9 @@ impl SluiceSession {
             SluiceStatement::ShowShards { name } => rows(self.show_shards(&name)?),
             SluiceStatement::Describe { name } => match self.engine.try_stream(&name) {
                 Some(_) => rows(self.describe_stream(&name)?),
+                None if !self.ctx.table_exist(name.as_str())? => Err(Error::NotFound(format!(
+                    "stream or table '{name}' does not exist; SHOW STREAMS lists the streams, \\d the tables"
+                ))),
                 None => {
                     let frame = self.ctx.sql(&format!("DESCRIBE \"{name}\"")).await?;
                     Ok(StatementOutput::Rows(frame.execute_stream().await?))
@@ -819,7 +822,9 @@ impl SluiceSession {
                 fields.iter().map(|f| f.name().as_str()),
             )),
             Arc::new(StringArray::from_iter_values(
-                fields.iter().map(|f| f.data_type().to_string()),
+                fields
+                    .iter()
+                    .map(|f| crate::types::sql_type_name(f.data_type())),
             )),
             Arc::new(BooleanArray::from_iter(
                 fields.iter().map(|f| Some(f.is_nullable())),

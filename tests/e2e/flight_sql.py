@@ -98,7 +98,7 @@ def errors():
             cur.execute("SELEC 1")
             raise AssertionError("bad SQL accepted")
         except adbc_driver_manager.ProgrammingError as e:
-            check("SQL error" in str(e) and "INVALID_ARGUMENT" in str(e).upper().replace(" ", "_"), str(e))
+            check("syntax error at line 1, column 1" in str(e) and "INVALID_ARGUMENT" in str(e).upper().replace(" ", "_"), str(e))
         try:
             cur.execute("SELECT * FROM no_such_stream")
             raise AssertionError("unknown stream accepted")
