@@ -136,13 +136,6 @@ pub struct PumpDefinition {
     pub writes: Option<String>,
 }
 
-impl PumpDefinition {
-    /// Whether the pump reads or writes stream `name`.
-    pub fn uses(&self, name: &str) -> bool {
-        self.writes.as_deref() == Some(name) || self.reads.iter().any(|r| r == name)
-    }
-}
-
 /// How far a pump (or a delivery stream) has got: where to resume reading, and its watermark
 /// then.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -296,7 +296,7 @@ impl Engine {
                 self.pump_checkpoint(&p.name)
                     .is_ok_and(|c| c.positions.iter().any(|(s, _, _)| s == name))
             } else {
-                p.uses(name)
+                p.reads.iter().any(|r| r == name)
             };
             reads.then(|| (p.name.clone(), false))
         }) {
