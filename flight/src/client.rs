@@ -62,7 +62,7 @@ impl RemoteSession {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| format!("cannot connect to '{url}': {e}"))?;
+            .map_err(|e| connect_failure(url, &e))?;
         let mut client = FlightSqlServiceClient::new(channel);
         if let Some(token) = options.token {
             client.set_token(token);
@@ -106,13 +106,18 @@ impl RemoteSession {
             .into_iter()
             .filter_map(|endpoint| endpoint.ticket)
             .collect();
+        let url = self.url.clone();
+        let failed_url = self.url.clone();
         let batches = futures::stream::iter(tickets)
             .then(move |ticket| {
                 let mut client = client.clone();
                 async move { client.do_get(ticket).await }
             })
-            .map_ok(|stream| stream.map_err(|e| DataFusionError::External(message(e).into())))
-            .map_err(|e| DataFusionError::External(message(e).into()))
+            .map_ok(move |stream| {
+                let url = url.clone();
+                stream.map_err(move |e| DataFusionError::External(lost(&url, e).into()))
+            })
+            .map_err(move |e| DataFusionError::External(lost(&failed_url, e).into()))
             .try_flatten();
         let rows = Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&schema) as Arc<Schema>,
@@ -122,6 +127,43 @@ impl RemoteSession {
             StatementKind::Continuous => StatementOutput::Continuous(rows),
             _ => StatementOutput::Rows(rows),
         })
+    }
+}
+
+/// Why a connection could not be made, in words that say what to check.
+fn connect_failure(url: &str, error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut innermost = error.to_string();
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let hint = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => Some("connection refused"),
+                std::io::ErrorKind::TimedOut => Some("the connection timed out"),
+                std::io::ErrorKind::ConnectionReset => Some("the connection was reset"),
+                _ => None,
+            };
+            if let Some(hint) = hint {
+                return format!(
+                    "cannot connect to '{url}': {hint}; is `sluice serve` running at that address? (it serves Flight SQL on port 50051 unless started with --flight-port)"
+                );
+            }
+        }
+        innermost = e.to_string();
+        cause = e.source();
+    }
+    format!("cannot connect to '{url}': {innermost}")
+}
+
+/// A failure while results were coming: the server's own message, or, when the connection
+/// itself broke, words that say so.
+fn lost(url: &str, error: arrow_flight::error::FlightError) -> String {
+    use std::error::Error as _;
+    match &error {
+        arrow_flight::error::FlightError::Tonic(status) if status.source().is_some() => format!(
+            "the connection to '{url}' was lost ({}); is `sluice serve` still running?",
+            status.message()
+        ),
+        _ => message(error),
     }
 }
 

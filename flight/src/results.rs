@@ -105,6 +105,7 @@ pub fn result_messages(
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> ResultMessages {
     let schema = rows.schema();
+    let stopped = closing.clone();
     let closed = async move {
         let _ = closing.wait_for(|closed| *closed).await;
     };
@@ -135,7 +136,20 @@ pub fn result_messages(
             Ok::<_, Status>(futures::stream::iter(messages.into_iter().map(Ok)))
         })
         .try_flatten();
-    Box::pin(futures::stream::once(async move { Ok(schema_message.into()) }).chain(data))
+    // Rows cut short by a shutdown end with an error, so a client never takes a partial
+    // result, or the end of a continuous query, for a complete one.
+    let cut_short = futures::stream::once(async move { *stopped.borrow() })
+        .filter(|stopped| futures::future::ready(*stopped))
+        .map(|_| {
+            Err(Status::unavailable(
+                "the Sluice server is shutting down; it ended this query",
+            ))
+        });
+    Box::pin(
+        futures::stream::once(async move { Ok(schema_message.into()) })
+            .chain(data)
+            .chain(cut_short),
+    )
 }
 
 /// `schema` as results travel: view types as their plain forms (`Utf8View` as `Utf8`,

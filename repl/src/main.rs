@@ -17,6 +17,7 @@
 
 mod print;
 mod repl;
+mod status;
 
 /// mimalloc, as DataFusion's own CLI and the benchmarks use, so the figures in `benchmarks/` are
 /// the ones `sluice` gives. Loading 2 million rows over `DoPut` and reading them back with
@@ -266,7 +267,11 @@ async fn run(args: &Args) -> Result<(), String> {
         run_scripts(&mut shell, args).await
     } else {
         let history = dirs::home_dir().map(|home| home.join(".sluice_history"));
-        shell.interactive(history).await
+        let place = match &args.connect {
+            Some(url) => format!("connected to {url}"),
+            None => format!("on the data folder {}", args.data_dir.display()),
+        };
+        shell.interactive(history, &place).await
     };
     if let Some(session) = session {
         session.shutdown().await;
@@ -304,7 +309,8 @@ async fn run_demo(args: &Args) -> Result<(), String> {
     } else {
         print!("{DEMO_HINT}");
         let history = dirs::home_dir().map(|home| home.join(".sluice_history"));
-        shell.interactive(history).await
+        let place = format!("on the data folder {}", args.data_dir.display());
+        shell.interactive(history, &place).await
     };
     session.shutdown().await;
     result

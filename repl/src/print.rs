@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io::Write;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -77,10 +78,14 @@ pub fn print_batches(
                     arrow::util::pretty::pretty_format_batches(&[empty])?
                 )?;
             } else {
+                let shown = batches
+                    .iter()
+                    .map(for_table)
+                    .collect::<Result<Vec<_>, _>>()?;
                 writeln!(
                     out,
                     "{}",
-                    arrow::util::pretty::pretty_format_batches(batches)?
+                    arrow::util::pretty::pretty_format_batches(&shown)?
                 )?;
             }
             if footer {
@@ -127,6 +132,67 @@ pub fn print_batches(
     Ok(())
 }
 
+/// The widest a binary value (a record's `_data`) is shown in a table, in characters.
+const BINARY_SHOWN: usize = 32;
+
+/// `batch` as a table shows it: binary columns (a record's `_data`) abbreviated to their first
+/// characters (as text when they are UTF-8, as hex otherwise) and their length, so one blob
+/// does not push the other columns off the screen. CSV and JSON keep every byte.
+fn for_table(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let binary = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+        )
+    };
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| binary(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if !binary(field.data_type()) {
+            fields.push(field.as_ref().clone());
+            columns.push(Arc::clone(column));
+            continue;
+        }
+        let column = arrow::compute::cast(column, &DataType::Binary)?;
+        let values = column.as_binary::<i32>();
+        let shown: StringArray = (0..values.len())
+            .map(|i| values.is_valid(i).then(|| abbreviate(values.value(i))))
+            .collect();
+        fields.push(Field::new(
+            field.name(),
+            DataType::Utf8,
+            field.is_nullable(),
+        ));
+        columns.push(Arc::new(shown));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// The first characters of `bytes` and, when cut, how many bytes there are.
+fn abbreviate(bytes: &[u8]) -> String {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text)
+            if !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t') =>
+        {
+            text.replace(['\n', '\t'], " ")
+        }
+        _ => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    if text.chars().count() <= BINARY_SHOWN {
+        return text;
+    }
+    let head: String = text.chars().take(BINARY_SHOWN - 1).collect();
+    format!("{head}… ({} bytes)", bytes.len())
+}
+
 /// Prints the batches of a continuous query as they arrive: one table per batch, a CSV header
 /// only before the first, and JSON as one object per line (a stream has no end to close an
 /// array at).
@@ -150,7 +216,7 @@ impl ContinuousPrinter {
                 writeln!(
                     out,
                     "{}",
-                    arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))?
+                    arrow::util::pretty::pretty_format_batches(&[for_table(batch)?])?
                 )?;
             }
             OutputFormat::Csv | OutputFormat::Tsv => {
@@ -187,7 +253,6 @@ mod tests {
     use super::*;
     use arrow::array::{ArrayRef, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
-    use std::sync::Arc;
 
     fn batch() -> (SchemaRef, RecordBatch) {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
@@ -220,6 +285,59 @@ mod tests {
         printer.print(&mut out, &batch).expect("prints");
         assert_eq!(String::from_utf8(out).expect("utf-8"), "n\n1\n2\n1\n2\n");
         assert_eq!(printer.rows(), 4);
+    }
+
+    #[test]
+    fn tables_abbreviate_record_data() -> Result<(), ArrowError> {
+        use arrow::array::BinaryArray;
+        let long = br#"{"ticker_symbol":"AMZN","sector":"RETAIL","change":1.5,"price":131.25}"#;
+        let data: ArrayRef = Arc::new(BinaryArray::from(vec![
+            Some(&long[..]),
+            Some(&b"short"[..]),
+            Some(&[0u8, 159, 146, 150][..]),
+            None,
+        ]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "_data",
+            DataType::Binary,
+            true,
+        )]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![data])?;
+        let mut out = Vec::new();
+        print_batches(
+            &mut out,
+            OutputFormat::Table,
+            &schema,
+            std::slice::from_ref(&batch),
+            Duration::ZERO,
+            false,
+        )?;
+        let table = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            table.contains(&format!(
+                "| {{\"ticker_symbol\":\"AMZN\",\"sector… ({} bytes) |",
+                long.len()
+            )),
+            "{table}"
+        );
+        assert!(table.contains("| short "), "{table}");
+        assert!(table.contains("| 009f9296 "), "{table}");
+        // CSV keeps every byte.
+        let mut csv = Vec::new();
+        print_batches(
+            &mut csv,
+            OutputFormat::Csv,
+            &schema,
+            &[batch],
+            Duration::ZERO,
+            false,
+        )?;
+        let csv = String::from_utf8_lossy(&csv).into_owned();
+        assert!(
+            csv.contains("3133312e3235") && !csv.contains("bytes)"),
+            "{csv}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -12,7 +12,10 @@ use sluice_sql::{SluiceSession, StatementOutput, parse_statements};
 
 use futures::StreamExt;
 
+use sluice_sql::continuous::QueryProgress;
+
 use crate::print::{ContinuousPrinter, OutputFormat, print_batches};
+use crate::status::{FIRST_STATUS_AFTER, STATUS_EVERY, waiting_status};
 
 const HELP: &str = r"Sluice: SQL over Kinesis-style streams.
 
@@ -63,7 +66,7 @@ impl Backend {
     /// next runs, and the first error stops the script.
     async fn run_script<F, Fut>(&self, sql: &str, mut visit: F) -> Result<(), String>
     where
-        F: FnMut(StatementOutput) -> Fut,
+        F: FnMut(StatementOutput, Option<QueryProgress>) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         // Parsed here first in both cases: a syntax error anywhere runs nothing.
@@ -71,16 +74,16 @@ impl Backend {
         match self {
             Self::Embedded(session) => {
                 for statement in statements {
-                    let output = session
-                        .execute_statement(statement)
+                    let (output, progress) = session
+                        .execute_watched(statement)
                         .await
                         .map_err(|e| e.to_string())?;
-                    visit(output).await?;
+                    visit(output, progress).await?;
                 }
             }
             Self::Remote(remote) => {
                 for text in split_statements(sql) {
-                    visit(remote.execute(&text).await?).await?;
+                    visit(remote.execute(&text).await?, None).await?;
                 }
             }
         }
@@ -125,6 +128,8 @@ pub struct Shell {
     backend: Backend,
     format: OutputFormat,
     footer: bool,
+    /// At the interactive prompt a continuous query that prints nothing says what it waits for.
+    interactive: bool,
 }
 
 /// Whether the loop should go on.
@@ -139,6 +144,7 @@ impl Shell {
             backend,
             format,
             footer,
+            interactive: false,
         }
     }
 
@@ -153,15 +159,21 @@ impl Shell {
             }
         }
         let backend = self.backend.clone();
-        let (format, footer) = (self.format, self.footer);
+        let (format, footer, interactive) = (self.format, self.footer, self.interactive);
         let mut start = Instant::now();
         backend
-            .run_script(sql, |output| {
+            .run_script(sql, |output, progress| {
                 let started = std::mem::replace(&mut start, Instant::now());
-                print_output(output, format, footer, started)
+                let waiting = interactive.then_some(Waiting { progress });
+                print_output(output, format, footer, started, waiting)
             })
             .await
     }
+}
+
+/// A continuous query's status, shown while it has printed nothing.
+struct Waiting {
+    progress: Option<QueryProgress>,
 }
 
 /// Prints one statement's output as it comes.
@@ -170,6 +182,7 @@ async fn print_output(
     format: OutputFormat,
     footer: bool,
     start: Instant,
+    waiting: Option<Waiting>,
 ) -> Result<(), String> {
     {
         match output {
@@ -181,7 +194,26 @@ async fn print_output(
             StatementOutput::Continuous(mut stream) => {
                 // Rows print as they come, until the query ends (LIMIT) or Ctrl-C drops it.
                 let mut printer = ContinuousPrinter::new(format);
-                while let Some(batch) = stream.next().await {
+                let mut status = tokio::time::interval_at(
+                    tokio::time::Instant::now() + FIRST_STATUS_AFTER,
+                    STATUS_EVERY,
+                );
+                let mut shown = String::new();
+                loop {
+                    let batch = tokio::select! {
+                        batch = stream.next() => batch,
+                        _ = status.tick(), if waiting.is_some() && printer.rows() == 0 => {
+                            let line = waiting_status(waiting.as_ref().and_then(|w| w.progress.as_ref()));
+                            if line != shown {
+                                eprintln!("{line}");
+                                shown = line;
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(batch) = batch else {
+                        break;
+                    };
                     let batch = batch.map_err(|e| e.to_string())?;
                     printer
                         .print(&mut std::io::stdout().lock(), &batch)
@@ -288,13 +320,19 @@ impl Shell {
     }
 
     /// The interactive loop: reads statements across lines until `;`, keeps history.
-    pub async fn interactive(&mut self, history: Option<std::path::PathBuf>) -> Result<(), String> {
+    /// `place` says where statements run (the data folder, or the server connected to).
+    pub async fn interactive(
+        &mut self,
+        history: Option<std::path::PathBuf>,
+        place: &str,
+    ) -> Result<(), String> {
+        self.interactive = true;
         let mut editor = DefaultEditor::new().map_err(|e| e.to_string())?;
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
         println!(
-            "Sluice {} — \\? for help, \\q to quit.",
+            "Sluice {} {place} — \\? for help, \\q to quit.",
             env!("CARGO_PKG_VERSION")
         );
         let mut buffer = String::new();

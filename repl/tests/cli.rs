@@ -143,6 +143,69 @@ fn the_interactive_loop_reads_statements_across_lines() -> TestResult {
 }
 
 #[test]
+fn a_continuous_query_that_waits_says_what_for() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let Some(mut stdin) = child.stdin.take() else {
+        return Err("no stdin".into());
+    };
+    // Event times a year old: the window [10:00, 10:01) waits for a record past 10:01:05.
+    writeln!(
+        stdin,
+        "CREATE STREAM taps (k VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);"
+    )?;
+    writeln!(
+        stdin,
+        "INSERT INTO taps VALUES ('a', '2025-12-04 10:00:30'), ('b', '2025-12-04 10:00:50');"
+    )?;
+    writeln!(
+        stdin,
+        "SELECT STREAM window_start, count(*) AS n FROM tumble(taps, ts, INTERVAL '1' MINUTE) GROUP BY window_start;"
+    )?;
+    stdin.flush()?;
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // Ctrl-C stops the query and the prompt reads on.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    assert!(interrupted.success());
+    writeln!(stdin, "SELECT _data FROM taps LIMIT 1;")?;
+    writeln!(stdin, "\\q")?;
+    drop(stdin);
+    let output = child.wait_with_output()?;
+    let (out, err) = (stdout(&output), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{err}");
+    assert!(
+        out.starts_with(&format!(
+            "Sluice {} on the data folder {}",
+            env!("CARGO_PKG_VERSION"),
+            dir.path().display()
+        )),
+        "{out}"
+    );
+    assert!(
+        err.contains(
+            "(waiting: 2 records read, watermark 2025-12-04 10:00:45.000; the first window's rows come out once the watermark passes 2025-12-04 10:01:00.000"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("statement cancelled"), "{err}");
+    // A record's data shows abbreviated in a table.
+    assert!(
+        out.contains("{\"k\":\"a\",\"ts\":\"2025-12-04T10:00… (36 bytes)"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_second_process_on_the_same_folder_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut holder = Command::new(env!("CARGO_BIN_EXE_sluice"))

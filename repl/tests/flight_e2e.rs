@@ -21,6 +21,23 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        // Kinesis API signatures are verified: boto3 and aws-cli sign with these.
+        Self::start_with(
+            data_dir,
+            &[
+                "--aws-access-key-id",
+                "test",
+                "--aws-secret-access-key",
+                "test",
+            ],
+        )
+    }
+
+    /// A server started with `serve_args` after the ports.
+    fn start_with(
+        data_dir: &Path,
+        serve_args: &[&str],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -32,12 +49,8 @@ impl Server {
                 "0",
                 "--kinesis-port",
                 "0",
-                // Kinesis API signatures are verified: boto3 and aws-cli sign with these.
-                "--aws-access-key-id",
-                "test",
-                "--aws-secret-access-key",
-                "test",
             ])
+            .args(serve_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -173,6 +186,72 @@ fn the_repl_prints_the_same_against_a_server_as_embedded() -> TestResult {
 }
 
 #[test]
+fn a_remote_repl_says_when_no_server_answers_or_it_stops() -> TestResult {
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("grpc://127.0.0.1:{port}");
+    let refused = sluice(&["--connect", &url, "-c", "SHOW STREAMS"])?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains(&format!(
+            "cannot connect to '{url}': connection refused; is `sluice serve` running at that address?"
+        )),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // A server stopped (SIGTERM) or killed during a continuous query: an error, never a
+    // quiet end that looks like a query with no more rows.
+    for signal in ["-TERM", "-KILL"] {
+        let dir = tempfile::tempdir()?;
+        let server = Server::start(dir.path())?;
+        let created = sluice(&[
+            "--connect",
+            &server.url,
+            "--token",
+            TOKEN,
+            "-c",
+            "CREATE STREAM s (k VARCHAR)",
+            "-c",
+            "INSERT INTO s VALUES ('a')",
+        ])?;
+        assert!(created.status.success(), "{}", text(&created.stderr));
+        let watcher = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "--connect",
+                &server.url,
+                "--token",
+                TOKEN,
+                "--format",
+                "csv",
+            ])
+            .args(["-c", "SELECT STREAM k FROM s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let stopped = Command::new("kill")
+            .args([signal, &server.child.id().to_string()])
+            .status()?;
+        assert!(stopped.success());
+        let watched = watcher.wait_with_output()?;
+        let (out, err) = (text(&watched.stdout), text(&watched.stderr));
+        assert_eq!(out, "k\na\n", "{err}");
+        assert!(!watched.status.success(), "{signal}: {out} {err}");
+        let expected = if signal == "-TERM" {
+            "the Sluice server is shutting down; it ended this query".to_string()
+        } else {
+            format!("the connection to '{}' was lost", server.url)
+        };
+        assert!(err.contains(&expected), "{signal}: {err}");
+        drop(server);
+    }
+    Ok(())
+}
+
+#[test]
 fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
@@ -237,5 +316,71 @@ fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
     );
     let status = server.terminate()?;
     assert!(status.success(), "{status:?}");
+    Ok(())
+}
+
+#[test]
+fn the_readme_aws_cli_lines_run_as_written() -> TestResult {
+    // The README's shell block that drives aws-cli, with only the port changed.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("```").map(|(block, _)| block))
+        .find(|block| block.contains("aws --endpoint-url"))
+        .ok_or("the README has no aws-cli example")?;
+    let dir = tempfile::tempdir()?;
+    // As the README's user runs it: signatures not checked, any credentials accepted.
+    let server = Server::start_with(dir.path(), &[])?;
+    let script = block.replace("http://127.0.0.1:4567", &server.kinesis);
+    let python = common::python::python();
+    let bin = python.parent().ok_or("no venv bin folder")?;
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let work = tempfile::tempdir()?;
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(work.path())
+        .env("PATH", path)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", work.path().join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            work.path().join("no-credentials"),
+        )
+        .output()?;
+    assert!(
+        run.status.success(),
+        "the README's aws-cli lines failed:\n{script}\nstdout:\n{}\nstderr:\n{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    assert!(
+        text(&run.stdout).contains("SequenceNumber"),
+        "{}",
+        text(&run.stdout)
+    );
+    let read = sluice(&[
+        "--connect",
+        &server.url,
+        "--token",
+        TOKEN,
+        "--format",
+        "csv",
+        "-c",
+        "SELECT _partition_key, CAST(_data AS VARCHAR) AS data FROM events",
+    ])?;
+    assert_eq!(
+        text(&read.stdout),
+        "_partition_key,data\nuser-1,\"{\"\"user\"\":\"\"u1\"\",\"\"n\"\":1}\n\"\n",
+        "{}",
+        text(&read.stderr)
+    );
     Ok(())
 }

@@ -65,6 +65,43 @@ pub struct PumpCursor {
     /// processing-time window due to close, or a shard due to turn idle. Once the clock has
     /// passed it the pump is not caught up until it has done that work.
     due_ms: Mutex<Option<i64>>,
+    /// When (ms, on the watermark's clock) the earliest open window may close: its end plus
+    /// the allowed lateness.
+    next_close_ms: Mutex<Option<i64>>,
+}
+
+/// How far a continuous query has come, for a client waiting on its first rows: the records
+/// read, the watermark and when the earliest open window can close.
+#[derive(Debug, Clone, Default)]
+pub struct QueryProgress {
+    cursor: Arc<PumpCursor>,
+}
+
+impl QueryProgress {
+    /// The progress recorded in `cursor`.
+    pub fn new(cursor: Arc<PumpCursor>) -> Self {
+        Self { cursor }
+    }
+
+    /// Records read so far.
+    pub fn rows_in(&self) -> u64 {
+        self.cursor.rows_in()
+    }
+
+    /// The watermark (ms since the epoch), once a windowed query has one.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.cursor.watermark_ms()
+    }
+
+    /// When (ms) the watermark lets the earliest open window close, if one is open.
+    pub fn next_close_ms(&self) -> Option<i64> {
+        self.cursor.next_close_ms()
+    }
+
+    /// Rows dropped for arriving behind the watermark.
+    pub fn late_rows(&self) -> u64 {
+        self.cursor.late_rows()
+    }
 }
 
 impl PumpCursor {
@@ -145,6 +182,16 @@ impl PumpCursor {
         *self.watermark.lock() = watermark;
         *self.watermark_ms.lock() = watermark_ms;
         *self.held.lock() = held;
+    }
+
+    /// Records when (ms) the watermark lets the earliest open window close.
+    pub fn set_next_close(&self, close_ms: Option<i64>) {
+        *self.next_close_ms.lock() = close_ms;
+    }
+
+    /// When (ms) the watermark lets the earliest open window close, if one is open.
+    pub fn next_close_ms(&self) -> Option<i64> {
+        *self.next_close_ms.lock()
     }
 
     /// Records when (processing time, ms) the clock next brings the pump work.

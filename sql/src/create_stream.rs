@@ -15,7 +15,7 @@ use sluice_engine::{
 
 use datafusion::common::DFSchema;
 use datafusion::sql::planner::PlannerContext;
-use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SQLExpr};
+use datafusion::sql::sqlparser::ast::{BinaryOperator, ColumnDef, Expr as SQLExpr};
 use sluice_engine::{SourceDefinition, WatermarkDefinition};
 
 use crate::error::{Error, Result};
@@ -251,9 +251,39 @@ pub fn literal_interval_millis(expr: &datafusion::logical_expr::Expr) -> Option<
 fn column_schema(create: &CreateStream) -> Result<SchemaRef> {
     let provider = TypeOnlyContext::default();
     let planner = SqlToRel::new(&provider);
-    let schema = planner.build_schema(create.columns.clone())?;
+    let columns: Vec<ColumnDef> = create.columns.iter().cloned().map(kda_type).collect();
+    // Column by column, so a type DataFusion does not know is named with its column.
+    for column in &columns {
+        if let Err(e) = planner.build_schema(vec![column.clone()]) {
+            log::debug!("column {} rejected: {e}", column.name);
+            return Err(Error::Plan(format!(
+                "column {} has type {}, which Sluice does not know; write one of {SQL_TYPES}",
+                column.name, column.data_type
+            )));
+        }
+    }
+    let schema = planner.build_schema(columns)?;
     Ok(Arc::new(schema))
 }
+
+/// Kinesis Analytics' spellings of types DataFusion names otherwise: `VARBINARY(n)` and
+/// `BINARY(n)` are bytes, `CHARACTER VARYING(n)` and `CHARACTER(n)` are text.
+fn kda_type(mut column: ColumnDef) -> ColumnDef {
+    use datafusion::sql::sqlparser::ast::DataType as SqlType;
+    column.data_type = match column.data_type {
+        SqlType::Varbinary(_) | SqlType::Binary(_) | SqlType::Blob(_) | SqlType::Bytes(_) => {
+            SqlType::Bytea
+        }
+        SqlType::Character(length)
+        | SqlType::CharacterVarying(length)
+        | SqlType::CharVarying(length) => SqlType::Varchar(length),
+        other => other,
+    };
+    column
+}
+
+/// The column types `CREATE STREAM` takes, for messages.
+const SQL_TYPES: &str = "VARCHAR (or CHAR, VARCHAR(n), TEXT), BOOLEAN, TINYINT, SMALLINT, INTEGER, BIGINT, REAL, DOUBLE, DECIMAL(p, s), DATE, TIME, TIMESTAMP, INTERVAL, VARBINARY (or BYTEA)";
 
 /// Parses a retention period: `'24 hours'`, `'7 days'`, `'48h'`, `'2d'` or a number of hours.
 pub fn parse_retention_hours(text: &str) -> Result<u32> {

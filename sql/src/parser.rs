@@ -41,6 +41,9 @@ pub enum SluiceStatement {
         or_replace: bool,
         /// The insert, without the `STREAM` keyword.
         insert: Box<DFStatement>,
+        /// The insert as the user wrote it (with `STREAM`, comments and spacing), which is
+        /// what is saved and shown.
+        text: String,
     },
     /// `DROP PUMP [IF EXISTS] name`
     DropPump { name: String, if_exists: bool },
@@ -144,7 +147,7 @@ fn parse_all(sql: &str) -> Result<Vec<SluiceStatement>> {
             )));
         }
         let start = parser.parser.peek_token().span;
-        let statement = parse_statement(&mut parser)?;
+        let statement = parse_statement(&mut parser, sql)?;
         statements.push(match statement {
             SluiceStatement::DataFusion(query) if continuous.contains(&start) => {
                 SluiceStatement::SelectStream(query)
@@ -346,7 +349,7 @@ fn at_statement_end(parser: &DFParser<'_>, n: usize) -> bool {
     )
 }
 
-fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
+fn parse_statement(parser: &mut DFParser<'_>, sql: &str) -> Result<SluiceStatement> {
     let first = word(&parser.parser.peek_nth_token(0).token);
     let second = word(&parser.parser.peek_nth_token(1).token);
     let third = word(&parser.parser.peek_nth_token(2).token);
@@ -365,7 +368,7 @@ fn parse_statement(parser: &mut DFParser<'_>) -> Result<SluiceStatement> {
             return if kind.as_deref() == Some("STREAM") {
                 parse_create_stream(parser, or_replace)
             } else {
-                parse_create_pump(parser, or_replace)
+                parse_create_pump(parser, or_replace, sql)
             };
         }
     }
@@ -539,21 +542,87 @@ fn parse_columns(parser: &mut DFParser<'_>) -> Result<(Vec<ColumnDef>, Option<(S
     Ok((columns, watermark))
 }
 
-fn parse_create_pump(parser: &mut DFParser<'_>, or_replace: bool) -> Result<SluiceStatement> {
+fn parse_create_pump(
+    parser: &mut DFParser<'_>,
+    or_replace: bool,
+    sql: &str,
+) -> Result<SluiceStatement> {
     let name = object_name(&parser.parser.parse_object_name(false)?)?;
     parser.parser.expect_keyword_is(Keyword::AS)?;
+    let start = parser.parser.peek_token_ref().span.start;
     let insert = parser.parse_statement()?;
+    let end = parser.parser.get_current_token().span.end;
+    let text = source_text(sql, start, end).unwrap_or_else(|| insert.to_string());
     let is_insert = matches!(&insert, DFStatement::Statement(s) if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::Insert(_)));
     if !is_insert {
         return Err(Error::Plan(format!(
-            "CREATE PUMP {name} AS … takes INSERT INTO stream SELECT STREAM …, not '{insert}'"
+            "CREATE PUMP {name} AS … takes INSERT INTO stream SELECT STREAM …, not '{text}'"
         )));
     }
     Ok(SluiceStatement::CreatePump {
         name,
         or_replace,
         insert: Box::new(insert),
+        text,
     })
+}
+
+/// `sql` on one line, for a table cell: comments out, each run of whitespace outside quotes
+/// one space; quoted text is untouched.
+pub(crate) fn one_line(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                out.push(c);
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '-' && chars.peek() == Some(&'-') => {
+                while chars.next_if(|&c| c != '\n').is_some() {}
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            None if c.is_whitespace() => {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            None => out.push(c),
+        }
+    }
+    out.trim().to_string()
+}
+
+/// The text of `sql` between two token locations (1-based lines and columns in characters).
+fn source_text(
+    sql: &str,
+    start: datafusion::sql::sqlparser::tokenizer::Location,
+    end: datafusion::sql::sqlparser::tokenizer::Location,
+) -> Option<String> {
+    let offset = |location: datafusion::sql::sqlparser::tokenizer::Location| {
+        let line_start: usize = sql
+            .split_inclusive('\n')
+            .take(usize::try_from(location.line).ok()?.checked_sub(1)?)
+            .map(str::len)
+            .sum();
+        let column = usize::try_from(location.column).ok()?.checked_sub(1)?;
+        let within = sql[line_start..]
+            .char_indices()
+            .nth(column)
+            .map_or(sql.len() - line_start, |(i, _)| i);
+        Some(line_start + within)
+    };
+    let (from, to) = (offset(start)?, offset(end)?);
+    (from < to).then(|| sql.get(from..to).map(|t| t.trim().to_string()))?
 }
 
 fn parse_create_delivery(parser: &mut DFParser<'_>, or_replace: bool) -> Result<SluiceStatement> {
@@ -681,6 +750,7 @@ mod tests {
             name,
             or_replace,
             insert,
+            text,
         } = &statements[0]
         else {
             panic!("expected CREATE PUMP, got {:?}", statements[0]);
@@ -690,6 +760,7 @@ mod tests {
             insert.to_string(),
             "INSERT INTO out SELECT a FROM src WHERE a > 1"
         );
+        assert_eq!(text, "INSERT INTO out SELECT STREAM a FROM src WHERE a > 1");
         assert!(matches!(statements[1], SluiceStatement::ShowPumps));
         assert!(matches!(&statements[2], SluiceStatement::StopPump { name } if name == "p"));
         assert!(matches!(&statements[3], SluiceStatement::StartPump { name } if name == "p"));
@@ -701,6 +772,32 @@ mod tests {
             }
         ));
         assert!(parse_statements("CREATE PUMP p AS SELECT 1").is_err());
+        // Spread over lines, with a comment: kept as written, up to the statement's end.
+        let statements = parse_statements(
+            "SHOW STREAMS;\nCREATE PUMP \"P\" AS\n  INSERT INTO \"OUT\" -- the total\n  SELECT STREAM \"é\", b FROM src;\nSHOW PUMPS",
+        )?;
+        let SluiceStatement::CreatePump { text, .. } = &statements[1] else {
+            panic!("expected CREATE PUMP, got {:?}", statements[1]);
+        };
+        assert_eq!(
+            text,
+            "INSERT INTO \"OUT\" -- the total\n  SELECT STREAM \"é\", b FROM src"
+        );
+        assert_eq!(
+            one_line(text),
+            "INSERT INTO \"OUT\" SELECT STREAM \"é\", b FROM src"
+        );
+        assert_eq!(
+            one_line("SELECT  'a  --b'\n\t, 1 -- x"),
+            "SELECT 'a  --b' , 1"
+        );
+        let Err(e) = parse_statements("CREATE PUMP p AS SELECT STREAM * FROM clicks") else {
+            panic!("a pump needs an INSERT");
+        };
+        assert!(
+            e.to_string().contains("not 'SELECT STREAM * FROM clicks'"),
+            "{e}"
+        );
         Ok(())
     }
 

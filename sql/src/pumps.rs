@@ -263,7 +263,7 @@ impl PumpManager {
             Arc::new(UInt64Array::from(late_rows)),
             Arc::new(TimestampMillisecondArray::from(watermarks)),
             Arc::new(StringArray::from_iter_values(
-                pumps.iter().map(|p| p.sql.as_str()),
+                pumps.iter().map(|p| crate::parser::one_line(&p.sql)),
             )),
         ];
         Ok(RecordBatch::try_new(schema, columns)?)

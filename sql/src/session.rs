@@ -22,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{
 use sluice_engine::schema::{DATA, PARTITION_KEY, SYSTEM_COLUMNS};
 use sluice_engine::{Engine, PumpDefinition, StreamFormat};
 
-use crate::continuous::PumpCursor;
+use crate::continuous::{PumpCursor, QueryProgress};
 use crate::create_stream::stream_spec;
 use crate::error::{Error, Result};
 use crate::parser::{SluiceStatement, parse_statements};
@@ -196,6 +196,27 @@ impl SluiceSession {
             }
         }
         Ok(results)
+    }
+
+    /// Runs one parsed statement; a continuous query comes with a handle on its progress
+    /// (records read, watermark, the next window to close), for a client waiting on its rows.
+    pub async fn execute_watched(
+        &self,
+        statement: SluiceStatement,
+    ) -> Result<(StatementOutput, Option<QueryProgress>)> {
+        match statement {
+            SluiceStatement::SelectStream(query) => {
+                let cursor = Arc::new(PumpCursor::default());
+                let context = self.continuous_context(Some(Arc::clone(&cursor)))?;
+                let plan = self.plan_in(&context, *query).await?;
+                let rows = self.start_continuous(&context, plan).await?;
+                Ok((
+                    StatementOutput::Continuous(rows),
+                    Some(QueryProgress::new(cursor)),
+                ))
+            }
+            other => Ok((self.execute_statement(other).await?, None)),
+        }
     }
 
     /// Runs one parsed statement.
@@ -541,7 +562,8 @@ impl SluiceSession {
             SluiceStatement::CreatePump {
                 name,
                 or_replace,
-                insert,
+                insert: _,
+                text: sql,
             } => {
                 // A replaced pump's successor keeps its place (saved read positions and
                 // watermark), so replacing the query neither repeats nor skips records.
@@ -556,7 +578,6 @@ impl SluiceSession {
                         self.pumps.stop(&name).await;
                     }
                 }
-                let sql = insert.to_string();
                 if let Err(e) = self.pumps.start(self, &name, &sql).await {
                     if let Some(old) = replaced.filter(|old| old.running) {
                         // Keep the old pump running when its replacement cannot start.

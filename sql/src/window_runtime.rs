@@ -486,6 +486,11 @@ impl WindowRuntime {
         }
         let watermark_ms = self.watermark.map(|w| self.spec.to_millis(w));
         cursor.set_window_state(self.watermark, watermark_ms, held);
+        let next_close = match &self.state {
+            WindowState::Fixed(windows) => windows.keys().next().map(|s| s + self.spec.size),
+            WindowState::Sessions(sessions) => sessions.next_end(),
+        };
+        cursor.set_next_close(next_close.map(|e| self.spec.to_millis(e + self.spec.lateness)));
     }
 
     /// Records in the pump's cursor when the clock next brings work (a processing-time window
