@@ -25,9 +25,11 @@ use sluice_engine::{Engine, PumpDefinition, StreamFormat};
 use crate::continuous::{PumpCursor, QueryProgress};
 use crate::create_stream::stream_spec;
 use crate::error::{Error, Result};
+use crate::identifiers::{KnownNames, resolve_kda_names};
 use crate::parser::{SluiceStatement, parse_statements};
 use crate::pumps::PumpManager;
 use crate::schema_provider::{StreamSchemaProvider, StreamView};
+use crate::similar_to::rewrite_similar_to;
 use crate::source::SourceManager;
 use crate::stateless::start_isolated;
 use crate::streaming_filter::StreamingFilterRule;
@@ -433,6 +435,8 @@ impl SluiceSession {
         let plan = match statement {
             SluiceStatement::DataFusion(mut statement) => {
                 self.refuse_table_commands_on_streams(&statement)?;
+                resolve_kda_names(&mut statement, self);
+                rewrite_similar_to(&mut statement)?;
                 self.name_insert_columns(&mut statement);
                 let state = self.ctx.state();
                 self.check_tables_exist(&state, &statement)?;
@@ -474,6 +478,8 @@ impl SluiceSession {
         parameters: Option<ParamValues>,
     ) -> Result<StatementOutput> {
         self.refuse_table_commands_on_streams(&statement)?;
+        resolve_kda_names(&mut statement, self);
+        rewrite_similar_to(&mut statement)?;
         self.name_insert_columns(&mut statement);
         let state = self.ctx.state();
         self.check_tables_exist(&state, &statement)?;
@@ -513,6 +519,8 @@ impl SluiceSession {
         context: &SessionContext,
         mut statement: DFStatement,
     ) -> Result<LogicalPlan> {
+        resolve_kda_names(&mut statement, self);
+        rewrite_similar_to(&mut statement)?;
         self.name_insert_columns(&mut statement);
         crate::kda::rewrite_step_windows(&mut statement)?;
         let state = context.state();
@@ -924,4 +932,28 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| Error::Plan(format!("engine task failed: {e}")))?
         .map_err(Error::from)
+}
+
+impl KnownNames for SluiceSession {
+    fn relations(&self) -> Vec<String> {
+        self.ctx
+            .catalog("sluice")
+            .and_then(|catalog| catalog.schema("public"))
+            .map(|schema| schema.table_names())
+            .unwrap_or_default()
+    }
+
+    fn columns(&self, name: &str) -> Vec<String> {
+        self.engine
+            .try_stream(name)
+            .map(|stream| {
+                stream
+                    .public_schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
