@@ -33,7 +33,33 @@ pub enum Error {
 fn datafusion_message(error: &DataFusionError) -> String {
     match error.find_root() {
         DataFusionError::External(inner) => inner.to_string(),
-        root => root.to_string(),
+        root => plainly(&root.to_string()),
+    }
+}
+
+/// DataFusion's planner reports SQL it cannot plan with a dump of the parser's structures
+/// (`Unsupported ast node TableFunction { expr: … } in create_relation`): say what is not
+/// supported, and what to write instead when there is something.
+fn plainly(message: &str) -> String {
+    let Some((_, rest)) = message.split_once("Unsupported ast node ") else {
+        return message.to_string();
+    };
+    let node: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let place = rest
+        .rsplit_once(" in ")
+        .map(|(_, place)| place.trim())
+        .filter(|place| place.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    match node.as_str() {
+        "TableFunction" => "FROM TABLE(function(…)) is supported only around window functions; write FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(ts), INTERVAL '1' MINUTE)), or FROM tumble(s, ts, INTERVAL '1' MINUTE) (also HOP and SESSION)".to_string(),
+        _ => match place {
+            Some("create_relation") => {
+                format!("this kind of FROM item ({node}) is not supported; FROM takes streams, tables, subqueries, joins and the window functions tumble, hop and session")
+            }
+            _ => format!("this SQL is not supported: {node}"),
+        },
     }
 }
 
@@ -77,3 +103,27 @@ pub(crate) fn to_datafusion(e: sluice_engine::Error) -> DataFusionError {
 
 /// The SQL layer's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::plainly;
+
+    #[test]
+    fn unsupported_sql_is_named_without_the_parsers_structures() {
+        let dumped = "This feature is not implemented: Unsupported ast node TableFunction { expr: Function(Function { name: ObjectName([Identifier(Ident { value: \"f\" })]) }), alias: None } in create_relation";
+        let said = plainly(dumped);
+        assert!(
+            said.starts_with("FROM TABLE(function(…)) is supported only around window functions"),
+            "{said}"
+        );
+        assert!(!said.contains('{'), "{said}");
+        let other = plainly(
+            "This feature is not implemented: Unsupported ast node Pivot { table: … } in create_relation",
+        );
+        assert!(
+            other.starts_with("this kind of FROM item (Pivot) is not supported"),
+            "{other}"
+        );
+        assert_eq!(plainly("No field named x"), "No field named x");
+    }
+}

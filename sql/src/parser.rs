@@ -202,8 +202,47 @@ fn lift_select_stream(
             continuous.push(token.span);
         }
     }
-    // Flink's window spelling, TUMBLE(TABLE s, DESCRIPTOR(ts), …), becomes tumble(s, ts, …).
+    // Flink's window spelling, TUMBLE(TABLE s, DESCRIPTOR(ts), …), becomes tumble(s, ts, …);
+    // wrapped as FROM TABLE(TUMBLE(…)), the TABLE( … ) goes.
     let mut comma = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        if word(&token.token).as_deref() != Some("TABLE") {
+            continue;
+        }
+        let Some(open) = significant(i + 1).filter(|&o| tokens[o].token == Token::LParen) else {
+            continue;
+        };
+        if let Some(f) = significant(open + 1)
+            && word(&tokens[f].token).as_deref() == Some("CUMULATE")
+        {
+            return Err(Error::Plan(
+                "CUMULATE windows are not supported yet; for windows that grow by a step write HOP(TABLE s, DESCRIPTOR(ts), INTERVAL step, INTERVAL size) and keep the rows you need, or TUMBLE".to_string(),
+            ));
+        }
+        let wraps_window = significant(open + 1).is_some_and(|f| {
+            matches!(
+                word(&tokens[f].token).as_deref(),
+                Some("TUMBLE" | "HOP" | "SESSION" | "CUMULATE")
+            )
+        });
+        if !wraps_window {
+            continue;
+        }
+        let mut depth = 0usize;
+        for (j, t) in tokens.iter().enumerate().skip(open) {
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        drop.extend([i, open, j]);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     for (i, token) in tokens.iter().enumerate() {
         match word(&token.token).as_deref() {
             Some("TABLE") => {
