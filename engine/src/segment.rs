@@ -36,23 +36,27 @@ pub fn parse_segment_file_name(name: &str) -> Option<(u64, u64)> {
 /// Footer keys: how many rows a segment holds, and the newest arrival time among them.
 const ROWS_KEY: &str = "sluice.rows";
 const MAX_ARRIVAL_KEY: &str = "sluice.max_arrival_ms";
+/// When its newest record was appended, what retention counts from (absent in segments written
+/// before it was kept: their newest arrival time stands in).
+const APPENDED_KEY: &str = "sluice.appended_ms";
 /// `<bytes>:<crc32>`: the checksum of the file's first `bytes` bytes (everything before the
 /// footer), checked whenever the segment is read.
 const CHECKSUM_KEY: &str = "sluice.crc32";
 
-/// Writes `batch` (whose newest record arrived at `max_arrival_ms`) as a segment in `dir`;
-/// returns its path. On failure (a full disk, say) nothing is left behind under either name.
+/// Writes `batch` (whose newest record arrived at `max_arrival_ms` and was appended at
+/// `appended_ms`) as a segment in `dir`; returns its path. On failure (a full disk, say) nothing
+/// is left behind under either name.
 pub fn write_segment(
     dir: &Path,
     first: u64,
     last: u64,
     batch: &RecordBatch,
-    max_arrival_ms: i64,
+    (max_arrival_ms, appended_ms): (i64, i64),
     durability: Durability,
 ) -> Result<PathBuf> {
     let path = dir.join(segment_file_name(first, last));
     let tmp = dir.join(format!("{}.tmp", segment_file_name(first, last)));
-    let written = write_segment_file(&tmp, batch, max_arrival_ms, durability)
+    let written = write_segment_file(&tmp, batch, (max_arrival_ms, appended_ms), durability)
         .and_then(|_| {
             fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment into place", &path, e))
         })
@@ -70,7 +74,7 @@ pub fn write_segment(
 fn write_segment_file(
     tmp: &Path,
     batch: &RecordBatch,
-    max_arrival_ms: i64,
+    (max_arrival_ms, appended_ms): (i64, i64),
     durability: Durability,
 ) -> Result<()> {
     // Encoded in memory first, so the checksum of everything before the footer can go into it.
@@ -80,6 +84,7 @@ fn write_segment_file(
     )?;
     writer.write_metadata(ROWS_KEY, batch.num_rows().to_string());
     writer.write_metadata(MAX_ARRIVAL_KEY, max_arrival_ms.to_string());
+    writer.write_metadata(APPENDED_KEY, appended_ms.to_string());
     writer.write(batch)?;
     let data = writer.get_ref();
     writer.write_metadata(
@@ -103,8 +108,9 @@ fn write_segment_file(
 pub struct SegmentHeader {
     /// The columns it was written with.
     pub columns: SchemaRef,
-    /// Its row count and newest arrival time (segments written since footers carry them).
-    pub summary: Option<(usize, i64)>,
+    /// Its row count, newest arrival time and when that was appended (segments written since
+    /// footers carry them).
+    pub summary: Option<(usize, i64, i64)>,
     pub file_bytes: u64,
 }
 
@@ -129,7 +135,10 @@ pub fn read_segment_header(path: &Path) -> Result<SegmentHeader> {
     let number = |key: &str| metadata.get(key).and_then(|v| v.parse::<i64>().ok());
     let summary = number(ROWS_KEY)
         .zip(number(MAX_ARRIVAL_KEY))
-        .map(|(rows, max_arrival)| (rows as usize, max_arrival));
+        .map(|(rows, max_arrival)| {
+            let appended = number(APPENDED_KEY).unwrap_or(max_arrival);
+            (rows as usize, max_arrival, appended)
+        });
     Ok(SegmentHeader {
         columns: reader.schema(),
         summary,
@@ -322,10 +331,17 @@ mod tests {
             11,
             12,
             &batch(vec![3, 4])?,
-            5,
+            (5, 7),
             Durability::Fsync,
         )?;
-        write_segment(dir.path(), 1, 10, &batch(vec![1, 2])?, 4, Durability::Fsync)?;
+        write_segment(
+            dir.path(),
+            1,
+            10,
+            &batch(vec![1, 2])?,
+            (4, 4),
+            Durability::Fsync,
+        )?;
         fs::write(dir.path().join("x.arrow.tmp"), b"junk")
             .map_err(|e| Error::io("w", dir.path(), e))?;
         let listed = list_segments(dir.path())?;
@@ -336,7 +352,7 @@ mod tests {
         let read = read_segment(&listed[1].2, &schema)?;
         assert_eq!(read, batch(vec![3, 4])?);
         let header = read_segment_header(&listed[1].2)?;
-        assert_eq!((header.columns, header.summary), (schema, Some((2, 5))));
+        assert_eq!((header.columns, header.summary), (schema, Some((2, 5, 7))));
         assert!(!dir.path().join("x.arrow.tmp").exists());
         Ok(())
     }
@@ -356,7 +372,7 @@ mod tests {
                 Arc::new(arrow::array::StringArray::from(vec!["a", "bb", "ccc"])) as ArrayRef,
             ],
         )?;
-        let path = write_segment(dir.path(), 1, 3, &batch, 9, Durability::Buffered)?;
+        let path = write_segment(dir.path(), 1, 3, &batch, (9, 9), Durability::Buffered)?;
         let whole = fs::read(&path).map_err(|e| Error::io("r", &path, e))?;
         assert_eq!(read_segment(&path, &schema)?, batch);
         let damaged = dir.path().join(segment_file_name(4, 6));

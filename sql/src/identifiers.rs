@@ -134,7 +134,7 @@ fn last_name(name: &ObjectName) -> Option<String> {
 /// Makes `ident` the quoted name it means, if it resolves only as KDA resolves names.
 fn resolve_ident(ident: &mut Ident, known: &[String]) {
     let as_written = folded(ident);
-    if known.iter().any(|k| *k == as_written) {
+    if known.contains(&as_written) {
         return;
     }
     if ident.quote_style.is_some() && ident.value != ident.value.to_uppercase() {

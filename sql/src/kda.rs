@@ -42,7 +42,7 @@ pub fn rewrite_step_windows(statement: &mut DFStatement) -> Result<()> {
         }
         Statement::Insert(insert) => {
             if let Some(source) = insert.source.as_mut()
-                && rewrite_query(source)?
+                && (rewrite_query(source)? || carry_rowtime(source))
                 && !insert.columns.is_empty()
             {
                 insert
@@ -197,6 +197,94 @@ fn rewrite_query(query: &mut Query) -> Result<bool> {
         select.projection.push(window_end_as_rowtime());
     }
     Ok(true)
+}
+
+/// A pump that neither windows nor aggregates writes each row with the `ROWTIME` of the row it
+/// came from, as Kinesis Data Analytics does (not the time it reached the output stream): the
+/// select list gets `s.ROWTIME AS ROWTIME`. True if it was added.
+fn carry_rowtime(query: &mut Query) -> bool {
+    const AGGREGATES: &[&str] = &[
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+        "first_value",
+        "last_value",
+        "array_agg",
+        "string_agg",
+        "approx_distinct",
+        "approx_median",
+        "median",
+        "bool_and",
+        "bool_or",
+    ];
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return false;
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    if grouped || select.from.len() != 1 || !select.from[0].joins.is_empty() {
+        return false;
+    }
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = &select.from[0].relation
+    else {
+        return false;
+    };
+    let Some(qualifier) = alias
+        .as_ref()
+        .map(|a| a.name.clone())
+        .or_else(|| name.0.last().and_then(|p| p.as_ident()).cloned())
+    else {
+        return false;
+    };
+    let mut aggregates_or_rowtime = false;
+    for item in &mut select.projection {
+        let expr = match item {
+            SelectItem::UnnamedExpr(expr) => expr,
+            SelectItem::ExprWithAlias { expr, alias } => {
+                aggregates_or_rowtime |= alias.value.eq_ignore_ascii_case(ROWTIME);
+                expr
+            }
+            // `*` brings ROWTIME along already.
+            _ => return false,
+        };
+        let _ = visit_expressions_mut(expr, |e| {
+            match e {
+                Expr::Function(f) => {
+                    let function = f.name.to_string().to_ascii_lowercase();
+                    aggregates_or_rowtime |=
+                        f.over.is_some() || AGGREGATES.contains(&function.as_str());
+                }
+                Expr::Identifier(i) => {
+                    aggregates_or_rowtime |= i.value.eq_ignore_ascii_case(ROWTIME)
+                }
+                Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                    aggregates_or_rowtime |= parts[1].value.eq_ignore_ascii_case(ROWTIME);
+                }
+                _ => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    if aggregates_or_rowtime {
+        return false;
+    }
+    select.projection.push(SelectItem::ExprWithAlias {
+        expr: Expr::CompoundIdentifier(vec![qualifier, Ident::new(ROWTIME)]),
+        alias: Ident::new(ROWTIME),
+    });
+    true
 }
 
 fn parse_relation(sql: &str) -> Result<TableFactor> {

@@ -335,8 +335,11 @@ impl Stream {
                 }
                 let (batch, _) = self.build_batch(shard_index, &run)?;
                 replayed += run.len();
+                // When they were appended is not logged: now, so retention keeps them at least
+                // as long as it should.
+                let now = self.runtime.clock.now_millis();
                 if let Some(chunk) = shard::Chunk::resident(batch) {
-                    shard.push_tail(chunk);
+                    shard.push_tail(chunk.appended_at(now));
                 }
             }
             start = end;
@@ -643,7 +646,7 @@ impl Stream {
             for (position, batch) in chunks {
                 let shard = &set.all[position];
                 if let Some(chunk) = shard::Chunk::resident(batch) {
-                    shard.push_tail(chunk);
+                    shard.push_tail(chunk.appended_at(now));
                 }
                 due |= shard.tail_is_due(
                     self.runtime.seal_rows,
@@ -894,9 +897,9 @@ fn open_segment(
     (first, last, path): (u64, u64, PathBuf),
 ) -> Result<Option<shard::Chunk>> {
     let header = crate::segment::read_segment_header(&path)?;
-    let (rows, max_arrival_ms, bytes) = match header.summary {
-        Some((rows, max_arrival)) if header.columns.fields() == stored.fields() => {
-            (rows, max_arrival, header.file_bytes as usize)
+    let (rows, times, bytes) = match header.summary {
+        Some((rows, max_arrival, appended)) if header.columns.fields() == stored.fields() => {
+            (rows, (max_arrival, appended), header.file_bytes as usize)
         }
         _ => {
             let (found, mut batch) = crate::segment::read_segment_as_written(&path)?;
@@ -907,15 +910,9 @@ fn open_segment(
                 return Ok(None);
             };
             let dir = path.parent().unwrap_or(Path::new("."));
-            crate::segment::write_segment(
-                dir,
-                first,
-                last,
-                &batch,
-                chunk.max_arrival_ms(),
-                runtime.durability,
-            )?;
-            (chunk.rows(), chunk.max_arrival_ms(), chunk.bytes())
+            let times = (chunk.max_arrival_ms(), chunk.appended_ms());
+            crate::segment::write_segment(dir, first, last, &batch, times, runtime.durability)?;
+            (chunk.rows(), times, chunk.bytes())
         }
     };
     if rows == 0 {
@@ -923,12 +920,7 @@ fn open_segment(
     }
     let segment = shard::StoredSegment::new(path, Arc::clone(stored), Arc::clone(&runtime.cache));
     Ok(Some(shard::Chunk::stored(
-        first,
-        last,
-        rows,
-        max_arrival_ms,
-        bytes,
-        segment,
+        first, last, rows, times, bytes, segment,
     )))
 }
 

@@ -30,6 +30,9 @@ pub struct Chunk {
     first_seq: u64,
     last_seq: u64,
     max_arrival_ms: i64,
+    /// When its newest record was appended (ms): retention counts from here, never from the
+    /// `ROWTIME` a record carries (a pump's window end may be a year old).
+    appended_ms: i64,
     rows: usize,
     /// Bytes of memory the batch takes when loaded.
     bytes: usize,
@@ -112,10 +115,17 @@ impl Chunk {
             first_seq: seqs.value(0),
             last_seq: seqs.value(rows - 1),
             max_arrival_ms: arrivals.value(rows - 1),
+            appended_ms: arrivals.value(rows - 1),
             rows,
             bytes: batch.get_array_memory_size(),
             data: ChunkData::Resident(batch),
         })
+    }
+
+    /// Marks it appended at `ms` (or later, if a record's `ROWTIME` is later still).
+    pub(crate) fn appended_at(mut self, ms: i64) -> Self {
+        self.appended_ms = self.appended_ms.max(ms);
+        self
     }
 
     /// A sealed segment holding counters `first_seq..=last_seq`, read when needed.
@@ -123,7 +133,7 @@ impl Chunk {
         first_seq: u64,
         last_seq: u64,
         rows: usize,
-        max_arrival_ms: i64,
+        (max_arrival_ms, appended_ms): (i64, i64),
         bytes: usize,
         segment: StoredSegment,
     ) -> Self {
@@ -131,6 +141,7 @@ impl Chunk {
             first_seq,
             last_seq,
             max_arrival_ms,
+            appended_ms,
             rows,
             bytes,
             data: ChunkData::Stored(Arc::new(segment)),
@@ -160,6 +171,11 @@ impl Chunk {
     /// When its newest record arrived (ms since the epoch).
     pub fn max_arrival_ms(&self) -> i64 {
         self.max_arrival_ms
+    }
+
+    /// When its newest record was appended (ms since the epoch), what retention counts from.
+    pub fn appended_ms(&self) -> i64 {
+        self.appended_ms
     }
 
     /// Its records, read from disk if its segment is not cached.
@@ -521,7 +537,9 @@ impl Shard {
         drop(batches);
         let (first, last) = (chunks[0].first_seq, chunks[chunks.len() - 1].last_seq);
         let max_arrival_ms = chunks.iter().map(|c| c.max_arrival_ms).max().unwrap_or(0);
-        let path = write_segment(&self.dir, first, last, &batch, max_arrival_ms, durability)?;
+        let appended_ms = chunks.iter().map(|c| c.appended_ms).max().unwrap_or(0);
+        let times = (max_arrival_ms, appended_ms);
+        let path = write_segment(&self.dir, first, last, &batch, times, durability)?;
         let segment = StoredSegment::new(
             path,
             Arc::clone(&self.stored_schema),
@@ -531,7 +549,7 @@ impl Shard {
             first,
             last,
             batch.num_rows(),
-            max_arrival_ms,
+            times,
             batch.get_array_memory_size(),
             segment,
         );
@@ -551,15 +569,13 @@ impl Shard {
             if state
                 .sealed
                 .first()
-                .is_none_or(|c| c.max_arrival_ms >= cutoff_ms)
+                .is_none_or(|c| c.appended_ms >= cutoff_ms)
             {
                 return Ok(0);
             }
         }
         let mut state = self.state.write();
-        let keep_from = state
-            .sealed
-            .partition_point(|c| c.max_arrival_ms < cutoff_ms);
+        let keep_from = state.sealed.partition_point(|c| c.appended_ms < cutoff_ms);
         // Remember how far numbering got before the segments that say so are deleted, so a
         // restart after everything expired does not hand out sequence numbers again.
         if let Some(newest) = state.sealed[..keep_from].last() {
