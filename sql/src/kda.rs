@@ -111,20 +111,65 @@ fn rewrite_query(query: &mut Query) -> Result<bool> {
     let GroupByExpr::Expressions(groups, _) = &mut select.group_by else {
         return Ok(false);
     };
-    let mut found = None;
+    let mut windows = Vec::new();
     for (i, group) in groups.iter().enumerate() {
         if let Some(window) = step_window(group)? {
-            if found.is_some() {
-                return Err(Error::Plan(
-                    "a query groups by one STEP or FLOOR window, not several".to_string(),
-                ));
-            }
-            found = Some((i, group.clone(), window));
+            windows.push((i, group.clone(), window));
         }
     }
-    let Some((index, window_expr, (column, size))) = found else {
+    // With several time keys (KDA's way to get event-time results on ROWTIME's schedule:
+    // GROUP BY FLOOR(EVENT_TIME TO MINUTE), STEP(ROWTIME BY INTERVAL '60' SECOND)), the window
+    // over ROWTIME decides when rows come out (else the first); the others are grouping keys,
+    // so a late event-time minute shows up again in a later ROWTIME window.
+    let trigger = windows
+        .iter()
+        .position(|(_, _, (column, _))| names_rowtime(column))
+        .unwrap_or(0);
+    if windows.is_empty() {
         return Ok(false);
-    };
+    }
+    let (index, window_expr, (column, size)) = windows.remove(trigger);
+    for (_, key_expr, (key_column, key_size)) in &windows {
+        let bucket = parse_expr(&format!(
+            "date_bin({key_size}, {key_column}, TIMESTAMP '1970-01-01 00:00:00')"
+        ))?;
+        let replace = |expr: &mut Expr| {
+            let _ = visit_expressions_mut(expr, |e| {
+                if e == key_expr {
+                    *e = bucket.clone();
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        };
+        groups.iter_mut().for_each(replace);
+        for item in &mut select.projection {
+            match item {
+                SelectItem::UnnamedExpr(expr) => {
+                    if expr == key_expr {
+                        // The key keeps the name the query would have shown.
+                        *item = SelectItem::ExprWithAlias {
+                            expr: bucket.clone(),
+                            alias: Ident::new(
+                                key_column
+                                    .to_string()
+                                    .rsplit('.')
+                                    .next()
+                                    .unwrap_or("time")
+                                    .trim_matches('"'),
+                            ),
+                        };
+                    } else {
+                        replace(expr);
+                    }
+                }
+                SelectItem::ExprWithAlias { expr, .. } => replace(expr),
+                _ => {}
+            }
+        }
+        if let Some(having) = select.having.as_mut() {
+            replace(having);
+        }
+    }
     let column = match &column {
         Expr::Identifier(ident) => ident.clone(),
         Expr::CompoundIdentifier(parts) => parts.last().cloned().unwrap_or_else(|| Ident::new("")),
@@ -285,6 +330,25 @@ fn carry_rowtime(query: &mut Query) -> bool {
         alias: Ident::new(ROWTIME),
     });
     true
+}
+
+/// Whether `expr` is the `ROWTIME` column (bare or qualified).
+fn names_rowtime(expr: &Expr) -> bool {
+    match expr {
+        Expr::Identifier(i) => i.value.eq_ignore_ascii_case(ROWTIME),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case(ROWTIME)),
+        _ => false,
+    }
+}
+
+fn parse_expr(sql: &str) -> Result<Expr> {
+    let dialect = GenericDialect {};
+    Parser::new(&dialect)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| Error::Parse(e.to_string()))
 }
 
 fn parse_relation(sql: &str) -> Result<TableFactor> {
