@@ -244,8 +244,8 @@ fn rewrite_query(query: &mut Query) -> Result<bool> {
     Ok(true)
 }
 
-/// A pump that neither windows nor aggregates writes each row with the `ROWTIME` of the row it
-/// came from, as Kinesis Data Analytics does (not the time it reached the output stream): the
+/// A pump that neither windows nor aggregates (sliding windows, one row per row, are fine) writes
+/// each row with the `ROWTIME` of the row it came from, as Kinesis Data Analytics does (not the time it reached the output stream): the
 /// select list gets `s.ROWTIME AS ROWTIME`. True if it was added.
 fn carry_rowtime(query: &mut Query) -> bool {
     const AGGREGATES: &[&str] = &[
@@ -304,20 +304,14 @@ fn carry_rowtime(query: &mut Query) -> bool {
             // `*` brings ROWTIME along already.
             _ => return false,
         };
+        // A select item that is ROWTIME already sets it.
+        aggregates_or_rowtime |= names_rowtime(expr);
         let _ = visit_expressions_mut(expr, |e| {
-            match e {
-                Expr::Function(f) => {
-                    let function = f.name.to_string().to_ascii_lowercase();
-                    aggregates_or_rowtime |=
-                        f.over.is_some() || AGGREGATES.contains(&function.as_str());
-                }
-                Expr::Identifier(i) => {
-                    aggregates_or_rowtime |= i.value.eq_ignore_ascii_case(ROWTIME)
-                }
-                Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                    aggregates_or_rowtime |= parts[1].value.eq_ignore_ascii_case(ROWTIME);
-                }
-                _ => {}
+            if let Expr::Function(f) = e {
+                let function = f.name.to_string().to_ascii_lowercase();
+                // A sliding window (OVER) gives a row per row: it keeps its ROWTIME.
+                aggregates_or_rowtime |=
+                    f.over.is_none() && AGGREGATES.contains(&function.as_str());
             }
             ControlFlow::<()>::Continue(())
         });

@@ -47,6 +47,7 @@ pub mod schema_provider;
 pub mod session;
 pub mod session_window;
 pub mod similar_to;
+pub mod sliding;
 pub mod source;
 pub mod stateless;
 pub mod streaming_filter;

@@ -437,6 +437,7 @@ impl SluiceSession {
                 self.refuse_table_commands_on_streams(&statement)?;
                 resolve_kda_names(&mut statement, self);
                 rewrite_similar_to(&mut statement)?;
+                crate::sliding::order_windows_by_rowtime(&mut statement);
                 self.name_insert_columns(&mut statement);
                 let state = self.ctx.state();
                 self.check_tables_exist(&state, &statement)?;
@@ -480,6 +481,7 @@ impl SluiceSession {
         self.refuse_table_commands_on_streams(&statement)?;
         resolve_kda_names(&mut statement, self);
         rewrite_similar_to(&mut statement)?;
+        crate::sliding::order_windows_by_rowtime(&mut statement);
         self.name_insert_columns(&mut statement);
         let state = self.ctx.state();
         self.check_tables_exist(&state, &statement)?;
@@ -521,6 +523,7 @@ impl SluiceSession {
     ) -> Result<LogicalPlan> {
         resolve_kda_names(&mut statement, self);
         rewrite_similar_to(&mut statement)?;
+        crate::sliding::order_windows_by_rowtime(&mut statement);
         self.name_insert_columns(&mut statement);
         crate::kda::rewrite_step_windows(&mut statement)?;
         let state = context.state();
@@ -535,6 +538,9 @@ impl SluiceSession {
         plan: LogicalPlan,
     ) -> Result<SendableRecordBatchStream> {
         if let Some(rows) = start_windowed(context, &plan).await? {
+            return Ok(rows);
+        }
+        if let Some(rows) = crate::sliding::start_sliding(context, &plan).await? {
             return Ok(rows);
         }
         refuse_unbounded_state(&plan)?;
