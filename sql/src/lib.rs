@@ -41,6 +41,7 @@ pub mod create_stream;
 pub mod error;
 pub mod identifiers;
 pub mod kda;
+pub mod kda_functions;
 pub mod parser;
 pub mod pumps;
 pub mod schema_provider;

@@ -124,6 +124,9 @@ impl SluiceSession {
         ctx.register_udtf("tumble", Arc::new(bounded()));
         ctx.register_udtf("hop", Arc::new(bounded().hopping()));
         ctx.register_udtf("session", Arc::new(bounded().sessions()));
+        for udf in crate::kda_functions::kda_udfs(Arc::clone(engine.clock())) {
+            ctx.register_udf(udf);
+        }
         let session = Self {
             engine,
             ctx,
@@ -438,6 +441,7 @@ impl SluiceSession {
                 resolve_kda_names(&mut statement, self);
                 rewrite_similar_to(&mut statement)?;
                 crate::sliding::order_windows_by_rowtime(&mut statement);
+                crate::kda_functions::rewrite_kda_functions(&mut statement)?;
                 self.name_insert_columns(&mut statement);
                 let state = self.ctx.state();
                 self.check_tables_exist(&state, &statement)?;
@@ -482,6 +486,7 @@ impl SluiceSession {
         resolve_kda_names(&mut statement, self);
         rewrite_similar_to(&mut statement)?;
         crate::sliding::order_windows_by_rowtime(&mut statement);
+        crate::kda_functions::rewrite_kda_functions(&mut statement)?;
         self.name_insert_columns(&mut statement);
         let state = self.ctx.state();
         self.check_tables_exist(&state, &statement)?;
@@ -526,6 +531,7 @@ impl SluiceSession {
         crate::sliding::order_windows_by_rowtime(&mut statement);
         self.name_insert_columns(&mut statement);
         crate::kda::rewrite_step_windows(&mut statement)?;
+        crate::kda_functions::rewrite_kda_functions(&mut statement)?;
         let state = context.state();
         self.check_tables_exist(&state, &statement)?;
         Ok(state.statement_to_plan(statement).await?)
