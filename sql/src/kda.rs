@@ -20,7 +20,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Ident;
 use datafusion::sql::sqlparser::ast::{
     CeilFloorKind, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor,
+    GroupByExpr, ObjectName, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
     visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -51,6 +51,33 @@ pub fn rewrite_step_windows(statement: &mut DFStatement) -> Result<()> {
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// Rewrites only `WINDOWED BY STAGGER` windows: what a bounded query needs (`STEP` and `FLOOR`
+/// group a bounded query as plain time keys).
+pub fn rewrite_stagger_windows(statement: &mut DFStatement) -> Result<()> {
+    let DFStatement::Statement(inner) = statement else {
+        return Ok(());
+    };
+    let query = match inner.as_mut() {
+        Statement::Query(query) => query,
+        Statement::Insert(insert) => match insert.source.as_mut() {
+            Some(source) => source,
+            None => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Ok(());
+    };
+    let GroupByExpr::Expressions(groups, _) = &mut select.group_by else {
+        return Ok(());
+    };
+    if let Some(at) = groups.iter().position(is_stagger) {
+        let stagger = groups.remove(at);
+        rewrite_stagger(select, stagger)?;
     }
     Ok(())
 }
@@ -111,6 +138,10 @@ fn rewrite_query(query: &mut Query) -> Result<bool> {
     let GroupByExpr::Expressions(groups, _) = &mut select.group_by else {
         return Ok(false);
     };
+    if let Some(at) = groups.iter().position(is_stagger) {
+        let stagger = groups.remove(at);
+        return rewrite_stagger(select, stagger).map(|()| true);
+    }
     let mut windows = Vec::new();
     for (i, group) in groups.iter().enumerate() {
         if let Some(window) = step_window(group)? {
@@ -324,6 +355,108 @@ fn carry_rowtime(query: &mut Query) -> bool {
         alias: Ident::new(ROWTIME),
     });
     true
+}
+
+fn is_stagger(expr: &Expr) -> bool {
+    matches!(expr, Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("stagger"))
+}
+
+/// `WINDOWED BY STAGGER (PARTITION BY key, … RANGE INTERVAL …)` (which the parser hands over
+/// as `GROUP BY stagger(key, …, INTERVAL …)`): a window per key, opened by its first row and
+/// closed the range later. The query reads `stagger(stream, key, …, ROWTIME, range)`, groups
+/// by the window and the keys, and each row's `ROWTIME` is its window's close.
+fn rewrite_stagger(select: &mut Select, stagger: Expr) -> Result<()> {
+    let Expr::Function(f) = &stagger else {
+        return Err(stagger_shape());
+    };
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(stagger_shape());
+    };
+    let mut args: Vec<Expr> = list
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let Some(range) = args.pop().filter(|r| matches!(r, Expr::Interval(_))) else {
+        return Err(stagger_shape());
+    };
+    if args.is_empty() {
+        return Err(stagger_shape());
+    }
+    let single = select.from.len() == 1 && select.from[0].joins.is_empty();
+    let relation = select.from.first_mut().map(|t| &mut t.relation);
+    let Some(TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    }) = relation.filter(|_| single)
+    else {
+        return Err(Error::Plan(
+            "WINDOWED BY STAGGER windows the rows of one stream: FROM names a single stream"
+                .to_string(),
+        ));
+    };
+    let Some(stream) = name.0.last().and_then(|p| p.as_ident()).cloned() else {
+        return Err(Error::Plan(format!("cannot window '{name}'")));
+    };
+    let alias_name = alias.as_ref().map_or(stream.clone(), |a| a.name.clone());
+    // The window function takes each key as SQL text over the stream's columns (unqualified):
+    // its arguments are planned before any table is known.
+    let mut keys = Vec::with_capacity(args.len());
+    for key in &args {
+        let mut key = key.clone();
+        let _ = visit_expressions_mut(&mut key, |e| {
+            if let Expr::CompoundIdentifier(parts) = e
+                && let Some(last) = parts.last().cloned()
+            {
+                *e = Expr::Identifier(last);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        crate::kda_functions::rewrite_kda_expr(&mut key)?;
+        keys.push(format!("'{}'", key.to_string().replace('\'', "''")));
+    }
+    select.from[0].relation = parse_relation(&format!(
+        "SELECT 1 FROM stagger({stream}, {}, ROWTIME, {range}) AS {alias_name}",
+        keys.join(", ")
+    ))?;
+    let GroupByExpr::Expressions(groups, _) = &mut select.group_by else {
+        return Err(stagger_shape());
+    };
+    groups.push(Expr::Identifier(Ident::new(WINDOW_START)));
+    groups.push(Expr::Identifier(Ident::new(WINDOW_END)));
+    groups.extend(args);
+    let window_end_as_rowtime = SelectItem::ExprWithAlias {
+        expr: Expr::Identifier(Ident::new(WINDOW_END)),
+        alias: Ident::new(ROWTIME),
+    };
+    let mut has_rowtime = false;
+    for item in &mut select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) if names_rowtime(e) => {
+                *item = window_end_as_rowtime.clone();
+                has_rowtime = true;
+            }
+            SelectItem::ExprWithAlias { alias, .. } => {
+                has_rowtime |= alias.value.eq_ignore_ascii_case(ROWTIME);
+            }
+            _ => {}
+        }
+    }
+    if !has_rowtime {
+        select.projection.push(window_end_as_rowtime);
+    }
+    Ok(())
+}
+
+fn stagger_shape() -> Error {
+    Error::Plan(
+        "WINDOWED BY STAGGER takes (PARTITION BY key, … RANGE INTERVAL '1' MINUTE)".to_string(),
+    )
 }
 
 /// Whether `expr` is the `ROWTIME` column (bare or qualified).

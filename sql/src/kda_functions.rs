@@ -40,7 +40,16 @@ pub fn rewrite_kda_functions(statement: &mut DFStatement) -> Result<()> {
     let DFStatement::Statement(inner) = statement else {
         return Ok(());
     };
-    let outcome = visit_expressions_mut(inner.as_mut(), |expr| {
+    rewrite_in(inner.as_mut())
+}
+
+/// [`rewrite_kda_functions`] for one expression.
+pub fn rewrite_kda_expr(expr: &mut Expr) -> Result<()> {
+    rewrite_in(expr)
+}
+
+fn rewrite_in<V: datafusion::sql::sqlparser::ast::VisitMut>(node: &mut V) -> Result<()> {
+    let outcome = visit_expressions_mut(node, |expr| {
         let replacement = match expr {
             Expr::Floor {
                 expr: time,

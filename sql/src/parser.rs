@@ -311,6 +311,53 @@ fn lift_select_stream(
             _ => {}
         }
     }
+    // Kinesis Analytics' WINDOWED BY STAGGER (PARTITION BY k, … RANGE INTERVAL …) becomes
+    // GROUP BY stagger(k, …, INTERVAL …), which crate::kda turns into a stagger window.
+    let mut renamed = Vec::new();
+    for i in 0..tokens.len() {
+        if word(&tokens[i].token).as_deref() != Some("WINDOWED") {
+            continue;
+        }
+        let by = significant(i + 1).filter(|&b| word(&tokens[b].token).as_deref() == Some("BY"));
+        let stagger = by
+            .and_then(|b| significant(b + 1))
+            .filter(|&s| word(&tokens[s].token).as_deref() == Some("STAGGER"));
+        let open = stagger
+            .and_then(|s| significant(s + 1))
+            .filter(|&o| tokens[o].token == Token::LParen);
+        let (Some(stagger), Some(open)) = (stagger, open) else {
+            continue;
+        };
+        renamed.push((i, "GROUP"));
+        renamed.push((stagger, "stagger"));
+        if let Some(partition) = significant(open + 1)
+            .filter(|&p| word(&tokens[p].token).as_deref() == Some("PARTITION"))
+        {
+            drop.push(partition);
+            if let Some(by) = significant(partition + 1)
+                .filter(|&b| word(&tokens[b].token).as_deref() == Some("BY"))
+            {
+                drop.push(by);
+            }
+        }
+        let mut depth = 0usize;
+        for (j, token) in tokens.iter().enumerate().skip(open) {
+            match &token.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                t if depth == 1 && word(t).as_deref() == Some("RANGE") => {
+                    comma.push(j);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
     // Kinesis Analytics' STEP(column BY interval) becomes step(column, interval).
     for i in 0..tokens.len() {
         if word(&tokens[i].token).as_deref() != Some("STEP") {
@@ -356,6 +403,17 @@ fn lift_select_stream(
         .map(|(i, mut t)| {
             if let (true, Token::Word(w)) = (window_calls.contains(&i), &mut t.token) {
                 w.value = w.value.to_ascii_lowercase();
+            }
+            if let (Some((_, to)), Token::Word(w)) =
+                (renamed.iter().find(|(at, _)| *at == i), &mut t.token)
+            {
+                w.value = (*to).to_string();
+                w.keyword = if *to == "GROUP" {
+                    datafusion::sql::sqlparser::keywords::Keyword::GROUP
+                } else {
+                    datafusion::sql::sqlparser::keywords::Keyword::NoKeyword
+                };
+                w.quote_style = None;
             }
             if comma.contains(&i) {
                 t.token = Token::Comma;

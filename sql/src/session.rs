@@ -124,6 +124,7 @@ impl SluiceSession {
         ctx.register_udtf("tumble", Arc::new(bounded()));
         ctx.register_udtf("hop", Arc::new(bounded().hopping()));
         ctx.register_udtf("session", Arc::new(bounded().sessions()));
+        ctx.register_udtf("stagger", Arc::new(bounded().staggered()));
         for udf in crate::kda_functions::kda_udfs(Arc::clone(engine.clock())) {
             ctx.register_udf(udf);
         }
@@ -159,6 +160,7 @@ impl SluiceSession {
         continuous.register_udtf("tumble", Arc::new(windows()));
         continuous.register_udtf("hop", Arc::new(windows().hopping()));
         continuous.register_udtf("session", Arc::new(windows().sessions()));
+        continuous.register_udtf("stagger", Arc::new(windows().staggered()));
         let schema = self.provider.with_view(StreamView::Continuous, cursor);
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema("public", Arc::new(schema))?;
@@ -441,6 +443,7 @@ impl SluiceSession {
                 resolve_kda_names(&mut statement, self);
                 rewrite_similar_to(&mut statement)?;
                 crate::sliding::order_windows_by_rowtime(&mut statement);
+                crate::kda::rewrite_stagger_windows(&mut statement)?;
                 crate::kda_functions::rewrite_kda_functions(&mut statement)?;
                 self.name_insert_columns(&mut statement);
                 let state = self.ctx.state();
@@ -486,6 +489,7 @@ impl SluiceSession {
         resolve_kda_names(&mut statement, self);
         rewrite_similar_to(&mut statement)?;
         crate::sliding::order_windows_by_rowtime(&mut statement);
+        crate::kda::rewrite_stagger_windows(&mut statement)?;
         crate::kda_functions::rewrite_kda_functions(&mut statement)?;
         self.name_insert_columns(&mut statement);
         let state = self.ctx.state();

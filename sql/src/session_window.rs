@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::Result as DFResult;
 
-use crate::window::TumbleSpec;
+use crate::window::{KeyExpr, TumbleSpec};
 
 /// A session key in arrow's row format (empty when sessions are not keyed).
 type Key = Box<[u8]>;
@@ -33,8 +33,13 @@ struct Session {
 }
 
 impl Session {
-    fn end(&self, gap: i64) -> i64 {
-        self.last + gap
+    /// A session ends a gap after its last row; a stagger window a range after its first.
+    fn end(&self, gap: i64, stagger: bool) -> i64 {
+        if stagger {
+            self.start + gap
+        } else {
+            self.last + gap
+        }
     }
 }
 
@@ -49,6 +54,9 @@ pub struct Sessions {
     gap: i64,
     time_index: usize,
     keys: Vec<usize>,
+    /// Stagger windows: the keys as expressions (in place of `keys`), and windows of a fixed
+    /// length from their first row.
+    stagger: Option<Vec<KeyExpr>>,
     converter: RowConverter,
     /// The windowed schema: the stream's public columns, then window_start, window_end.
     schema: SchemaRef,
@@ -66,14 +74,20 @@ impl Sessions {
     /// Sessions over rows of the stream's public layout; `schema` is the windowed layout.
     pub fn new(spec: &TumbleSpec, public: &SchemaRef, schema: SchemaRef) -> DFResult<Self> {
         let keys = spec.session_keys.clone().unwrap_or_default();
-        let fields = keys
+        let mut fields: Vec<SortField> = keys
             .iter()
             .map(|&k| SortField::new(public.field(k).data_type().clone()))
             .collect();
+        if let Some(exprs) = &spec.stagger_keys {
+            for key in exprs {
+                fields.push(SortField::new(key.0.data_type(public)?));
+            }
+        }
         Ok(Self {
             gap: spec.size,
             time_index: spec.time_index,
             keys,
+            stagger: spec.stagger_keys.clone(),
             converter: RowConverter::new(fields)?,
             schema,
             batches: HashMap::new(),
@@ -99,11 +113,14 @@ impl Sessions {
             .as_any()
             .downcast_ref::<Int64Array>()
             .expect("cast to Int64");
-        let key_columns: Vec<ArrayRef> = self
+        let mut key_columns: Vec<ArrayRef> = self
             .keys
             .iter()
             .map(|&k| Arc::clone(batch.column(k)))
             .collect();
+        for key in self.stagger.iter().flatten() {
+            key_columns.push(key.0.evaluate(batch)?.into_array(batch.num_rows())?);
+        }
         let keys = if key_columns.is_empty() {
             None
         } else {
@@ -151,10 +168,16 @@ impl Sessions {
         position: Option<(u32, u64)>,
     ) -> bool {
         let gap = self.gap;
+        let stagger = self.stagger.is_some();
         let open = self.by_key.entry(key.clone()).or_default();
         let (touching, apart): (Vec<u64>, Vec<u64>) = open.iter().partition(|id| {
             let s = &self.sessions[id];
-            time + gap > s.start && time < s.last + gap
+            if stagger {
+                // The window this key's first row opened, while it lasts.
+                time >= s.start && time < s.start + gap
+            } else {
+                time + gap > s.start && time < s.last + gap
+            }
         });
         if touching.is_empty() && watermark.is_some_and(|w| time + gap <= w) {
             if open.is_empty() {
@@ -171,7 +194,7 @@ impl Sessions {
         };
         for id in &touching {
             let s = self.sessions.remove(id).expect("open session");
-            self.by_end.remove(&(s.end(gap), *id));
+            self.by_end.remove(&(s.end(gap, stagger), *id));
             merged.start = merged.start.min(s.start);
             merged.last = merged.last.max(s.last);
             merged.rows.extend(s.rows);
@@ -186,7 +209,7 @@ impl Sessions {
         }
         let id = self.next_session;
         self.next_session += 1;
-        self.by_end.insert((merged.end(gap), id));
+        self.by_end.insert((merged.end(gap, stagger), id));
         let mut ids = apart;
         ids.push(id);
         self.by_key.insert(merged.key.clone(), ids);
@@ -230,7 +253,7 @@ impl Sessions {
                 });
                 indices.push((slot, row as usize));
                 starts.push(session.start);
-                ends.push(session.end(self.gap));
+                ends.push(session.end(self.gap, self.stagger.is_some()));
             }
         }
         let rows = interleave_record_batch(&sources, &indices)?;

@@ -62,6 +62,10 @@ pub struct TumbleSpec {
     /// Session windows: the key columns' positions in the public schema (sessions are per
     /// key; empty for one session across the stream). `size` is then the gap.
     pub session_keys: Option<Vec<usize>>,
+    /// Stagger windows (Kinesis Data Analytics' `WINDOWED BY STAGGER`): like sessions, per key,
+    /// but each window lasts `size` from the row that opened it. Their keys may be expressions
+    /// (`FLOOR(EVENT_TIME TO MINUTE)`), evaluated over the public schema.
+    pub stagger_keys: Option<Vec<KeyExpr>>,
     /// The windows follow processing time: the time column is `ROWTIME`, so windows close as
     /// the clock passes their end rather than as rows arrive.
     pub processing_time: bool,
@@ -101,6 +105,18 @@ pub(crate) fn units_per_milli(unit: TimeUnit) -> (i64, i64) {
     }
 }
 
+/// A window key computed from each row (told apart by how it prints).
+#[derive(Debug, Clone)]
+pub struct KeyExpr(pub Arc<dyn datafusion::physical_plan::PhysicalExpr>);
+
+impl PartialEq for KeyExpr {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for KeyExpr {}
+
 /// Which window table function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
@@ -110,6 +126,9 @@ pub enum WindowKind {
     Hop,
     /// `session(stream, [key, …,] time, gap)`
     Session,
+    /// `stagger(stream, [key, …,] time, range)`: what `WINDOWED BY STAGGER (PARTITION BY key, …
+    /// RANGE range)` becomes.
+    Stagger,
 }
 
 /// The `tumble` and `hop` table functions. One instance per planning context, so it knows
@@ -143,6 +162,12 @@ impl TumbleFunction {
         self.kind = WindowKind::Session;
         self
     }
+
+    /// The same function as `stagger`.
+    pub fn staggered(mut self) -> Self {
+        self.kind = WindowKind::Stagger;
+        self
+    }
 }
 
 fn name_of(expr: &Expr) -> Option<String> {
@@ -169,11 +194,15 @@ impl TableFunctionImpl for TumbleFunction {
                 "session",
                 "(stream, [key_column, …,] time_column, gap), e.g. session(clicks, user_id, ts, INTERVAL '30' MINUTE)",
             ),
+            WindowKind::Stagger => (
+                "stagger",
+                "(stream, [key, …,] time_column, range), e.g. WINDOWED BY STAGGER (PARTITION BY ticker_symbol RANGE INTERVAL '1' MINUTE)",
+            ),
         };
         let arity_ok = match self.kind {
             WindowKind::Tumble => (3..=4).contains(&exprs.len()),
             WindowKind::Hop => (4..=5).contains(&exprs.len()),
-            WindowKind::Session => exprs.len() >= 3,
+            WindowKind::Session | WindowKind::Stagger => exprs.len() >= 3,
         };
         if !arity_ok {
             return plan_err!("{f} takes {shape}; got {} arguments", exprs.len());
@@ -197,7 +226,7 @@ impl TableFunctionImpl for TumbleFunction {
             }
         };
         let time_at = match self.kind {
-            WindowKind::Session => exprs.len() - 2,
+            WindowKind::Session | WindowKind::Stagger => exprs.len() - 2,
             _ => 1,
         };
         let (column, time_index) = column_index("time column", &exprs[time_at])?;
@@ -224,13 +253,14 @@ impl TableFunctionImpl for TumbleFunction {
             WindowKind::Tumble => (2, "window size"),
             WindowKind::Hop => (3, "window size"),
             WindowKind::Session => (exprs.len() - 1, "gap"),
+            WindowKind::Stagger => (exprs.len() - 1, "range"),
         };
         let size = to_unit(what, &exprs[size_at])?;
         if size <= 0 {
             return plan_err!("{f}'s {what} must be positive, not {}", exprs[size_at]);
         }
         let slide = match self.kind {
-            WindowKind::Tumble | WindowKind::Session => size,
+            WindowKind::Tumble | WindowKind::Session | WindowKind::Stagger => size,
             WindowKind::Hop => {
                 let slide = to_unit("slide", &exprs[2])?;
                 if slide <= 0 {
@@ -249,7 +279,7 @@ impl TableFunctionImpl for TumbleFunction {
             }
         };
         let offset = match (self.kind, exprs.get(size_at + 1)) {
-            (WindowKind::Session, _) | (_, None) => 0,
+            (WindowKind::Session | WindowKind::Stagger, _) | (_, None) => 0,
             (_, Some(expr)) => to_unit("offset", expr)?,
         };
         if offset < 0 || offset >= slide {
@@ -262,6 +292,30 @@ impl TableFunctionImpl for TumbleFunction {
                     .map(|e| column_index("key", e).map(|(_, i)| i))
                     .collect::<DFResult<Vec<_>>>()?,
             ),
+            WindowKind::Stagger => Some(vec![]),
+            _ => None,
+        };
+        let stagger_keys = match self.kind {
+            WindowKind::Stagger => {
+                let df_schema = datafusion::common::DFSchema::try_from_qualified_schema(
+                    stream_name.as_str(),
+                    schema,
+                )?;
+                // Each key is SQL text over the stream's columns (or a column), planned, coerced
+                // and simplified as any query's expressions are.
+                let planner = datafusion::prelude::SessionContext::new();
+                let mut keys = Vec::new();
+                for key in &exprs[1..time_at] {
+                    let logical = match key {
+                        Expr::Literal(ScalarValue::Utf8(Some(sql)), _) => {
+                            planner.parse_sql_expr(sql, &df_schema)?
+                        }
+                        other => other.clone(),
+                    };
+                    keys.push(KeyExpr(planner.create_physical_expr(logical, &df_schema)?));
+                }
+                Some(keys)
+            }
             _ => None,
         };
         let watermark = stream.definition().watermark.clone();
@@ -287,6 +341,7 @@ impl TableFunctionImpl for TumbleFunction {
             lateness,
             idle_timeout_ms,
             session_keys,
+            stagger_keys,
         };
         Ok(Arc::new(WindowedTable::new(
             stream,
