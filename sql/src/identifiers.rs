@@ -26,6 +26,7 @@ use datafusion::sql::sqlparser::ast::{
     Expr, Ident, ObjectName, ObjectNamePart, Statement, TableObject, visit_expressions_mut,
     visit_relations_mut,
 };
+use sluice_engine::schema::ROWTIME;
 
 /// The names a statement may refer to: streams and tables, and the columns of streams.
 pub trait KnownNames {
@@ -135,6 +136,17 @@ fn last_name(name: &ObjectName) -> Option<String> {
 fn resolve_ident(ident: &mut Ident, known: &[String]) {
     let as_written = folded(ident);
     if known.contains(&as_written) {
+        return;
+    }
+    // KDA's APPROXIMATE_ARRIVAL_TIME (when a record reached the stream) is Sluice's ROWTIME,
+    // unless a column has that name.
+    if ident.value.eq_ignore_ascii_case("approximate_arrival_time")
+        && known.iter().any(|k| k == ROWTIME)
+        && !known
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case("approximate_arrival_time"))
+    {
+        *ident = Ident::new(ROWTIME);
         return;
     }
     if ident.quote_style.is_some() && ident.value != ident.value.to_uppercase() {

@@ -79,6 +79,20 @@ fn rewrite_in<V: datafusion::sql::sqlparser::ast::VisitMut>(node: &mut V) -> Res
                     _ => None,
                 }
             }
+            // MONOTONIC(x) tells KDA that x only grows; Sluice needs no such promise.
+            Expr::Function(f)
+                if f.name.to_string().eq_ignore_ascii_case("monotonic") && f.over.is_none() =>
+            {
+                match &f.args {
+                    FunctionArguments::List(list) => match list.args.as_slice() {
+                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(inner))] => {
+                            Some(format!("({inner})"))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
             Expr::Identifier(ident)
                 if ident.quote_style.is_none()
                     && ident.value.eq_ignore_ascii_case("current_row_timestamp") =>
