@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -65,7 +65,43 @@ pub struct Decoded {
 }
 
 /// Decodes `records` with `format` into columns of `schema` (the user columns).
+///
+/// A JSON column whose name is not all lower case (`"TICKER_SYMBOL"`, as Kinesis Data
+/// Analytics' schema discovery names them) takes the key as written or, failing that, the key in
+/// lower case (`ticker_symbol`), which is what KDA's mapping of such a column reads.
 pub fn decode(format: StreamFormat, schema: &SchemaRef, records: &[&[u8]]) -> Result<Decoded> {
+    let folded = schema
+        .fields()
+        .iter()
+        .any(|f| f.name().to_lowercase() != *f.name());
+    if format != StreamFormat::Json || !folded {
+        return decode_exact(format, schema, records);
+    }
+    let exact = decode_exact(format, schema, records)?;
+    let lower = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_name(f.name().to_lowercase()))
+            .collect::<Vec<_>>(),
+    ));
+    let lowered = decode_exact(format, &lower, records)?;
+    let mut columns = Vec::with_capacity(exact.columns.len());
+    for (written, lower) in exact.columns.iter().zip(&lowered.columns) {
+        let present = arrow::compute::is_not_null(written)?;
+        columns.push(arrow::compute::kernels::zip::zip(&present, written, lower)?);
+    }
+    let mut errors = exact.errors;
+    for error in lowered.errors {
+        if !errors.iter().any(|(index, _)| *index == error.0) {
+            errors.push(error);
+        }
+    }
+    errors.sort_by_key(|(index, _)| *index);
+    Ok(Decoded { columns, errors })
+}
+
+fn decode_exact(format: StreamFormat, schema: &SchemaRef, records: &[&[u8]]) -> Result<Decoded> {
     if format == StreamFormat::Raw || schema.fields().is_empty() {
         return Ok(Decoded {
             columns: vec![],
@@ -319,6 +355,28 @@ mod tests {
         assert_eq!(decoded.errors.len(), 1);
         assert_eq!(decoded.errors[0].0, 1);
         assert_eq!(decoded.columns[0].as_string::<i32>().value(2), "A,B");
+    }
+
+    #[test]
+    fn upper_case_columns_take_keys_as_written_or_in_lower_case() -> Result<()> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("TICKER_SYMBOL", DataType::Utf8, true),
+            Field::new("PRICE", DataType::Float64, true),
+        ]));
+        let records: Vec<&[u8]> = vec![
+            br#"{"ticker_symbol": "AMZN", "price": 1.5}"#,
+            br#"{"TICKER_SYMBOL": "NFLX", "PRICE": 2.5, "price": 9.0}"#,
+            br#"{"ticker_symbol": "X", "price": "not a number"}"#,
+        ];
+        let decoded = decode(StreamFormat::Json, &schema, &records)?;
+        let symbols = decoded.columns[0].as_string::<i32>();
+        let prices = decoded.columns[1].as_primitive::<Float64Type>();
+        assert_eq!((symbols.value(0), prices.value(0)), ("AMZN", 1.5));
+        // The key as written wins over its lower-case twin.
+        assert_eq!((symbols.value(1), prices.value(1)), ("NFLX", 2.5));
+        assert_eq!(decoded.errors.len(), 1, "{:?}", decoded.errors);
+        assert_eq!(decoded.errors[0].0, 2);
+        Ok(())
     }
 
     #[test]
