@@ -384,3 +384,27 @@ fn the_readme_aws_cli_lines_run_as_written() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_kda_application_runs_fed_and_read_over_the_kinesis_api() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path())?;
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kda_ticker.sql");
+    let setup = sluice(&["--connect", &server.url, "--token", TOKEN, "-f", app])?;
+    assert!(setup.status.success(), "{}", text(&setup.stderr));
+    assert!(text(&setup.stdout).contains("Pump 'STREAM_PUMP' created and running."));
+    let run = Command::new(common::python::python())
+        .arg(common::e2e_script("kda_app.py"))
+        .arg(&server.kinesis)
+        .output()?;
+    assert!(
+        run.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    assert!(text(&run.stdout).contains("the KDA application gave KDA's rows"));
+    let status = server.terminate()?;
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}

@@ -97,6 +97,9 @@ struct Retention {
     range_ms: Option<i64>,
     /// For each `ROWS n PRECEDING` window: its partition columns and n.
     rows: Vec<(Vec<String>, usize)>,
+    /// For each `RANGE` window, its partition columns: rows of a partition with the same
+    /// `ROWTIME` are peers, and a row's window must not hold the peers that came after it.
+    range_partitions: Vec<Vec<String>>,
 }
 
 /// Starts `plan` as a sliding-window query if it has window functions (`OVER`) over one
@@ -158,41 +161,44 @@ pub async fn start_sliding(
     let rows = async_stream(move |emit| async move {
         while let Some(batch) = input.next().await {
             let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let first_new = first_new_per_shard(&batch)?;
-            let all = concat_batches(&public, [&kept, &batch])?;
-            let mut out = Vec::new();
-            for result in exec.run(all.clone()).await? {
-                let fresh = is_new(result.column(carried).as_ref(), &first_new)?;
-                let mut result = filter_record_batch(&result, &fresh)?;
-                result = result.project(
-                    &(0..result.num_columns())
-                        .filter(|&i| i != carried)
-                        .collect::<Vec<_>>(),
-                )?;
-                let result = RecordBatch::try_new(Arc::clone(&schema), result.columns().to_vec())?;
-                if result.num_rows() > 0 {
-                    out.push(result);
+            for batch in runs_without_peers(&batch, &retention)? {
+                if batch.num_rows() == 0 {
+                    continue;
                 }
-            }
-            for mut result in out {
-                if let Some(left) = remaining.as_mut() {
-                    if *left == 0 {
-                        return Ok(());
+                let first_new = first_new_per_shard(&batch)?;
+                let all = concat_batches(&public, [&kept, &batch])?;
+                let mut out = Vec::new();
+                for result in exec.run(all.clone()).await? {
+                    let fresh = is_new(result.column(carried).as_ref(), &first_new)?;
+                    let mut result = filter_record_batch(&result, &fresh)?;
+                    result = result.project(
+                        &(0..result.num_columns())
+                            .filter(|&i| i != carried)
+                            .collect::<Vec<_>>(),
+                    )?;
+                    let result =
+                        RecordBatch::try_new(Arc::clone(&schema), result.columns().to_vec())?;
+                    if result.num_rows() > 0 {
+                        out.push(result);
                     }
-                    if result.num_rows() > *left {
-                        result = result.slice(0, *left);
-                    }
-                    *left -= result.num_rows();
                 }
-                emit.send(Ok(result)).await;
+                for mut result in out {
+                    if let Some(left) = remaining.as_mut() {
+                        if *left == 0 {
+                            return Ok(());
+                        }
+                        if result.num_rows() > *left {
+                            result = result.slice(0, *left);
+                        }
+                        *left -= result.num_rows();
+                    }
+                    emit.send(Ok(result)).await;
+                }
+                if remaining == Some(0) {
+                    return Ok(());
+                }
+                kept = retain(&all, &retention)?;
             }
-            if remaining == Some(0) {
-                return Ok(());
-            }
-            kept = retain(&all, &retention)?;
         }
         Ok(())
     });
@@ -285,6 +291,9 @@ fn retention_of(windows: &[Expr]) -> DFResult<Retention> {
                     ))
                 })?;
                 retention.range_ms = Some(retention.range_ms.unwrap_or(0).max(ms));
+                retention
+                    .range_partitions
+                    .push(partition_columns(&window.params.partition_by, "RANGE")?);
             }
             WindowFrameUnits::Rows => {
                 let n = match start {
@@ -292,17 +301,7 @@ fn retention_of(windows: &[Expr]) -> DFResult<Retention> {
                     ScalarValue::Int64(Some(n)) => usize::try_from(*n).unwrap_or(0),
                     other => return plan_err!("ROWS {other} PRECEDING: write a number of rows"),
                 };
-                let mut keys = Vec::new();
-                for key in &window.params.partition_by {
-                    match key {
-                        Expr::Column(c) => keys.push(c.name.clone()),
-                        other => {
-                            return plan_err!(
-                                "a ROWS window over a stream is partitioned by columns, not {other}"
-                            );
-                        }
-                    }
-                }
+                let keys = partition_columns(&window.params.partition_by, "ROWS")?;
                 retention.rows.push((keys, n));
             }
             WindowFrameUnits::Groups => {
@@ -313,6 +312,61 @@ fn retention_of(windows: &[Expr]) -> DFResult<Retention> {
         }
     }
     Ok(retention)
+}
+
+fn partition_columns(partition_by: &[Expr], units: &str) -> DFResult<Vec<String>> {
+    partition_by
+        .iter()
+        .map(|key| match key {
+            Expr::Column(c) => Ok(c.name.clone()),
+            other => {
+                plan_err!("a {units} window over a stream is partitioned by columns, not {other}")
+            }
+        })
+        .collect()
+}
+
+/// Cuts `batch` into runs in which no two rows are peers in a `RANGE` window (the same
+/// partition and `ROWTIME`), so each row's window holds the rows before it and not those after.
+fn runs_without_peers(batch: &RecordBatch, retention: &Retention) -> DFResult<Vec<RecordBatch>> {
+    if retention.range_partitions.is_empty() || batch.num_rows() < 2 {
+        return Ok(vec![batch.clone()]);
+    }
+    let schema = batch.schema();
+    let mut encoded = Vec::new();
+    for keys in &retention.range_partitions {
+        let mut columns = vec![Arc::clone(batch.column(schema.index_of(ROWTIME)?))];
+        for key in keys {
+            columns.push(Arc::clone(batch.column(schema.index_of(key)?)));
+        }
+        let converter = RowConverter::new(
+            columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )?;
+        encoded.push(converter.convert_columns(&columns)?);
+    }
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen: Vec<std::collections::HashSet<&[u8]>> =
+        vec![std::collections::HashSet::new(); encoded.len()];
+    for row in 0..batch.num_rows() {
+        let peer = encoded
+            .iter()
+            .zip(&seen)
+            .any(|(rows, seen)| seen.contains(rows.row(row).data()));
+        if peer {
+            runs.push(batch.slice(start, row - start));
+            start = row;
+            seen.iter_mut().for_each(std::collections::HashSet::clear);
+        }
+        for (rows, seen) in encoded.iter().zip(seen.iter_mut()) {
+            seen.insert(rows.row(row).data());
+        }
+    }
+    runs.push(batch.slice(start, batch.num_rows() - start));
+    Ok(runs)
 }
 
 fn window_function(expr: &Expr) -> Option<&WindowFunction> {
