@@ -49,6 +49,7 @@ pub mod session;
 pub mod session_window;
 pub mod similar_to;
 pub mod sliding;
+pub mod sliding_state;
 pub mod source;
 pub mod stateless;
 pub mod streaming_filter;

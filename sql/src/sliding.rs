@@ -23,7 +23,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray,
 };
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -44,6 +44,7 @@ use sluice_engine::schema::{ROWTIME, SEQUENCE_NUMBER};
 
 use crate::batch_exec::{BatchExec, scans_of};
 use crate::continuous::ContinuousTable;
+use crate::sliding_state::SlidingState;
 
 /// The column the plan carries each output row's sequence number in.
 const CARRIED: &str = "__sluice_sequence_number";
@@ -137,67 +138,30 @@ pub async fn start_sliding(
         },
         other => (other.clone(), None),
     };
-    let plan = carry_sequence_numbers(plan)?;
     let stream = Arc::clone(table.stream());
     let public = Arc::clone(stream.public_schema());
-    let exec = BatchExec::plan(
-        context,
-        &plan,
-        &[(Arc::clone(provider), Arc::clone(&public))],
-    )
-    .await?;
-    let carried_schema = exec.schema();
-    let carried = carried_schema.index_of(CARRIED)?;
-    let output_schema: SchemaRef = Arc::new(
-        carried_schema.project(
-            &(0..carried_schema.fields().len())
-                .filter(|&i| i != carried)
-                .collect::<Vec<_>>(),
-        )?,
-    );
+    let mut processor = match Incremental::plan(context, &plan, provider, &public).await? {
+        Some(incremental) => Processor::Incremental(incremental),
+        None => Processor::Rerun(Rerun::plan(context, plan, provider, &public, retention).await?),
+    };
+    let output_schema = processor.schema();
     let mut input = table.rows();
-    let mut kept = RecordBatch::new_empty(Arc::clone(&public));
-    let schema = Arc::clone(&output_schema);
     let rows = async_stream(move |emit| async move {
         while let Some(batch) = input.next().await {
-            let batch = batch?;
-            for batch in runs_without_peers(&batch, &retention)? {
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                let first_new = first_new_per_shard(&batch)?;
-                let all = concat_batches(&public, [&kept, &batch])?;
-                let mut out = Vec::new();
-                for result in exec.run(all.clone()).await? {
-                    let fresh = is_new(result.column(carried).as_ref(), &first_new)?;
-                    let mut result = filter_record_batch(&result, &fresh)?;
-                    result = result.project(
-                        &(0..result.num_columns())
-                            .filter(|&i| i != carried)
-                            .collect::<Vec<_>>(),
-                    )?;
-                    let result =
-                        RecordBatch::try_new(Arc::clone(&schema), result.columns().to_vec())?;
-                    if result.num_rows() > 0 {
-                        out.push(result);
+            for mut result in processor.process(batch?).await? {
+                if let Some(left) = remaining.as_mut() {
+                    if *left == 0 {
+                        return Ok(());
                     }
-                }
-                for mut result in out {
-                    if let Some(left) = remaining.as_mut() {
-                        if *left == 0 {
-                            return Ok(());
-                        }
-                        if result.num_rows() > *left {
-                            result = result.slice(0, *left);
-                        }
-                        *left -= result.num_rows();
+                    if result.num_rows() > *left {
+                        result = result.slice(0, *left);
                     }
-                    emit.send(Ok(result)).await;
+                    *left -= result.num_rows();
                 }
-                if remaining == Some(0) {
-                    return Ok(());
-                }
-                kept = retain(&all, &retention)?;
+                emit.send(Ok(result)).await;
+            }
+            if remaining == Some(0) {
+                return Ok(());
             }
         }
         Ok(())
@@ -206,6 +170,214 @@ pub async fn start_sliding(
         output_schema,
         rows,
     ))))
+}
+
+/// How a sliding-window query turns each new batch into its output rows.
+enum Processor {
+    Incremental(Incremental),
+    Rerun(Rerun),
+}
+
+impl Processor {
+    fn schema(&self) -> SchemaRef {
+        match self {
+            Self::Incremental(p) => p.above.schema(),
+            Self::Rerun(p) => Arc::clone(&p.schema),
+        }
+    }
+
+    async fn process(&mut self, batch: RecordBatch) -> DFResult<Vec<RecordBatch>> {
+        match self {
+            Self::Incremental(p) => p.process(batch).await,
+            Self::Rerun(p) => p.process(batch).await,
+        }
+    }
+}
+
+/// The fast path: the plan below the windows runs on each batch, [`SlidingState`] adds the
+/// window columns row by row, and the plan above them runs on the result.
+struct Incremental {
+    below: BatchExec,
+    state: SlidingState,
+    above: BatchExec,
+}
+
+impl Incremental {
+    async fn plan(
+        context: &SessionContext,
+        plan: &LogicalPlan,
+        provider: &Arc<dyn datafusion::catalog::TableProvider>,
+        public: &SchemaRef,
+    ) -> DFResult<Option<Self>> {
+        // The windows: one node, or a chain of them (one per distinct window), and what lies
+        // below the chain.
+        let mut top = None;
+        plan.apply(|node| {
+            if let LogicalPlan::Window(window) = node {
+                top = Some(window.clone());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let Some(top) = top else {
+            return Ok(None);
+        };
+        let mut chain = vec![top.clone()];
+        while let LogicalPlan::Window(lower) = chain[chain.len() - 1].input.as_ref() {
+            chain.push(lower.clone());
+        }
+        chain.reverse();
+        let below = chain[0].input.as_ref().clone();
+        let exprs: Vec<Expr> = chain.iter().flat_map(|w| w.window_expr.clone()).collect();
+        let top_schema: SchemaRef = Arc::new(top.schema.as_arrow().clone());
+        let Some(state) = SlidingState::plan(&exprs, below.schema(), Arc::clone(&top_schema))?
+        else {
+            return Ok(None);
+        };
+        let qualifier = below
+            .schema()
+            .iter()
+            .find_map(|(q, _)| q.cloned())
+            .unwrap_or_else(|| datafusion::common::TableReference::bare("sliding"));
+        let placeholder: Arc<dyn datafusion::catalog::TableProvider> = Arc::new(
+            datafusion::datasource::empty::EmptyTable::new(Arc::clone(&top_schema)),
+        );
+        let scan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            qualifier,
+            datafusion::datasource::provider_as_source(Arc::clone(&placeholder)),
+            None,
+        )?
+        .build()?;
+        let above =
+            plan.clone()
+                .transform_down(|node| match &node {
+                    LogicalPlan::Window(window) if window.input == top.input => Ok(
+                        Transformed::new(scan.clone(), true, TreeNodeRecursion::Jump),
+                    ),
+                    _ => Ok(Transformed::no(node)),
+                })?
+                .data;
+        let below = BatchExec::plan(
+            context,
+            &below,
+            &[(Arc::clone(provider), Arc::clone(public))],
+        )
+        .await?;
+        let above = BatchExec::plan(context, &above, &[(placeholder, top_schema)]).await?;
+        Ok(Some(Self {
+            below,
+            state,
+            above,
+        }))
+    }
+
+    async fn process(&mut self, batch: RecordBatch) -> DFResult<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        let mut newest = None;
+        for rows in self.below.run(batch).await? {
+            if rows.num_rows() == 0 {
+                continue;
+            }
+            if let Ok(i) = rows.schema().index_of(ROWTIME)
+                && let Some(max) = datafusion::arrow::compute::max(
+                    cast(rows.column(i), &TIMESTAMP_MS)?.as_primitive::<TimestampMillisecondType>(),
+                )
+            {
+                newest = Some(newest.map_or(max, |n: i64| n.max(max)));
+            }
+            let windowed = self.state.apply(&rows)?;
+            out.extend(
+                self.above
+                    .run(windowed)
+                    .await?
+                    .into_iter()
+                    .filter(|b| b.num_rows() > 0),
+            );
+        }
+        if let Some(now) = newest {
+            self.state.forget_quiet(now);
+        }
+        Ok(out)
+    }
+}
+
+const TIMESTAMP_MS: datafusion::arrow::datatypes::DataType =
+    datafusion::arrow::datatypes::DataType::Timestamp(
+        datafusion::arrow::datatypes::TimeUnit::Millisecond,
+        None,
+    );
+
+/// The general path: the query's whole plan runs over the rows still inside some window plus
+/// each new batch (in runs without peers), and only the new rows' results are kept.
+struct Rerun {
+    exec: BatchExec,
+    carried: usize,
+    schema: SchemaRef,
+    public: SchemaRef,
+    kept: RecordBatch,
+    retention: Retention,
+}
+
+impl Rerun {
+    async fn plan(
+        context: &SessionContext,
+        plan: LogicalPlan,
+        provider: &Arc<dyn datafusion::catalog::TableProvider>,
+        public: &SchemaRef,
+        retention: Retention,
+    ) -> DFResult<Self> {
+        let plan = carry_sequence_numbers(plan)?;
+        let exec = BatchExec::plan(
+            context,
+            &plan,
+            &[(Arc::clone(provider), Arc::clone(public))],
+        )
+        .await?;
+        let carried_schema = exec.schema();
+        let carried = carried_schema.index_of(CARRIED)?;
+        let schema: SchemaRef = Arc::new(
+            carried_schema.project(
+                &(0..carried_schema.fields().len())
+                    .filter(|&i| i != carried)
+                    .collect::<Vec<_>>(),
+            )?,
+        );
+        Ok(Self {
+            exec,
+            carried,
+            schema,
+            public: Arc::clone(public),
+            kept: RecordBatch::new_empty(Arc::clone(public)),
+            retention,
+        })
+    }
+
+    async fn process(&mut self, batch: RecordBatch) -> DFResult<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for batch in runs_without_peers(&batch, &self.retention)? {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let first_new = first_new_per_shard(&batch)?;
+            let all = concat_batches(&self.public, [&self.kept, &batch])?;
+            for result in self.exec.run(all.clone()).await? {
+                let fresh = is_new(result.column(self.carried).as_ref(), &first_new)?;
+                let result = filter_record_batch(&result, &fresh)?;
+                let result = result.project(
+                    &(0..result.num_columns())
+                        .filter(|&i| i != self.carried)
+                        .collect::<Vec<_>>(),
+                )?;
+                let result =
+                    RecordBatch::try_new(Arc::clone(&self.schema), result.columns().to_vec())?;
+                if result.num_rows() > 0 {
+                    out.push(result);
+                }
+            }
+            self.kept = retain(&all, &self.retention)?;
+        }
+        Ok(out)
+    }
 }
 
 /// A stream fed by an async task through a bounded channel; the task's error, if any, ends it.
@@ -222,9 +394,17 @@ where
     };
     let work = task(emitter);
     let handle = tokio::spawn(async move {
-        if let Err(e) = work.await {
-            let _ = sender.send(Err(e)).await;
-        }
+        use futures::FutureExt;
+        let failure = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            // Never a quiet end: a client would take it for a query with no more rows.
+            Err(_) => datafusion::error::DataFusionError::Execution(
+                "the sliding-window query stopped on an internal error (a bug in Sluice; the log has the details)"
+                    .to_string(),
+            ),
+        };
+        let _ = sender.send(Err(failure)).await;
     });
     let guard = AbortOnDrop(handle);
     futures::stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
@@ -378,7 +558,7 @@ fn window_function(expr: &Expr) -> Option<&WindowFunction> {
 }
 
 /// An interval's length in milliseconds (months are not a fixed length).
-fn interval_millis(value: &ScalarValue) -> Option<i64> {
+pub(crate) fn interval_millis(value: &ScalarValue) -> Option<i64> {
     match value {
         ScalarValue::IntervalDayTime(Some(v)) => {
             Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
@@ -491,6 +671,13 @@ fn retain(all: &RecordBatch, retention: &Retention) -> DFResult<RecordBatch> {
         }
     }
     for (keys, n) in &retention.rows {
+        if keys.is_empty() {
+            // One partition: the last n rows.
+            for keep in keep.iter_mut().skip(rows.saturating_sub(*n)) {
+                *keep = true;
+            }
+            continue;
+        }
         let columns = keys
             .iter()
             .map(|k| Ok(Arc::clone(all.column(all.schema().index_of(k)?))))
