@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- ingest [--records N] [--batch N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- sliding [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
@@ -22,6 +23,7 @@ mod flight;
 mod kinesis;
 mod measure;
 mod soak;
+mod sliding;
 mod window;
 
 /// The same allocator as the `sluice` binary, so the figures are the ones users get.
@@ -102,6 +104,13 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "sliding" => {
+            let records = args.records.unwrap_or(5_000_000);
+            if let Err(e) = sliding::sliding(records, 20_000) {
+                eprintln!("sliding benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, args)) if command == "delivery" => {
             let records = args.records.unwrap_or(2_000_000);
             if let Err(e) = delivery::delivery(records) {
@@ -148,7 +157,7 @@ fn main() {
         }
         Ok((command, _)) => {
             eprintln!(
-                "unknown benchmark '{command}'; available: ingest, window, delivery, flight, durability, kinesis, soak"
+                "unknown benchmark '{command}'; available: ingest, window, sliding, delivery, flight, durability, kinesis, soak"
             );
             std::process::exit(2);
         }
