@@ -22,8 +22,8 @@ mod durability;
 mod flight;
 mod kinesis;
 mod measure;
-mod soak;
 mod sliding;
+mod soak;
 mod window;
 
 /// The same allocator as the `sluice` binary, so the figures are the ones users get.

@@ -41,8 +41,10 @@ pub fn rewrite_step_windows(statement: &mut DFStatement) -> Result<()> {
             rewrite_query(query)?;
         }
         Statement::Insert(insert) => {
+            // The ROWTIME a row keeps is decided on the query as written, before a window
+            // replaces its FROM.
             if let Some(source) = insert.source.as_mut()
-                && (rewrite_query(source)? || carry_rowtime(source))
+                && (carry_rowtime(source) | rewrite_query(source)?)
                 && !insert.columns.is_empty()
             {
                 insert
@@ -132,6 +134,7 @@ fn step_shape() -> Error {
 
 /// Rewrites one query; true if it grouped by a STEP or FLOOR window.
 fn rewrite_query(query: &mut Query) -> Result<bool> {
+    sort_within_buckets(query)?;
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Ok(false);
     };
@@ -355,6 +358,64 @@ fn carry_rowtime(query: &mut Query) -> bool {
         alias: Ident::new(ROWTIME),
     });
     true
+}
+
+/// `ORDER BY FLOOR(s.ROWTIME TO SECOND), score DESC` (an ORDER BY led by a time bucket, which
+/// KDA allows on a stream): the rows of each bucket come out sorted when it closes. The query
+/// reads `tumble(s, ROWTIME, INTERVAL '1' SECOND)` and sorts by `window_start`, then the rest.
+fn sort_within_buckets(query: &mut Query) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::OrderByKind;
+    let Some(order_by) = query.order_by.as_mut() else {
+        return Ok(());
+    };
+    let OrderByKind::Expressions(keys) = &mut order_by.kind else {
+        return Ok(());
+    };
+    let Some(first) = keys.first() else {
+        return Ok(());
+    };
+    let Some((column, size)) = step_window(&first.expr)? else {
+        return Ok(());
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Ok(());
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    if grouped {
+        return Ok(());
+    }
+    let column = match &column {
+        Expr::Identifier(ident) => ident.clone(),
+        Expr::CompoundIdentifier(parts) => parts.last().cloned().unwrap_or_else(|| Ident::new("")),
+        other => {
+            return Err(Error::Plan(format!(
+                "ORDER BY a time bucket sorts the rows of each bucket of a time column such as s.ROWTIME, not {other}"
+            )));
+        }
+    };
+    let single = select.from.len() == 1 && select.from[0].joins.is_empty();
+    let relation = select.from.first_mut().map(|t| &mut t.relation);
+    let Some(TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    }) = relation.filter(|_| single)
+    else {
+        return Err(Error::Plan(
+            "ORDER BY a time bucket sorts the rows of one stream: FROM names a single stream"
+                .to_string(),
+        ));
+    };
+    let Some(stream) = name.0.last().and_then(|p| p.as_ident()).cloned() else {
+        return Err(Error::Plan(format!("cannot window '{name}'")));
+    };
+    let alias_name = alias.as_ref().map_or(stream.clone(), |a| a.name.clone());
+    select.from[0].relation = parse_relation(&format!(
+        "SELECT 1 FROM tumble({stream}, {column}, {size}) AS {alias_name}"
+    ))?;
+    keys[0].expr = Expr::Identifier(Ident::new(WINDOW_START));
+    Ok(())
 }
 
 fn is_stagger(expr: &Expr) -> bool {

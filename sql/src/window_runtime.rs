@@ -60,6 +60,20 @@ pub fn has_aggregate(plan: &LogicalPlan) -> bool {
     found
 }
 
+/// Whether `plan` sorts its rows (`ORDER BY`).
+fn has_sort(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        found |= matches!(node, LogicalPlan::Sort(_));
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
 /// The windowed tables scanned by `plan`: none, one, or two (a window join); more is an error.
 fn windowed_scans(plan: &LogicalPlan) -> DFResult<Vec<Arc<dyn TableProvider>>> {
     let found = scans_of::<WindowedTable>(plan)?;
@@ -101,7 +115,9 @@ pub async fn start_windowed(
         return Ok(None);
     };
     let session = first.spec().session_keys.is_some();
-    if !has_aggregate(plan) && !session && tables.len() == 1 {
+    // Rows sorted within each window (KDA's ORDER BY FLOOR(ROWTIME TO SECOND), …) wait for the
+    // window like an aggregate's; other rows of one window pass through as they come.
+    if !has_aggregate(plan) && !has_sort(plan) && !session && tables.len() == 1 {
         return Ok(None);
     }
     if has_aggregate(plan) && !groups_by_window(plan) {
