@@ -158,6 +158,12 @@ pub fn kda_udfs(clock: Arc<dyn Clock>) -> Vec<ScalarUDF> {
             DataType::Int64,
             tsdiff,
         )),
+        ScalarUDF::from(crate::log_parse::LogParse::new(
+            crate::log_parse::LogParser::Regex,
+        )),
+        ScalarUDF::from(crate::log_parse::LogParse::new(
+            crate::log_parse::LogParser::VariableColumn,
+        )),
         create_udf(
             "current_row_timestamp",
             vec![],

@@ -42,6 +42,7 @@ pub mod error;
 pub mod identifiers;
 pub mod kda;
 pub mod kda_functions;
+pub mod log_parse;
 pub mod parser;
 pub mod pumps;
 pub mod schema_provider;
