@@ -202,6 +202,27 @@ fn lift_select_stream(
             continuous.push(token.span);
         }
     }
+    // KDA's streaming table functions take CURSOR(SELECT STREAM …); none is supported yet.
+    for (i, token) in tokens.iter().enumerate() {
+        if word(&token.token).as_deref() != Some("CURSOR")
+            || !significant(i + 1).is_some_and(|o| tokens[o].token == Token::LParen)
+        {
+            continue;
+        }
+        let before = |at: usize| {
+            tokens[..at]
+                .iter()
+                .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
+        };
+        let function = before(i)
+            .filter(|&p| tokens[p].token == Token::LParen)
+            .and_then(before)
+            .and_then(|f| word(&tokens[f].token))
+            .unwrap_or_else(|| "a table function".to_string());
+        return Err(Error::Plan(format!(
+            "{function}(CURSOR(SELECT STREAM …), …) is not supported yet: Sluice has no streaming table functions over a cursor (TOP_K_ITEMS_TUMBLING, COUNT_DISTINCT_ITEMS_TUMBLING, RANDOM_CUT_FOREST, …); count items per window with GROUP BY over a tumbling window (STEP or FLOOR) instead"
+        )));
+    }
     // Flink's window spelling, TUMBLE(TABLE s, DESCRIPTOR(ts), …), becomes tumble(s, ts, …);
     // wrapped as FROM TABLE(TUMBLE(…)), the TABLE( … ) goes.
     let mut comma = Vec::new();
