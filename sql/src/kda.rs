@@ -213,24 +213,7 @@ fn rewrite_query(query: &mut Query) -> Result<bool> {
             )));
         }
     };
-    let single = select.from.len() == 1 && select.from[0].joins.is_empty();
-    let relation = select.from.first_mut().map(|t| &mut t.relation);
-    let Some(TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        ..
-    }) = relation.filter(|_| single)
-    else {
-        return Err(Error::Plan(
-            "a STEP or FLOOR window groups the rows of one stream: FROM names a single stream"
-                .to_string(),
-        ));
-    };
-    let Some(stream) = name.0.last().and_then(|p| p.as_ident()).cloned() else {
-        return Err(Error::Plan(format!("cannot window '{name}'")));
-    };
-    let alias_name = alias.as_ref().map_or(stream.clone(), |a| a.name.clone());
+    let (stream, alias_name) = windowed_stream(&select.from, "a STEP or FLOOR window groups")?;
     let from = parse_relation(&format!(
         "SELECT 1 FROM tumble({stream}, {column}, {size}) AS {alias_name}"
     ))?;
@@ -393,24 +376,7 @@ fn sort_within_buckets(query: &mut Query) -> Result<()> {
             )));
         }
     };
-    let single = select.from.len() == 1 && select.from[0].joins.is_empty();
-    let relation = select.from.first_mut().map(|t| &mut t.relation);
-    let Some(TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        ..
-    }) = relation.filter(|_| single)
-    else {
-        return Err(Error::Plan(
-            "ORDER BY a time bucket sorts the rows of one stream: FROM names a single stream"
-                .to_string(),
-        ));
-    };
-    let Some(stream) = name.0.last().and_then(|p| p.as_ident()).cloned() else {
-        return Err(Error::Plan(format!("cannot window '{name}'")));
-    };
-    let alias_name = alias.as_ref().map_or(stream.clone(), |a| a.name.clone());
+    let (stream, alias_name) = windowed_stream(&select.from, "ORDER BY a time bucket sorts")?;
     select.from[0].relation = parse_relation(&format!(
         "SELECT 1 FROM tumble({stream}, {column}, {size}) AS {alias_name}"
     ))?;
@@ -447,24 +413,7 @@ fn rewrite_stagger(select: &mut Select, stagger: Expr) -> Result<()> {
     if args.is_empty() {
         return Err(stagger_shape());
     }
-    let single = select.from.len() == 1 && select.from[0].joins.is_empty();
-    let relation = select.from.first_mut().map(|t| &mut t.relation);
-    let Some(TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        ..
-    }) = relation.filter(|_| single)
-    else {
-        return Err(Error::Plan(
-            "WINDOWED BY STAGGER windows the rows of one stream: FROM names a single stream"
-                .to_string(),
-        ));
-    };
-    let Some(stream) = name.0.last().and_then(|p| p.as_ident()).cloned() else {
-        return Err(Error::Plan(format!("cannot window '{name}'")));
-    };
-    let alias_name = alias.as_ref().map_or(stream.clone(), |a| a.name.clone());
+    let (stream, alias_name) = windowed_stream(&select.from, "WINDOWED BY STAGGER windows")?;
     // The window function takes each key as SQL text over the stream's columns (unqualified):
     // its arguments are planned before any table is known.
     let mut keys = Vec::with_capacity(args.len());
@@ -520,6 +469,31 @@ fn stagger_shape() -> Error {
     )
 }
 
+/// The stream a windowed query reads and the name its rows go by (its alias, or its own name);
+/// `what` says which window, for the error when FROM is not a single stream.
+fn windowed_stream(
+    from: &[datafusion::sql::sqlparser::ast::TableWithJoins],
+    what: &str,
+) -> Result<(Ident, Ident)> {
+    let single = from.len() == 1 && from[0].joins.is_empty();
+    let Some(TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    }) = from.first().map(|t| &t.relation).filter(|_| single)
+    else {
+        return Err(Error::Plan(format!(
+            "{what} the rows of one stream: FROM names a single stream"
+        )));
+    };
+    let Some(stream) = name.0.last().and_then(|p| p.as_ident()).cloned() else {
+        return Err(Error::Plan(format!("cannot window '{name}'")));
+    };
+    let alias_name = alias.as_ref().map_or(stream.clone(), |a| a.name.clone());
+    Ok((stream, alias_name))
+}
+
 /// Whether `expr` is the `ROWTIME` column (bare or qualified).
 fn names_rowtime(expr: &Expr) -> bool {
     match expr {
@@ -531,7 +505,7 @@ fn names_rowtime(expr: &Expr) -> bool {
     }
 }
 
-fn parse_expr(sql: &str) -> Result<Expr> {
+pub(crate) fn parse_expr(sql: &str) -> Result<Expr> {
     let dialect = GenericDialect {};
     Parser::new(&dialect)
         .try_with_sql(sql)

@@ -28,11 +28,9 @@ use datafusion::sql::sqlparser::ast::{
     CeilFloorKind, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
     visit_expressions_mut,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use sluice_engine::Clock;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Rewrites KDA's spellings of time rounding and `CURRENT_ROW_TIMESTAMP` into calls DataFusion
 /// plans. Run after [`crate::kda::rewrite_step_windows`], which takes the windows first.
@@ -102,7 +100,7 @@ fn rewrite_in<V: datafusion::sql::sqlparser::ast::VisitMut>(node: &mut V) -> Res
             _ => None,
         };
         if let Some(sql) = replacement {
-            match parse_expr(&sql) {
+            match crate::kda::parse_expr(&sql) {
                 Ok(parsed) => *expr = parsed,
                 Err(e) => return ControlFlow::Break(e),
             }
@@ -126,14 +124,6 @@ fn unit_name(unit: &DateTimeField) -> Option<&'static str> {
         DateTimeField::Year | DateTimeField::Years => "YEAR",
         _ => return None,
     })
-}
-
-fn parse_expr(sql: &str) -> Result<Expr> {
-    let dialect = GenericDialect {};
-    Parser::new(&dialect)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_expr())
-        .map_err(|e| Error::Parse(e.to_string()))
 }
 
 /// The functions of this module, `CURRENT_ROW_TIMESTAMP` reading `clock`.

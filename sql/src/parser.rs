@@ -205,7 +205,7 @@ fn lift_select_stream(
     // KDA's streaming table functions take CURSOR(SELECT STREAM …); none is supported yet.
     for (i, token) in tokens.iter().enumerate() {
         if word(&token.token).as_deref() != Some("CURSOR")
-            || !significant(i + 1).is_some_and(|o| tokens[o].token == Token::LParen)
+            || significant(i + 1).is_none_or(|o| tokens[o].token != Token::LParen)
         {
             continue;
         }

@@ -519,13 +519,7 @@ fn runs_without_peers(batch: &RecordBatch, retention: &Retention) -> DFResult<Ve
         for key in keys {
             columns.push(Arc::clone(batch.column(schema.index_of(key)?)));
         }
-        let converter = RowConverter::new(
-            columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect(),
-        )?;
-        encoded.push(converter.convert_columns(&columns)?);
+        encoded.push(encode_rows(&columns)?);
     }
     let mut runs = Vec::new();
     let mut start = 0;
@@ -656,6 +650,19 @@ fn is_new(carried: &dyn Array, first_new: &HashMap<String, String>) -> DFResult<
         .collect())
 }
 
+/// `columns` in arrow's row format, so equal keys are equal bytes.
+fn encode_rows(
+    columns: &[datafusion::arrow::array::ArrayRef],
+) -> DFResult<datafusion::arrow::row::Rows> {
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    Ok(converter.convert_columns(columns)?)
+}
+
 /// The rows of `all` some window may still need: those within the longest range of the newest
 /// `ROWTIME`, and the last `n` rows of each partition of a `ROWS n` window.
 fn retain(all: &RecordBatch, retention: &Retention) -> DFResult<RecordBatch> {
@@ -682,13 +689,7 @@ fn retain(all: &RecordBatch, retention: &Retention) -> DFResult<RecordBatch> {
             .iter()
             .map(|k| Ok(Arc::clone(all.column(all.schema().index_of(k)?))))
             .collect::<DFResult<Vec<_>>>()?;
-        let converter = RowConverter::new(
-            columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect(),
-        )?;
-        let encoded = converter.convert_columns(&columns)?;
+        let encoded = encode_rows(&columns)?;
         let mut seen: HashMap<&[u8], usize> = HashMap::new();
         for i in (0..rows).rev() {
             let count = seen.entry(encoded.row(i).data()).or_insert(0);
