@@ -11,10 +11,17 @@
 //! the rows before it (`ROWS n PRECEDING`). KDA writes no `ORDER BY` in these windows: they are
 //! ordered by `ROWTIME`, which [`order_windows_by_rowtime`] adds before planning.
 //!
-//! The query runs as its own DataFusion plan ([`BatchExec`]) over the rows still inside some
-//! window plus each new batch; the plan carries every row's sequence number to its output, so
-//! only the new rows' results are handed on. What is kept between batches is bounded by the
-//! windows: the last range of `ROWTIME`, and the last `n` rows of each partition.
+//! Rows that arrive in the same instant are taken in arrival order: a row's window holds the
+//! rows before it, never those after it (SQL's peers would).
+//!
+//! Two ways to run one, chosen at planning: when every window function is `COUNT`, `SUM`,
+//! `AVG`, `MIN` or `MAX`, [`SlidingState`] computes them row by row between the plan below
+//! the windows and the plan above them (a row costs the same however wide its window).
+//! Otherwise (`LAG`, `FIRST_VALUE`, …) the query runs as its own DataFusion plan
+//! ([`BatchExec`]) over the rows still inside some window plus each new batch; the plan carries
+//! every row's sequence number to its output, so only the new rows' results are handed on.
+//! Either way what is kept is bounded by the windows: the last range of `ROWTIME`, and the last
+//! `n` rows of each partition.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
