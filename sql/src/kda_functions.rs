@@ -152,6 +152,9 @@ pub fn kda_udfs(clock: Arc<dyn Clock>) -> Vec<ScalarUDF> {
             crate::log_parse::LogParser::Regex,
         )),
         ScalarUDF::from(crate::log_parse::LogParse::new(
+            crate::log_parse::LogParser::FastRegex,
+        )),
+        ScalarUDF::from(crate::log_parse::LogParse::new(
             crate::log_parse::LogParser::VariableColumn,
         )),
         create_udf(

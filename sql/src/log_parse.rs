@@ -1,5 +1,6 @@
-//! Kinesis Data Analytics' log parsers: `REGEX_LOG_PARSE(line, pattern)` and
-//! `VARIABLE_COLUMN_LOG_PARSE(line, columns, delimiter)`. Each returns a row (a struct) whose
+//! Kinesis Data Analytics' log parsers: `REGEX_LOG_PARSE(line, pattern)`,
+//! `FAST_REGEX_LOG_PARSER(line, pattern)` and `VARIABLE_COLUMN_LOG_PARSE(line, columns,
+//! delimiter)`. Each returns a row (a struct) whose
 //! fields are read as KDA reads them, `T.REC.COLUMN1`:
 //!
 //! ```sql
@@ -28,6 +29,9 @@ use datafusion::logical_expr::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogParser {
     Regex,
+    /// `FAST_REGEX_LOG_PARSER`: the same, with lazy quantifiers (each group takes as little as
+    /// it can, as KDA's fast parser does).
+    FastRegex,
     VariableColumn,
 }
 
@@ -49,7 +53,16 @@ impl LogParse {
     fn sql_name(&self) -> &'static str {
         match self.parser {
             LogParser::Regex => "REGEX_LOG_PARSE",
+            LogParser::FastRegex => "FAST_REGEX_LOG_PARSER",
             LogParser::VariableColumn => "VARIABLE_COLUMN_LOG_PARSE",
+        }
+    }
+
+    /// The pattern as this parser matches it: the whole line, lazily for the fast parser.
+    fn pattern(&self, pattern: &str) -> String {
+        match self.parser {
+            LogParser::FastRegex => format!("^(?:{})$", lazy(pattern)),
+            _ => format!("^(?:{pattern})$"),
         }
     }
 
@@ -64,12 +77,13 @@ impl LogParse {
             }
         };
         match self.parser {
-            LogParser::Regex => {
+            LogParser::Regex | LogParser::FastRegex => {
                 let pattern = text(1, "pattern")?;
-                let groups = regex::Regex::new(&pattern)
+                let groups = regex::Regex::new(&self.pattern(&pattern))
                     .map_err(|e| {
                         datafusion::error::DataFusionError::Plan(format!(
-                            "REGEX_LOG_PARSE: '{pattern}' is not a regular expression: {e}"
+                            "{}: '{pattern}' is not a regular expression: {e}",
+                            self.sql_name()
                         ))
                     })?
                     .captures_len()
@@ -110,6 +124,37 @@ impl LogParse {
     }
 }
 
+/// `pattern` with every `*`, `+`, `?` and `{m,n}` quantifier made lazy.
+fn lazy(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut chars = pattern.chars().peekable();
+    let mut in_class = false;
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+                continue;
+            }
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            // `(?` opens a group's flags; it quantifies nothing.
+            '?' if out.ends_with("(?") => {}
+            '*' | '+' | '?' | '}' if !in_class => {
+                // Already lazy (`*?`): keep it as it is.
+                match chars.next_if_eq(&'?') {
+                    Some(q) => out.push(q),
+                    None => out.push('?'),
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn numbered(n: usize) -> Fields {
     (1..=n)
         .map(|i| Field::new(format!("column{i}"), DataType::Utf8, true))
@@ -142,6 +187,7 @@ impl ScalarUDFImpl for LogParse {
     fn name(&self) -> &str {
         match self.parser {
             LogParser::Regex => "regex_log_parse",
+            LogParser::FastRegex => "fast_regex_log_parser",
             LogParser::VariableColumn => "variable_column_log_parse",
         }
     }
@@ -152,7 +198,7 @@ impl ScalarUDFImpl for LogParse {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> DFResult<Vec<DataType>> {
         let arity_ok = match self.parser {
-            LogParser::Regex => arg_types.len() == 2,
+            LogParser::Regex | LogParser::FastRegex => arg_types.len() == 2,
             LogParser::VariableColumn => (3..=5).contains(&arg_types.len()),
         };
         if !arity_ok {
@@ -160,7 +206,7 @@ impl ScalarUDFImpl for LogParse {
                 "{} takes {}, not {} arguments",
                 self.sql_name(),
                 match self.parser {
-                    LogParser::Regex => "(line, pattern)",
+                    LogParser::Regex | LogParser::FastRegex => "(line, pattern)",
                     LogParser::VariableColumn => "(line, columns, delimiter [, escape, quote])",
                 },
                 arg_types.len()
@@ -213,10 +259,13 @@ impl ScalarUDFImpl for LogParse {
             fields.iter().map(|_| StringBuilder::new()).collect();
         let mut valid = Vec::with_capacity(rows);
         match self.parser {
-            LogParser::Regex => {
+            LogParser::Regex | LogParser::FastRegex => {
                 let pattern = constant(1)?;
-                let Ok(re) = regex::Regex::new(&format!("^(?:{pattern})$")) else {
-                    return exec_err!("REGEX_LOG_PARSE: '{pattern}' is not a regular expression");
+                let Ok(re) = regex::Regex::new(&self.pattern(&pattern)) else {
+                    return exec_err!(
+                        "{}: '{pattern}' is not a regular expression",
+                        self.sql_name()
+                    );
                 };
                 for row in 0..rows {
                     let captures = lines
@@ -263,5 +312,17 @@ impl ScalarUDFImpl for LogParse {
             .collect::<DFResult<Vec<_>>>()?;
         let parsed = StructArray::try_new(fields, columns, Some(NullBuffer::from(valid)))?;
         Ok(ColumnarValue::Array(Arc::new(parsed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lazy;
+
+    #[test]
+    fn quantifiers_become_lazy_outside_classes_and_escapes() {
+        assert_eq!(lazy("(.*)-(.+)"), "(.*?)-(.+?)");
+        assert_eq!(lazy("[a*]+\\*x{2,3}"), "[a*]+?\\*x{2,3}?");
+        assert_eq!(lazy("(?:a)b*?"), "(?:a)b*?");
     }
 }
