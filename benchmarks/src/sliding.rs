@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use futures::StreamExt;
-use sluice_engine::{Durability, Engine, EngineOptions, RecordRef, StreamFormat, StreamSpec};
+use sluice_engine::{RecordRef, StreamFormat, StreamSpec};
 use sluice_sql::{SluiceSession, StatementOutput};
 
 use crate::measure::CpuTimer;
@@ -31,11 +31,7 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
         per_second * 60
     );
     let dir = tempfile::tempdir()?;
-    let engine = Engine::open(
-        EngineOptions::new(dir.path())
-            .with_durability(Durability::Buffered)
-            .with_background(false),
-    )?;
+    let engine = crate::window::open_engine(dir.path())?;
     let stream = engine.create_stream(
         StreamSpec::with_columns(
             "events",

@@ -35,7 +35,8 @@ pub fn window(records: usize, per_second: usize) -> Result<(), Box<dyn std::erro
     })
 }
 
-fn open_engine(dir: &std::path::Path) -> Result<Engine, Box<dyn std::error::Error>> {
+/// An engine for a benchmark: OS-buffered writes, no background sealing.
+pub(crate) fn open_engine(dir: &std::path::Path) -> Result<Engine, Box<dyn std::error::Error>> {
     Ok(Engine::open(
         EngineOptions::new(dir)
             .with_durability(Durability::Buffered)

@@ -97,6 +97,25 @@ fn sluice(args: &[&str]) -> std::io::Result<Output> {
         .output()
 }
 
+/// Runs an e2e script with the provisioned Python; its standard output, once it succeeded.
+fn run_python(
+    script: &std::path::Path,
+    args: &[&str],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let run = Command::new(common::python::python())
+        .arg(script)
+        .args(args)
+        .output()?;
+    assert!(
+        run.status.success(),
+        "{} failed\nstdout:\n{}\nstderr:\n{}",
+        script.display(),
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    Ok(text(&run.stdout))
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -256,17 +275,8 @@ fn adbc_and_pyarrow_flight_clients_work_unchanged() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let script = common::e2e_script("flight_sql.py");
-    let run = Command::new(common::python::python())
-        .arg(script)
-        .args([&server.url, TOKEN])
-        .output()?;
-    assert!(
-        run.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&run.stdout),
-        text(&run.stderr)
-    );
-    assert!(text(&run.stdout).contains("all Flight SQL checks passed"));
+    let out = run_python(&script, &[&server.url, TOKEN])?;
+    assert!(out.contains("all Flight SQL checks passed"));
     let status = server.terminate()?;
     assert!(status.success(), "{status:?}");
     Ok(())
@@ -277,17 +287,8 @@ fn boto3_runs_the_kinesis_lifecycle_and_sql_reads_what_it_put() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
     let script = common::e2e_script("kinesis_api.py");
-    let run = Command::new(common::python::python())
-        .arg(script)
-        .arg(&server.kinesis)
-        .output()?;
-    assert!(
-        run.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&run.stdout),
-        text(&run.stderr)
-    );
-    assert!(text(&run.stdout).contains("all Kinesis API checks passed"));
+    let out = run_python(&script, &[&server.kinesis])?;
+    assert!(out.contains("all Kinesis API checks passed"));
 
     // The records put over the API are the stream SQL sees, and they feed a pump.
     let sql = sluice(&[
@@ -393,17 +394,8 @@ fn a_kda_application_runs_fed_and_read_over_the_kinesis_api() -> TestResult {
     let setup = sluice(&["--connect", &server.url, "--token", TOKEN, "-f", app])?;
     assert!(setup.status.success(), "{}", text(&setup.stderr));
     assert!(text(&setup.stdout).contains("Pump 'STREAM_PUMP' created and running."));
-    let run = Command::new(common::python::python())
-        .arg(common::e2e_script("kda_app.py"))
-        .arg(&server.kinesis)
-        .output()?;
-    assert!(
-        run.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&run.stdout),
-        text(&run.stderr)
-    );
-    assert!(text(&run.stdout).contains("the KDA application gave KDA's rows"));
+    let out = run_python(&common::e2e_script("kda_app.py"), &[&server.kinesis])?;
+    assert!(out.contains("the KDA application gave KDA's rows"));
     let status = server.terminate()?;
     assert!(status.success(), "{status:?}");
     Ok(())

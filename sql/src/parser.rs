@@ -249,19 +249,8 @@ fn lift_select_stream(
         if !wraps_window {
             continue;
         }
-        let mut depth = 0usize;
-        for (j, t) in tokens.iter().enumerate().skip(open) {
-            match t.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        drop.extend([i, open, j]);
-                        break;
-                    }
-                }
-                _ => {}
-            }
+        if let Some((close, _)) = nested(&tokens, open).find(|&(_, depth)| depth == 0) {
+            drop.extend([i, open, close]);
         }
     }
     for (i, token) in tokens.iter().enumerate() {
@@ -361,23 +350,7 @@ fn lift_select_stream(
                 drop.push(by);
             }
         }
-        let mut depth = 0usize;
-        for (j, token) in tokens.iter().enumerate().skip(open) {
-            match &token.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                t if depth == 1 && word(t).as_deref() == Some("RANGE") => {
-                    comma.push(j);
-                    break;
-                }
-                _ => {}
-            }
-        }
+        comma.extend(top_level_word(&tokens, open, "RANGE"));
     }
     // Kinesis Analytics' STEP(column BY interval) becomes step(column, interval).
     for i in 0..tokens.len() {
@@ -387,23 +360,7 @@ fn lift_select_stream(
         let Some(open) = significant(i + 1).filter(|&o| tokens[o].token == Token::LParen) else {
             continue;
         };
-        let mut depth = 0usize;
-        for (j, token) in tokens.iter().enumerate().skip(open) {
-            match &token.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                t if depth == 1 && word(t).as_deref() == Some("BY") => {
-                    comma.push(j);
-                    break;
-                }
-                _ => {}
-            }
-        }
+        comma.extend(top_level_word(&tokens, open, "BY"));
     }
     // Table function names are looked up as written; window functions are registered in lower
     // case, so `TUMBLE(` finds `tumble`.
@@ -451,6 +408,34 @@ fn lift_select_stream(
         })
         .collect();
     Ok((tokens, continuous))
+}
+
+/// The tokens from the parenthesis at `open` to the one closing it, each with the nesting depth
+/// after it (1 directly inside; the closing parenthesis is the one at 0).
+fn nested(tokens: &[TokenWithSpan], open: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut depth = 0usize;
+    tokens
+        .iter()
+        .enumerate()
+        .skip(open)
+        .map_while(move |(j, token)| {
+            if depth == 0 && j > open {
+                return None;
+            }
+            match token.token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            Some((j, depth))
+        })
+}
+
+/// The first `keyword` directly inside the parentheses opened at `open`.
+fn top_level_word(tokens: &[TokenWithSpan], open: usize, keyword: &str) -> Option<usize> {
+    nested(tokens, open)
+        .find(|&(j, depth)| depth == 1 && word(&tokens[j].token).as_deref() == Some(keyword))
+        .map(|(j, _)| j)
 }
 
 fn word(token: &Token) -> Option<String> {

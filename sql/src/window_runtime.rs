@@ -48,9 +48,14 @@ use crate::window::{TumbleSpec, WINDOW_END, WINDOW_START, WindowedTable};
 const TICK: Duration = Duration::from_millis(50);
 /// Whether `plan` aggregates.
 pub fn has_aggregate(plan: &LogicalPlan) -> bool {
+    plan_has(plan, |node| matches!(node, LogicalPlan::Aggregate(_)))
+}
+
+/// Whether some node of `plan` is one `is` picks.
+fn plan_has(plan: &LogicalPlan, is: impl Fn(&LogicalPlan) -> bool) -> bool {
     let mut found = false;
     let _ = plan.apply(|node| {
-        found |= matches!(node, LogicalPlan::Aggregate(_));
+        found |= is(node);
         Ok(if found {
             TreeNodeRecursion::Stop
         } else {
@@ -62,16 +67,7 @@ pub fn has_aggregate(plan: &LogicalPlan) -> bool {
 
 /// Whether `plan` sorts its rows (`ORDER BY`).
 fn has_sort(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|node| {
-        found |= matches!(node, LogicalPlan::Sort(_));
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    found
+    plan_has(plan, |node| matches!(node, LogicalPlan::Sort(_)))
 }
 
 /// The windowed tables scanned by `plan`: none, one, or two (a window join); more is an error.
