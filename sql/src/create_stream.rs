@@ -266,6 +266,33 @@ fn column_schema(create: &CreateStream) -> Result<SchemaRef> {
     Ok(Arc::new(schema))
 }
 
+/// The Arrow type of a column type written as text (`VARCHAR(32)`, `DECIMAL(8, 2)`,
+/// `TIMESTAMP`), mapped exactly as `CREATE STREAM` maps it: for the column descriptions the
+/// log parsers take (`'host TYPE VARCHAR(32), bytes TYPE INTEGER'`).
+pub fn column_type(text: &str) -> Result<DataType> {
+    use datafusion::sql::sqlparser::ast::Statement;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let unknown = || {
+        Error::Plan(format!(
+            "'{text}' is not a type Sluice knows; write one of {SQL_TYPES}"
+        ))
+    };
+    let parsed = Parser::parse_sql(&GenericDialect {}, &format!("CREATE TABLE t (c {text})"))
+        .map_err(|_| unknown())?;
+    let [Statement::CreateTable(table)] = parsed.as_slice() else {
+        return Err(unknown());
+    };
+    let [column] = table.columns.as_slice() else {
+        return Err(unknown());
+    };
+    let provider = TypeOnlyContext::default();
+    let schema = SqlToRel::new(&provider)
+        .build_schema(vec![kda_type(column.clone())])
+        .map_err(|_| unknown())?;
+    Ok(schema.field(0).data_type().clone())
+}
+
 /// Kinesis Analytics' spellings of types DataFusion names otherwise: `VARBINARY(n)` and
 /// `BINARY(n)` are bytes, `CHARACTER VARYING(n)` and `CHARACTER(n)` are text.
 fn kda_type(mut column: ColumnDef) -> ColumnDef {

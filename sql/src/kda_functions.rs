@@ -30,6 +30,8 @@ use datafusion::sql::sqlparser::ast::{
 };
 use sluice_engine::Clock;
 
+use crate::log_parse::{LogParse, LogParser};
+
 use crate::error::Result;
 
 /// Rewrites KDA's spellings of time rounding and `CURRENT_ROW_TIMESTAMP` into calls DataFusion
@@ -148,28 +150,32 @@ pub fn kda_udfs(clock: Arc<dyn Clock>) -> Vec<ScalarUDF> {
             DataType::Int64,
             tsdiff,
         )),
-        ScalarUDF::from(crate::log_parse::LogParse::new(
-            crate::log_parse::LogParser::Regex,
-        )),
-        ScalarUDF::from(crate::log_parse::LogParse::new(
-            crate::log_parse::LogParser::FastRegex,
-        )),
-        ScalarUDF::from(crate::log_parse::LogParse::new(
-            crate::log_parse::LogParser::VariableColumn,
-        )),
-        create_udf(
-            "current_row_timestamp",
-            vec![],
-            millis,
-            Volatility::Volatile,
-            Arc::new(move |_args: &[ColumnarValue]| {
-                Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
-                    Some(clock.now_millis()),
-                    None,
-                )))
-            }),
-        ),
     ]
+    .into_iter()
+    .chain(
+        [
+            LogParser::Regex,
+            LogParser::FastRegex,
+            LogParser::VariableColumn,
+            LogParser::FixedColumn,
+            LogParser::W3c,
+            LogParser::SysLog,
+        ]
+        .map(|parser| ScalarUDF::from(LogParse::new(parser, clock.clone()))),
+    )
+    .chain([create_udf(
+        "current_row_timestamp",
+        vec![],
+        millis,
+        Volatility::Volatile,
+        Arc::new(move |_args: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
+                Some(clock.now_millis()),
+                None,
+            )))
+        }),
+    )])
+    .collect()
 }
 
 /// A function whose arguments are cast to fixed types (any timestamp unit, any string type).
