@@ -138,6 +138,9 @@ fn rewrite_query(query: &mut Query) -> Result<bool> {
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Ok(false);
     };
+    if let Some(windowed) = rewrite_derived(select)? {
+        return Ok(windowed);
+    }
     let GroupByExpr::Expressions(groups, _) = &mut select.group_by else {
         return Ok(false);
     };
@@ -259,6 +262,43 @@ fn rewrite_query(query: &mut Query) -> Result<bool> {
         select.projection.push(window_end_as_rowtime());
     }
     Ok(true)
+}
+
+/// A query that reads one derived table and does not group (`SELECT STREAM * FROM (SELECT
+/// STREAM … GROUP BY STEP(…)) AS t`, what KDA's `TOP_K_ITEMS_TUMBLING` becomes): the window
+/// is the derived table's, and its rows' `ROWTIME` (the window's end) passes through. `None`
+/// when the query is not of that shape.
+fn rewrite_derived(select: &mut Select) -> Result<Option<bool>> {
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    if grouped || select.from.len() != 1 || !select.from[0].joins.is_empty() {
+        return Ok(None);
+    }
+    let TableFactor::Derived {
+        subquery, alias, ..
+    } = &mut select.from[0].relation
+    else {
+        return Ok(None);
+    };
+    if !rewrite_query(subquery)? {
+        return Ok(Some(false));
+    }
+    let carries_rowtime = select.projection.iter().any(|item| match item {
+        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => true,
+        SelectItem::UnnamedExpr(e) => names_rowtime(e),
+        SelectItem::ExprWithAlias { alias, .. } => alias.value.eq_ignore_ascii_case(ROWTIME),
+        _ => false,
+    });
+    if !carries_rowtime {
+        let rowtime = match alias {
+            Some(alias) => Expr::CompoundIdentifier(vec![alias.name.clone(), Ident::new(ROWTIME)]),
+            None => Expr::Identifier(Ident::new(ROWTIME)),
+        };
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: rowtime,
+            alias: Ident::new(ROWTIME),
+        });
+    }
+    Ok(Some(true))
 }
 
 /// A pump that neither windows nor aggregates (sliding windows, one row per row, are fine) writes

@@ -38,6 +38,7 @@
 pub mod batch_exec;
 pub mod continuous;
 pub mod create_stream;
+pub mod cursor;
 pub mod error;
 pub mod identifiers;
 pub mod kda;

@@ -171,6 +171,9 @@ fn lift_select_stream(
     let tokens = Tokenizer::new(dialect, sql)
         .tokenize_with_location()
         .map_err(|e| Error::Parse(e.to_string()))?;
+    // KDA's TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(SELECT STREAM …), …)) and the like become the
+    // windowed queries they stand for.
+    let tokens = crate::cursor::rewrite_cursor_functions(tokens)?;
     let significant = |from: usize| {
         tokens[from..]
             .iter()
@@ -201,27 +204,6 @@ fn lift_select_stream(
             drop.push(next);
             continuous.push(token.span);
         }
-    }
-    // KDA's streaming table functions take CURSOR(SELECT STREAM …); none is supported yet.
-    for (i, token) in tokens.iter().enumerate() {
-        if word(&token.token).as_deref() != Some("CURSOR")
-            || significant(i + 1).is_none_or(|o| tokens[o].token != Token::LParen)
-        {
-            continue;
-        }
-        let before = |at: usize| {
-            tokens[..at]
-                .iter()
-                .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
-        };
-        let function = before(i)
-            .filter(|&p| tokens[p].token == Token::LParen)
-            .and_then(before)
-            .and_then(|f| word(&tokens[f].token))
-            .unwrap_or_else(|| "a table function".to_string());
-        return Err(Error::Plan(format!(
-            "{function}(CURSOR(SELECT STREAM …), …) is not supported yet: Sluice has no streaming table functions over a cursor (TOP_K_ITEMS_TUMBLING, COUNT_DISTINCT_ITEMS_TUMBLING, RANDOM_CUT_FOREST, …); count items per window with GROUP BY over a tumbling window (STEP or FLOOR) instead"
-        )));
     }
     // Flink's window spelling, TUMBLE(TABLE s, DESCRIPTOR(ts), …), becomes tumble(s, ts, …);
     // wrapped as FROM TABLE(TUMBLE(…)), the TABLE( … ) goes.
@@ -412,7 +394,10 @@ fn lift_select_stream(
 
 /// The tokens from the parenthesis at `open` to the one closing it, each with the nesting depth
 /// after it (1 directly inside; the closing parenthesis is the one at 0).
-fn nested(tokens: &[TokenWithSpan], open: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+pub(crate) fn nested(
+    tokens: &[TokenWithSpan],
+    open: usize,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut depth = 0usize;
     tokens
         .iter()
@@ -438,7 +423,7 @@ fn top_level_word(tokens: &[TokenWithSpan], open: usize, keyword: &str) -> Optio
         .map(|(j, _)| j)
 }
 
-fn word(token: &Token) -> Option<String> {
+pub(crate) fn word(token: &Token) -> Option<String> {
     match token {
         Token::Word(w) => Some(w.value.to_ascii_uppercase()),
         _ => None,
