@@ -57,6 +57,7 @@ pub mod stateless;
 pub mod streaming_filter;
 pub mod table;
 pub mod types;
+pub mod watermark;
 pub mod window;
 pub mod window_runtime;
 

@@ -88,6 +88,16 @@ impl TumbleSpec {
         ms * mul / div
     }
 
+    /// How this window's watermark follows its time column.
+    pub fn watermark_rule(&self) -> crate::watermark::WatermarkRule {
+        crate::watermark::WatermarkRule {
+            delay: self.delay,
+            idle_timeout_ms: self.idle_timeout_ms,
+            processing_time: self.processing_time,
+            unit: self.unit,
+        }
+    }
+
     /// Converts a time in the column's unit to milliseconds.
     pub fn to_millis(&self, t: i64) -> i64 {
         let (mul, div) = units_per_milli(self.unit);

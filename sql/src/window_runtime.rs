@@ -41,6 +41,7 @@ use sluice_engine::sequence::parse_sequence_number;
 use crate::batch_exec::{BatchExec, scans_of};
 use crate::continuous::PumpCursor;
 use crate::session_window::Sessions;
+use crate::watermark::{ShardProgress, WatermarkTracker};
 use crate::window::{TumbleSpec, WINDOW_END, WINDOW_START, WindowedTable};
 
 /// The longest a query over processing time (or with an idle timeout) waits before looking at
@@ -161,7 +162,11 @@ pub async fn start_windowed(
         None => WindowState::Fixed(BTreeMap::new()),
     };
     let clock = Arc::clone(first.clock());
-    let started_ms = clock.now_millis();
+    let watermark = WatermarkTracker::new(
+        tables.iter().map(|t| t.spec().watermark_rule()).collect(),
+        clock.now_millis(),
+        cursor.as_ref().and_then(|c| c.watermark()),
+    );
     let streams: Vec<_> = tables
         .iter()
         .enumerate()
@@ -172,9 +177,6 @@ pub async fn start_windowed(
         .map(|t| Input {
             spec: t.spec().clone(),
             stream: Arc::clone(t.stream()),
-            last_seq: HashMap::new(),
-            last_read_ms: HashMap::new(),
-            shard_max: HashMap::new(),
         })
         .collect();
     let runtime = WindowRuntime {
@@ -182,10 +184,8 @@ pub async fn start_windowed(
         inputs,
         spec,
         clock,
-        started_ms,
-        next_idle_ms: None,
         state,
-        watermark: cursor.as_ref().and_then(|c| c.watermark()),
+        watermark,
         cursor,
         exec,
         output: VecDeque::new(),
@@ -223,16 +223,10 @@ enum WindowState {
     Sessions(Box<Sessions>),
 }
 
-/// One windowed stream the query reads, and how far it has been read.
+/// One windowed stream the query reads.
 struct Input {
     spec: TumbleSpec,
     stream: Arc<sluice_engine::Stream>,
-    /// Per shard, the newest record read.
-    last_seq: HashMap<u32, u64>,
-    /// Per shard, when (processing time) a record was last read from it.
-    last_read_ms: HashMap<u32, i64>,
-    /// Per shard, the newest time seen.
-    shard_max: HashMap<u32, i64>,
 }
 
 struct WindowRuntime {
@@ -242,13 +236,9 @@ struct WindowRuntime {
     /// The window (the same for every input).
     spec: TumbleSpec,
     clock: Arc<dyn Clock>,
-    started_ms: i64,
-    /// When (processing time) the next shard read to its end turns idle and stops holding
-    /// the watermark back.
-    next_idle_ms: Option<i64>,
     state: WindowState,
     /// The least of the inputs' watermarks.
-    watermark: Option<i64>,
+    watermark: WatermarkTracker,
     cursor: Option<Arc<PumpCursor>>,
     exec: BatchExec,
     output: VecDeque<RecordBatch>,
@@ -342,6 +332,7 @@ impl WindowRuntime {
                 let starts = int64(batch.column(batch.num_columns() - 2))?;
                 let closed_before = self
                     .watermark
+                    .watermark()
                     .map(|w| w - self.spec.size - self.spec.lateness);
                 let mut groups: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
                 let mut late = 0u64;
@@ -381,20 +372,14 @@ impl WindowRuntime {
             }
             WindowState::Sessions(sessions) => {
                 let positions: Vec<_> = (0..batch.num_rows()).map(position).collect();
-                let watermark = self.watermark.map(|w| w - self.spec.lateness);
+                let watermark = self.watermark.watermark().map(|w| w - self.spec.lateness);
                 sessions.accept(batch, watermark, &positions)?
             }
         };
         if let Some((shard, seq)) = last {
-            let now = self.clock.now_millis();
-            let input = &mut self.inputs[input];
-            if let Some(newest) = datafusion::arrow::compute::max(&times) {
-                let max = input.shard_max.entry(shard).or_insert(newest);
-                *max = (*max).max(newest);
-            }
-            let read = input.last_seq.entry(shard).or_insert(seq);
-            *read = (*read).max(seq);
-            input.last_read_ms.insert(shard, now);
+            let newest = datafusion::arrow::compute::max(&times);
+            self.watermark
+                .observe(input, shard, seq, newest, self.clock.now_millis());
         }
         if let (Some(cursor), true) = (&self.cursor, late > 0) {
             cursor.add_late_rows(late);
@@ -402,29 +387,26 @@ impl WindowRuntime {
         Ok(())
     }
 
-    /// Moves the watermark: the least of the inputs' (see [`Input::watermark`]).
+    /// Moves the watermark: the least of the inputs' ([`WatermarkTracker`]).
     fn advance_watermark(&mut self) {
-        let now = self.clock.now_millis();
-        self.next_idle_ms = None;
-        let mut candidate: Option<Option<i64>> = None;
-        for input in &self.inputs {
-            let (watermark, idle_at) = input.watermark(now, self.started_ms);
-            if let Some(idle_at) = idle_at {
-                self.next_idle_ms = Some(self.next_idle_ms.map_or(idle_at, |n| n.min(idle_at)));
-            }
-            candidate = Some(match candidate {
-                None => watermark,
-                Some(c) => c.min(watermark),
-            });
-        }
-        if let Some(Some(candidate)) = candidate {
-            self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
-        }
+        let shards: Vec<Vec<ShardProgress>> = self
+            .inputs
+            .iter()
+            .map(|i| {
+                i.stream
+                    .shards()
+                    .iter()
+                    .map(|s| ShardProgress::of(s))
+                    .collect()
+            })
+            .collect();
+        let views: Vec<&[ShardProgress]> = shards.iter().map(Vec::as_slice).collect();
+        self.watermark.advance(self.clock.now_millis(), &views);
     }
 
     /// Emits every window the watermark (less the allowed lateness) has passed.
     async fn close_due(&mut self) -> DFResult<()> {
-        let Some(upto) = self.watermark.map(|w| w - self.spec.lateness) else {
+        let Some(upto) = self.watermark.watermark().map(|w| w - self.spec.lateness) else {
             return Ok(());
         };
         match &mut self.state {
@@ -496,8 +478,9 @@ impl WindowRuntime {
                 }
             }
         }
-        let watermark_ms = self.watermark.map(|w| self.spec.to_millis(w));
-        cursor.set_window_state(self.watermark, watermark_ms, held);
+        let watermark = self.watermark.watermark();
+        let watermark_ms = watermark.map(|w| self.spec.to_millis(w));
+        cursor.set_window_state(watermark, watermark_ms, held);
         let next_close = match &self.state {
             WindowState::Fixed(windows) => windows.keys().next().map(|s| s + self.spec.size),
             WindowState::Sessions(sessions) => sessions.next_end(),
@@ -523,59 +506,11 @@ impl WindowRuntime {
                 .map(|e| self.spec.to_millis(e + self.spec.lateness)),
             _ => None,
         };
-        let due_ms = match (window_due, self.next_idle_ms) {
+        let due_ms = match (window_due, self.watermark.next_idle_ms()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         cursor.set_due(due_ms);
-    }
-}
-
-impl Input {
-    /// This input's watermark, and when (processing time) a shard of it next turns idle. A
-    /// shard with records not yet read holds the watermark back at the newest time read from
-    /// it (or entirely, if none was read yet). Over event time, so does a shard read to its end
-    /// until it has been idle for the idle timeout, and with no shard holding it back the
-    /// newest time of all counts, less the delay. Over processing time, a shard read to its
-    /// end cannot send anything older than the clock, so with none holding it back the
-    /// watermark is the clock.
-    fn watermark(&self, now: i64, started_ms: i64) -> (Option<i64>, Option<i64>) {
-        let idle_timeout = if self.spec.processing_time {
-            0
-        } else {
-            self.spec.idle_timeout_ms
-        };
-        let mut next_idle: Option<i64> = None;
-        let mut holding: Option<Option<i64>> = None;
-        let mut newest: Option<i64> = None;
-        for shard in self.stream.shards().iter() {
-            let index = shard.index();
-            let seen = self.shard_max.get(&index).copied();
-            newest = newest.max(seen);
-            let read_to = self.last_seq.get(&index).copied().unwrap_or(0);
-            if shard.ending_seq().is_some_and(|end| read_to >= end) {
-                continue; // split or merged, and read to its end: it sends nothing more
-            }
-            let unread = read_to + 1 < shard.next_seq();
-            let quiet_since = self.last_read_ms.get(&index).copied().unwrap_or(started_ms);
-            let idle_at = quiet_since + idle_timeout;
-            let idle = !unread && now >= idle_at;
-            if !unread && !idle {
-                next_idle = Some(next_idle.map_or(idle_at, |n| n.min(idle_at)));
-            }
-            if !idle {
-                holding = Some(match holding {
-                    None => seen,
-                    Some(h) => h.min(seen),
-                });
-            }
-        }
-        let watermark = match (holding, self.spec.processing_time) {
-            (Some(held), _) => held.map(|time| time - self.spec.delay),
-            (None, true) => Some(self.spec.from_millis(now)),
-            (None, false) => newest.map(|time| time - self.spec.delay),
-        };
-        (watermark, next_idle)
     }
 }
 
