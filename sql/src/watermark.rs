@@ -49,7 +49,7 @@ pub struct WatermarkRule {
 }
 
 impl WatermarkRule {
-    fn from_millis(&self, ms: i64) -> i64 {
+    fn in_unit(&self, ms: i64) -> i64 {
         let (mul, div) = units_per_milli(self.unit);
         ms * mul / div
     }
@@ -217,7 +217,7 @@ impl InputProgress {
         }
         let watermark = match (holding, rule.processing_time) {
             (Some(held), _) => held.map(|time| time - rule.delay),
-            (None, true) => Some(rule.from_millis(now)),
+            (None, true) => Some(rule.in_unit(now)),
             (None, false) => newest.map(|time| time - rule.delay),
         };
         (watermark, next_idle)
