@@ -55,6 +55,7 @@ pub mod sliding_state;
 pub mod source;
 pub mod stateless;
 pub mod streaming_filter;
+pub mod streaming_planner;
 pub mod table;
 pub mod types;
 pub mod watermark;

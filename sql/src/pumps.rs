@@ -24,7 +24,7 @@ use sluice_engine::{Engine, PumpCheckpoint, PumpDefinition, Stream};
 use crate::continuous::PumpCursor;
 use crate::error::{Error, Result};
 use crate::parser::{SluiceStatement, parse_statements};
-use crate::session::SluiceSession;
+use crate::streaming_planner::{ContinuousPlan, ContinuousPlanner};
 use crate::table::StreamSink;
 
 /// What a running pump shares with the statements that ask about it.
@@ -89,8 +89,8 @@ struct PreparedPump {
 
 impl PumpManager {
     /// Starts every pump the catalog marks as running, each planning in the background.
-    pub fn start_saved(&self, session: &SluiceSession) -> Result<()> {
-        let saved: Vec<PumpDefinition> = session
+    pub fn start_saved(&self, planner: Arc<dyn ContinuousPlanner>) -> Result<()> {
+        let saved: Vec<PumpDefinition> = planner
             .engine()
             .pumps()
             .into_iter()
@@ -106,19 +106,18 @@ impl PumpManager {
         }
         for pump in saved {
             let progress = Arc::new(PumpProgress {
-                cursor: Arc::new(PumpCursor::resuming(resume_point(
-                    session.engine(),
-                    &pump.name,
-                    &pump.sql,
-                )?)),
+                cursor: Arc::new(
+                    PumpCursor::resuming(resume_point(planner.engine(), &pump.name, &pump.sql)?)
+                        .for_pump(&pump.name),
+                ),
                 ..PumpProgress::default()
             });
-            let task_session = session.clone();
+            let task_planner = Arc::clone(&planner);
             let task_progress = Arc::clone(&progress);
             let name = pump.name.clone();
             let task = tokio::spawn(async move {
-                match prepare(&task_session, &pump.sql, Arc::clone(&task_progress)).await {
-                    Ok(prepared) => run(task_session.engine().clone(), pump.name, prepared).await,
+                match prepare(&*task_planner, &pump.sql, Arc::clone(&task_progress)).await {
+                    Ok(prepared) => run(task_planner.engine().clone(), pump.name, prepared).await,
                     Err(e) => {
                         log::error!("pump '{}' could not start: {e}", pump.name);
                         *task_progress.failure.lock() = Some(format!("could not start: {e}"));
@@ -133,14 +132,19 @@ impl PumpManager {
     }
 
     /// Plans `sql` for pump `name` (reporting any error now), then runs it in the background.
-    pub async fn start(&self, session: &SluiceSession, name: &str, sql: &str) -> Result<()> {
-        let checkpoint = resume_point(session.engine(), name, sql)?;
+    pub async fn start(
+        &self,
+        planner: &dyn ContinuousPlanner,
+        name: &str,
+        sql: &str,
+    ) -> Result<()> {
+        let checkpoint = resume_point(planner.engine(), name, sql)?;
         let progress = Arc::new(PumpProgress {
             cursor: Arc::new(PumpCursor::resuming(checkpoint).for_pump(name)),
             ..PumpProgress::default()
         });
-        let prepared = prepare(session, sql, Arc::clone(&progress)).await?;
-        let task = tokio::spawn(run(session.engine().clone(), name.to_string(), prepared));
+        let prepared = prepare(planner, sql, Arc::clone(&progress)).await?;
+        let task = tokio::spawn(run(planner.engine().clone(), name.to_string(), prepared));
         self.running
             .lock()
             .insert(name.to_string(), RunningPump::new(progress, task));
@@ -273,7 +277,7 @@ impl PumpManager {
 /// Plans a pump's `INSERT INTO stream SELECT …` over unbounded streams read through the pump's
 /// cursor, and starts its source.
 async fn prepare(
-    session: &SluiceSession,
+    planner: &dyn ContinuousPlanner,
     sql: &str,
     progress: Arc<PumpProgress>,
 ) -> Result<PreparedPump> {
@@ -287,20 +291,25 @@ async fn prepare(
         (Some(SluiceStatement::DataFusion(statement)), true) => *statement,
         _ => return Err(not_insert()),
     };
-    let context = session.continuous_context(Some(Arc::clone(&progress.cursor)))?;
-    let plan = session.plan_in(&context, statement).await?;
+    let (context, plan) = planner
+        .plan_continuous(statement, Some(Arc::clone(&progress.cursor)))
+        .await?;
     let LogicalPlan::Dml(dml) = plan else {
         return Err(not_insert());
     };
     let target_name = dml.table_name.table().to_string();
-    let target = session.engine().try_stream(&target_name).ok_or_else(|| {
+    let target = planner.engine().try_stream(&target_name).ok_or_else(|| {
         Error::Plan(format!(
             "a pump writes into a stream, and '{target_name}' is not one; CREATE STREAM it first"
         ))
     })?;
-    let rows = session
-        .start_continuous(&context, dml.input.as_ref().clone())
-        .await?;
+    let plan = ContinuousPlan::decide(dml.input.as_ref().clone())?;
+    log::info!(
+        "pump '{}' runs {}",
+        progress.cursor.pump().unwrap_or_default(),
+        plan.describe()
+    );
+    let rows = plan.start(&context).await?;
     progress.ready.store(true, Ordering::Release);
     Ok(PreparedPump {
         rows,

@@ -31,10 +31,9 @@ use crate::pumps::PumpManager;
 use crate::schema_provider::{StreamSchemaProvider, StreamView};
 use crate::similar_to::rewrite_similar_to;
 use crate::source::SourceManager;
-use crate::stateless::start_isolated;
 use crate::streaming_filter::StreamingFilterRule;
+use crate::streaming_planner::{ContinuousPlan, ContinuousPlanner};
 use crate::window::TumbleFunction;
-use crate::window_runtime::start_windowed;
 use sluice_delivery::DeliveryManager;
 use sluice_engine::DeliveryDefinition;
 
@@ -107,6 +106,23 @@ impl std::fmt::Debug for SluiceSession {
     }
 }
 
+#[async_trait::async_trait]
+impl ContinuousPlanner for SluiceSession {
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    async fn plan_continuous(
+        &self,
+        statement: DFStatement,
+        cursor: Option<Arc<PumpCursor>>,
+    ) -> Result<(SessionContext, LogicalPlan)> {
+        let context = self.continuous_context(cursor)?;
+        let plan = self.plan_in(&context, statement).await?;
+        Ok((context, plan))
+    }
+}
+
 impl SluiceSession {
     /// A session whose default schema holds the engine's streams. Pumps saved in the engine's
     /// catalog as running are started (this needs a Tokio runtime).
@@ -137,7 +153,7 @@ impl SluiceSession {
             sources: Arc::new(SourceManager::default()),
         };
         session.sources.start_saved(&session.engine)?;
-        session.pumps.start_saved(&session)?;
+        session.pumps.start_saved(Arc::new(session.clone()))?;
         session.deliveries.start_saved(&session.engine);
         Ok(session)
     }
@@ -541,37 +557,13 @@ impl SluiceSession {
         Ok(state.statement_to_plan(statement).await?)
     }
 
-    /// Starts a continuous plan, refusing what cannot run on endless input.
-    pub(crate) async fn start_continuous(
+    /// Decides how a continuous plan runs (once, here) and starts it.
+    async fn start_continuous(
         &self,
         context: &SessionContext,
         plan: LogicalPlan,
     ) -> Result<SendableRecordBatchStream> {
-        if let Some(rows) = start_windowed(context, &plan).await? {
-            return Ok(rows);
-        }
-        if let Some(rows) = crate::sliding::start_sliding(context, &plan).await? {
-            return Ok(rows);
-        }
-        refuse_unbounded_state(&plan)?;
-        let state = context.state();
-        let physical = state.create_physical_plan(&plan).await.map_err(|e| {
-            let message = e.to_string();
-            match message.split_once("pipeline breaking queries, operator: ") {
-                Some((_, rest)) => Error::Plan(format!(
-                    "this query cannot run continuously: its {} would wait for the end of an endless stream",
-                    rest.split([' ', '{']).next().unwrap_or("operator")
-                )),
-                None => Error::from(e),
-            }
-        })?;
-        if let Some(rows) = start_isolated(context, &plan).await? {
-            return Ok(rows);
-        }
-        Ok(datafusion::physical_plan::execute_stream(
-            physical,
-            state.task_ctx(),
-        )?)
+        ContinuousPlan::decide(plan)?.start(context).await
     }
 
     async fn execute_pump_statement(&self, statement: SluiceStatement) -> Result<StatementOutput> {
@@ -883,41 +875,6 @@ impl SluiceSession {
             }))),
         ];
         Ok(RecordBatch::try_new(schema_out, columns)?)
-    }
-}
-
-/// Refuses continuous queries whose operators would need the whole, endless input, and says
-/// what to write instead.
-fn refuse_unbounded_state(plan: &LogicalPlan) -> Result<()> {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    let bounded_instead =
-        "to compute it over the records retained now, drop STREAM (SELECT … FROM stream)";
-    let mut refusal = None;
-    plan.apply(|node| {
-        refusal = match node {
-            LogicalPlan::Aggregate(_) => Some(format!(
-                "an aggregate over a stream never finishes without a window: aggregate over tumble(stream, time_column, INTERVAL '1' MINUTE) and group by window_start; {bounded_instead}"
-            )),
-            LogicalPlan::Sort(_) => Some(format!(
-                "ORDER BY cannot run continuously: an endless stream cannot be sorted; drop ORDER BY, or {bounded_instead}"
-            )),
-            LogicalPlan::Window(_) => Some(format!(
-                "window functions (OVER …) cannot run continuously over an endless stream; {bounded_instead}"
-            )),
-            LogicalPlan::Distinct(_) => Some(format!(
-                "DISTINCT cannot run continuously: it would remember every row of an endless stream; {bounded_instead}"
-            )),
-            _ => None,
-        };
-        Ok(if refusal.is_some() {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    })?;
-    match refusal {
-        Some(message) => Err(Error::Plan(message)),
-        None => Ok(()),
     }
 }
 

@@ -33,6 +33,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result as DFResult, ScalarValue, plan_err};
 use datafusion::execution::SendableRecordBatchStream;
@@ -110,73 +111,123 @@ struct Retention {
     range_partitions: Vec<Vec<String>>,
 }
 
-/// Starts `plan` as a sliding-window query if it has window functions (`OVER`) over one
-/// stream; `None` if it has none.
-pub async fn start_sliding(
-    context: &SessionContext,
-    plan: &LogicalPlan,
-) -> DFResult<Option<SendableRecordBatchStream>> {
-    let mut windows = Vec::new();
-    plan.apply(|node| {
-        if let LogicalPlan::Window(window) = node {
-            windows.extend(window.window_expr.iter().cloned());
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    if windows.is_empty() {
-        return Ok(None);
-    }
-    let scans = scans_of::<ContinuousTable>(plan)?;
-    let [provider] = scans.as_slice() else {
-        return plan_err!(
-            "a sliding window (OVER …) in a continuous query reads one stream; join or union the streams in a pump into one stream first"
-        );
-    };
-    let Some(table) = provider.downcast_ref::<ContinuousTable>() else {
-        return Ok(None);
-    };
-    let retention = retention_of(&windows)?;
-    let (plan, mut remaining) = match plan {
-        LogicalPlan::Limit(limit) => match (limit.get_skip_type()?, limit.get_fetch_type()?) {
-            (SkipType::Literal(0), FetchType::Literal(fetch)) => {
-                (limit.input.as_ref().clone(), fetch)
+/// A continuous query with sliding windows (`OVER`), as the streaming planner decided it: the
+/// plan (without a LIMIT over the whole query, applied to the output), the stream it reads,
+/// and how long its windows reach back.
+#[derive(Debug)]
+pub struct SlidingQuery {
+    plan: LogicalPlan,
+    remaining: Option<usize>,
+    provider: Arc<dyn TableProvider>,
+    retention: Retention,
+}
+
+impl SlidingQuery {
+    /// The sliding-window query `plan` is, if it has `OVER` windows: `Ok(None)` when it has
+    /// none. Refuses what cannot slide: more than one stream, unbounded or `FOLLOWING` frames.
+    pub fn decide(plan: &LogicalPlan) -> DFResult<Option<Self>> {
+        let mut windows = Vec::new();
+        plan.apply(|node| {
+            if let LogicalPlan::Window(window) = node {
+                windows.extend(window.window_expr.iter().cloned());
             }
-            _ => return plan_err!("a sliding-window query takes LIMIT n without OFFSET"),
-        },
-        other => (other.clone(), None),
-    };
-    let stream = Arc::clone(table.stream());
-    let public = Arc::clone(stream.public_schema());
-    let mut processor = match Incremental::plan(context, &plan, provider, &public).await? {
-        Some(incremental) => Processor::Incremental(incremental),
-        None => Processor::Rerun(Rerun::plan(context, plan, provider, &public, retention).await?),
-    };
-    let output_schema = processor.schema();
-    let mut input = table.rows();
-    let rows = async_stream(move |emit| async move {
-        while let Some(batch) = input.next().await {
-            for mut result in processor.process(batch?).await? {
-                if let Some(left) = remaining.as_mut() {
-                    if *left == 0 {
-                        return Ok(());
-                    }
-                    if result.num_rows() > *left {
-                        result = result.slice(0, *left);
-                    }
-                    *left -= result.num_rows();
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if windows.is_empty() {
+            return Ok(None);
+        }
+        let scans = scans_of::<ContinuousTable>(plan)?;
+        let [provider] = scans.as_slice() else {
+            return plan_err!(
+                "a sliding window (OVER …) in a continuous query reads one stream; join or union the streams in a pump into one stream first"
+            );
+        };
+        if provider.downcast_ref::<ContinuousTable>().is_none() {
+            return Ok(None);
+        }
+        let retention = retention_of(&windows)?;
+        let (plan, remaining) = match plan {
+            LogicalPlan::Limit(limit) => match (limit.get_skip_type()?, limit.get_fetch_type()?) {
+                (SkipType::Literal(0), FetchType::Literal(fetch)) => {
+                    (limit.input.as_ref().clone(), fetch)
                 }
-                emit.send(Ok(result)).await;
-            }
-            if remaining == Some(0) {
-                return Ok(());
-            }
+                _ => return plan_err!("a sliding-window query takes LIMIT n without OFFSET"),
+            },
+            other => (other.clone(), None),
+        };
+        Ok(Some(Self {
+            plan,
+            remaining,
+            provider: Arc::clone(provider),
+            retention,
+        }))
+    }
+
+    /// The windows, for people: how far back they reach.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(ms) = self.retention.range_ms {
+            parts.push(format!("RANGE windows over the last {ms} ms of ROWTIME"));
         }
-        Ok(())
-    });
-    Ok(Some(Box::pin(RecordBatchStreamAdapter::new(
-        output_schema,
-        rows,
-    ))))
+        for (partition, n) in &self.retention.rows {
+            let by = if partition.is_empty() {
+                String::new()
+            } else {
+                format!(" per {}", partition.join(", "))
+            };
+            parts.push(format!("the last {n} rows{by}"));
+        }
+        if parts.is_empty() {
+            "one row out per row in".to_string()
+        } else {
+            format!("one row out per row in, over {}", parts.join(" and "))
+        }
+    }
+
+    /// Starts the query: one output row per input row, as each arrives.
+    pub async fn start(self, context: &SessionContext) -> DFResult<SendableRecordBatchStream> {
+        let Self {
+            plan,
+            mut remaining,
+            provider,
+            retention,
+        } = self;
+        let provider = &provider;
+        let Some(table) = provider.downcast_ref::<ContinuousTable>() else {
+            return plan_err!("a sliding-window query reads a stream");
+        };
+        let stream = Arc::clone(table.stream());
+        let public = Arc::clone(stream.public_schema());
+        let mut processor = match Incremental::plan(context, &plan, provider, &public).await? {
+            Some(incremental) => Processor::Incremental(incremental),
+            None => {
+                Processor::Rerun(Rerun::plan(context, plan, provider, &public, retention).await?)
+            }
+        };
+        let output_schema = processor.schema();
+        let mut input = table.rows();
+        let rows = async_stream(move |emit| async move {
+            while let Some(batch) = input.next().await {
+                for mut result in processor.process(batch?).await? {
+                    if let Some(left) = remaining.as_mut() {
+                        if *left == 0 {
+                            return Ok(());
+                        }
+                        if result.num_rows() > *left {
+                            result = result.slice(0, *left);
+                        }
+                        *left -= result.num_rows();
+                    }
+                    emit.send(Ok(result)).await;
+                }
+                if remaining == Some(0) {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(output_schema, rows)))
+    }
 }
 
 /// How a sliding-window query turns each new batch into its output rows.

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::catalog::TableProvider;
 use datafusion::common::Result as DFResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
@@ -20,52 +21,83 @@ use sluice_engine::sequence::parse_sequence_number;
 use crate::batch_exec::{BatchExec, scans_of};
 use crate::continuous::ContinuousTable;
 
-/// Starts `plan` batch by batch if it is a pump's query over exactly one stream; `Ok(None)`
-/// otherwise (an interactive `SELECT STREAM` reports its errors to whoever reads it).
-pub async fn start_isolated(
-    context: &SessionContext,
-    plan: &LogicalPlan,
-) -> DFResult<Option<SendableRecordBatchStream>> {
-    let scans = scans_of::<ContinuousTable>(plan)?;
-    let [provider] = scans.as_slice() else {
-        return Ok(None);
-    };
-    let Some(table) = provider.downcast_ref::<ContinuousTable>() else {
-        return Ok(None);
-    };
-    let Some(pump) = table.cursor().and_then(|c| c.pump()).map(str::to_string) else {
-        return Ok(None);
-    };
-    let stream = Arc::clone(table.stream());
-    let exec = BatchExec::plan(
-        context,
-        plan,
-        &[(Arc::clone(provider), Arc::clone(stream.public_schema()))],
-    )
-    .await?;
-    let schema = exec.schema();
-    let state = Isolated {
-        input: table.rows(),
-        exec,
-        stream,
-        pump,
-        output: VecDeque::new(),
-    };
-    let rows = futures::stream::unfold(state, |mut state| async move {
-        loop {
-            if let Some(batch) = state.output.pop_front() {
-                return Some((Ok(batch), state));
+/// A pump's stateless query over exactly one stream, as the streaming planner decided it:
+/// run batch by batch so a row it fails on is reported and skipped.
+#[derive(Debug)]
+pub struct IsolatedQuery {
+    plan: LogicalPlan,
+    provider: Arc<dyn TableProvider>,
+    pump: String,
+}
+
+impl IsolatedQuery {
+    /// The isolated query `plan` is, if it is a pump's over one stream; `Ok(None)` otherwise
+    /// (an interactive `SELECT STREAM` reports its errors to whoever reads it).
+    pub fn decide(plan: &LogicalPlan) -> DFResult<Option<Self>> {
+        let scans = scans_of::<ContinuousTable>(plan)?;
+        let [provider] = scans.as_slice() else {
+            return Ok(None);
+        };
+        let Some(table) = provider.downcast_ref::<ContinuousTable>() else {
+            return Ok(None);
+        };
+        let Some(pump) = table.cursor().and_then(|c| c.pump()).map(str::to_string) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            plan: plan.clone(),
+            provider: Arc::clone(provider),
+            pump,
+        }))
+    }
+
+    /// The query's plan.
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
+    /// Starts the query batch by batch.
+    pub async fn start(self, context: &SessionContext) -> DFResult<SendableRecordBatchStream> {
+        let Self {
+            plan,
+            provider,
+            pump,
+        } = self;
+        let (plan, provider) = (&plan, &provider);
+        let Some(table) = provider.downcast_ref::<ContinuousTable>() else {
+            return datafusion::common::plan_err!("an isolated query reads a stream");
+        };
+        let stream = Arc::clone(table.stream());
+        let exec = BatchExec::plan(
+            context,
+            plan,
+            &[(Arc::clone(provider), Arc::clone(stream.public_schema()))],
+        )
+        .await?;
+        let schema = exec.schema();
+        let state = Isolated {
+            input: table.rows(),
+            exec,
+            stream,
+            pump,
+            output: VecDeque::new(),
+        };
+        let rows = futures::stream::unfold(state, |mut state| async move {
+            loop {
+                if let Some(batch) = state.output.pop_front() {
+                    return Some((Ok(batch), state));
+                }
+                let batch = match state.input.next().await? {
+                    Ok(batch) => batch,
+                    Err(e) => return Some((Err(e), state)),
+                };
+                if let Err(e) = state.process(batch).await {
+                    return Some((Err(e), state));
+                }
             }
-            let batch = match state.input.next().await? {
-                Ok(batch) => batch,
-                Err(e) => return Some((Err(e), state)),
-            };
-            if let Err(e) = state.process(batch).await {
-                return Some((Err(e), state));
-            }
-        }
-    });
-    Ok(Some(Box::pin(RecordBatchStreamAdapter::new(schema, rows))))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
+    }
 }
 
 struct Isolated {

@@ -97,118 +97,163 @@ fn groups_by_window(plan: &LogicalPlan) -> bool {
     grouped
 }
 
-/// Starts a windowed query, if `plan` is one: `Ok(None)` when it is not (a query over fixed
-/// windows without an aggregate runs as a plain continuous query).
-pub async fn start_windowed(
-    context: &SessionContext,
-    plan: &LogicalPlan,
-) -> DFResult<Option<SendableRecordBatchStream>> {
-    let providers = windowed_scans(plan)?;
-    let tables: Vec<&WindowedTable> = providers
-        .iter()
-        .filter_map(|p| p.downcast_ref::<WindowedTable>())
-        .collect();
-    let Some(first) = tables.first() else {
-        return Ok(None);
-    };
-    let session = first.spec().session_keys.is_some();
-    // Rows sorted within each window (KDA's ORDER BY FLOOR(ROWTIME TO SECOND), …) wait for the
-    // window like an aggregate's; other rows of one window pass through as they come.
-    if !has_aggregate(plan) && !has_sort(plan) && !session && tables.len() == 1 {
-        return Ok(None);
-    }
-    if has_aggregate(plan) && !groups_by_window(plan) {
-        return plan_err!(
-            "an aggregate over a window must group by window_start (or window_end), so each window's rows come out when it closes"
-        );
-    }
-    if let [left, right] = tables.as_slice() {
-        let (l, r) = (left.spec(), right.spec());
-        if l.session_keys.is_some() || r.session_keys.is_some() {
-            return plan_err!("session windows cannot be joined; join tumbling or hopping windows");
+/// A windowed continuous query, as the streaming planner decided it: the plan to run once
+/// per window (without a LIMIT over the whole query, which counts rows across windows and is
+/// applied to the output), and the windowed streams it reads.
+#[derive(Debug)]
+pub struct WindowedQuery {
+    plan: LogicalPlan,
+    remaining: Option<usize>,
+    providers: Vec<Arc<dyn TableProvider>>,
+}
+
+impl WindowedQuery {
+    /// The windowed query `plan` is, if it is one: `Ok(None)` when it is not (a query over
+    /// fixed windows without an aggregate or a sort runs row by row). Refuses what a window
+    /// cannot run: an aggregate not grouped by the window, a join of unlike windows.
+    pub fn decide(plan: &LogicalPlan) -> DFResult<Option<Self>> {
+        let providers = windowed_scans(plan)?;
+        let tables: Vec<&WindowedTable> = providers
+            .iter()
+            .filter_map(|p| p.downcast_ref::<WindowedTable>())
+            .collect();
+        let Some(first) = tables.first() else {
+            return Ok(None);
+        };
+        let session = first.spec().session_keys.is_some();
+        // Rows sorted within each window (KDA's ORDER BY FLOOR(ROWTIME TO SECOND), …) wait
+        // for the window like an aggregate's; other rows of one window pass through as they
+        // come.
+        if !has_aggregate(plan) && !has_sort(plan) && !session && tables.len() == 1 {
+            return Ok(None);
         }
-        if (l.size, l.slide, l.offset, l.unit) != (r.size, r.slide, r.offset, r.unit)
-            || l.processing_time != r.processing_time
-        {
+        if has_aggregate(plan) && !groups_by_window(plan) {
             return plan_err!(
-                "a window join needs the same window on both sides: the same size, slide and offset over time columns of the same kind"
+                "an aggregate over a window must group by window_start (or window_end), so each window's rows come out when it closes"
             );
         }
-    }
-    // A LIMIT over the whole query counts rows across windows, so it is applied to the output
-    // here rather than to each window's rows.
-    let (plan, remaining) = match plan {
-        LogicalPlan::Limit(limit) => match (limit.get_skip_type()?, limit.get_fetch_type()?) {
-            (SkipType::Literal(0), FetchType::Literal(fetch)) => (limit.input.as_ref(), fetch),
-            _ => return plan_err!("a windowed continuous query takes LIMIT n without OFFSET"),
-        },
-        other => (other, None),
-    };
-    let spec = first.spec().clone();
-    let cursor = first.cursor();
-    let exec_inputs: Vec<_> = providers
-        .iter()
-        .zip(&tables)
-        .map(|(p, t)| (Arc::clone(p), t.schema_ref()))
-        .collect();
-    let exec = BatchExec::plan(context, plan, &exec_inputs).await?;
-    let out_schema = exec.schema();
-    let state = match &spec.session_keys {
-        Some(_) => WindowState::Sessions(Box::new(Sessions::new(
-            &spec,
-            first.stream().public_schema(),
-            first.schema_ref(),
-        )?)),
-        None => WindowState::Fixed(BTreeMap::new()),
-    };
-    let clock = Arc::clone(first.clock());
-    let watermark = WatermarkTracker::new(
-        tables.iter().map(|t| t.spec().watermark_rule()).collect(),
-        clock.now_millis(),
-        cursor.as_ref().and_then(|c| c.watermark()),
-    );
-    let streams: Vec<_> = tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| t.continuous_rows().map(move |batch| (i, batch)))
-        .collect();
-    let inputs = tables
-        .iter()
-        .map(|t| Input {
-            spec: t.spec().clone(),
-            stream: Arc::clone(t.stream()),
-        })
-        .collect();
-    let runtime = WindowRuntime {
-        rows: Box::pin(futures::stream::select_all(streams)),
-        inputs,
-        spec,
-        clock,
-        state,
-        watermark,
-        cursor,
-        exec,
-        output: VecDeque::new(),
-        remaining,
-        finished: false,
-    };
-    let rows = futures::stream::unfold(Some(runtime), |runtime| async move {
-        let mut runtime = runtime?;
-        loop {
-            if let Some(batch) = runtime.output.pop_front() {
-                return Some((Ok(batch), Some(runtime)));
+        if let [left, right] = tables.as_slice() {
+            let (l, r) = (left.spec(), right.spec());
+            if l.session_keys.is_some() || r.session_keys.is_some() {
+                return plan_err!(
+                    "session windows cannot be joined; join tumbling or hopping windows"
+                );
             }
-            if runtime.finished {
-                return None;
-            }
-            if let Err(e) = runtime.step().await {
-                return Some((Err(e), None));
+            if (l.size, l.slide, l.offset, l.unit) != (r.size, r.slide, r.offset, r.unit)
+                || l.processing_time != r.processing_time
+            {
+                return plan_err!(
+                    "a window join needs the same window on both sides: the same size, slide and offset over time columns of the same kind"
+                );
             }
         }
-    });
-    Ok(Some(Box::pin(RecordBatchStreamAdapter::new(
-        out_schema, rows,
-    ))))
+        // A LIMIT over the whole query counts rows across windows, so it is applied to the
+        // output rather than to each window's rows.
+        let (plan, remaining) = match plan {
+            LogicalPlan::Limit(limit) => match (limit.get_skip_type()?, limit.get_fetch_type()?) {
+                (SkipType::Literal(0), FetchType::Literal(fetch)) => {
+                    (limit.input.as_ref().clone(), fetch)
+                }
+                _ => {
+                    return plan_err!("a windowed continuous query takes LIMIT n without OFFSET");
+                }
+            },
+            other => (other.clone(), None),
+        };
+        Ok(Some(Self {
+            plan,
+            remaining,
+            providers,
+        }))
+    }
+
+    /// The window's specification (the first input's, when two are joined).
+    pub fn spec(&self) -> Option<&TumbleSpec> {
+        self.providers
+            .first()
+            .and_then(|p| p.downcast_ref::<WindowedTable>())
+            .map(WindowedTable::spec)
+    }
+
+    /// Starts the query: rows come out window by window as the watermark closes them.
+    pub async fn start(self, context: &SessionContext) -> DFResult<SendableRecordBatchStream> {
+        let Self {
+            plan,
+            remaining,
+            providers,
+        } = self;
+        let tables: Vec<&WindowedTable> = providers
+            .iter()
+            .filter_map(|p| p.downcast_ref::<WindowedTable>())
+            .collect();
+        let Some(first) = tables.first() else {
+            return plan_err!("a windowed query reads a windowed stream");
+        };
+        let plan = &plan;
+        let spec = first.spec().clone();
+        let cursor = first.cursor();
+        let exec_inputs: Vec<_> = providers
+            .iter()
+            .zip(&tables)
+            .map(|(p, t)| (Arc::clone(p), t.schema_ref()))
+            .collect();
+        let exec = BatchExec::plan(context, plan, &exec_inputs).await?;
+        let out_schema = exec.schema();
+        let state = match &spec.session_keys {
+            Some(_) => WindowState::Sessions(Box::new(Sessions::new(
+                &spec,
+                first.stream().public_schema(),
+                first.schema_ref(),
+            )?)),
+            None => WindowState::Fixed(BTreeMap::new()),
+        };
+        let clock = Arc::clone(first.clock());
+        let watermark = WatermarkTracker::new(
+            tables.iter().map(|t| t.spec().watermark_rule()).collect(),
+            clock.now_millis(),
+            cursor.as_ref().and_then(|c| c.watermark()),
+        );
+        let streams: Vec<_> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.continuous_rows().map(move |batch| (i, batch)))
+            .collect();
+        let inputs = tables
+            .iter()
+            .map(|t| Input {
+                spec: t.spec().clone(),
+                stream: Arc::clone(t.stream()),
+            })
+            .collect();
+        let runtime = WindowRuntime {
+            rows: Box::pin(futures::stream::select_all(streams)),
+            inputs,
+            spec,
+            clock,
+            state,
+            watermark,
+            cursor,
+            exec,
+            output: VecDeque::new(),
+            remaining,
+            finished: false,
+        };
+        let rows = futures::stream::unfold(Some(runtime), |runtime| async move {
+            let mut runtime = runtime?;
+            loop {
+                if let Some(batch) = runtime.output.pop_front() {
+                    return Some((Ok(batch), Some(runtime)));
+                }
+                if runtime.finished {
+                    return None;
+                }
+                if let Err(e) = runtime.step().await {
+                    return Some((Err(e), None));
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, rows)))
+    }
 }
 
 /// An open fixed window: its execution, and per (input, shard) the oldest record sent to it.
