@@ -4,6 +4,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- ingest [--records N] [--batch N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- sliding [--records N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- stagger [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
@@ -24,6 +25,7 @@ mod kinesis;
 mod measure;
 mod sliding;
 mod soak;
+mod stagger;
 mod window;
 
 /// The same allocator as the `sluice` binary, so the figures are the ones users get.
@@ -111,6 +113,13 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "stagger" => {
+            let records = args.records.unwrap_or(5_000_000);
+            if let Err(e) = stagger::stagger(records, 20_000) {
+                eprintln!("stagger benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, args)) if command == "delivery" => {
             let records = args.records.unwrap_or(2_000_000);
             if let Err(e) = delivery::delivery(records) {
@@ -157,7 +166,7 @@ fn main() {
         }
         Ok((command, _)) => {
             eprintln!(
-                "unknown benchmark '{command}'; available: ingest, window, sliding, delivery, flight, durability, kinesis, soak"
+                "unknown benchmark '{command}'; available: ingest, window, sliding, stagger, delivery, flight, durability, kinesis, soak"
             );
             std::process::exit(2);
         }

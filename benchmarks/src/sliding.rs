@@ -13,25 +13,18 @@ use sluice_sql::{SluiceSession, StatementOutput};
 use crate::measure::CpuTimer;
 
 /// Distinct keys, as the issue asks.
-const KEYS: u64 = 10_000;
+pub const KEYS: u64 = 10_000;
 
 /// Arrival time (ROWTIME) of the first record.
 const START_MS: i64 = 1_767_261_600_000;
 
-pub fn sliding(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(throughput(records, per_second))
-}
-
-async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
-    println!(
-        "sliding throughput: {records} records arriving {per_second} per second ({} rows per one-minute range), {KEYS} keys, 4 shards",
-        per_second * 60
-    );
-    let dir = tempfile::tempdir()?;
-    let engine = crate::window::open_engine(dir.path())?;
+/// Fills stream `events` (`k`, `v`, 4 shards) with `records` JSON records over `KEYS` keys,
+/// arriving `per_second` per second from `START_MS` (their ROWTIMEs), then flushes.
+pub fn keyed_events(
+    engine: &sluice_engine::Engine,
+    records: usize,
+    per_second: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let stream = engine.create_stream(
         StreamSpec::with_columns(
             "events",
@@ -71,6 +64,24 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
         }
     }
     engine.flush()?;
+    Ok(())
+}
+
+pub fn sliding(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(throughput(records, per_second))
+}
+
+async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
+    println!(
+        "sliding throughput: {records} records arriving {per_second} per second ({} rows per one-minute range), {KEYS} keys, 4 shards",
+        per_second * 60
+    );
+    let dir = tempfile::tempdir()?;
+    let engine = crate::window::open_engine(dir.path())?;
+    keyed_events(&engine, records, per_second)?;
     let session = SluiceSession::new(engine)?;
 
     // Baseline: DataFusion's own window over the same retained rows, as one batch query.

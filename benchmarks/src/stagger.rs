@@ -1,0 +1,101 @@
+//! The stagger-window benchmark: KDA's `WINDOWED BY STAGGER (PARTITION BY k RANGE INTERVAL '1'
+//! MINUTE)` as a continuous query over records already in a stream, beside the tumbling window
+//! it replaces (`GROUP BY k, STEP(ROWTIME BY INTERVAL '60' SECOND)`) over the same rows in the
+//! same run. Both aggregate the same way (a count and a sum per window and key); the stagger
+//! window opens per key at its first row, so it holds the rows of its open windows where the
+//! tumbling window holds one accumulator per group.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use sluice_sql::{SluiceSession, StatementOutput};
+
+use crate::measure::{CpuTimer, peak_rss_bytes};
+use crate::sliding::{KEYS, keyed_events};
+
+pub fn stagger(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(throughput(records, per_second))
+}
+
+/// One continuous query's run: events per CPU second and per wall second.
+struct Run {
+    windows: usize,
+    cpu_secs: f64,
+    wall_secs: f64,
+}
+
+async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
+    println!(
+        "stagger throughput: {records} records arriving {per_second} per second, {KEYS} keys, 4 shards, one-minute windows over ROWTIME"
+    );
+    let dir = tempfile::tempdir()?;
+    let engine = crate::window::open_engine(dir.path())?;
+    keyed_events(&engine, records, per_second)?;
+    let session = SluiceSession::new(engine)?;
+    let tumbling = "SELECT k, COUNT(*) AS n, SUM(v) AS total FROM events GROUP BY k, STEP(events.ROWTIME BY INTERVAL '60' SECOND)";
+    let stagger = "SELECT k, COUNT(*) AS n, SUM(v) AS total FROM events WINDOWED BY STAGGER (PARTITION BY k RANGE INTERVAL '1' MINUTE)";
+    let tumbling = run(&session, tumbling).await?;
+    let stagger = run(&session, stagger).await?;
+
+    let rate = |secs: f64| records as f64 / secs.max(1e-9);
+    println!("  {:<44} {:>14} {:>14}", "", "stagger", "tumbling");
+    println!(
+        "  {:<44} {:>14} {:>14}",
+        "windows closed", stagger.windows, tumbling.windows
+    );
+    println!(
+        "  {:<44} {:>14.0} {:>14.0}",
+        "events/s per core (CPU time)",
+        rate(stagger.cpu_secs),
+        rate(tumbling.cpu_secs)
+    );
+    println!(
+        "  {:<44} {:>14.0} {:>14.0}",
+        "events/s wall clock",
+        rate(stagger.wall_secs),
+        rate(tumbling.wall_secs)
+    );
+    println!(
+        "  stagger / tumbling CPU time: {:.2}x; peak RSS of the run {:.0} MiB",
+        stagger.cpu_secs / tumbling.cpu_secs.max(1e-9),
+        peak_rss_bytes() as f64 / (1024.0 * 1024.0)
+    );
+    session.shutdown().await;
+    Ok(())
+}
+
+/// Runs `query` continuously (`SELECT STREAM`) over the retained records until every window
+/// is out. How many there are is counted first by the same query over the retained records
+/// (without STREAM), so the continuous run can end on a LIMIT rather than a timeout.
+async fn run(session: &SluiceSession, query: &str) -> Result<Run, Box<dyn std::error::Error>> {
+    let windows: usize = session
+        .execute_all(query)
+        .await?
+        .iter()
+        .flat_map(|(_, batches)| batches.iter().map(|b| b.num_rows()))
+        .sum();
+    let cpu = CpuTimer::start();
+    let wall = Instant::now();
+    let continuous = query.replacen("SELECT", "SELECT STREAM", 1);
+    let output = session
+        .execute(&format!("{continuous} LIMIT {windows}"))
+        .await?;
+    let StatementOutput::Continuous(mut rows) = output else {
+        return Err("SELECT STREAM did not run continuously".into());
+    };
+    let mut produced = 0;
+    while let Some(batch) = rows.next().await {
+        produced += batch?.num_rows();
+    }
+    if produced != windows {
+        return Err(format!("{query}: {produced} windows out, {windows} expected").into());
+    }
+    Ok(Run {
+        windows,
+        cpu_secs: cpu.elapsed_secs(),
+        wall_secs: wall.elapsed().as_secs_f64(),
+    })
+}
