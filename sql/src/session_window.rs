@@ -136,9 +136,9 @@ impl Sessions {
                 continue;
             }
             let time = times.value(row);
-            let key = match &keys {
-                Some(rows) => rows.row(row).as_ref().into(),
-                None => Key::default(),
+            let key: &[u8] = match &keys {
+                Some(rows) => rows.row(row).data(),
+                None => &[],
             };
             if !self.place(key, time, (number, row as u32), watermark, position) {
                 late += 1;
@@ -161,7 +161,7 @@ impl Sessions {
     /// Puts one row in its session, opening or merging sessions; false if it is late.
     fn place(
         &mut self,
-        key: Key,
+        key: &[u8],
         time: i64,
         at: (u64, u32),
         watermark: Option<i64>,
@@ -169,16 +169,49 @@ impl Sessions {
     ) -> bool {
         let gap = self.gap;
         let stagger = self.stagger.is_some();
-        let open = self.by_key.entry(key.clone()).or_default();
-        let (touching, apart): (Vec<u64>, Vec<u64>) = open.iter().partition(|id| {
-            let s = &self.sessions[id];
+        let touches = |s: &Session| {
             if stagger {
                 // The window this key's first row opened, while it lasts.
                 time >= s.start && time < s.start + gap
             } else {
                 time + gap > s.start && time < s.last + gap
             }
-        });
+        };
+        // Most rows join the one window their key has open: they are added in place, so a
+        // window of n rows costs n pushes, not n copies of what it holds.
+        let mut only = None;
+        let mut several = false;
+        for id in self.by_key.get(key).into_iter().flatten() {
+            if touches(&self.sessions[id]) {
+                several = only.is_some();
+                only = Some(*id);
+                if several {
+                    break;
+                }
+            }
+        }
+        if let (Some(id), false) = (only, several)
+            && let Some(session) = self.sessions.get_mut(&id)
+        {
+            let before = session.end(gap, stagger);
+            session.start = session.start.min(time);
+            session.last = session.last.max(time);
+            session.rows.push(at);
+            if let Some((shard, seq)) = position {
+                let oldest = session.oldest.entry(shard).or_insert(seq);
+                *oldest = (*oldest).min(seq);
+            }
+            let after = session.end(gap, stagger);
+            if after != before {
+                self.by_end.remove(&(before, id));
+                self.by_end.insert((after, id));
+            }
+            return true;
+        }
+        let key: Key = key.into();
+        let open = self.by_key.entry(key.clone()).or_default();
+        let (touching, apart): (Vec<u64>, Vec<u64>) =
+            open.iter().partition(|id| touches(&self.sessions[id]));
         if touching.is_empty() && watermark.is_some_and(|w| time + gap <= w) {
             if open.is_empty() {
                 self.by_key.remove(&key);
