@@ -9,11 +9,12 @@
 //! appends records routed by the stream's partition key.
 //!
 //! Continuous queries (`SELECT STREAM …`) and pumps (`CREATE PUMP … AS INSERT INTO … SELECT
-//! STREAM …`, [`pumps`]) read streams as endless tables ([`continuous`]). Stateless queries run
-//! batch by batch (a pump's batch by batch with failing rows isolated, [`stateless`]); windowed
-//! queries ([`window`], [`session_window`], the Kinesis Analytics spelling in [`kda`]) run in
-//! [`window_runtime`], which executes the query's own plan once per window
-//! ([`batch_exec`]) as the watermark closes it.
+//! STREAM …`, [`pumps`]) read streams as endless tables ([`continuous`]). Both plan through
+//! the [`streaming_planner`], which decides once how a query runs: stateless queries batch by
+//! batch (a pump's with failing rows isolated, [`stateless`]); windowed queries ([`window`],
+//! [`session_window`], the Kinesis Analytics spelling in [`kda`] and [`cursor`]) in
+//! [`window_runtime`], which executes the query's own plan once per window ([`batch_exec`]) as
+//! the [`watermark`] closes it; sliding windows (`OVER`) in [`sliding`], a row out per row in.
 //!
 //! # Example
 //!

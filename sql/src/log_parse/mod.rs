@@ -15,8 +15,8 @@
 //!   inside a field.
 //! - `FIXED_COLUMN_LOG_PARSE(line, columns)` cuts fixed-width fields (`'a TYPE INTEGER START
 //!   0 FOR 3, b TYPE BOOLEAN START 4'`) and casts them to their types.
-//! - `W3C_LOG_PARSE(line, format)` reads web server logs ([`w3c`]).
-//! - `SYS_LOG_PARSE(line)` reads syslog lines ([`syslog`]).
+//! - `W3C_LOG_PARSE(line, format)` reads web server logs in an Apache or predefined format.
+//! - `SYS_LOG_PARSE(line)` reads syslog lines, the year taken from the engine clock.
 //!
 //! A line that does not have the shape asked for gives NULL (not an error: one bad line must
 //! not stop a stream). Field names are lower case, so unquoted `T.REC.COLUMN1` finds them.
