@@ -215,13 +215,6 @@ fn lift_select_stream(
         let Some(open) = significant(i + 1).filter(|&o| tokens[o].token == Token::LParen) else {
             continue;
         };
-        if let Some(f) = significant(open + 1)
-            && word(&tokens[f].token).as_deref() == Some("CUMULATE")
-        {
-            return Err(Error::Plan(
-                "CUMULATE windows are not supported yet; for windows that grow by a step write HOP(TABLE s, DESCRIPTOR(ts), INTERVAL step, INTERVAL size) and keep the rows you need, or TUMBLE".to_string(),
-            ));
-        }
         let wraps_window = significant(open + 1).is_some_and(|f| {
             matches!(
                 word(&tokens[f].token).as_deref(),
@@ -254,7 +247,7 @@ fn lift_select_stream(
                     .is_some_and(|f| {
                         matches!(
                             word(&tokens[f].token).as_deref(),
-                            Some("TUMBLE" | "HOP" | "SESSION")
+                            Some("TUMBLE" | "HOP" | "SESSION" | "CUMULATE")
                         )
                     });
                 if opens_call {
@@ -350,7 +343,7 @@ fn lift_select_stream(
         .filter(|&i| {
             matches!(
                 word(&tokens[i].token).as_deref(),
-                Some("TUMBLE" | "HOP" | "SESSION")
+                Some("TUMBLE" | "HOP" | "SESSION" | "CUMULATE")
             ) && significant(i + 1).is_some_and(|o| tokens[o].token == Token::LParen)
         })
         .collect();

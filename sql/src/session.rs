@@ -139,6 +139,7 @@ impl SluiceSession {
         let bounded = || TumbleFunction::new(engine.clone(), StreamView::Bounded, None);
         ctx.register_udtf("tumble", Arc::new(bounded()));
         ctx.register_udtf("hop", Arc::new(bounded().hopping()));
+        ctx.register_udtf("cumulate", Arc::new(bounded().cumulating()));
         ctx.register_udtf("session", Arc::new(bounded().sessions()));
         ctx.register_udtf("stagger", Arc::new(bounded().staggered()));
         for udf in crate::kda_functions::kda_udfs(Arc::clone(engine.clock())) {
@@ -175,6 +176,7 @@ impl SluiceSession {
             || TumbleFunction::new(self.engine.clone(), StreamView::Continuous, cursor.clone());
         continuous.register_udtf("tumble", Arc::new(windows()));
         continuous.register_udtf("hop", Arc::new(windows().hopping()));
+        continuous.register_udtf("cumulate", Arc::new(windows().cumulating()));
         continuous.register_udtf("session", Arc::new(windows().sessions()));
         continuous.register_udtf("stagger", Arc::new(windows().staggered()));
         let schema = self.provider.with_view(StreamView::Continuous, cursor);

@@ -5,7 +5,7 @@
 //! the logical plan:
 //!
 //! - **Windowed** ([`WindowedQuery`]): it aggregates (or sorts) over a window — tumbling,
-//!   hopping, session or stagger ([`WindowSpec`]), KDA's `STEP`/`FLOOR` and multi-key
+//!   hopping, cumulating, session or stagger ([`WindowSpec`]), KDA's `STEP`/`FLOOR` and multi-key
 //!   `GROUP BY`s having become tumbling windows at parsing — and runs once per window as the
 //!   watermark closes it.
 //! - **Sliding** ([`SlidingQuery`]): it has `OVER` windows; one row out per row in.
@@ -82,6 +82,13 @@ pub enum WindowSpec {
         slide_ms: i64,
         time_column: String,
     },
+    /// Windows sharing a start every `size_ms`, ending every `step_ms` after it up to
+    /// `size_ms` (`cumulate`, Flink's `CUMULATE`).
+    Cumulate {
+        step_ms: i64,
+        size_ms: i64,
+        time_column: String,
+    },
     /// A window per key that closes after a gap without rows (`session`).
     Session {
         gap_ms: i64,
@@ -111,6 +118,11 @@ impl WindowSpec {
             (None, Some(keys)) => Self::Session {
                 gap_ms: ms(spec.size),
                 keys: keys.len(),
+                time_column,
+            },
+            (None, None) if spec.cumulate => Self::Cumulate {
+                step_ms: ms(spec.slide),
+                size_ms: ms(spec.size),
                 time_column,
             },
             (None, None) if spec.slide != spec.size => Self::Hop {
@@ -151,6 +163,16 @@ impl fmt::Display for WindowSpec {
                 "a hopping window of {} every {} over {time_column}",
                 span(*size_ms),
                 span(*slide_ms)
+            ),
+            Self::Cumulate {
+                step_ms,
+                size_ms,
+                time_column,
+            } => write!(
+                f,
+                "cumulating windows growing by {} up to {} over {time_column}",
+                span(*step_ms),
+                span(*size_ms)
             ),
             Self::Session {
                 gap_ms,

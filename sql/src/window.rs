@@ -1,10 +1,13 @@
 //! Windows in `FROM`: `tumble(stream, time_column, size [, offset])`,
-//! `hop(stream, time_column, slide, size [, offset])` and
+//! `hop(stream, time_column, slide, size [, offset])`,
+//! `cumulate(stream, time_column, step, size [, offset])` and
 //! `session(stream, [key, …,] time_column, gap)`.
 //!
 //! The table functions turn a stream into the same rows plus `window_start` and `window_end`:
 //! the bounds of the fixed-size window (aligned to the epoch, shifted by the offset) that each
-//! row's time falls in — for hopping windows, one copy of the row per window holding it. In a bounded query that is all there is to it. In a continuous query an
+//! row's time falls in — for hopping windows, one copy of the row per window holding it; for
+//! cumulating windows (Flink's `CUMULATE`), windows that share a start aligned to the size and
+//! end a step, two steps, … later, up to the size, one copy of the row per window holding it. In a bounded query that is all there is to it. In a continuous query an
 //! aggregate grouped by the window runs in [`crate::window_runtime`], which holds each window's
 //! rows until the watermark passes its end.
 
@@ -69,12 +72,16 @@ pub struct TumbleSpec {
     /// The windows follow processing time: the time column is `ROWTIME`, so windows close as
     /// the clock passes their end rather than as rows arrive.
     pub processing_time: bool,
+    /// Cumulating windows: they start every `size` and end every `slide` (the step) after
+    /// their start, up to `size`.
+    pub cumulate: bool,
 }
 
 impl TumbleSpec {
     /// The start of the last window holding time `t` (the only one, for tumbling windows).
     pub fn start_of(&self, t: i64) -> i64 {
-        (t - self.offset).div_euclid(self.slide) * self.slide + self.offset
+        let every = if self.cumulate { self.size } else { self.slide };
+        (t - self.offset).div_euclid(every) * every + self.offset
     }
 
     /// How many windows hold each time.
@@ -139,6 +146,8 @@ pub enum WindowKind {
     /// `stagger(stream, [key, …,] time, range)`: what `WINDOWED BY STAGGER (PARTITION BY key, …
     /// RANGE range)` becomes.
     Stagger,
+    /// `cumulate(stream, time, step, size [, offset])`: Flink's `CUMULATE`.
+    Cumulate,
 }
 
 /// The `tumble` and `hop` table functions. One instance per planning context, so it knows
@@ -173,6 +182,12 @@ impl TumbleFunction {
         self
     }
 
+    /// The same function as `cumulate`.
+    pub fn cumulating(mut self) -> Self {
+        self.kind = WindowKind::Cumulate;
+        self
+    }
+
     /// The same function as `stagger`.
     pub fn staggered(mut self) -> Self {
         self.kind = WindowKind::Stagger;
@@ -204,6 +219,10 @@ impl TableFunctionImpl for TumbleFunction {
                 "session",
                 "(stream, [key_column, …,] time_column, gap), e.g. session(clicks, user_id, ts, INTERVAL '30' MINUTE)",
             ),
+            WindowKind::Cumulate => (
+                "cumulate",
+                "(stream, time_column, step, size [, offset]), e.g. cumulate(bids, bidtime, INTERVAL '2' MINUTE, INTERVAL '10' MINUTE)",
+            ),
             WindowKind::Stagger => (
                 "stagger",
                 "(stream, [key, …,] time_column, range), e.g. WINDOWED BY STAGGER (PARTITION BY ticker_symbol RANGE INTERVAL '1' MINUTE)",
@@ -211,7 +230,7 @@ impl TableFunctionImpl for TumbleFunction {
         };
         let arity_ok = match self.kind {
             WindowKind::Tumble => (3..=4).contains(&exprs.len()),
-            WindowKind::Hop => (4..=5).contains(&exprs.len()),
+            WindowKind::Hop | WindowKind::Cumulate => (4..=5).contains(&exprs.len()),
             WindowKind::Session | WindowKind::Stagger => exprs.len() >= 3,
         };
         if !arity_ok {
@@ -262,6 +281,7 @@ impl TableFunctionImpl for TumbleFunction {
         let (size_at, what) = match self.kind {
             WindowKind::Tumble => (2, "window size"),
             WindowKind::Hop => (3, "window size"),
+            WindowKind::Cumulate => (3, "maximum window size"),
             WindowKind::Session => (exprs.len() - 1, "gap"),
             WindowKind::Stagger => (exprs.len() - 1, "range"),
         };
@@ -271,16 +291,21 @@ impl TableFunctionImpl for TumbleFunction {
         }
         let slide = match self.kind {
             WindowKind::Tumble | WindowKind::Session | WindowKind::Stagger => size,
-            WindowKind::Hop => {
-                let slide = to_unit("slide", &exprs[2])?;
+            WindowKind::Hop | WindowKind::Cumulate => {
+                let step = if self.kind == WindowKind::Hop {
+                    "slide"
+                } else {
+                    "step"
+                };
+                let slide = to_unit(step, &exprs[2])?;
                 if slide <= 0 {
-                    return plan_err!("hop's slide must be positive, not {}", exprs[2]);
+                    return plan_err!("{f}'s {step} must be positive, not {}", exprs[2]);
                 }
                 if size % slide != 0 {
                     let seconds =
                         |e: &Expr| literal_interval_millis(e).unwrap_or(0) as f64 / 1000.0;
                     return plan_err!(
-                        "hop's slide ({} s) must divide its window size ({} s) evenly",
+                        "{f}'s {step} ({} s) must divide its {what} ({} s) evenly",
                         seconds(&exprs[2]),
                         seconds(&exprs[3])
                     );
@@ -292,8 +317,13 @@ impl TableFunctionImpl for TumbleFunction {
             (WindowKind::Session | WindowKind::Stagger, _) | (_, None) => 0,
             (_, Some(expr)) => to_unit("offset", expr)?,
         };
-        if offset < 0 || offset >= slide {
-            return plan_err!("{f}'s offset must be at least zero and less than the slide");
+        let cumulate = self.kind == WindowKind::Cumulate;
+        // Cumulating windows start every size; the others every slide.
+        if offset < 0 || offset >= if cumulate { size } else { slide } {
+            return plan_err!(
+                "{f}'s offset must be at least zero and less than the {}",
+                if cumulate { "window size" } else { "slide" }
+            );
         }
         let session_keys = match self.kind {
             WindowKind::Session => Some(
@@ -352,6 +382,7 @@ impl TableFunctionImpl for TumbleFunction {
             idle_timeout_ms,
             session_keys,
             stagger_keys,
+            cumulate,
         };
         Ok(Arc::new(WindowedTable::new(
             stream,
@@ -478,32 +509,50 @@ pub fn add_window_columns(
         .ok_or_else(|| datafusion::error::DataFusionError::Internal("time column cast".into()))?;
     let time_type = DataType::Timestamp(spec.unit, spec.timezone.clone());
     let per_row = spec.windows_per_row();
-    let (rows, starts): (RecordBatch, Int64Array) = if per_row == 1 {
-        let starts = times.iter().map(|t| t.map(|t| spec.start_of(t))).collect();
-        (batch.clone(), starts)
-    } else {
-        // Hopping windows: each row once per window holding it.
-        let mut indices = Vec::with_capacity(batch.num_rows() * per_row as usize);
-        let mut starts = Vec::with_capacity(indices.capacity());
-        for (row, time) in times.iter().enumerate() {
-            let Some(time) = time else {
-                indices.push(row as u32);
-                starts.push(None);
-                continue;
-            };
-            let last = spec.start_of(time);
-            for k in (0..per_row).rev() {
-                indices.push(row as u32);
-                starts.push(Some(last - k * spec.slide));
+    let (rows, starts, ends): (RecordBatch, Int64Array, Int64Array) =
+        if per_row == 1 && !spec.cumulate {
+            let starts: Int64Array = times.iter().map(|t| t.map(|t| spec.start_of(t))).collect();
+            let ends = starts.iter().map(|s| s.map(|s| s + spec.size)).collect();
+            (batch.clone(), starts, ends)
+        } else {
+            // Hopping and cumulating windows: each row once per window holding it.
+            let mut indices = Vec::with_capacity(batch.num_rows() * per_row as usize);
+            let mut starts = Vec::with_capacity(indices.capacity());
+            let mut ends = Vec::with_capacity(indices.capacity());
+            for (row, time) in times.iter().enumerate() {
+                let Some(time) = time else {
+                    indices.push(row as u32);
+                    starts.push(None);
+                    ends.push(None);
+                    continue;
+                };
+                let last = spec.start_of(time);
+                if spec.cumulate {
+                    // Windows [last, last + k·step) for every k whose window holds the time.
+                    let first = (time - last).div_euclid(spec.slide) + 1;
+                    for k in first..=per_row {
+                        indices.push(row as u32);
+                        starts.push(Some(last));
+                        ends.push(Some(last + k * spec.slide));
+                    }
+                } else {
+                    for k in (0..per_row).rev() {
+                        indices.push(row as u32);
+                        starts.push(Some(last - k * spec.slide));
+                        ends.push(Some(last - k * spec.slide + spec.size));
+                    }
+                }
             }
-        }
-        let rows = datafusion::arrow::compute::take_record_batch(
-            batch,
-            &datafusion::arrow::array::UInt32Array::from(indices),
-        )?;
-        (rows, starts.into_iter().collect())
-    };
-    let ends: Int64Array = starts.iter().map(|s| s.map(|s| s + spec.size)).collect();
+            let rows = datafusion::arrow::compute::take_record_batch(
+                batch,
+                &datafusion::arrow::array::UInt32Array::from(indices),
+            )?;
+            (
+                rows,
+                starts.into_iter().collect(),
+                ends.into_iter().collect(),
+            )
+        };
     let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
     columns.push(cast(&starts, &time_type)?);
     columns.push(cast(&ends, &time_type)?);

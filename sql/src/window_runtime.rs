@@ -256,14 +256,16 @@ impl WindowedQuery {
     }
 }
 
-/// An open fixed window: its execution, and per (input, shard) the oldest record sent to it.
+/// An open fixed window: its start, its execution, and per (input, shard) the oldest record
+/// sent to it.
 struct OpenWindow {
+    start: i64,
     running: crate::batch_exec::Running,
     oldest: HashMap<(usize, u32), u64>,
 }
 
 enum WindowState {
-    /// Tumbling or hopping windows by start.
+    /// Tumbling, hopping or cumulating windows by end.
     Fixed(BTreeMap<i64, OpenWindow>),
     Sessions(Box<Sessions>),
 }
@@ -339,10 +341,9 @@ impl WindowRuntime {
     /// How long to wait for rows before looking at the clock again.
     fn tick_wait(&self) -> Duration {
         let due = match &self.state {
-            WindowState::Fixed(windows) => windows
-                .keys()
-                .next()
-                .map(|start| start + self.spec.size + self.spec.lateness),
+            WindowState::Fixed(windows) => {
+                windows.keys().next().map(|end| end + self.spec.lateness)
+            }
             WindowState::Sessions(sessions) => sessions.next_end().map(|e| e + self.spec.lateness),
         };
         match (self.spec.processing_time, due) {
@@ -374,36 +375,41 @@ impl WindowRuntime {
         let times = int64(batch.column(self.inputs[input].spec.time_index))?;
         let late = match &mut self.state {
             WindowState::Fixed(windows) => {
+                // Windows are filed by their end, which is when they close (cumulating
+                // windows share a start).
                 let starts = int64(batch.column(batch.num_columns() - 2))?;
-                let closed_before = self
-                    .watermark
-                    .watermark()
-                    .map(|w| w - self.spec.size - self.spec.lateness);
-                let mut groups: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+                let ends = int64(batch.column(batch.num_columns() - 1))?;
+                let closed_upto = self.watermark.watermark().map(|w| w - self.spec.lateness);
+                let mut groups: BTreeMap<i64, (i64, Vec<u32>)> = BTreeMap::new();
                 let mut late = 0u64;
                 for row in 0..batch.num_rows() {
-                    if starts.is_null(row) {
+                    if ends.is_null(row) || starts.is_null(row) {
                         late += 1; // no time, no window
                         continue;
                     }
-                    let start = starts.value(row);
-                    if closed_before.is_some_and(|c| start <= c) {
+                    let end = ends.value(row);
+                    if closed_upto.is_some_and(|c| end <= c) {
                         late += 1;
                         continue;
                     }
-                    groups.entry(start).or_default().push(row as u32);
+                    groups
+                        .entry(end)
+                        .or_insert_with(|| (starts.value(row), Vec::new()))
+                        .1
+                        .push(row as u32);
                 }
                 let whole = groups.len() == 1 && late == 0;
-                for (start, rows) in groups {
+                for (end, (start, rows)) in groups {
                     let oldest = position(rows[0] as usize);
                     let rows = if whole {
                         batch.clone()
                     } else {
                         take_record_batch(batch, &UInt32Array::from(rows))?
                     };
-                    let window = match windows.entry(start) {
+                    let window = match windows.entry(end) {
                         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                         std::collections::btree_map::Entry::Vacant(v) => v.insert(OpenWindow {
+                            start,
                             running: self.exec.open()?,
                             oldest: HashMap::new(),
                         }),
@@ -457,16 +463,17 @@ impl WindowRuntime {
         match &mut self.state {
             WindowState::Fixed(windows) => {
                 while let Some(entry) = windows.first_entry() {
-                    if *entry.key() + self.spec.size > upto {
+                    if *entry.key() > upto {
                         break;
                     }
-                    let start = *entry.key();
+                    let end = *entry.key();
                     let window = entry.remove();
+                    let start = window.start;
                     match window.running.finish().await {
                         Ok(rows) => self.output.extend(rows),
                         Err(e) => {
                             let at = window.oldest.iter().map(|(k, q)| (*k, *q)).min();
-                            let what = describe_window(&self.spec, start, start + self.spec.size);
+                            let what = describe_window(&self.spec, start, end);
                             let at = at.map(|((input, shard), seq)| {
                                 (Arc::clone(&self.inputs[input].stream), shard, seq)
                             });
@@ -527,7 +534,7 @@ impl WindowRuntime {
         let watermark_ms = watermark.map(|w| self.spec.to_millis(w));
         cursor.set_window_state(watermark, watermark_ms, held);
         let next_close = match &self.state {
-            WindowState::Fixed(windows) => windows.keys().next().map(|s| s + self.spec.size),
+            WindowState::Fixed(windows) => windows.keys().next().copied(),
             WindowState::Sessions(sessions) => sessions.next_end(),
         };
         cursor.set_next_close(next_close.map(|e| self.spec.to_millis(e + self.spec.lateness)));
@@ -545,7 +552,7 @@ impl WindowRuntime {
             (WindowState::Fixed(windows), true) => windows
                 .keys()
                 .next()
-                .map(|s| self.spec.to_millis(s + self.spec.size + self.spec.lateness)),
+                .map(|end| self.spec.to_millis(end + self.spec.lateness)),
             (WindowState::Sessions(sessions), true) => sessions
                 .next_end()
                 .map(|e| self.spec.to_millis(e + self.spec.lateness)),

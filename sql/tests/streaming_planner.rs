@@ -62,6 +62,10 @@ async fn each_window_spelling_is_decided_as_its_window() -> TestResult {
             "windowed: a hopping window of 2 minutes every 30 seconds over event_time",
         ),
         (
+            "SELECT STREAM COUNT(*) FROM TABLE(CUMULATE(TABLE trades, DESCRIPTOR(event_time), INTERVAL '1' MINUTE, INTERVAL '1' HOUR)) GROUP BY window_start, window_end",
+            "windowed: cumulating windows growing by 1 minute up to 1 hour over event_time",
+        ),
+        (
             "SELECT STREAM ticker, COUNT(*) FROM session(trades, ticker, event_time, INTERVAL '5' MINUTE) GROUP BY ticker, window_start",
             "windowed: session windows per key closing after 5 minutes without rows, over event_time",
         ),
