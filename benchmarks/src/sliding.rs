@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use futures::StreamExt;
 use sluice_engine::{RecordRef, StreamFormat, StreamSpec};
-use sluice_sql::{SluiceSession, StatementOutput};
+use sluice_sql::SluiceSession;
 
 use crate::measure::CpuTimer;
 
@@ -100,18 +99,9 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
 
     let cpu = CpuTimer::start();
     let wall = Instant::now();
-    let output = session
-        .execute(&format!(
+    let produced = crate::window::drain_continuous(&session, &format!(
             "SELECT STREAM k, v, AVG(v) OVER (PARTITION BY k RANGE INTERVAL '1' MINUTE PRECEDING) FROM events LIMIT {records}"
-        ))
-        .await?;
-    let StatementOutput::Continuous(mut rows) = output else {
-        return Err("SELECT STREAM did not run continuously".into());
-    };
-    let mut produced = 0;
-    while let Some(batch) = rows.next().await {
-        produced += batch?.num_rows();
-    }
+        )).await?;
     let cont_cpu = cpu.elapsed_secs();
     let cont_wall = wall.elapsed().as_secs_f64();
     assert_eq!(produced, records);

@@ -7,8 +7,7 @@
 
 use std::time::Instant;
 
-use futures::StreamExt;
-use sluice_sql::{SluiceSession, StatementOutput};
+use sluice_sql::SluiceSession;
 
 use crate::measure::{CpuTimer, peak_rss_bytes};
 use crate::sliding::{KEYS, keyed_events};
@@ -80,16 +79,8 @@ async fn run(session: &SluiceSession, query: &str) -> Result<Run, Box<dyn std::e
     let cpu = CpuTimer::start();
     let wall = Instant::now();
     let continuous = query.replacen("SELECT", "SELECT STREAM", 1);
-    let output = session
-        .execute(&format!("{continuous} LIMIT {windows}"))
-        .await?;
-    let StatementOutput::Continuous(mut rows) = output else {
-        return Err("SELECT STREAM did not run continuously".into());
-    };
-    let mut produced = 0;
-    while let Some(batch) = rows.next().await {
-        produced += batch?.num_rows();
-    }
+    let produced =
+        crate::window::drain_continuous(session, &format!("{continuous} LIMIT {windows}")).await?;
     if produced != windows {
         return Err(format!("{query}: {produced} windows out, {windows} expected").into());
     }

@@ -148,18 +148,9 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
 
     let cpu = CpuTimer::start();
     let wall = Instant::now();
-    let output = session
-        .execute(&format!(
+    let produced = crate::window::drain_continuous(&session, &format!(
             "SELECT STREAM window_start, k, count(*), sum(v), max(v) FROM tumble(events, ts, INTERVAL '1' SECOND) GROUP BY window_start, k LIMIT {expected}"
-        ))
-        .await?;
-    let StatementOutput::Continuous(mut rows) = output else {
-        return Err("SELECT STREAM did not run continuously".into());
-    };
-    let mut produced = 0;
-    while let Some(batch) = rows.next().await {
-        produced += batch?.num_rows();
-    }
+        )).await?;
     let cont_cpu = cpu.elapsed_secs();
     let cont_wall = wall.elapsed().as_secs_f64();
     assert_eq!(produced, expected);
@@ -333,4 +324,19 @@ fn stored_bytes(stream: &Arc<Stream>) -> Result<usize, Box<dyn std::error::Error
         }
     }
     Ok(bytes)
+}
+
+/// Runs a `SELECT STREAM` query to its end (its LIMIT) and counts the rows it gave.
+pub async fn drain_continuous(
+    session: &SluiceSession,
+    sql: &str,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let StatementOutput::Continuous(mut rows) = session.execute(sql).await? else {
+        return Err("SELECT STREAM did not run continuously".into());
+    };
+    let mut produced = 0;
+    while let Some(batch) = rows.next().await {
+        produced += batch?.num_rows();
+    }
+    Ok(produced)
 }
