@@ -8,6 +8,8 @@
 //! last row's time plus the gap) when the watermark passes its end.
 
 use std::collections::{BTreeSet, HashMap};
+
+use foldhash::{HashMap as FastMap, HashMapExt};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
@@ -28,8 +30,16 @@ struct Session {
     last: i64,
     /// (batch number, row) of every row in the session.
     rows: Vec<(u64, u32)>,
-    /// Per shard, the oldest record in the session.
-    oldest: HashMap<u32, u64>,
+    /// Per shard, the oldest record in the session (a few shards: a list).
+    oldest: Vec<(u32, u64)>,
+}
+
+/// Notes record `seq` of `shard` in a session's per-shard oldest records.
+fn note_oldest(oldest: &mut Vec<(u32, u64)>, shard: u32, seq: u64) {
+    match oldest.iter_mut().find(|(s, _)| *s == shard) {
+        Some((_, held)) => *held = (*held).min(seq),
+        None => oldest.push((shard, seq)),
+    }
 }
 
 impl Session {
@@ -60,11 +70,11 @@ pub struct Sessions {
     converter: RowConverter,
     /// The windowed schema: the stream's public columns, then window_start, window_end.
     schema: SchemaRef,
-    batches: HashMap<u64, Held>,
+    batches: FastMap<u64, Held>,
     next_batch: u64,
-    sessions: HashMap<u64, Session>,
+    sessions: FastMap<u64, Session>,
     /// Per key, its open sessions.
-    by_key: HashMap<Key, Vec<u64>>,
+    by_key: FastMap<Key, Vec<u64>>,
     /// Open sessions by end, for closing in order.
     by_end: BTreeSet<(i64, u64)>,
     next_session: u64,
@@ -90,10 +100,10 @@ impl Sessions {
             stagger: spec.stagger_keys.clone(),
             converter: RowConverter::new(fields)?,
             schema,
-            batches: HashMap::new(),
+            batches: FastMap::new(),
             next_batch: 0,
-            sessions: HashMap::new(),
-            by_key: HashMap::new(),
+            sessions: FastMap::new(),
+            by_key: FastMap::new(),
             by_end: BTreeSet::new(),
             next_session: 0,
         })
@@ -101,12 +111,13 @@ impl Sessions {
 
     /// Files the rows of `batch` (public layout) into sessions. Rows with no time, or that
     /// would open a session the watermark has already passed, are late: their count is returned.
-    /// `positions[row]` is the row's (shard, counter), when known.
+    /// `position(row)` is the row's (shard, counter), when known; a batch comes from one shard
+    /// in order, so it is asked only for a session's first row from the batch's shard.
     pub fn accept(
         &mut self,
         batch: &RecordBatch,
         watermark: Option<i64>,
-        positions: &[Option<(u32, u64)>],
+        position: &dyn Fn(usize) -> Option<(u32, u64)>,
     ) -> DFResult<u64> {
         let times = cast(batch.column(self.time_index), &DataType::Int64)?;
         let times = times
@@ -130,7 +141,12 @@ impl Sessions {
         self.next_batch += 1;
         let mut late = 0;
         let mut live = 0;
-        for (row, &position) in positions.iter().enumerate().take(batch.num_rows()) {
+        let shard = if batch.num_rows() > 0 {
+            position(0).map(|(shard, _)| shard)
+        } else {
+            None
+        };
+        for row in 0..batch.num_rows() {
             if times.is_null(row) {
                 late += 1;
                 continue;
@@ -140,7 +156,9 @@ impl Sessions {
                 Some(rows) => rows.row(row).data(),
                 None => &[],
             };
-            if !self.place(key, time, (number, row as u32), watermark, position) {
+            if !self.place(key, time, (number, row as u32), watermark, shard, &|| {
+                position(row)
+            }) {
                 late += 1;
                 continue;
             }
@@ -165,7 +183,8 @@ impl Sessions {
         time: i64,
         at: (u64, u32),
         watermark: Option<i64>,
-        position: Option<(u32, u64)>,
+        shard: Option<u32>,
+        position: &dyn Fn() -> Option<(u32, u64)>,
     ) -> bool {
         let gap = self.gap;
         let stagger = self.stagger.is_some();
@@ -197,9 +216,10 @@ impl Sessions {
             session.start = session.start.min(time);
             session.last = session.last.max(time);
             session.rows.push(at);
-            if let Some((shard, seq)) = position {
-                let oldest = session.oldest.entry(shard).or_insert(seq);
-                *oldest = (*oldest).min(seq);
+            // An earlier row of this shard in the session is older than this one.
+            let seen = shard.is_some_and(|shard| session.oldest.iter().any(|(s, _)| *s == shard));
+            if !seen && let Some((shard, seq)) = position() {
+                note_oldest(&mut session.oldest, shard, seq);
             }
             let after = session.end(gap, stagger);
             if after != before {
@@ -223,7 +243,7 @@ impl Sessions {
             start: time,
             last: time,
             rows: vec![at],
-            oldest: HashMap::new(),
+            oldest: Vec::new(),
         };
         for id in &touching {
             let s = self.sessions.remove(id).expect("open session");
@@ -232,13 +252,11 @@ impl Sessions {
             merged.last = merged.last.max(s.last);
             merged.rows.extend(s.rows);
             for (shard, seq) in s.oldest {
-                let oldest = merged.oldest.entry(shard).or_insert(seq);
-                *oldest = (*oldest).min(seq);
+                note_oldest(&mut merged.oldest, shard, seq);
             }
         }
-        if let Some((shard, seq)) = position {
-            let oldest = merged.oldest.entry(shard).or_insert(seq);
-            *oldest = (*oldest).min(seq);
+        if let Some((shard, seq)) = position() {
+            note_oldest(&mut merged.oldest, shard, seq);
         }
         let id = self.next_session;
         self.next_session += 1;
@@ -272,7 +290,7 @@ impl Sessions {
             return Ok(None);
         }
         // Gather the rows from the batches holding them.
-        let mut order: HashMap<u64, usize> = HashMap::new();
+        let mut order: FastMap<u64, usize> = FastMap::new();
         let mut sources: Vec<&RecordBatch> = Vec::new();
         let mut indices = Vec::new();
         let mut starts = Vec::new();

@@ -606,8 +606,7 @@ impl TableProvider for WindowedTable {
                 let public = Arc::clone(self.stream.public_schema());
                 let mut sessions = Sessions::new(&self.spec, &public, Arc::clone(&self.schema))?;
                 for_each_snapshot_batch(&self.stream, |batch| {
-                    let positions = vec![None; batch.num_rows()];
-                    sessions.accept(batch, None, &positions).map(|_| ())
+                    sessions.accept(batch, None, &|_| None).map(|_| ())
                 })?;
                 let rows = sessions.close(None)?.into_iter().collect::<Vec<_>>();
                 Ok(MemorySourceConfig::try_new_exec(

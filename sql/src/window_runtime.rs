@@ -422,9 +422,8 @@ impl WindowRuntime {
                 late
             }
             WindowState::Sessions(sessions) => {
-                let positions: Vec<_> = (0..batch.num_rows()).map(position).collect();
                 let watermark = self.watermark.watermark().map(|w| w - self.spec.lateness);
-                sessions.accept(batch, watermark, &positions)?
+                sessions.accept(batch, watermark, &position)?
             }
         };
         if let Some((shard, seq)) = last {
