@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+pub mod application;
 pub mod batch_exec;
 pub mod continuous;
 pub mod create_stream;
