@@ -3,5 +3,7 @@
 //!
 //! - [`input`]: an input's `InputSchema` and the mapping of a stream's records (JSON at
 //!   JSONPaths, or CSV) into the rows of an in-application stream.
+//! - [`discover`]: `DiscoverInputSchema`, an `InputSchema` inferred from sample records.
 
+pub mod discover;
 pub mod input;
