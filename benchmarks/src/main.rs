@@ -5,6 +5,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- window [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- sliding [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- stagger [--records N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- rcf [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
@@ -23,6 +24,7 @@ mod durability;
 mod flight;
 mod kinesis;
 mod measure;
+mod rcf;
 mod sliding;
 mod soak;
 mod stagger;
@@ -120,6 +122,13 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "rcf" => {
+            let records = args.records.unwrap_or(200_000);
+            if let Err(e) = rcf::rcf(records) {
+                eprintln!("rcf benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, args)) if command == "delivery" => {
             let records = args.records.unwrap_or(2_000_000);
             if let Err(e) = delivery::delivery(records) {
@@ -166,7 +175,7 @@ fn main() {
         }
         Ok((command, _)) => {
             eprintln!(
-                "unknown benchmark '{command}'; available: ingest, window, sliding, stagger, delivery, flight, durability, kinesis, soak"
+                "unknown benchmark '{command}'; available: ingest, window, sliding, stagger, rcf, delivery, flight, durability, kinesis, soak"
             );
             std::process::exit(2);
         }

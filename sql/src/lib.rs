@@ -46,6 +46,7 @@ pub mod identifiers;
 pub mod kda;
 pub mod kda_functions;
 pub mod log_parse;
+pub mod ml;
 pub mod parser;
 pub mod pumps;
 pub mod schema_provider;
