@@ -99,6 +99,8 @@ pub struct RandomCutForest {
     dimensions: usize,
     /// Points taken in (shingled), the sampler's clock.
     seen: u64,
+    /// Scratch space for a tree walk's path, reused from point to point.
+    path: Vec<usize>,
 }
 
 impl RandomCutForest {
@@ -118,6 +120,7 @@ impl RandomCutForest {
             shingle: VecDeque::with_capacity(params.shingle_size),
             dimensions,
             seen: 0,
+            path: Vec::new(),
         })
     }
 
@@ -131,7 +134,12 @@ impl RandomCutForest {
             .iter()
             .all(|t| t.sampler.len() >= self.params.sample_size);
         let score = if ready {
-            self.trees.iter().map(|t| t.score(&point)).sum::<f64>() / self.trees.len() as f64
+            let path = &mut self.path;
+            self.trees
+                .iter()
+                .map(|t| t.score(&point, path))
+                .sum::<f64>()
+                / self.trees.len() as f64
         } else {
             0.0
         };
@@ -456,13 +464,14 @@ impl Tree {
     }
 
     /// The point's anomaly score in this tree (see the module's documentation).
-    fn score(&self, point: &[f64]) -> f64 {
+    fn score(&self, point: &[f64], path: &mut Vec<usize>) -> f64 {
         let Some(root) = self.root else {
             return 0.0;
         };
         let tree_mass = self.nodes[root].mass as f64;
         // Down to where the point would land.
-        let mut path = vec![root];
+        path.clear();
+        path.push(root);
         let mut at = root;
         while let Kind::Internal {
             dim,
