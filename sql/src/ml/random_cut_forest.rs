@@ -225,6 +225,21 @@ struct Node {
     kind: Kind,
 }
 
+impl Node {
+    /// A leaf holding `point` once, not yet attached.
+    fn leaf(point: &[f64]) -> Self {
+        Self {
+            parent: None,
+            mass: 1,
+            lo: point.to_vec(),
+            hi: point.to_vec(),
+            kind: Kind::Leaf {
+                point: point.to_vec(),
+            },
+        }
+    }
+}
+
 /// One random cut tree and its reservoir.
 #[derive(Debug)]
 struct Tree {
@@ -286,15 +301,7 @@ impl Tree {
     /// Inserts `point`, returning its leaf.
     fn insert(&mut self, point: &[f64]) -> usize {
         let Some(mut at) = self.root else {
-            let leaf = self.alloc(Node {
-                parent: None,
-                mass: 1,
-                lo: point.to_vec(),
-                hi: point.to_vec(),
-                kind: Kind::Leaf {
-                    point: point.to_vec(),
-                },
-            });
+            let leaf = self.alloc(Node::leaf(point));
             self.root = Some(leaf);
             return leaf;
         };
@@ -328,15 +335,7 @@ impl Tree {
                 || (cut >= node.hi[dim] && point[dim] > cut);
             if separates {
                 let parent = node.parent;
-                let leaf = self.alloc(Node {
-                    parent: None,
-                    mass: 1,
-                    lo: point.to_vec(),
-                    hi: point.to_vec(),
-                    kind: Kind::Leaf {
-                        point: point.to_vec(),
-                    },
-                });
+                let leaf = self.alloc(Node::leaf(point));
                 let (left, right) = if point[dim] <= cut {
                     (leaf, at)
                 } else {
