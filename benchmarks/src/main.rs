@@ -6,6 +6,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- sliding [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- stagger [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- rcf [--records N]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- mapping [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
@@ -23,6 +24,7 @@ mod delivery;
 mod durability;
 mod flight;
 mod kinesis;
+mod mapping;
 mod measure;
 mod rcf;
 mod sliding;
@@ -129,6 +131,13 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "mapping" => {
+            let records = args.records.unwrap_or(1_000_000);
+            if let Err(e) = mapping::mapping(records) {
+                eprintln!("mapping benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, args)) if command == "delivery" => {
             let records = args.records.unwrap_or(2_000_000);
             if let Err(e) = delivery::delivery(records) {
@@ -175,7 +184,7 @@ fn main() {
         }
         Ok((command, _)) => {
             eprintln!(
-                "unknown benchmark '{command}'; available: ingest, window, sliding, stagger, rcf, delivery, flight, durability, kinesis, soak"
+                "unknown benchmark '{command}'; available: ingest, window, sliding, stagger, rcf, mapping, delivery, flight, durability, kinesis, soak"
             );
             std::process::exit(2);
         }
