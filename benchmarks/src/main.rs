@@ -300,18 +300,20 @@ fn ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let rate = |n: usize, secs: f64| n as f64 / secs.max(1e-9);
     let per_million = |b: usize| b as f64 / (records as f64 / 1e6) / 1e6;
     println!();
-    println!("  {:<44} {:>14} {:>14}", "", "sluice", "baseline");
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "records/s per core (CPU time)",
-        rate(records, sluice_cpu),
-        rate(records, base_cpu)
-    );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "records/s wall clock",
-        rate(records, sluice_wall),
-        rate(records, base_wall)
+    crate::measure::print_side_by_side(
+        ("sluice", "baseline"),
+        &[
+            (
+                "records/s per core (CPU time)",
+                rate(records, sluice_cpu),
+                rate(records, base_cpu),
+            ),
+            (
+                "records/s wall clock",
+                rate(records, sluice_wall),
+                rate(records, base_wall),
+            ),
+        ],
     );
     println!(
         "  {:<44} {:>14.2} {:>14.2}",

@@ -85,12 +85,13 @@ pub fn mapping(records: usize) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let rate = |secs: f64| records as f64 / secs.max(1e-9);
-    println!("  {:<44} {:>14} {:>14}", "", "mapping", "arrow-json");
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "records/s per core (CPU time)",
-        rate(mapping_secs),
-        rate(decoding_secs)
+    crate::measure::print_side_by_side(
+        ("mapping", "arrow-json"),
+        &[(
+            "records/s per core (CPU time)",
+            rate(mapping_secs),
+            rate(decoding_secs),
+        )],
     );
     println!(
         "  mapping / arrow-json CPU time: {:.2}x",

@@ -67,3 +67,12 @@ pub fn rss_bytes() -> usize {
 pub fn peak_rss_bytes() -> usize {
     status_kb("VmHWM:") * 1024
 }
+
+/// Prints figures side by side: a header naming the two columns (what is measured, then its
+/// baseline), then one line per figure, as whole numbers.
+pub fn print_side_by_side(columns: (&str, &str), figures: &[(&str, f64, f64)]) {
+    println!("  {:<44} {:>14} {:>14}", "", columns.0, columns.1);
+    for (label, ours, baseline) in figures {
+        println!("  {label:<44} {ours:>14.0} {baseline:>14.0}");
+    }
+}

@@ -49,12 +49,13 @@ pub fn rcf(records: usize) -> Result<(), Box<dyn std::error::Error>> {
     let anomalies = (records / 10_000).max(1) as f64;
 
     let rate = |secs: f64| records as f64 / secs.max(1e-9);
-    println!("  {:<44} {:>14} {:>14}", "", "score+update", "bare update");
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "values/s per core (CPU time)",
-        rate(scored_secs),
-        rate(bare_secs)
+    crate::measure::print_side_by_side(
+        ("score+update", "bare update"),
+        &[(
+            "values/s per core (CPU time)",
+            rate(scored_secs),
+            rate(bare_secs),
+        )],
     );
     println!(
         "  score+update / bare update CPU time: {:.2}x; mean score {:.2} ordinary, {:.2} planted",

@@ -97,29 +97,20 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
     let base_cpu = cpu.elapsed_secs();
     let base_wall = wall.elapsed().as_secs_f64();
 
-    let cpu = CpuTimer::start();
-    let wall = Instant::now();
-    let produced = crate::window::drain_continuous(&session, &format!(
+    let continuous = crate::window::drain_continuous(&session, &format!(
             "SELECT STREAM k, v, AVG(v) OVER (PARTITION BY k RANGE INTERVAL '1' MINUTE PRECEDING) FROM events LIMIT {records}"
         )).await?;
-    let cont_cpu = cpu.elapsed_secs();
-    let cont_wall = wall.elapsed().as_secs_f64();
-    assert_eq!(produced, records);
+    let (cont_cpu, cont_wall) = (continuous.cpu_secs, continuous.wall_secs);
+    assert_eq!(continuous.rows, records);
     assert_eq!(batch_rows, records);
 
     let rate = |secs: f64| records as f64 / secs.max(1e-9);
-    println!("  {:<44} {:>14} {:>14}", "", "continuous", "batch");
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "rows/s per core (CPU time)",
-        rate(cont_cpu),
-        rate(base_cpu)
-    );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "rows/s wall clock",
-        rate(cont_wall),
-        rate(base_wall)
+    crate::measure::print_side_by_side(
+        ("continuous", "batch"),
+        &[
+            ("rows/s per core (CPU time)", rate(cont_cpu), rate(base_cpu)),
+            ("rows/s wall clock", rate(cont_wall), rate(base_wall)),
+        ],
     );
     println!(
         "  continuous / batch CPU time: {:.2}x (target: at most 2x)",

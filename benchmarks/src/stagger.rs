@@ -5,25 +5,17 @@
 //! window opens per key at its first row, so it holds the rows of its open windows where the
 //! tumbling window holds one accumulator per group.
 
-use std::time::Instant;
-
 use sluice_sql::SluiceSession;
 
-use crate::measure::{CpuTimer, peak_rss_bytes};
+use crate::measure::{peak_rss_bytes, print_side_by_side};
 use crate::sliding::{KEYS, keyed_events};
+use crate::window::{Drained, drain_continuous};
 
 pub fn stagger(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(throughput(records, per_second))
-}
-
-/// One continuous query's run: events per CPU second and per wall second.
-struct Run {
-    windows: usize,
-    cpu_secs: f64,
-    wall_secs: f64,
 }
 
 async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -40,22 +32,21 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
     let stagger = run(&session, stagger).await?;
 
     let rate = |secs: f64| records as f64 / secs.max(1e-9);
-    println!("  {:<44} {:>14} {:>14}", "", "stagger", "tumbling");
-    println!(
-        "  {:<44} {:>14} {:>14}",
-        "windows closed", stagger.windows, tumbling.windows
-    );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "events/s per core (CPU time)",
-        rate(stagger.cpu_secs),
-        rate(tumbling.cpu_secs)
-    );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "events/s wall clock",
-        rate(stagger.wall_secs),
-        rate(tumbling.wall_secs)
+    print_side_by_side(
+        ("stagger", "tumbling"),
+        &[
+            ("windows closed", stagger.rows as f64, tumbling.rows as f64),
+            (
+                "events/s per core (CPU time)",
+                rate(stagger.cpu_secs),
+                rate(tumbling.cpu_secs),
+            ),
+            (
+                "events/s wall clock",
+                rate(stagger.wall_secs),
+                rate(tumbling.wall_secs),
+            ),
+        ],
     );
     println!(
         "  stagger / tumbling CPU time: {:.2}x; peak RSS of the run {:.0} MiB",
@@ -69,24 +60,17 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
 /// Runs `query` continuously (`SELECT STREAM`) over the retained records until every window
 /// is out. How many there are is counted first by the same query over the retained records
 /// (without STREAM), so the continuous run can end on a LIMIT rather than a timeout.
-async fn run(session: &SluiceSession, query: &str) -> Result<Run, Box<dyn std::error::Error>> {
+async fn run(session: &SluiceSession, query: &str) -> Result<Drained, Box<dyn std::error::Error>> {
     let windows: usize = session
         .execute_all(query)
         .await?
         .iter()
         .flat_map(|(_, batches)| batches.iter().map(|b| b.num_rows()))
         .sum();
-    let cpu = CpuTimer::start();
-    let wall = Instant::now();
     let continuous = query.replacen("SELECT", "SELECT STREAM", 1);
-    let produced =
-        crate::window::drain_continuous(session, &format!("{continuous} LIMIT {windows}")).await?;
-    if produced != windows {
-        return Err(format!("{query}: {produced} windows out, {windows} expected").into());
+    let run = drain_continuous(session, &format!("{continuous} LIMIT {windows}")).await?;
+    if run.rows != windows {
+        return Err(format!("{query}: {} windows out, {windows} expected", run.rows).into());
     }
-    Ok(Run {
-        windows,
-        cpu_secs: cpu.elapsed_secs(),
-        wall_secs: wall.elapsed().as_secs_f64(),
-    })
+    Ok(run)
 }

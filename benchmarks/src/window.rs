@@ -16,7 +16,7 @@ use sluice_engine::{
 };
 use sluice_sql::{SluiceSession, StatementOutput};
 
-use crate::measure::{CpuTimer, rss_bytes};
+use crate::measure::{CpuTimer, print_side_by_side, rss_bytes};
 
 /// Distinct keys, as the issue asks.
 const KEYS: u64 = 10_000;
@@ -146,32 +146,28 @@ async fn throughput(records: usize, per_second: usize) -> Result<(), Box<dyn std
     );
     let expected = batch_rows - last_window_rows;
 
-    let cpu = CpuTimer::start();
-    let wall = Instant::now();
-    let produced = crate::window::drain_continuous(&session, &format!(
+    let continuous = drain_continuous(&session, &format!(
             "SELECT STREAM window_start, k, count(*), sum(v), max(v) FROM tumble(events, ts, INTERVAL '1' SECOND) GROUP BY window_start, k LIMIT {expected}"
         )).await?;
-    let cont_cpu = cpu.elapsed_secs();
-    let cont_wall = wall.elapsed().as_secs_f64();
+    let (produced, cont_cpu) = (continuous.rows, continuous.cpu_secs);
     assert_eq!(produced, expected);
 
     let rate = |secs: f64| records as f64 / secs.max(1e-9);
-    println!("  {:<44} {:>14} {:>14}", "", "continuous", "batch");
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "events/s per core (CPU time)",
-        rate(cont_cpu),
-        rate(base_cpu)
-    );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0}",
-        "events/s wall clock",
-        rate(cont_wall),
-        rate(base_wall)
-    );
-    println!(
-        "  {:<44} {:>14} {:>14}",
-        "result rows", produced, batch_rows
+    print_side_by_side(
+        ("continuous", "batch"),
+        &[
+            (
+                "events/s per core (CPU time)",
+                rate(cont_cpu),
+                rate(base_cpu),
+            ),
+            (
+                "events/s wall clock",
+                rate(continuous.wall_secs),
+                rate(base_wall),
+            ),
+            ("result rows", produced as f64, batch_rows as f64),
+        ],
     );
     println!(
         "  continuous / batch CPU time: {:.2}x (target: at most 2x; at least 5,000,000 events/s per core)",
@@ -326,11 +322,20 @@ fn stored_bytes(stream: &Arc<Stream>) -> Result<usize, Box<dyn std::error::Error
     Ok(bytes)
 }
 
-/// Runs a `SELECT STREAM` query to its end (its LIMIT) and counts the rows it gave.
+/// A `SELECT STREAM` query run to its end: the rows it gave, and the CPU and wall time taken.
+pub struct Drained {
+    pub rows: usize,
+    pub cpu_secs: f64,
+    pub wall_secs: f64,
+}
+
+/// Runs a `SELECT STREAM` query to its end (its LIMIT), counting its rows and timing it.
 pub async fn drain_continuous(
     session: &SluiceSession,
     sql: &str,
-) -> Result<usize, Box<dyn std::error::Error>> {
+) -> Result<Drained, Box<dyn std::error::Error>> {
+    let cpu = CpuTimer::start();
+    let wall = Instant::now();
     let StatementOutput::Continuous(mut rows) = session.execute(sql).await? else {
         return Err("SELECT STREAM did not run continuously".into());
     };
@@ -338,5 +343,9 @@ pub async fn drain_continuous(
     while let Some(batch) = rows.next().await {
         produced += batch?.num_rows();
     }
-    Ok(produced)
+    Ok(Drained {
+        rows: produced,
+        cpu_secs: cpu.elapsed_secs(),
+        wall_secs: wall.elapsed().as_secs_f64(),
+    })
 }

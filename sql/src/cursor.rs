@@ -29,7 +29,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Error, Result};
-use crate::parser::{nested, word};
+use crate::parser::{nested, next_significant as significant, prev_significant as before, word};
 
 /// KDA's limits on the arguments.
 const MAX_K: u64 = 100_000;
@@ -70,20 +70,6 @@ struct Call {
     table_close: usize,
 }
 
-fn significant(tokens: &[TokenWithSpan], from: usize) -> Option<usize> {
-    tokens
-        .iter()
-        .skip(from)
-        .position(|t| !matches!(t.token, Token::Whitespace(_)))
-        .map(|i| from + i)
-}
-
-fn before(tokens: &[TokenWithSpan], at: usize) -> Option<usize> {
-    tokens[..at]
-        .iter()
-        .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
-}
-
 fn text(tokens: &[TokenWithSpan]) -> String {
     tokens.iter().map(|t| t.token.to_string()).collect()
 }
@@ -122,32 +108,31 @@ fn locate(tokens: &[TokenWithSpan], cursor: usize) -> Result<Call> {
     let function_close = close_of(function_open).ok_or_else(unclosed)?;
     let table_open = significant(tokens, table + 1).ok_or_else(unclosed)?;
     let table_close = close_of(table_open).ok_or_else(unclosed)?;
-    // The arguments after the cursor: split at commas outside parentheses.
+    // The arguments after the cursor's `)`, which a comma separates from them: split at
+    // commas outside parentheses; blanks and comments (`-- name of column in single quotes`)
+    // are not part of them, and KDA's reference ends the list with a comma.
     let mut arguments = Vec::new();
-    let mut current = Vec::new();
-    let mut depth = 0usize;
-    for token in &tokens[cursor_close + 1..function_close] {
-        match token.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth = depth.saturating_sub(1),
-            Token::Comma if depth == 0 => {
-                arguments.push(text(&current).trim().to_string());
-                current.clear();
-                continue;
+    if let Some(comma) = significant(tokens, cursor_close + 1)
+        .filter(|&c| c < function_close && tokens[c].token == Token::Comma)
+    {
+        let mut current = String::new();
+        let mut depth = 0usize;
+        for token in &tokens[comma + 1..function_close] {
+            match token.token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth = depth.saturating_sub(1),
+                Token::Comma if depth == 0 => {
+                    arguments.push(std::mem::take(&mut current));
+                    continue;
+                }
+                Token::Whitespace(_) => continue,
+                _ => {}
             }
-            // Blanks and comments (`-- name of column in single quotes`) are not arguments.
-            Token::Whitespace(_) => continue,
-            _ => {}
+            current.push_str(&token.token.to_string());
         }
-        current.push(token.clone());
+        arguments.push(current);
     }
-    arguments.push(text(&current).trim().to_string());
-    // What precedes the first comma is the cursor's own tail (nothing).
-    let arguments = arguments
-        .into_iter()
-        .skip(1)
-        .filter(|a| !a.is_empty())
-        .collect();
+    arguments.retain(|a| !a.is_empty());
     Ok(Call {
         table,
         function,

@@ -174,12 +174,8 @@ fn lift_select_stream(
     // KDA's TABLE(TOP_K_ITEMS_TUMBLING(CURSOR(SELECT STREAM …), …)) and the like become the
     // windowed queries they stand for.
     let tokens = crate::cursor::rewrite_cursor_functions(tokens)?;
-    let significant = |from: usize| {
-        tokens[from..]
-            .iter()
-            .position(|t| !matches!(t.token, Token::Whitespace(_)))
-            .map(|i| from + i)
-    };
+    let significant = |from: usize| next_significant(&tokens, from);
+    let before = |at: usize| prev_significant(&tokens, at);
     let mut drop = Vec::new();
     let mut continuous = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
@@ -231,19 +227,9 @@ fn lift_select_stream(
     for (i, token) in tokens.iter().enumerate() {
         match word(&token.token).as_deref() {
             Some("TABLE") => {
-                let opens_call = i
-                    .checked_sub(1)
-                    .and_then(|p| {
-                        tokens[..=p]
-                            .iter()
-                            .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
-                    })
+                let opens_call = before(i)
                     .filter(|&p| tokens[p].token == Token::LParen)
-                    .and_then(|p| {
-                        tokens[..p]
-                            .iter()
-                            .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
-                    })
+                    .and_then(before)
                     .is_some_and(|f| {
                         matches!(
                             word(&tokens[f].token).as_deref(),
@@ -257,11 +243,6 @@ fn lift_select_stream(
             Some("PARTITION") => {
                 // SESSION(TABLE s PARTITION BY k, …) → session(s, k, …); a parenthesized key
                 // list loses its parentheses.
-                let before = |at: usize| {
-                    tokens[..at]
-                        .iter()
-                        .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
-                };
                 let in_session = before(i)
                     .and_then(before)
                     .filter(|&t| word(&tokens[t].token).as_deref() == Some("TABLE"))
@@ -387,6 +368,22 @@ fn lift_select_stream(
 
 /// The tokens from the parenthesis at `open` to the one closing it, each with the nesting depth
 /// after it (1 directly inside; the closing parenthesis is the one at 0).
+/// The first token at or after `from` that is not blank or a comment.
+pub(crate) fn next_significant(tokens: &[TokenWithSpan], from: usize) -> Option<usize> {
+    tokens
+        .get(from..)?
+        .iter()
+        .position(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|i| from + i)
+}
+
+/// The last token before `at` that is not blank or a comment.
+pub(crate) fn prev_significant(tokens: &[TokenWithSpan], at: usize) -> Option<usize> {
+    tokens[..at]
+        .iter()
+        .rposition(|t| !matches!(t.token, Token::Whitespace(_)))
+}
+
 pub(crate) fn nested(
     tokens: &[TokenWithSpan],
     open: usize,

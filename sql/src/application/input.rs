@@ -219,7 +219,10 @@ impl InputMapper {
                         format!("'{row_path}' is not a JSONPath such as $ or $.records[0:]"),
                     )
                 })?;
-                if row.iter().rev().skip(1).any(|s| *s == Step::Each) {
+                if row
+                    .split_last()
+                    .is_some_and(|(_, before)| before.contains(&Step::Each))
+                {
                     return Err(invalid(
                         "RecordFormat.MappingParameters.JSONMappingParameters.RecordRowPath",
                         format!("'{row_path}' may take every element ([0:]) only at its end"),

@@ -25,6 +25,7 @@ mod columns;
 mod syslog;
 mod w3c;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder, StructArray};
@@ -117,14 +118,14 @@ struct Layout {
 impl Layout {
     /// Reads `line` into `out`, one text per field (what the field's type casts from); false
     /// when the line does not have the parser's shape.
-    fn parse(&self, line: &str, out: &mut [Option<String>]) -> bool {
+    fn parse<'a>(&self, line: &'a str, out: &mut [Option<Cow<'a, str>>]) -> bool {
         match &self.compiled {
             Compiled::Regex(re) => {
                 let Some(captures) = re.captures(line) else {
                     return false;
                 };
                 for (i, slot) in out.iter_mut().enumerate() {
-                    *slot = captures.get(i + 1).map(|m| m.as_str().to_string());
+                    *slot = captures.get(i + 1).map(|m| Cow::Borrowed(m.as_str()));
                 }
                 true
             }
@@ -145,7 +146,8 @@ impl Layout {
                     *slot = chars
                         .get(start..end.max(start))
                         .filter(|_| start < chars.len())
-                        .and_then(|c| column.normalize(&c.iter().collect::<String>()));
+                        .and_then(|c| column.normalize(&c.iter().collect::<String>()))
+                        .map(Cow::Owned);
                 }
                 true
             }
@@ -265,11 +267,11 @@ struct Splitter {
 }
 
 impl Splitter {
-    fn split(&self, line: &str) -> Vec<String> {
+    fn split<'a>(&self, line: &'a str) -> Vec<Cow<'a, str>> {
         if self.escape.is_none() && self.quote.is_none() {
             return line
                 .split(self.delimiter.as_str())
-                .map(String::from)
+                .map(Cow::Borrowed)
                 .collect();
         }
         let mut fields = vec![String::new()];
@@ -301,7 +303,7 @@ impl Splitter {
             }
             rest = &rest[c.len_utf8()..];
         }
-        fields
+        fields.into_iter().map(Cow::Owned).collect()
     }
 }
 
@@ -427,7 +429,8 @@ impl ScalarUDFImpl for LogParse {
         let lines = lines.as_string::<i32>();
         let mut builders: Vec<StringBuilder> =
             fields.iter().map(|_| StringBuilder::new()).collect();
-        let mut texts: Vec<Option<String>> = vec![None; fields.len()];
+        // The fields' texts borrow from the lines where they can.
+        let mut texts: Vec<Option<Cow<'_, str>>> = vec![None; fields.len()];
         let mut valid = Vec::with_capacity(rows);
         for row in 0..rows {
             texts.iter_mut().for_each(|t| *t = None);

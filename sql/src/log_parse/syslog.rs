@@ -6,6 +6,8 @@
 //! nearest before now: a line from `Dec 31 23:59:58` read on 1 January is last year's, and
 //! one a week or more ahead of the clock is taken to be from the year before.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Datelike, NaiveDateTime};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 
@@ -27,7 +29,7 @@ pub fn fields() -> Fields {
 
 /// Reads `line` into `out` (the time as ISO text, the rest), with `now_ms` choosing the
 /// year; false when the line does not start with a syslog time.
-pub fn parse(line: &str, now_ms: i64, out: &mut [Option<String>]) -> bool {
+pub fn parse<'a>(line: &'a str, now_ms: i64, out: &mut [Option<Cow<'a, str>>]) -> bool {
     let mut rest = line.trim_start();
     if let Some((priority, after)) = rest.strip_prefix('<').and_then(|r| r.split_once('>'))
         && !priority.is_empty()
@@ -61,8 +63,8 @@ pub fn parse(line: &str, now_ms: i64, out: &mut [Option<String>]) -> bool {
         return false;
     };
     if let [time_slot, message_slot, ..] = out {
-        *time_slot = Some(time.format("%Y-%m-%dT%H:%M:%S").to_string());
-        *message_slot = Some(message.trim_start().to_string());
+        *time_slot = Some(Cow::Owned(time.format("%Y-%m-%dT%H:%M:%S").to_string()));
+        *message_slot = Some(Cow::Borrowed(message.trim_start()));
     }
     true
 }
@@ -89,7 +91,7 @@ mod tests {
         if !parse(line, at(now), &mut out) {
             return None;
         }
-        Some((out[0].clone()?, out[1].clone()?))
+        Some((out[0].clone()?.into_owned(), out[1].clone()?.into_owned()))
     }
 
     #[test]

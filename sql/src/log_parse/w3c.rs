@@ -9,6 +9,8 @@
 //! specifier inside double quotes takes everything up to the closing quote (with `\"`
 //! escapes), `%t` its `[…]`, any other specifier a run of non-blank characters.
 
+use std::borrow::Cow;
+
 use chrono::DateTime;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use datafusion::common::{Result as DFResult, plan_err};
@@ -155,7 +157,7 @@ impl W3cFormat {
 
     /// Reads `line` into `out` (text each field's type casts from); false when it does not
     /// have the format.
-    pub fn parse(&self, line: &str, out: &mut [Option<String>]) -> bool {
+    pub fn parse<'a>(&self, line: &'a str, out: &mut [Option<Cow<'a, str>>]) -> bool {
         let Some(captures) = self.regex.captures(line) else {
             return false;
         };
@@ -165,8 +167,11 @@ impl W3cFormat {
                 (_, _, "-") => None,
                 ('t', None, text) => DateTime::parse_from_str(text, "%d/%b/%Y:%H:%M:%S %z")
                     .ok()
-                    .map(|t| t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string()),
-                (_, _, text) => Some(text.replace("\\\"", "\"")),
+                    .map(|t| Cow::Owned(t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string())),
+                (_, _, text) if text.contains("\\\"") => {
+                    Some(Cow::Owned(text.replace("\\\"", "\"")))
+                }
+                (_, _, text) => Some(Cow::Borrowed(text)),
             };
         }
         true
@@ -180,7 +185,8 @@ mod tests {
     fn parse(format: &str, line: &str) -> DFResult<Option<Vec<Option<String>>>> {
         let compiled = W3cFormat::compile(format)?;
         let mut out = vec![None; compiled.specifiers.len()];
-        Ok(compiled.parse(line, &mut out).then_some(out))
+        let parsed = compiled.parse(line, &mut out);
+        Ok(parsed.then(|| out.into_iter().map(|t| t.map(Cow::into_owned)).collect()))
     }
 
     #[test]

@@ -307,14 +307,15 @@ impl Tree {
         };
         loop {
             let node = &self.nodes[at];
-            let (lo, hi): (Vec<f64>, Vec<f64>) = node
-                .lo
-                .iter()
-                .zip(&node.hi)
-                .zip(point)
-                .map(|((l, h), p)| (l.min(*p), h.max(*p)))
-                .unzip();
-            let total: f64 = lo.iter().zip(&hi).map(|(l, h)| h - l).sum();
+            // The node's box grown to hold the point, one dimension at a time (a box is made
+            // only for a new internal node).
+            let merged = |d: usize| (node.lo[d].min(point[d]), node.hi[d].max(point[d]));
+            let total: f64 = (0..point.len())
+                .map(|d| {
+                    let (l, h) = merged(d);
+                    h - l
+                })
+                .sum();
             if total <= 0.0 {
                 // The same point again: its leaf counts it twice.
                 self.add_mass_up(at, point);
@@ -322,19 +323,21 @@ impl Tree {
             }
             let mut r = self.rng.unit() * total;
             let mut dim = 0;
-            for (i, (l, h)) in lo.iter().zip(&hi).enumerate() {
-                let range = h - l;
-                dim = i;
-                if r < range {
+            for d in 0..point.len() {
+                let (l, h) = merged(d);
+                dim = d;
+                if r < h - l {
                     break;
                 }
-                r -= range;
+                r -= h - l;
             }
-            let cut = (lo[dim] + r).min(hi[dim]);
+            let (low, high) = merged(dim);
+            let cut = (low + r).min(high);
             let separates = (cut < node.lo[dim] && point[dim] <= cut)
                 || (cut >= node.hi[dim] && point[dim] > cut);
             if separates {
                 let parent = node.parent;
+                let (lo, hi): (Vec<f64>, Vec<f64>) = (0..point.len()).map(merged).unzip();
                 let leaf = self.alloc(Node::leaf(point));
                 let (left, right) = if point[dim] <= cut {
                     (leaf, at)
@@ -445,18 +448,13 @@ impl Tree {
         let mut at = grand;
         while let Some(i) = at {
             if let Kind::Internal { left, right, .. } = self.nodes[i].kind {
-                let (lo, hi): (Vec<f64>, Vec<f64>) = (0..self.nodes[i].lo.len())
-                    .map(|d| {
-                        (
-                            self.nodes[left].lo[d].min(self.nodes[right].lo[d]),
-                            self.nodes[left].hi[d].max(self.nodes[right].hi[d]),
-                        )
-                    })
-                    .unzip();
-                let node = &mut self.nodes[i];
-                node.lo = lo;
-                node.hi = hi;
-                node.mass -= 1;
+                for d in 0..self.nodes[i].lo.len() {
+                    let lo = self.nodes[left].lo[d].min(self.nodes[right].lo[d]);
+                    let hi = self.nodes[left].hi[d].max(self.nodes[right].hi[d]);
+                    self.nodes[i].lo[d] = lo;
+                    self.nodes[i].hi[d] = hi;
+                }
+                self.nodes[i].mass -= 1;
             }
             at = self.nodes[i].parent;
         }
