@@ -28,6 +28,9 @@ use crate::stream::{Reshard, Stream, StreamRuntime};
 /// The name of the stream that collects records that did not decode.
 pub const ERROR_STREAM: &str = "error_stream";
 
+/// Between a namespace and a stream's name inside the engine (`app:SOURCE_SQL_STREAM_001`).
+pub const NAMESPACE_SEPARATOR: char = ':';
+
 /// How hard an append works to make its records survive a crash before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -153,6 +156,8 @@ impl StreamSpec {
 pub struct Engine {
     inner: Arc<EngineInner>,
     _background: Option<Arc<BackgroundTask>>,
+    /// The namespace this handle sees ([`Engine::namespace`]); `None` for the engine's own.
+    namespace: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -203,7 +208,117 @@ impl Engine {
         Ok(Self {
             inner,
             _background: background,
+            namespace: None,
         })
+    }
+
+    /// A handle on the same engine that sees only the streams and pumps of namespace `name`
+    /// (a Kinesis Data Analytics application's in-app streams), under their own names: two
+    /// namespaces can both hold `SOURCE_SQL_STREAM_001`. The namespace's own `error_stream`
+    /// is created on first use and collects its streams' decoding failures. Inside the
+    /// engine a namespaced stream is called `namespace:name` (`:` is not allowed in names, so
+    /// nothing else can collide with it); handles accept that qualified form too.
+    pub fn namespace(&self, name: &str) -> Result<Self> {
+        validate_stream_name(name).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "namespace '{name}' is not valid; names are 1 to 128 characters of letters, digits, '_', '-' and '.'"
+            ))
+        })?;
+        let handle = Self {
+            inner: Arc::clone(&self.inner),
+            _background: self._background.clone(),
+            namespace: Some(Arc::from(name)),
+        };
+        let errors = handle.qualify(ERROR_STREAM).into_owned();
+        let mut catalog = self.inner.catalog.lock();
+        if !self.inner.streams.read().contains_key(&errors) {
+            let mut definition = error_stream_definition(
+                catalog.next_stream_id,
+                self.inner.options.clock.now_millis(),
+            );
+            definition.name = errors.clone();
+            let stream = self.inner.open_stream(definition.clone())?;
+            catalog.next_stream_id += 1;
+            catalog.streams.push(definition);
+            catalog.save(&self.inner.catalog_path())?;
+            self.inner.streams.write().insert(errors, stream);
+        }
+        Ok(handle)
+    }
+
+    /// The namespace this handle sees, if it is not the engine's own.
+    pub fn namespace_name(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The namespaces that hold streams, by name.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .streams
+            .read()
+            .keys()
+            .filter_map(|name| {
+                name.split_once(NAMESPACE_SEPARATOR)
+                    .map(|(ns, _)| ns.to_string())
+            })
+            .collect();
+        names.dedup();
+        names
+    }
+
+    /// Deletes namespace `name`: its pumps, their positions, and its streams with their
+    /// records. Delivery streams reading its streams must be dropped first.
+    pub fn drop_namespace(&self, name: &str) -> Result<()> {
+        let handle = Self {
+            namespace: Some(Arc::from(name)),
+            ..self.clone()
+        };
+        for pump in handle.pumps() {
+            handle.drop_pump(&pump.name)?;
+        }
+        let mut streams: Vec<String> = handle
+            .streams()
+            .iter()
+            .map(|s| handle.local_name(s.name()).to_string())
+            .collect();
+        // The error stream last: the others report into it until they are gone.
+        streams.sort_by_key(|s| s == ERROR_STREAM);
+        for stream in streams {
+            handle.remove_stream(&handle.qualify(&stream))?;
+        }
+        Ok(())
+    }
+
+    /// `name` as the engine knows it: qualified with this handle's namespace unless it
+    /// already is.
+    pub fn qualify<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.namespace {
+            Some(ns) if !name.contains(NAMESPACE_SEPARATOR) => {
+                std::borrow::Cow::Owned(format!("{ns}{NAMESPACE_SEPARATOR}{name}"))
+            }
+            _ => std::borrow::Cow::Borrowed(name),
+        }
+    }
+
+    /// `name` as this handle's users know it: without this handle's namespace.
+    pub fn local_name<'a>(&self, name: &'a str) -> &'a str {
+        match &self.namespace {
+            Some(ns) => name
+                .strip_prefix(ns.as_ref())
+                .and_then(|rest| rest.strip_prefix(NAMESPACE_SEPARATOR))
+                .unwrap_or(name),
+            None => name,
+        }
+    }
+
+    /// Whether engine-wide stream name `name` is in this handle's namespace.
+    fn sees(&self, name: &str) -> bool {
+        match (&self.namespace, name.split_once(NAMESPACE_SEPARATOR)) {
+            (None, None) => true,
+            (Some(ns), Some((prefix, _))) => prefix == ns.as_ref(),
+            _ => false,
+        }
     }
 
     /// The engine's options.
@@ -224,12 +339,18 @@ impl Engine {
     /// Creates a stream. With `if_not_exists`, an existing stream of that name is left as is.
     pub fn create_stream(&self, spec: StreamSpec, if_not_exists: bool) -> Result<Arc<Stream>> {
         let columns = validate_spec(&spec)?;
+        let spec = StreamSpec {
+            name: self.qualify(&spec.name).into_owned(),
+            ..spec
+        };
         let mut catalog = self.inner.catalog.lock();
         if let Some(existing) = self.inner.streams.read().get(&spec.name) {
             if if_not_exists {
                 return Ok(Arc::clone(existing));
             }
-            return Err(Error::StreamAlreadyExists(spec.name));
+            return Err(Error::StreamAlreadyExists(
+                self.local_name(&spec.name).to_string(),
+            ));
         }
         let definition = StreamDefinition {
             id: catalog.next_stream_id,
@@ -274,11 +395,19 @@ impl Engine {
 
     /// Drops a stream and deletes its records. With `if_exists`, a missing stream is no error.
     pub fn drop_stream(&self, name: &str, if_exists: bool) -> Result<()> {
-        if name == ERROR_STREAM {
+        if self.local_name(name) == ERROR_STREAM {
             return Err(Error::InvalidArgument(format!(
                 "'{ERROR_STREAM}' is a system stream and cannot be dropped"
             )));
         }
+        match self.remove_stream(&self.qualify(name)) {
+            Err(Error::StreamNotFound(_)) if if_exists => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Drops stream `name` (qualified) unless a pump or delivery stream uses it.
+    fn remove_stream(&self, name: &str) -> Result<()> {
         let mut catalog = self.inner.catalog.lock();
         if let Some(delivery) = catalog.deliveries.iter().find(|d| d.source == name) {
             return Err(Error::InvalidArgument(format!(
@@ -306,10 +435,7 @@ impl Engine {
             )));
         }
         let Some(stream) = self.inner.streams.write().remove(name) else {
-            if if_exists {
-                return Ok(());
-            }
-            return Err(Error::StreamNotFound(name.to_string()));
+            return Err(Error::StreamNotFound(self.local_name(name).to_string()));
         };
         // Readers following it (continuous queries, subscriptions) end, saying why.
         stream.mark_dropped();
@@ -330,6 +456,7 @@ impl Engine {
                 if hours == 1 { "" } else { "s" }
             )));
         }
+        let name = &self.qualify(name);
         let mut catalog = self.inner.catalog.lock();
         let stream = self.stream(name)?;
         catalog.update_stream(&self.inner.catalog_path(), name, |d| {
@@ -345,18 +472,19 @@ impl Engine {
     /// Refused while anything reads the stream continuously (pumps, delivery streams,
     /// subscriptions), since they hold the old columns.
     pub fn alter_stream(&self, name: &str, spec: StreamSpec) -> Result<Arc<Stream>> {
-        if name == ERROR_STREAM {
+        if self.local_name(name) == ERROR_STREAM {
             return Err(Error::InvalidArgument(format!(
                 "'{ERROR_STREAM}' is a system stream and cannot be altered"
             )));
         }
         let columns = validate_spec(&StreamSpec {
-            name: name.to_string(),
+            name: self.local_name(name).to_string(),
             ..spec.clone()
         })?;
+        let name = &self.qualify(name).into_owned();
         let mut catalog = self.inner.catalog.lock();
         let stream = self.stream(name)?;
-        if let Some(delivery) = catalog.deliveries.iter().find(|d| d.source == name) {
+        if let Some(delivery) = catalog.deliveries.iter().find(|d| d.source == *name) {
             return Err(Error::InvalidArgument(format!(
                 "stream '{name}' feeds delivery stream '{}'; DROP DELIVERY STREAM {} before altering it",
                 delivery.name, delivery.name
@@ -413,11 +541,12 @@ impl Engine {
     /// children opened with their lineage, for every reader and SQL alike. Returns the indexes
     /// of the shards opened.
     pub fn reshard(&self, name: &str, change: Reshard) -> Result<Vec<u32>> {
-        if name == ERROR_STREAM {
+        if self.local_name(name) == ERROR_STREAM {
             return Err(Error::InvalidArgument(format!(
                 "'{ERROR_STREAM}' is a system stream and cannot be resharded"
             )));
         }
+        let name = &self.qualify(name);
         let mut catalog = self.inner.catalog.lock();
         let stream = self.stream(name)?;
         let path = self.inner.catalog_path();
@@ -428,7 +557,13 @@ impl Engine {
 
     /// The tags of stream `name`.
     pub fn stream_tags(&self, name: &str) -> Result<BTreeMap<String, String>> {
-        Ok(self.inner.catalog.lock().stream(name)?.tags.clone())
+        Ok(self
+            .inner
+            .catalog
+            .lock()
+            .stream(&self.qualify(name))?
+            .tags
+            .clone())
     }
 
     /// Replaces the tags of stream `name`, durably.
@@ -437,33 +572,44 @@ impl Engine {
         self.inner
             .catalog
             .lock()
-            .update_stream(&path, name, |d| d.tags = tags)
+            .update_stream(&path, &self.qualify(name), |d| d.tags = tags)
     }
 
     /// The stream called `name`.
     pub fn stream(&self, name: &str) -> Result<Arc<Stream>> {
-        self.inner
-            .streams
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::StreamNotFound(name.to_string()))
+        self.try_stream(name)
+            .ok_or_else(|| Error::StreamNotFound(self.local_name(name).to_string()))
     }
 
     /// The stream called `name`, if there is one.
     pub fn try_stream(&self, name: &str) -> Option<Arc<Stream>> {
-        self.inner.streams.read().get(name).cloned()
+        self.inner
+            .streams
+            .read()
+            .get(self.qualify(name).as_ref())
+            .cloned()
     }
 
-    /// Every stream, by name.
+    /// Every stream this handle sees (its namespace's), by name.
     pub fn streams(&self) -> Vec<Arc<Stream>> {
+        self.inner
+            .streams
+            .read()
+            .iter()
+            .filter(|(name, _)| self.sees(name))
+            .map(|(_, stream)| Arc::clone(stream))
+            .collect()
+    }
+
+    /// Every stream of every namespace.
+    fn all_streams(&self) -> Vec<Arc<Stream>> {
         self.inner.streams.read().values().cloned().collect()
     }
 
     /// Seals every tail: afterwards everything appended before the call is in segments (and was
     /// already visible to readers). The barrier `FLUSH` builds on.
     pub fn flush(&self) -> Result<()> {
-        for stream in self.streams() {
+        for stream in self.all_streams() {
             stream.seal(true)?;
         }
         Ok(())
@@ -471,11 +617,37 @@ impl Engine {
 
     /// Every pump in the catalog.
     pub fn pumps(&self) -> Vec<PumpDefinition> {
-        self.inner.catalog.lock().pumps.clone()
+        self.inner
+            .catalog
+            .lock()
+            .pumps
+            .iter()
+            .filter(|p| self.sees(&p.name))
+            .map(|p| PumpDefinition {
+                name: self.local_name(&p.name).to_string(),
+                reads: p
+                    .reads
+                    .iter()
+                    .map(|r| self.local_name(r).to_string())
+                    .collect(),
+                writes: p.writes.as_deref().map(|w| self.local_name(w).to_string()),
+                ..p.clone()
+            })
+            .collect()
     }
 
     /// Adds a pump to the catalog, or replaces the one of the same name.
     pub fn save_pump(&self, pump: PumpDefinition) -> Result<()> {
+        let pump = PumpDefinition {
+            name: self.qualify(&pump.name).into_owned(),
+            reads: pump
+                .reads
+                .iter()
+                .map(|r| self.qualify(r).into_owned())
+                .collect(),
+            writes: pump.writes.as_deref().map(|w| self.qualify(w).into_owned()),
+            ..pump
+        };
         let mut catalog = self.inner.catalog.lock();
         match catalog.pumps.iter_mut().find(|p| p.name == pump.name) {
             Some(existing) => *existing = pump,
@@ -486,9 +658,10 @@ impl Engine {
 
     /// Removes a pump and its saved read positions. Returns whether it existed.
     pub fn drop_pump(&self, name: &str) -> Result<bool> {
+        let name = &self.qualify(name);
         let mut catalog = self.inner.catalog.lock();
         let before = catalog.pumps.len();
-        catalog.pumps.retain(|p| p.name != name);
+        catalog.pumps.retain(|p| p.name != name.as_ref());
         if catalog.pumps.len() == before {
             return Ok(false);
         }
@@ -580,13 +753,13 @@ impl Engine {
             .options
             .data_dir
             .join(kind)
-            .join(format!("{name}.positions.json"))
+            .join(format!("{}.positions.json", self.qualify(name)))
     }
 
     /// Expires records older than each stream's retention. Returns how many expired.
     pub fn expire(&self) -> Result<usize> {
         let mut expired = 0;
-        for stream in self.streams() {
+        for stream in self.all_streams() {
             expired += stream.expire()?;
         }
         Ok(expired)
@@ -604,10 +777,14 @@ impl EngineInner {
 
     fn open_stream(&self, definition: StreamDefinition) -> Result<Arc<Stream>> {
         let dir = self.stream_dir(definition.id);
-        let errors = if definition.name == ERROR_STREAM {
-            None
-        } else {
-            self.streams.read().get(ERROR_STREAM).cloned()
+        let errors = match definition.name.split_once(NAMESPACE_SEPARATOR) {
+            _ if is_error_stream(&definition.name) => None,
+            Some((namespace, _)) => self
+                .streams
+                .read()
+                .get(&format!("{namespace}{NAMESPACE_SEPARATOR}{ERROR_STREAM}"))
+                .cloned(),
+            None => self.streams.read().get(ERROR_STREAM).cloned(),
         };
         Stream::open(definition, dir, self.runtime.clone(), errors)
     }
@@ -623,7 +800,7 @@ impl EngineInner {
             catalog.save(&self.catalog_path())?;
         }
         let mut definitions = catalog.streams.clone();
-        definitions.sort_by_key(|d| d.name != ERROR_STREAM);
+        definitions.sort_by_key(|d| !is_error_stream(&d.name));
         for definition in definitions {
             let name = definition.name.clone();
             let stream = self.open_stream(definition)?;
@@ -647,6 +824,11 @@ impl EngineInner {
             }
         }
     }
+}
+
+/// Whether engine-wide name `name` is the engine's or a namespace's error stream.
+fn is_error_stream(name: &str) -> bool {
+    name.rsplit(NAMESPACE_SEPARATOR).next() == Some(ERROR_STREAM)
 }
 
 fn error_stream_definition(id: u64, now_ms: i64) -> StreamDefinition {

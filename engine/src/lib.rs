@@ -66,7 +66,8 @@ pub use catalog::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    DEFAULT_CACHE_BYTES, Durability, ERROR_STREAM, Engine, EngineOptions, StreamSpec, fields,
+    DEFAULT_CACHE_BYTES, Durability, ERROR_STREAM, Engine, EngineOptions, NAMESPACE_SEPARATOR,
+    StreamSpec, fields,
 };
 pub use error::{Error, Result};
 pub use format::StreamFormat;
