@@ -237,6 +237,26 @@ impl Engine {
                 self.inner.options.clock.now_millis(),
             );
             definition.name = errors.clone();
+            // Kinesis Data Analytics's error columns first, then Sluice's.
+            let timestamp = DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
+            let kda = [
+                ("ERROR_TIME", timestamp.clone()),
+                ("ERROR_LEVEL", DataType::Utf8),
+                ("ERROR_NAME", DataType::Utf8),
+                ("MESSAGE", DataType::Utf8),
+                ("DATA_ROWTIME", timestamp),
+                ("DATA_ROW", DataType::Utf8),
+                ("PUMP_NAME", DataType::Utf8),
+            ];
+            let mut columns: Vec<ColumnDefinition> = kda
+                .into_iter()
+                .map(|(name, data_type)| ColumnDefinition {
+                    name: name.to_string(),
+                    data_type: data_type.to_string(),
+                })
+                .collect();
+            columns.append(&mut definition.columns);
+            definition.columns = columns;
             let stream = self.inner.open_stream(definition.clone())?;
             catalog.next_stream_id += 1;
             catalog.streams.push(definition);

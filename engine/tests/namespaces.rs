@@ -139,3 +139,27 @@ fn namespaces_survive_a_restart_and_drop_whole() -> TestResult {
     assert!(engine.namespace("bad:name").is_err());
     Ok(())
 }
+
+#[test]
+fn a_namespace_error_stream_has_kda_columns() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(options(dir.path()))?;
+    let a = engine.namespace("app_a")?;
+    let stream = a.create_stream(source_spec(), false)?;
+    stream.append(&[PutRecord::new("k", "{x")])?;
+    let reported = rows(&a.stream(ERROR_STREAM)?)?;
+    let text = |name: &str| {
+        reported[0]
+            .column_by_name(name)
+            .map(|c| c.as_string::<i32>().value(0).to_string())
+    };
+    assert_eq!(text("ERROR_NAME").as_deref(), Some("Data_Conversion_Error"));
+    assert_eq!(text("DATA_ROW").as_deref(), Some("7b78"));
+    assert_eq!(text("ERROR_LEVEL").as_deref(), Some("Error"));
+    assert!(text("MESSAGE").unwrap_or_default().contains("not valid json"));
+    let rowtime = reported[0]
+        .column_by_name("DATA_ROWTIME")
+        .map(|c| c.as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(0));
+    assert_eq!(rowtime, Some(1_767_261_600_000));
+    Ok(())
+}

@@ -61,7 +61,7 @@ impl SchemaProvider for StreamSchemaProvider {
             .engine
             .streams()
             .iter()
-            .map(|s| s.name().to_string())
+            .map(|s| self.engine.local_name(s.name()).to_string())
             .collect();
         names.extend(self.tables.table_names());
         names

@@ -724,7 +724,7 @@ impl SluiceSession {
                 if let Some(stream) = single_name(name).and_then(|n| self.engine.try_stream(&n)) {
                     return Err(Error::Plan(format!(
                         "'{0}' is a stream; use DROP STREAM {0}",
-                        stream.name()
+                        self.engine.local_name(stream.name())
                     )));
                 }
             }
@@ -778,7 +778,7 @@ impl SluiceSession {
         let definitions: Vec<_> = streams.iter().map(|s| s.definition().clone()).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(
-                definitions.iter().map(|d| d.name.as_str()),
+                definitions.iter().map(|d| self.engine.local_name(&d.name)),
             )),
             Arc::new(StringArray::from_iter_values(
                 definitions.iter().map(|d| d.format.to_string()),

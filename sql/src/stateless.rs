@@ -14,8 +14,13 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use sluice_engine::Stream;
-use sluice_engine::schema::SEQUENCE_NUMBER;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use sluice_engine::schema::{ROWTIME, SEQUENCE_NUMBER};
+use sluice_engine::{ErrorReport, Stream};
+
+/// `ERROR_NAME` of a row a pump's query failed on.
+pub const PUMP_ERROR: &str = "Pump_Error";
 use sluice_engine::sequence::parse_sequence_number;
 
 use crate::batch_exec::{BatchExec, scans_of};
@@ -161,6 +166,11 @@ async fn report(
         .column_by_name(SEQUENCE_NUMBER)
         .map(|c| c.as_string::<i32>().clone());
     let users = stream.user_schema().fields().len();
+    let rowtimes = batch
+        .column_by_name(ROWTIME)
+        .and_then(|c| cast(c, &DataType::Timestamp(TimeUnit::Millisecond, None)).ok())
+        .and_then(|c| cast(&c, &DataType::Int64).ok())
+        .map(|c| c.as_primitive::<Int64Type>().clone());
     let mut reports = Vec::new();
     for (row, reason) in failures {
         let Some((shard, seq)) = sequence
@@ -176,16 +186,20 @@ async fn report(
             pump,
             stream.name()
         );
-        reports.push((
-            shard,
+        reports.push(ErrorReport {
+            shard_index: shard,
             seq,
-            format!("pump '{}': {reason}; row: {values}", pump),
-        ));
+            name: PUMP_ERROR,
+            reason: format!("pump '{}': {reason}; row: {values}", pump),
+            data_rowtime_ms: rowtimes.as_ref().map(|t| t.value(row)),
+            data: Some(values.into_bytes()),
+            pump: Some(pump.clone()),
+        });
     }
     if reports.is_empty() {
         return;
     }
-    match tokio::task::spawn_blocking(move || stream.report_errors(&reports)).await {
+    match tokio::task::spawn_blocking(move || stream.report(reports)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::error!("pump '{}' could not report to error_stream: {e}", pump),
         Err(e) => log::error!("pump '{}' could not report to error_stream: {e}", pump),

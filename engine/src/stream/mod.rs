@@ -122,13 +122,30 @@ impl PutResult {
     }
 }
 
-/// A record of a bad-input report, sent to the engine's `error_stream`.
-#[derive(Debug, Clone)]
-pub(crate) struct DecodeFailure {
+/// A record or row that could not be taken in or processed, reported to its namespace's
+/// `error_stream` with both Sluice's columns (`stream_name`, `shard_id`, `sequence_number`,
+/// `reason`) and Kinesis Data Analytics's (`ERROR_TIME`, `ERROR_LEVEL`, `ERROR_NAME`,
+/// `MESSAGE`, `DATA_ROWTIME`, `DATA_ROW` hex-encoded, `PUMP_NAME`); each error stream keeps the
+/// columns it declares.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorReport {
     pub shard_index: u32,
     pub seq: u64,
+    /// What kind of error (KDA's `ERROR_NAME`), e.g. `Data_Conversion_Error`.
+    pub name: &'static str,
     pub reason: String,
+    /// The `ROWTIME` of the record the error is about.
+    pub data_rowtime_ms: Option<i64>,
+    /// The record as it was read.
+    pub data: Option<Vec<u8>>,
+    /// The pump that failed on it.
+    pub pump: Option<String>,
 }
+
+/// `ERROR_NAME` of a record that did not decode into its stream's columns.
+pub const DATA_CONVERSION_ERROR: &str = "Data_Conversion_Error";
+
+type DecodeFailure = ErrorReport;
 
 /// Settings every stream of an engine shares.
 #[derive(Debug, Clone)]
@@ -607,7 +624,11 @@ impl Stream {
                     failures.push(DecodeFailure {
                         shard_index: shard.index,
                         seq: run[offset].seq,
+                        name: DATA_CONVERSION_ERROR,
                         reason,
+                        data_rowtime_ms: Some(run[offset].arrival_ms),
+                        data: Some(run[offset].data.to_vec()),
+                        pump: None,
                     });
                 }
                 for (n, &i) in run.iter().zip(members) {
@@ -719,10 +740,18 @@ impl Stream {
                 .map(|(shard_index, seq, reason)| DecodeFailure {
                     shard_index: *shard_index,
                     seq: *seq,
+                    name: DATA_CONVERSION_ERROR,
                     reason: reason.clone(),
+                    ..DecodeFailure::default()
                 })
                 .collect(),
         )
+    }
+
+    /// Reports records or rows of this stream that could not be processed to its
+    /// namespace's `error_stream`.
+    pub fn report(&self, reports: Vec<ErrorReport>) -> Result<()> {
+        self.report_failures(reports)
     }
 
     fn report_failures(&self, failures: Vec<DecodeFailure>) -> Result<()> {
@@ -740,6 +769,13 @@ impl Stream {
                     "shard_id": shard_id(f.shard_index),
                     "sequence_number": format_sequence_number(f.shard_index, f.seq),
                     "reason": f.reason,
+                    "ERROR_TIME": self.runtime.clock.now_millis(),
+                    "ERROR_LEVEL": "Error",
+                    "ERROR_NAME": f.name,
+                    "MESSAGE": f.reason,
+                    "DATA_ROWTIME": f.data_rowtime_ms,
+                    "DATA_ROW": f.data.as_deref().map(hex),
+                    "PUMP_NAME": f.pump,
                 });
                 PutRecord::new(self.definition.name.clone(), row.to_string())
             })
@@ -993,4 +1029,14 @@ fn describe_fields(fields: &arrow::datatypes::Fields) -> String {
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `bytes` as lower-case hex, as KDA's `error_stream` carries a row (`DATA_ROW`).
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
 }
