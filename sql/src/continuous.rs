@@ -491,6 +491,11 @@ impl TableProvider for ContinuousTable {
     }
 }
 
+/// Every row of `stream`, endlessly, read through `cursor` (a feed's source).
+pub(crate) fn follow(stream: Arc<Stream>, cursor: Arc<PumpCursor>) -> SendableRecordBatchStream {
+    StreamTail::new(stream, Some(cursor)).execute(Arc::new(TaskContext::default()))
+}
+
 /// The unbounded table a continuous query sees for `stream`.
 pub fn continuous_table(
     stream: Arc<Stream>,

@@ -68,6 +68,11 @@ pub enum SluiceStatement {
     ShowDeliveries,
     /// `DESCRIBE DELIVERY STREAM name`
     DescribeDelivery { name: String },
+    /// `SHOW APPLICATIONS`: the Kinesis Data Analytics applications and their state.
+    ShowApplications,
+    /// `DESCRIBE APPLICATION name`: an application's inputs, outputs, reference tables and
+    /// in-application streams.
+    DescribeApplication { name: String },
     /// Anything DataFusion parses.
     DataFusion(Box<DFStatement>),
 }
@@ -462,6 +467,15 @@ fn parse_statement(parser: &mut DFParser<'_>, sql: &str) -> Result<SluiceStateme
                 .parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = object_name(&parser.parser.parse_object_name(false)?)?;
             Ok(SluiceStatement::DropDelivery { name, if_exists })
+        }
+        (Some("SHOW"), Some("APPLICATIONS"), _) if at_statement_end(parser, 2) => {
+            skip(parser, 2);
+            Ok(SluiceStatement::ShowApplications)
+        }
+        (Some("DESCRIBE" | "DESC"), Some("APPLICATION"), Some(_)) => {
+            skip(parser, 2);
+            let name = object_name(&parser.parser.parse_object_name(false)?)?;
+            Ok(SluiceStatement::DescribeApplication { name })
         }
         (Some("SHOW"), Some("DELIVERY"), Some("STREAMS")) => {
             skip(parser, 3);

@@ -274,6 +274,99 @@ impl PumpManager {
     }
 }
 
+/// Where a [`Feed`] starts reading its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedStart {
+    /// Where it stopped (or the oldest record, the first time): KDA's `LAST_STOPPED_POINT`.
+    Resume,
+    /// After the records there are now: KDA's `NOW`.
+    Now,
+    /// From the oldest record retained: KDA's `TRIM_HORIZON`.
+    TrimHorizon,
+}
+
+/// Turns a batch of a feed's source rows into rows of its target.
+pub type FeedTransform =
+    Box<dyn FnMut(RecordBatch) -> datafusion::error::Result<RecordBatch> + Send>;
+
+/// A pump written in Rust rather than SQL: every row of `source`, read through a cursor,
+/// turned by `transform` into rows of `target` (the target's user columns first, then any of
+/// its system columns to set). It writes and resumes like a pump — its output and read
+/// positions in one log frame, exactly once — but is kept by its owner (an application's
+/// inputs and outputs), not the catalog.
+pub struct Feed {
+    pub name: String,
+    pub source: Arc<Stream>,
+    pub target: Arc<Stream>,
+    pub start: FeedStart,
+    pub transform: FeedTransform,
+}
+
+impl PumpManager {
+    /// Starts `feed` in the background.
+    pub fn start_feed(&self, engine: &Engine, feed: Feed) -> Result<()> {
+        let Feed {
+            name,
+            source,
+            target,
+            start,
+            mut transform,
+        } = feed;
+        let saved = engine.pump_checkpoint(&name)?;
+        let committed = target
+            .commit_of(&engine.qualify(&name))
+            .and_then(|bytes| PumpCheckpoint::from_bytes(&bytes));
+        let resumed = match committed {
+            Some(committed) if committed.epoch > saved.epoch => committed,
+            _ => saved,
+        };
+        let checkpoint = match start {
+            FeedStart::Resume => resumed,
+            FeedStart::TrimHorizon => PumpCheckpoint {
+                epoch: resumed.epoch,
+                ..PumpCheckpoint::default()
+            },
+            FeedStart::Now => PumpCheckpoint {
+                positions: source
+                    .stats()
+                    .iter()
+                    .map(|shard| (source.name().to_string(), shard.index, shard.next_seq))
+                    .collect(),
+                stream_ids: [(source.name().to_string(), source.definition().id)].into(),
+                watermark: None,
+                epoch: resumed.epoch,
+            },
+        };
+        if start != FeedStart::Resume {
+            engine.save_pump_checkpoint(&name, &checkpoint)?;
+        }
+        let progress = Arc::new(PumpProgress {
+            cursor: Arc::new(PumpCursor::resuming(checkpoint).for_pump(&name)),
+            ..PumpProgress::default()
+        });
+        let rows = crate::continuous::follow(Arc::clone(&source), Arc::clone(&progress.cursor));
+        let schema = rows.schema();
+        let mapped = rows.map(move |batch| batch.and_then(&mut transform));
+        let rows: SendableRecordBatchStream = Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, mapped),
+        );
+        progress.ready.store(true, Ordering::Release);
+        let task = tokio::spawn(run(
+            engine.clone(),
+            engine.qualify(&name).into_owned(),
+            PreparedPump {
+                rows,
+                target,
+                progress: Arc::clone(&progress),
+            },
+        ));
+        self.running
+            .lock()
+            .insert(name, RunningPump::new(progress, task));
+        Ok(())
+    }
+}
+
 /// Plans a pump's `INSERT INTO stream SELECT …` over unbounded streams read through the pump's
 /// cursor, and starts its source.
 async fn prepare(

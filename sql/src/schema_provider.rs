@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::common::{Result as DFResult, plan_err};
 use sluice_engine::Engine;
 
@@ -19,6 +19,80 @@ pub enum StreamView {
     Bounded,
     /// Every retained record, then each new one as it arrives (`SELECT STREAM …`).
     Continuous,
+}
+
+/// The `sluice` catalog: `public`, the engine's own streams and tables, and one schema per
+/// application namespace, so `SELECT … FROM my_app."DESTINATION_SQL_STREAM"` reads an
+/// application's in-application stream.
+#[derive(Debug)]
+pub struct StreamCatalog {
+    engine: Engine,
+    public: Arc<dyn SchemaProvider>,
+    view: StreamView,
+    cursor: Option<Arc<PumpCursor>>,
+}
+
+impl StreamCatalog {
+    pub fn new(
+        engine: Engine,
+        public: Arc<dyn SchemaProvider>,
+        view: StreamView,
+        cursor: Option<Arc<PumpCursor>>,
+    ) -> Self {
+        Self {
+            engine,
+            public,
+            view,
+            cursor,
+        }
+    }
+
+    /// The namespace schema `name` stands for: exactly, or without regard to case when that
+    /// is unambiguous (SQL folds unquoted names to lower case).
+    fn namespace(&self, name: &str) -> Option<String> {
+        if self.engine.namespace_name().is_some() {
+            return None;
+        }
+        let namespaces = self.engine.namespaces();
+        if namespaces.iter().any(|n| n == name) {
+            return Some(name.to_string());
+        }
+        let mut folded = namespaces.iter().filter(|n| n.eq_ignore_ascii_case(name));
+        match (folded.next(), folded.next()) {
+            (Some(one), None) => Some(one.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl CatalogProvider for StreamCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        let mut names = vec!["public".to_string()];
+        if self.engine.namespace_name().is_none() {
+            names.extend(self.engine.namespaces());
+        }
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == "public" {
+            return Some(Arc::clone(&self.public));
+        }
+        let namespace = self.engine.namespace(&self.namespace(name)?).ok()?;
+        Some(Arc::new(
+            StreamSchemaProvider::new(namespace).with_view(self.view, self.cursor.clone()),
+        ))
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        _schema: Arc<dyn SchemaProvider>,
+    ) -> DFResult<Option<Arc<dyn SchemaProvider>>> {
+        plan_err!(
+            "schemas are not created with SQL in Sluice; '{name}' would be an application's namespace, made by CreateApplication"
+        )
+    }
 }
 
 /// Streams first, then other tables.

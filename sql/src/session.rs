@@ -8,7 +8,7 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList};
+use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
@@ -22,13 +22,14 @@ use datafusion::sql::sqlparser::ast::{
 use sluice_engine::schema::{DATA, PARTITION_KEY, SYSTEM_COLUMNS};
 use sluice_engine::{Engine, PumpDefinition, StreamFormat};
 
+use crate::application::Applications;
 use crate::continuous::{PumpCursor, QueryProgress};
 use crate::create_stream::stream_spec;
 use crate::error::{Error, Result};
 use crate::identifiers::{KnownNames, resolve_kda_names};
 use crate::parser::{SluiceStatement, parse_statements};
 use crate::pumps::PumpManager;
-use crate::schema_provider::{StreamSchemaProvider, StreamView};
+use crate::schema_provider::{StreamCatalog, StreamSchemaProvider, StreamView};
 use crate::similar_to::rewrite_similar_to;
 use crate::source::SourceManager;
 use crate::streaming_filter::StreamingFilterRule;
@@ -96,6 +97,9 @@ pub struct SluiceSession {
     deliveries: Arc<DeliveryManager>,
     /// The built-in sources feeding streams (`source = 'demo'`).
     sources: Arc<SourceManager>,
+    /// The Kinesis Data Analytics applications on the engine (the engine's own session only;
+    /// an application's session runs inside its namespace).
+    applications: Option<Arc<Applications>>,
 }
 
 impl std::fmt::Debug for SluiceSession {
@@ -127,15 +131,29 @@ impl SluiceSession {
     /// A session whose default schema holds the engine's streams. Pumps saved in the engine's
     /// catalog as running are started (this needs a Tokio runtime).
     pub fn new(engine: Engine) -> Result<Self> {
+        Self::with_tables(engine, Vec::new())
+    }
+
+    /// A session as [`SluiceSession::new`] makes it, with `tables` beside the streams before
+    /// any saved pump starts (an application's reference tables, which its pumps join).
+    pub fn with_tables(
+        engine: Engine,
+        tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)>,
+    ) -> Result<Self> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("sluice", "public");
         let ctx = SessionContext::new_with_config(config);
-        let catalog = ctx.catalog("sluice").ok_or_else(|| {
-            Error::Plan("the default catalog 'sluice' was not created".to_string())
-        })?;
         let provider = Arc::new(StreamSchemaProvider::new(engine.clone()));
-        catalog.register_schema("public", Arc::clone(&provider) as _)?;
+        ctx.register_catalog(
+            "sluice",
+            Arc::new(StreamCatalog::new(
+                engine.clone(),
+                Arc::clone(&provider) as _,
+                StreamView::Bounded,
+                None,
+            )),
+        );
         let bounded = || TumbleFunction::new(engine.clone(), StreamView::Bounded, None);
         ctx.register_udtf("tumble", Arc::new(bounded()));
         ctx.register_udtf("hop", Arc::new(bounded().hopping()));
@@ -152,11 +170,24 @@ impl SluiceSession {
             pumps: Arc::new(PumpManager::default()),
             deliveries: Arc::new(DeliveryManager::default()),
             sources: Arc::new(SourceManager::default()),
+            applications: None,
         };
+        for (name, table) in tables {
+            session
+                .ctx
+                .register_table(datafusion::common::TableReference::bare(name), table)?;
+        }
         session.sources.start_saved(&session.engine)?;
         session.pumps.start_saved(Arc::new(session.clone()))?;
         session.deliveries.start_saved(&session.engine);
-        Ok(session)
+        let applications = match session.engine.namespace_name() {
+            None => Some(Applications::open(session.engine.clone())?),
+            Some(_) => None,
+        };
+        Ok(Self {
+            applications,
+            ..session
+        })
     }
 
     /// A context for continuous queries: the same tables, with streams unbounded and read
@@ -179,10 +210,16 @@ impl SluiceSession {
         continuous.register_udtf("cumulate", Arc::new(windows().cumulating()));
         continuous.register_udtf("session", Arc::new(windows().sessions()));
         continuous.register_udtf("stagger", Arc::new(windows().staggered()));
-        let schema = self.provider.with_view(StreamView::Continuous, cursor);
-        let catalog = MemoryCatalogProvider::new();
-        catalog.register_schema("public", Arc::new(schema))?;
-        continuous.register_catalog("sluice", Arc::new(catalog));
+        let schema = self.provider.with_view(StreamView::Continuous, cursor.clone());
+        continuous.register_catalog(
+            "sluice",
+            Arc::new(StreamCatalog::new(
+                self.engine.clone(),
+                Arc::new(schema),
+                StreamView::Continuous,
+                cursor,
+            )),
+        );
         Ok(continuous)
     }
 
@@ -190,11 +227,34 @@ impl SluiceSession {
     /// clones) closes the engine. Pumps stay marked running in the catalog and start again
     /// with the next session.
     pub async fn shutdown(&self) {
+        if let Some(applications) = &self.applications {
+            // Boxed: an application's own session shuts down from inside this.
+            Box::pin(applications.shutdown()).await;
+        }
         self.sources.stop_all();
         self.pumps.stop_all().await;
         // What delivery streams still buffer is delivered after the next start: their
         // positions were never committed past it.
         self.deliveries.stop_all().await;
+    }
+
+    /// The Kinesis Data Analytics applications on this session's engine (none for a session
+    /// inside an application's namespace).
+    pub fn applications(&self) -> Option<&Arc<Applications>> {
+        self.applications.as_ref()
+    }
+
+    /// Waits until every pump of this session has processed what its sources hold.
+    pub async fn wait_pumps_caught_up(&self, timeout: std::time::Duration) -> Result<()> {
+        self.pumps.wait_caught_up(&self.engine, timeout).await
+    }
+
+    fn root_applications(&self) -> Result<&Applications> {
+        self.applications.as_deref().ok_or_else(|| {
+            Error::Plan(
+                "applications are managed from the engine's own session, not from inside an application".into(),
+            )
+        })
     }
 
     /// The engine this session runs on.
@@ -325,6 +385,13 @@ impl SluiceSession {
                 self.pumps
                     .wait_caught_up(&self.engine, FLUSH_PUMP_TIMEOUT)
                     .await?;
+                // Applications take in what their inputs hold, and deliver their outputs.
+                if let Some(applications) = &self.applications {
+                    applications
+                        .wait_all_caught_up(FLUSH_PUMP_TIMEOUT)
+                        .await
+                        .map_err(|e| Error::Plan(e.message))?;
+                }
                 // Then delivery streams write what is due (everything, with a 0 s interval),
                 // pumps' output included.
                 self.deliveries
@@ -402,6 +469,12 @@ impl SluiceSession {
                 )))
             }
             SluiceStatement::ShowDeliveries => rows(self.deliveries.show(&self.engine)?),
+            SluiceStatement::ShowApplications => {
+                rows(crate::application::show::show(self.root_applications()?).await?)
+            }
+            SluiceStatement::DescribeApplication { name } => rows(
+                crate::application::show::describe(self.root_applications()?, &name).await?,
+            ),
             SluiceStatement::DescribeDelivery { name } => {
                 rows(self.deliveries.describe(&self.engine, &name)?)
             }

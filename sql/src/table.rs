@@ -417,7 +417,7 @@ impl Appendable {
 }
 
 /// Encodes each row of `batch` (the user columns) as one record in `format`.
-fn encode_rows(format: StreamFormat, batch: &RecordBatch) -> DFResult<Vec<Vec<u8>>> {
+pub(crate) fn encode_rows(format: StreamFormat, batch: &RecordBatch) -> DFResult<Vec<Vec<u8>>> {
     match format {
         StreamFormat::Json => {
             let mut buffer = Vec::new();

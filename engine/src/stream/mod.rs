@@ -754,10 +754,20 @@ impl Stream {
         self.report_failures(reports)
     }
 
+    /// Reports records of this stream that could not be processed to `errors`, another
+    /// namespace's `error_stream` (an application reading a stream outside it).
+    pub fn report_to(&self, errors: &Stream, reports: Vec<ErrorReport>) -> Result<()> {
+        self.report_into(errors, reports)
+    }
+
     fn report_failures(&self, failures: Vec<DecodeFailure>) -> Result<()> {
         let Some(errors) = &self.errors else {
             return Ok(());
         };
+        self.report_into(errors, failures)
+    }
+
+    fn report_into(&self, errors: &Stream, failures: Vec<DecodeFailure>) -> Result<()> {
         if failures.is_empty() {
             return Ok(());
         }
