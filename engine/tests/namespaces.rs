@@ -156,10 +156,15 @@ fn a_namespace_error_stream_has_kda_columns() -> TestResult {
     assert_eq!(text("ERROR_NAME").as_deref(), Some("Data_Conversion_Error"));
     assert_eq!(text("DATA_ROW").as_deref(), Some("7b78"));
     assert_eq!(text("ERROR_LEVEL").as_deref(), Some("Error"));
-    assert!(text("MESSAGE").unwrap_or_default().contains("not valid json"));
-    let rowtime = reported[0]
-        .column_by_name("DATA_ROWTIME")
-        .map(|c| c.as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(0));
+    assert!(
+        text("MESSAGE")
+            .unwrap_or_default()
+            .contains("not valid json")
+    );
+    let rowtime = reported[0].column_by_name("DATA_ROWTIME").map(|c| {
+        c.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+            .value(0)
+    });
     assert_eq!(rowtime, Some(1_767_261_600_000));
     Ok(())
 }

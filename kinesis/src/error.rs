@@ -34,6 +34,12 @@ pub enum ErrorKind {
     ProvisionedThroughputExceeded,
     PayloadTooLarge,
     InternalFailure,
+    /// An error of another API served on the same port ([`crate::JsonService`]), in that
+    /// API's own vocabulary.
+    Service {
+        type_name: &'static str,
+        status: u16,
+    },
 }
 
 impl ErrorKind {
@@ -55,6 +61,7 @@ impl ErrorKind {
             Self::ProvisionedThroughputExceeded => "ProvisionedThroughputExceededException",
             Self::PayloadTooLarge => "RequestEntityTooLargeException",
             Self::InternalFailure => "InternalFailure",
+            Self::Service { type_name, .. } => type_name,
         }
     }
 
@@ -63,6 +70,9 @@ impl ErrorKind {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InternalFailure => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MissingAuthenticationToken => StatusCode::FORBIDDEN,
+            Self::Service { status, .. } => {
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }

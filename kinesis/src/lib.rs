@@ -65,6 +65,30 @@ pub struct KinesisOptions {
     pub credentials: Credentials,
     /// Kinesis's per-shard throughput limits, when enforced.
     pub shard_limits: Option<ShardLimits>,
+    /// Other AWS JSON APIs answered on the same port, by `X-Amz-Target` prefix, with the same
+    /// signature checks and error envelopes.
+    pub services: Vec<Arc<dyn JsonService>>,
+}
+
+/// An error of a [`JsonService`]: its `__type`, HTTP status and message.
+#[derive(Debug, Clone)]
+pub struct ServiceError {
+    pub type_name: &'static str,
+    pub status: u16,
+    pub message: String,
+}
+
+/// The answer a [`JsonService`] gives.
+pub type ServiceAnswer =
+    std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, ServiceError>> + Send>>;
+
+/// Another AWS JSON 1.1 API served beside Kinesis (the kinesisanalytics API): requests whose
+/// `X-Amz-Target` starts with its prefix go to it, signed and enveloped as Kinesis's are.
+pub trait JsonService: Send + Sync + std::fmt::Debug {
+    /// The target prefix it answers, with its dot (`KinesisAnalytics_20150814.`).
+    fn target_prefix(&self) -> &'static str;
+    /// Runs `action` on `request`.
+    fn call(&self, action: String, request: serde_json::Value) -> ServiceAnswer;
 }
 
 /// Writes allowed to wait for the engine at once; more wait up to `WRITE_WAIT`, then get
@@ -80,6 +104,7 @@ pub(crate) struct Services {
     pub throttle: Throttle,
     credentials: Credentials,
     write_slots: tokio::sync::Semaphore,
+    services: Vec<Arc<dyn JsonService>>,
 }
 
 #[derive(Clone)]
@@ -96,6 +121,7 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
             throttle: Throttle::new(options.shard_limits),
             credentials: options.credentials,
             write_slots: tokio::sync::Semaphore::new(WRITE_SLOTS),
+            services: options.services,
         }),
     };
     Router::new()
@@ -214,6 +240,26 @@ async fn answer(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    if let Some((service, action)) = services
+        .services
+        .iter()
+        .find_map(|s| target.strip_prefix(s.target_prefix()).map(|a| (s, a)))
+    {
+        services.credentials.verify(method, uri, headers, body)?;
+        let request = protocol.decode(body)?;
+        return service
+            .call(action.to_string(), serde_json::Value::Object(request))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Service {
+                        type_name: e.type_name,
+                        status: e.status,
+                    },
+                    e.message,
+                )
+            });
+    }
     let Some(action) = target.strip_prefix(TARGET_PREFIX) else {
         return Err(ApiError::new(
             ErrorKind::UnknownOperation,

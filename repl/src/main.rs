@@ -15,6 +15,7 @@
 //! $ sluice -c "INSERT INTO ticker VALUES ('AMZN', 130.2)" -c "SELECT symbol, price FROM ticker"
 //! ```
 
+mod analytics;
 mod print;
 mod repl;
 mod status;
@@ -29,6 +30,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use sluice_engine::{Durability, Engine, EngineOptions};
@@ -36,7 +38,7 @@ use sluice_flight::client::ConnectOptions;
 use sluice_flight::{Auth, BoundServer, RemoteSession, ServerOptions};
 use sluice_kinesis::sigv4::Credentials;
 use sluice_kinesis::throttle::ShardLimits;
-use sluice_kinesis::{KinesisOptions, KinesisServer};
+use sluice_kinesis::{JsonService, KinesisOptions, KinesisServer};
 use sluice_sql::SluiceSession;
 
 use crate::print::OutputFormat;
@@ -354,6 +356,11 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
                 .zip(serve.aws_secret_access_key.clone()),
         ),
         shard_limits: serve.kinesis_shard_limits.then(ShardLimits::kinesis),
+        services: session
+            .applications()
+            .map(|apps| Arc::new(analytics::AnalyticsApi(Arc::clone(apps))) as Arc<dyn JsonService>)
+            .into_iter()
+            .collect(),
     };
     let kinesis = KinesisServer::bind(session.engine().clone(), kinesis_addr, kinesis_options)
         .await

@@ -210,7 +210,9 @@ impl SluiceSession {
         continuous.register_udtf("cumulate", Arc::new(windows().cumulating()));
         continuous.register_udtf("session", Arc::new(windows().sessions()));
         continuous.register_udtf("stagger", Arc::new(windows().staggered()));
-        let schema = self.provider.with_view(StreamView::Continuous, cursor.clone());
+        let schema = self
+            .provider
+            .with_view(StreamView::Continuous, cursor.clone());
         continuous.register_catalog(
             "sluice",
             Arc::new(StreamCatalog::new(
@@ -472,9 +474,9 @@ impl SluiceSession {
             SluiceStatement::ShowApplications => {
                 rows(crate::application::show::show(self.root_applications()?).await?)
             }
-            SluiceStatement::DescribeApplication { name } => rows(
-                crate::application::show::describe(self.root_applications()?, &name).await?,
-            ),
+            SluiceStatement::DescribeApplication { name } => {
+                rows(crate::application::show::describe(self.root_applications()?, &name).await?)
+            }
             SluiceStatement::DescribeDelivery { name } => {
                 rows(self.deliveries.describe(&self.engine, &name)?)
             }

@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::common::Result as DFResult;
 use datafusion::execution::SendableRecordBatchStream;
@@ -14,8 +16,6 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use sluice_engine::schema::{ROWTIME, SEQUENCE_NUMBER};
 use sluice_engine::{ErrorReport, Stream};
 

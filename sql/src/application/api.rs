@@ -97,7 +97,10 @@ pub async fn call(apps: &Applications, action: &str, request: Value) -> Result<V
                 if app.outputs.len() == before {
                     return Err(ApplicationError::new(
                         ErrorKind::ResourceNotFound,
-                        format!("Output {id} not found in application {}", app.application_name),
+                        format!(
+                            "Output {id} not found in application {}",
+                            app.application_name
+                        ),
                     ));
                 }
                 Ok(())
@@ -160,7 +163,8 @@ pub async fn call(apps: &Applications, action: &str, request: Value) -> Result<V
             })
             .await
         }
-        "AddApplicationInputProcessingConfiguration" | "DeleteApplicationInputProcessingConfiguration" => {
+        "AddApplicationInputProcessingConfiguration"
+        | "DeleteApplicationInputProcessingConfiguration" => {
             Err(lambda_refused("InputProcessingConfiguration"))
         }
         "DiscoverInputSchema" => discover_input_schema(apps, &request).await,
@@ -306,7 +310,11 @@ async fn list_applications(apps: &Applications, request: &Value) -> Result<Value
     let all = apps.list().await;
     let rest: Vec<&Application> = all
         .iter()
-        .filter(|a| after.as_ref().is_none_or(|after| &a.application_name > after))
+        .filter(|a| {
+            after
+                .as_ref()
+                .is_none_or(|after| &a.application_name > after)
+        })
         .collect();
     let page: Vec<Value> = rest.iter().take(limit).map(|a| summary(a)).collect();
     Ok(json!({
@@ -385,12 +393,13 @@ fn apply_update(app: &mut Application, update: &Value) -> Result<()> {
             input.name_prefix = prefix.to_string();
         }
         if let Some(stream) = change.get("KinesisStreamsInputUpdate") {
-            let resource = input
-                .kinesis_streams_input
-                .get_or_insert_with(|| super::model::Resource {
-                    resource_arn: String::new(),
-                    role_arn: None,
-                });
+            let resource =
+                input
+                    .kinesis_streams_input
+                    .get_or_insert_with(|| super::model::Resource {
+                        resource_arn: String::new(),
+                        role_arn: None,
+                    });
             if let Some(arn) = stream.get("ResourceARNUpdate").and_then(Value::as_str) {
                 resource.resource_arn = arn.to_string();
             }
@@ -468,7 +477,10 @@ fn apply_update(app: &mut Application, update: &Value) -> Result<()> {
         }
         check_output(output, &field)?;
     }
-    for (i, change) in list(update, "ReferenceDataSourceUpdates")?.iter().enumerate() {
+    for (i, change) in list(update, "ReferenceDataSourceUpdates")?
+        .iter()
+        .enumerate()
+    {
         let field = format!("ApplicationUpdate.ReferenceDataSourceUpdates[{i}]");
         let id = change
             .get("ReferenceId")
@@ -542,7 +554,10 @@ async fn discover_input_schema(apps: &Applications, request: &Value) -> Result<V
     let stream = apps.engine().stream(name).map_err(|_| {
         ApplicationError::new(
             ErrorKind::ResourceNotFound,
-            format!("Stream {name} under account {} not found.", super::model::ACCOUNT),
+            format!(
+                "Stream {name} under account {} not found.",
+                super::model::ACCOUNT
+            ),
         )
     })?;
     let position = request
@@ -784,7 +799,10 @@ fn check_output(output: &Output, field: &str) -> Result<()> {
     if output.lambda_output.is_some() {
         return Err(lambda_refused(&format!("{field}.LambdaOutput")));
     }
-    match (&output.kinesis_streams_output, &output.kinesis_firehose_output) {
+    match (
+        &output.kinesis_streams_output,
+        &output.kinesis_firehose_output,
+    ) {
         (Some(_), None) | (None, Some(_)) => {}
         _ => {
             return Err(ApplicationError::invalid(format!(
@@ -792,7 +810,10 @@ fn check_output(output: &Output, field: &str) -> Result<()> {
             )));
         }
     }
-    let format = output.destination_schema.record_format_type.to_ascii_uppercase();
+    let format = output
+        .destination_schema
+        .record_format_type
+        .to_ascii_uppercase();
     if format != "JSON" && format != "CSV" {
         return Err(ApplicationError::invalid(format!(
             "{field}.DestinationSchema.RecordFormatType '{}' is not JSON or CSV",
@@ -944,9 +965,6 @@ fn optional_member<T: DeserializeOwned>(request: &Value, field: &str) -> Result<
 
 fn from_value<T: DeserializeOwned>(value: Value, field: &str) -> Result<T> {
     serde_json::from_value(value).map_err(|e| {
-        ApplicationError::invalid(format!(
-            "{field}: {}",
-            e.to_string().replace('`', "")
-        ))
+        ApplicationError::invalid(format!("{field}: {}", e.to_string().replace('`', "")))
     })
 }

@@ -50,10 +50,18 @@ pub fn input_feed(
             batch
         };
         let Some(data) = batch.column_by_name(DATA).map(|c| c.as_binary::<i32>()) else {
-            return exec_err!("an application input reads its records' data, and this stream has no _data column");
+            return exec_err!(
+                "an application input reads its records' data, and this stream has no _data column"
+            );
         };
         let records: Vec<&[u8]> = (0..data.len())
-            .map(|row| if data.is_valid(row) { data.value(row) } else { &[] })
+            .map(|row| {
+                if data.is_valid(row) {
+                    data.value(row)
+                } else {
+                    &[]
+                }
+            })
             .collect();
         let (rows, _origins, failures) = mapper
             .map(&records)

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
+use sluice_delivery::options::S3Options;
 use sluice_engine::{ERROR_STREAM, Engine, StreamFormat, StreamSpec};
 use tokio::sync::Mutex;
 
@@ -42,6 +43,9 @@ pub struct Applications {
     engine: Engine,
     path: PathBuf,
     state: Arc<Mutex<State>>,
+    /// How reference data is read from S3-compatible storage (the environment's settings
+    /// unless set).
+    reference_s3: parking_lot::Mutex<S3Options>,
 }
 
 impl std::fmt::Debug for Applications {
@@ -94,6 +98,7 @@ impl Applications {
             engine,
             path,
             state: Arc::new(Mutex::new(state)),
+            reference_s3: parking_lot::Mutex::new(S3Options::default()),
         });
         if !resume.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
             let mut guard = Arc::clone(&applications.state)
@@ -113,6 +118,11 @@ impl Applications {
             });
         }
         Ok(applications)
+    }
+
+    /// Reads reference data with `options` (endpoint, keys) instead of the environment's.
+    pub fn set_reference_s3(&self, options: S3Options) {
+        *self.reference_s3.lock() = options;
     }
 
     /// The engine the applications run on.
@@ -145,9 +155,7 @@ impl Applications {
                 format!("Application {} already exists.", app.application_name),
             ));
         }
-        state
-            .apps
-            .insert(app.application_name.clone(), app.clone());
+        state.apps.insert(app.application_name.clone(), app.clone());
         self.save(&state)?;
         Ok(app)
     }
@@ -174,6 +182,7 @@ impl Applications {
                 ),
             ));
         }
+        let previous = app.clone();
         let mut changed = app.clone();
         change(&mut changed)?;
         let only_tags = Application {
@@ -205,8 +214,24 @@ impl Applications {
             };
         }
         self.save(&state)?;
-        if was_running {
-            self.start_locked(&mut state, name, None).await?;
+        if was_running && let Err(e) = self.start_locked(&mut state, name, None).await {
+            // The change does not run: put the application back as it was, running, and say
+            // why.
+            if let Some(app) = state.apps.get_mut(name) {
+                *app = Application {
+                    code_version_run: None,
+                    ..previous
+                };
+            }
+            self.save(&state)?;
+            if let Err(again) = self.start_locked(&mut state, name, None).await {
+                log::error!("application '{name}' could not start again as it was: {again}");
+                if let Some(app) = state.apps.get_mut(name) {
+                    app.application_status = ApplicationStatus::Ready;
+                }
+                self.save(&state)?;
+            }
+            return Err(e);
         }
         Ok(())
     }
@@ -300,10 +325,7 @@ impl Applications {
                 .wait_caught_up(session.engine(), left)
                 .await
                 .map_err(internal)?;
-            session
-                .wait_pumps_caught_up(left)
-                .await
-                .map_err(internal)?;
+            session.wait_pumps_caught_up(left).await.map_err(internal)?;
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if feeds
                 .wait_caught_up(session.engine(), std::time::Duration::ZERO)
@@ -349,7 +371,11 @@ impl Applications {
         name: &str,
         positions: Option<&HashMap<String, String>>,
     ) -> Result<()> {
-        let app = state.apps.get(name).cloned().ok_or_else(|| not_found(name))?;
+        let app = state
+            .apps
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
         self.stop_locked(state, name).await;
         let fresh = app.code_version_run != Some(app.application_version_id);
         match self.launch(&app, fresh, positions).await {
@@ -403,8 +429,12 @@ impl Applications {
                 .map_err(|e| ApplicationError::invalid(format!("Input {}: {e}", input.input_id)))?;
             let source = self.source_of(input)?;
             for stream in input.in_app_stream_names() {
-                let spec =
-                    StreamSpec::with_columns(stream.as_str(), 1, StreamFormat::Json, mapper.schema());
+                let spec = StreamSpec::with_columns(
+                    stream.as_str(),
+                    1,
+                    StreamFormat::Json,
+                    mapper.schema(),
+                );
                 engine.create_stream(spec, true).map_err(invalid_config)?;
             }
             inputs.push((input, mapper, source));
@@ -412,7 +442,8 @@ impl Applications {
         // Reference tables before the session, so its saved pumps plan with them.
         let mut tables: Vec<(String, Arc<dyn TableProvider>)> = Vec::new();
         for reference in &app.reference_data_sources {
-            let table = read_reference_table(reference).await?;
+            let s3 = self.reference_s3.lock().clone();
+            let table = read_reference_table(reference, &s3).await?;
             tables.push((reference.table_name.clone(), Arc::new(table)));
         }
         let session = SluiceSession::with_tables(engine.clone(), tables).map_err(invalid_config)?;
@@ -531,12 +562,13 @@ impl Applications {
             )
         })?;
         let target = if let Some(resource) = &output.kinesis_streams_output {
-            let name = name_in_arn(&resource.resource_arn, "kinesis", "stream").ok_or_else(|| {
-                ApplicationError::invalid(format!(
-                    "KinesisStreamsOutput.ResourceARN '{}' is not a Kinesis stream ARN",
-                    resource.resource_arn
-                ))
-            })?;
+            let name =
+                name_in_arn(&resource.resource_arn, "kinesis", "stream").ok_or_else(|| {
+                    ApplicationError::invalid(format!(
+                        "KinesisStreamsOutput.ResourceARN '{}' is not a Kinesis stream ARN",
+                        resource.resource_arn
+                    ))
+                })?;
             self.engine.stream(name).map_err(|_| {
                 ApplicationError::new(
                     ErrorKind::InvalidApplicationConfiguration,
@@ -565,7 +597,9 @@ impl Applications {
                         ),
                     )
                 })?;
-            self.engine.stream(&delivery.source).map_err(invalid_config)?
+            self.engine
+                .stream(&delivery.source)
+                .map_err(invalid_config)?
         } else {
             return Err(ApplicationError::invalid(format!(
                 "Output {} names no destination",
@@ -607,9 +641,8 @@ impl Applications {
             }
             Ok::<(), std::io::Error>(())
         })();
-        written.map_err(|e| {
-            ApplicationError::internal(format!("saving {}: {e}", self.path.display()))
-        })
+        written
+            .map_err(|e| ApplicationError::internal(format!("saving {}: {e}", self.path.display())))
     }
 }
 
@@ -637,7 +670,10 @@ fn not_found(name: &str) -> ApplicationError {
 }
 
 fn invalid_config(e: impl Into<crate::Error>) -> ApplicationError {
-    ApplicationError::new(ErrorKind::InvalidApplicationConfiguration, e.into().to_string())
+    ApplicationError::new(
+        ErrorKind::InvalidApplicationConfiguration,
+        e.into().to_string(),
+    )
 }
 
 fn internal(e: crate::Error) -> ApplicationError {

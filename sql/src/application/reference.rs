@@ -1,7 +1,8 @@
 //! Reference data: an object in S3-compatible storage (`S3ReferenceDataSource`), mapped by its
 //! `ReferenceSchema` into an in-application table that joins with streams. The store is found
 //! as delivery streams find theirs: `AWS_ENDPOINT_URL`, `AWS_REGION` and the keys in the
-//! environment.
+//! environment, unless [`Applications::set_reference_s3`](super::Applications::set_reference_s3)
+//! says otherwise.
 
 use datafusion::datasource::MemTable;
 use object_store::ObjectStoreExt;
@@ -18,6 +19,7 @@ pub const MAX_REFERENCE_BYTES: u64 = 1024 * 1024 * 1024;
 /// Reads `source`'s object and maps it into a table.
 pub async fn read_reference_table(
     source: &ReferenceDataSource,
+    s3_options: &S3Options,
 ) -> Result<MemTable, ApplicationError> {
     let s3 = &source.s3_reference_data_source;
     let bucket = s3
@@ -39,7 +41,7 @@ pub async fn read_reference_table(
             ),
         )
     };
-    let destination = Destination::open(&format!("s3://{bucket}/"), &S3Options::default())
+    let destination = Destination::open(&format!("s3://{bucket}/"), s3_options)
         .map_err(|e| unavailable(e.to_string()))?;
     let path = destination
         .path(&s3.file_key)
@@ -87,7 +89,9 @@ pub async fn read_reference_table(
             .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
             .collect()
     };
-    let (batch, _, errors) = mapper.map(&records).map_err(|e| unavailable(e.to_string()))?;
+    let (batch, _, errors) = mapper
+        .map(&records)
+        .map_err(|e| unavailable(e.to_string()))?;
     if let Some(error) = errors.first() {
         return Err(unavailable(format!(
             "{} of its records do not map (record {}: {})",

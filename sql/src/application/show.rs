@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 use super::manager::Applications;
@@ -27,7 +29,9 @@ pub async fn show(apps: &Applications) -> Result<RecordBatch> {
         ),
     ]));
     let count = |f: fn(&Application) -> usize| -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(list.iter().map(|a| f(a) as u64)))
+        Arc::new(UInt64Array::from_iter_values(
+            list.iter().map(|a| f(a) as u64),
+        ))
     };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
@@ -43,7 +47,8 @@ pub async fn show(apps: &Applications) -> Result<RecordBatch> {
         count(|a| a.outputs.len()),
         count(|a| a.reference_data_sources.len()),
         Arc::new(TimestampMillisecondArray::from_iter_values(
-            list.iter().map(|a| (a.create_timestamp * 1000.0).round() as i64),
+            list.iter()
+                .map(|a| (a.create_timestamp * 1000.0).round() as i64),
         )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
@@ -151,9 +156,15 @@ pub async fn describe(apps: &Applications, name: &str) -> Result<RecordBatch> {
         Field::new("detail", DataType::Utf8, false),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.1.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.2.as_str()),
+        )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }
