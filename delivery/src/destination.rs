@@ -136,7 +136,6 @@ fn open_s3(destination: &str, rest: &str, s3: &S3Options) -> Result<Destination>
     // Options win over the AWS_* environment variables.
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_allow_http(s3.allow_http)
         .with_conditional_put(S3ConditionalPut::ETagMatch)
         // The delivery runner retries a failed object forever with its own backoff and shows
         // each failure; the client's own retries only cover brief blips, so a failure surfaces
@@ -148,6 +147,10 @@ fn open_s3(destination: &str, rest: &str, s3: &S3Options) -> Result<Destination>
         });
     if let Some(endpoint) = &s3.endpoint {
         builder = builder.with_endpoint(endpoint);
+    }
+    // Left unset, AWS_ALLOW_HTTP decides (as for every other setting).
+    if s3.allow_http {
+        builder = builder.with_allow_http(true);
     }
     match &s3.region {
         Some(region) => builder = builder.with_region(region),

@@ -692,6 +692,10 @@ impl Engine {
 
     /// Every delivery stream in the catalog.
     pub fn deliveries(&self) -> Vec<DeliveryDefinition> {
+        // Delivery streams live in the engine's own namespace.
+        if self.namespace.is_some() {
+            return Vec::new();
+        }
         self.inner.catalog.lock().deliveries.clone()
     }
 

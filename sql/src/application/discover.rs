@@ -103,19 +103,23 @@ pub fn discover(samples: &[&[u8]]) -> Result<Discovered> {
             "no records to discover a schema from: the stream has no UTF-8 records yet; put some and try again".into(),
         ));
     }
-    let objects: Option<Vec<Vec<(String, Json)>>> = texts
+    // JSON when most samples are JSON objects (a stray bad record does not make the stream
+    // CSV; it goes to error_stream when the application runs), CSV otherwise.
+    let objects: Vec<Vec<(String, Json)>> = texts
         .iter()
-        .map(|t| match serde_json::from_str(t) {
+        .filter_map(|t| match serde_json::from_str(t) {
             Ok(Json::Object(fields)) => Some(fields),
             _ => None,
         })
         .collect();
-    let input_schema = match objects {
-        Some(objects) => json_schema(&objects),
-        None => csv_schema(&texts)?,
+    let input_schema = if objects.len() * 2 > texts.len() {
+        json_schema(&objects)
+    } else {
+        csv_schema(&texts)?
     };
     let mapper = InputMapper::new(&input_schema)?;
     let (batch, _, _) = mapper.map(samples)?;
+    // Rows of the records that mapped; the rest are in `raw` only.
     let parsed = (0..batch.num_rows())
         .map(|row| {
             batch
@@ -481,6 +485,24 @@ mod tests {
             Some("2025-12-31T23:59:58.250")
         );
         assert_eq!(discovered.raw.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_stray_bad_record_does_not_make_json_samples_csv() -> Result<()> {
+        let samples: Vec<&[u8]> = vec![
+            br#"{"TICKER_SYMBOL": "AMZN", "PRICE": 1.5}"#,
+            b"not json",
+            br#"{"TICKER_SYMBOL": "ORCL", "PRICE": 2}"#,
+        ];
+        let discovered = discover(&samples)?;
+        assert_eq!(
+            discovered.input_schema.record_format.record_format_type,
+            "JSON"
+        );
+        assert_eq!(columns(&discovered)[0].0, "TICKER_SYMBOL");
+        assert_eq!(discovered.parsed.len(), 2);
+        assert_eq!(discovered.raw.len(), 3);
         Ok(())
     }
 
