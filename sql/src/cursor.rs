@@ -20,8 +20,9 @@
 //! Each output row's `ROWTIME` is its window's end. The cursor reads one stream, optionally
 //! filtered (`CURSOR(SELECT STREAM * FROM s WHERE price > 10)`); a cursor over a join or an
 //! aggregate is refused with what to write instead (a pump into an in-application stream, and
-//! the cursor over that). The machine-learning functions (`RANDOM_CUT_FOREST`, `HOTSPOTS`) are
-//! refused by name.
+//! the cursor over that). The machine-learning functions (`RANDOM_CUT_FOREST`,
+//! `RANDOM_CUT_FOREST_WITH_EXPLANATION`, `HOTSPOTS`) become calls of their table functions
+//! ([`crate::ml::table`]) with the cursor's query as a subquery.
 
 use datafusion::sql::sqlparser::ast::{GroupByExpr, SetExpr, Statement, TableFactor};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -146,6 +147,12 @@ impl Call {
     /// The windowed query this call stands for, as a derived table.
     fn rewrite(&self, tokens: &[TokenWithSpan]) -> Result<String> {
         let function = self.function.as_str();
+        if let Some((name, _)) = crate::ml::table::MlKind::ALL
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(function))
+        {
+            return Ok(self.model_call(name, tokens));
+        }
         let (shape, items) = match function {
             "TOP_K_ITEMS_TUMBLING" => ("(CURSOR(SELECT STREAM …), 'column', k, window_seconds)", 3),
             "COUNT_DISTINCT_ITEMS_TUMBLING" => {
@@ -153,7 +160,7 @@ impl Call {
             }
             _ => {
                 return Err(Error::Plan(format!(
-                    "{function}(CURSOR(SELECT STREAM …), …) is not supported yet: Sluice's streaming table functions over a cursor are TOP_K_ITEMS_TUMBLING and COUNT_DISTINCT_ITEMS_TUMBLING; the machine-learning ones (RANDOM_CUT_FOREST, RANDOM_CUT_FOREST_WITH_EXPLANATION, HOTSPOTS) are not there yet"
+                    "{function}(CURSOR(SELECT STREAM …), …) is not a streaming table function Sluice knows: they are TOP_K_ITEMS_TUMBLING, COUNT_DISTINCT_ITEMS_TUMBLING, RANDOM_CUT_FOREST, RANDOM_CUT_FOREST_WITH_EXPLANATION and HOTSPOTS"
                 )));
             }
         };
@@ -198,6 +205,28 @@ impl Call {
                 )
             }
         })
+    }
+
+    /// A machine-learning function's call: `name(EXISTS (query), arguments…)`, the cursor's
+    /// query (without its `STREAM`) planned by DataFusion as a subquery and handed to the
+    /// table function ([`crate::ml::table`]).
+    fn model_call(&self, name: &str, tokens: &[TokenWithSpan]) -> String {
+        let (start, end) = self.query;
+        let mut query: Vec<TokenWithSpan> = tokens[start..end].to_vec();
+        if let Some(select) =
+            significant(&query, 0).filter(|&s| word(&query[s].token).as_deref() == Some("SELECT"))
+            && let Some(stream) = significant(&query, select + 1)
+                .filter(|&s| word(&query[s].token).as_deref() == Some("STREAM"))
+        {
+            query.remove(stream);
+        }
+        let mut call = format!("{name}(EXISTS ({})", text(&query));
+        for argument in &self.arguments {
+            call.push_str(", ");
+            call.push_str(argument);
+        }
+        call.push(')');
+        call
     }
 
     /// The column argument, `'TICKER'`, as an identifier (unquoted when it can be, so it
@@ -331,8 +360,15 @@ mod tests {
         assert!(message("SELECT * FROM TABLE(COUNT_DISTINCT_ITEMS_TUMBLING(CURSOR(SELECT STREAM * FROM s JOIN t ON s.a = t.a), 'a', 60))")
             .contains("the cursor reads one stream (it joins)"));
         assert!(
-            message("SELECT * FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM * FROM s)))")
-                .contains("RANDOM_CUT_FOREST(CURSOR(SELECT STREAM …), …) is not supported yet")
+            message("SELECT * FROM TABLE(DETECT_THINGS(CURSOR(SELECT STREAM * FROM s)))")
+                .contains("DETECT_THINGS(CURSOR(SELECT STREAM …), …) is not a streaming table function Sluice knows")
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT STREAM * FROM TABLE(RANDOM_CUT_FOREST(CURSOR(SELECT STREAM \"TEMP\" FROM s WHERE x > 1), 50, 128))"
+            )
+            .unwrap_or_default(),
+            "SELECT STREAM * FROM random_cut_forest(EXISTS (SELECT  \"TEMP\" FROM s WHERE x > 1), 50, 128)"
         );
         assert!(
             message(

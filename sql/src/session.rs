@@ -160,6 +160,9 @@ impl SluiceSession {
         ctx.register_udtf("cumulate", Arc::new(bounded().cumulating()));
         ctx.register_udtf("session", Arc::new(bounded().sessions()));
         ctx.register_udtf("stagger", Arc::new(bounded().staggered()));
+        for (name, kind) in crate::ml::table::MlKind::ALL {
+            ctx.register_udtf(name, Arc::new(crate::ml::table::MlFunction(kind)));
+        }
         for udf in crate::kda_functions::kda_udfs(Arc::clone(engine.clock())) {
             ctx.register_udf(udf);
         }
@@ -210,6 +213,9 @@ impl SluiceSession {
         continuous.register_udtf("cumulate", Arc::new(windows().cumulating()));
         continuous.register_udtf("session", Arc::new(windows().sessions()));
         continuous.register_udtf("stagger", Arc::new(windows().staggered()));
+        for (name, kind) in crate::ml::table::MlKind::ALL {
+            continuous.register_udtf(name, Arc::new(crate::ml::table::MlFunction(kind)));
+        }
         let schema = self
             .provider
             .with_view(StreamView::Continuous, cursor.clone());

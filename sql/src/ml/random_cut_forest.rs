@@ -147,6 +147,40 @@ impl RandomCutForest {
         score
     }
 
+    /// Scores `values` as [`Self::score_and_update`] does and explains the score: per input
+    /// dimension, the part of it owed to the value being high and the part owed to it being
+    /// low (summed over the shingle's positions). The parts add up to the score.
+    pub fn explain_and_update(&mut self, values: &[f64]) -> (f64, Attribution) {
+        let dims = self.dimensions;
+        let mut attribution = Attribution {
+            high: vec![0.0; dims],
+            low: vec![0.0; dims],
+        };
+        let Some(point) = self.shingled(values) else {
+            return (0.0, attribution);
+        };
+        let ready = self
+            .trees
+            .iter()
+            .all(|t| t.sampler.len() >= self.params.sample_size);
+        let mut score = 0.0;
+        if ready {
+            let trees = self.trees.len() as f64;
+            let mut high = vec![0.0; point.len()];
+            let mut low = vec![0.0; point.len()];
+            for tree in &self.trees {
+                score += tree.attribute(&point, &mut self.path, &mut high, &mut low) / trees;
+            }
+            // Fold the shingle's positions onto the input's dimensions.
+            for (i, (h, l)) in high.iter().zip(&low).enumerate() {
+                attribution.high[i % dims] += h / trees;
+                attribution.low[i % dims] += l / trees;
+            }
+        }
+        self.update_point(point);
+        (score, attribution)
+    }
+
     /// Takes `values` in without scoring them: the bare forest update.
     pub fn update(&mut self, values: &[f64]) {
         if let Some(point) = self.shingled(values) {
@@ -175,6 +209,13 @@ impl RandomCutForest {
             tree.sample(t, &point, &self.params);
         }
     }
+}
+
+/// How much of a score each dimension owes to its value being high, and being low.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribution {
+    pub high: Vec<f64>,
+    pub low: Vec<f64>,
 }
 
 /// A sampled point's priority in a tree's reservoir.
@@ -507,6 +548,98 @@ impl Tree {
         }
         score * (1.0 + tree_mass).log2()
     }
+
+    /// The point's score in this tree, as [`Self::score`] gives it, with its parts per
+    /// dimension and direction added to `high` and `low`: each node's chance of cutting the
+    /// point off is split over the dimensions by how far the point lies outside the node's box
+    /// in each, above (high) or below (low).
+    fn attribute(
+        &self,
+        point: &[f64],
+        path: &mut Vec<usize>,
+        high: &mut [f64],
+        low: &mut [f64],
+    ) -> f64 {
+        let Some(root) = self.root else {
+            return 0.0;
+        };
+        let dims = point.len();
+        let tree_mass = self.nodes[root].mass as f64;
+        path.clear();
+        path.push(root);
+        let mut at = root;
+        while let Kind::Internal {
+            dim,
+            cut,
+            left,
+            right,
+        } = &self.nodes[at].kind
+        {
+            at = if point[*dim] <= *cut { *left } else { *right };
+            path.push(at);
+        }
+        let unseen = |depth: usize| 1.0 / (depth as f64 + 1.0);
+        let leaf_depth = path.len() - 1;
+        let leaf = &self.nodes[at];
+        let mut part_high = vec![0.0; dims];
+        let mut part_low = vec![0.0; dims];
+        let mut score = match &leaf.kind {
+            Kind::Leaf { point: p } if p.as_slice() == point => {
+                // A point seen before: no dimension stands out, the score is shared.
+                let mass = leaf.mass as f64;
+                let damp = 1.0 - mass / (2.0 * tree_mass);
+                let score = damp / (leaf_depth as f64 + (mass + 1.0).log2());
+                for d in 0..dims {
+                    part_high[d] = score / (2.0 * dims as f64);
+                    part_low[d] = score / (2.0 * dims as f64);
+                }
+                score
+            }
+            Kind::Leaf { point: p } => {
+                let score = unseen(leaf_depth);
+                let apart: f64 = p.iter().zip(point).map(|(a, b)| (a - b).abs()).sum();
+                for d in 0..dims {
+                    let gap = (point[d] - p[d]).abs() / apart.max(f64::MIN_POSITIVE);
+                    if point[d] > p[d] {
+                        part_high[d] = score * gap;
+                    } else {
+                        part_low[d] = score * gap;
+                    }
+                }
+                score
+            }
+            Kind::Internal { .. } => 0.0,
+        };
+        for (depth, &i) in path.iter().enumerate().rev().skip(1) {
+            let node = &self.nodes[i];
+            let mut total = 0.0;
+            let mut grown = 0.0;
+            for ((l, h), p) in node.lo.iter().zip(&node.hi).zip(point) {
+                let span = h.max(*p) - l.min(*p);
+                total += span;
+                grown += span - (h - l);
+            }
+            if total > 0.0 && grown > 0.0 {
+                let separation = grown / total;
+                let cut_off = unseen(depth);
+                for d in 0..dims {
+                    part_high[d] *= 1.0 - separation;
+                    part_low[d] *= 1.0 - separation;
+                    let above = (point[d] - node.hi[d]).max(0.0);
+                    let below = (node.lo[d] - point[d]).max(0.0);
+                    part_high[d] += cut_off * above / total;
+                    part_low[d] += cut_off * below / total;
+                }
+                score = separation * cut_off + (1.0 - separation) * score;
+            }
+        }
+        let scale = (1.0 + tree_mass).log2();
+        for d in 0..dims {
+            high[d] += part_high[d] * scale;
+            low[d] += part_low[d] * scale;
+        }
+        score * scale
+    }
 }
 
 /// SplitMix64: small, fast, and the same numbers from the same seed everywhere.
@@ -651,6 +784,39 @@ mod tests {
         };
         assert_eq!(run(1)?, run(1)?);
         assert_ne!(run(1)?, run(2)?);
+        Ok(())
+    }
+
+    #[test]
+    fn explanations_add_up_and_point_at_the_odd_dimension() -> Result<()> {
+        let params = ForestParams {
+            trees: 30,
+            sample_size: 64,
+            ..ForestParams::default()
+        };
+        let mut forest = RandomCutForest::new(2, params)?;
+        let mut scored = Vec::new();
+        for i in 0..600 {
+            let x = (i % 10) as f64;
+            // At 500, y jumps far below its usual range; x stays ordinary.
+            let y = if i == 500 {
+                -100.0
+            } else {
+                5.0 + (i % 3) as f64
+            };
+            scored.push(forest.explain_and_update(&[x, y]));
+        }
+        for (score, parts) in &scored[300..] {
+            let total: f64 = parts.high.iter().chain(&parts.low).sum();
+            assert!(
+                (total - score).abs() < 1e-9 * score.max(1.0),
+                "{total} vs {score}"
+            );
+        }
+        let (score, parts) = &scored[500];
+        assert!(*score > 2.0 * scored[499].0);
+        assert!(parts.low[1] > 0.8 * score, "{parts:?}");
+        assert!(parts.high[1] < 0.05 * score);
         Ok(())
     }
 
