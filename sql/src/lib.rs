@@ -16,6 +16,10 @@
 //! [`window_runtime`], which executes the query's own plan once per window ([`batch_exec`]) as
 //! the [`watermark`] closes it; sliding windows (`OVER`) in [`sliding`], a row out per row in.
 //!
+//! Kinesis Data Analytics applications ([`application`]) run on top: each in its own namespace
+//! of the engine with its own session, fed by input mappings and delivering its outputs, managed
+//! through the `kinesisanalytics` actions; KDA's machine-learning functions are in [`ml`].
+//!
 //! # Example
 //!
 //! ```
