@@ -420,7 +420,7 @@ async fn csv_input_and_a_code_update() -> TestResult {
                 applications,
                 "UpdateApplication",
                 json!({"ApplicationName": "clickapp", "CurrentApplicationVersionId": v + 5,
-                       "ApplicationUpdate": {"ApplicationCodeUpdate": "SELECT 1;"}}),
+                       "ApplicationUpdate": {"ApplicationCodeUpdate": "CREATE OR REPLACE STREAM \"X\" (\"A\" INTEGER);"}}),
             )
             .await
         )
@@ -502,6 +502,13 @@ async fn bad_definitions_get_kda_exceptions_naming_the_field() -> TestResult {
             create(&|r| r["ApplicationCode"] = json!("CREATE OR REPLACE STREAM (")),
             ErrorKind::CodeValidation,
             "",
+        ),
+        (
+            create(&|r| {
+                r["ApplicationCode"] = json!("SELECT STREAM * FROM \"SOURCE_SQL_STREAM_001\";")
+            }),
+            ErrorKind::CodeValidation,
+            "CREATE OR REPLACE PUMP",
         ),
         (
             create(&|r| r["ApplicationName"] = json!("no/slash")),

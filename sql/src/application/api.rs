@@ -15,6 +15,7 @@ use super::model::{
     Application, ApplicationStatus, CloudWatchLoggingOption, Input, Output, ReferenceDataSource,
     application_arn, name_in_arn,
 };
+use crate::parser::SluiceStatement;
 
 type Result<T, E = ApplicationError> = std::result::Result<T, E>;
 
@@ -727,9 +728,28 @@ fn check_code(code: &str) -> Result<()> {
             code.len()
         )));
     }
-    crate::parser::parse_statements(code)
-        .map(|_| ())
-        .map_err(|e| ApplicationError::new(ErrorKind::CodeValidation, e.to_string()))
+    let statements = crate::parser::parse_statements(code)
+        .map_err(|e| ApplicationError::new(ErrorKind::CodeValidation, e.to_string()))?;
+    // Code makes streams and pumps; a query on its own would have nowhere to send its rows
+    // (and a continuous one would never finish starting the application).
+    for statement in &statements {
+        let query = match statement {
+            SluiceStatement::SelectStream(_) => true,
+            SluiceStatement::DataFusion(inner) => matches!(
+                inner.as_ref(),
+                datafusion::sql::parser::Statement::Statement(s)
+                    if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::Query(_))
+            ),
+            _ => false,
+        };
+        if query {
+            return Err(ApplicationError::new(
+                ErrorKind::CodeValidation,
+                "ApplicationCode: a SELECT on its own has nowhere to send its rows; write it as CREATE OR REPLACE PUMP \"STREAM_PUMP\" AS INSERT INTO \"DESTINATION_SQL_STREAM\" SELECT STREAM …",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_input(input: &Input, field: &str) -> Result<()> {
