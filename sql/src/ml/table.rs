@@ -116,7 +116,7 @@ impl TableFunctionImpl for MlFunction {
             match number(i, what)? {
                 None => Ok(default),
                 // KDA passes -1 for "the default" in its examples' generated SQL.
-                Some(n) if n == -1.0 => Ok(default),
+                Some(-1.0) => Ok(default),
                 Some(n) if n.fract() == 0.0 && n >= 0.0 => Ok(n as usize),
                 Some(n) => plan_err!("{name}: {what} is a whole number, not {n}"),
             }
