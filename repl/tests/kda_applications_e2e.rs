@@ -5,6 +5,8 @@
 //! killed with `kill -9`, started again, and the applications carry on exactly where they were.
 
 mod common;
+#[path = "../../tests/support/s3_server.rs"]
+mod s3_server;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,36 +17,6 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const KEY: &str = "ref-key";
 const SECRET: &str = "ref-secret";
-
-/// Serves `root` (a folder per bucket) over S3 on 127.0.0.1 until the task is aborted.
-async fn serve_s3(
-    root: &Path,
-) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), Box<dyn std::error::Error>> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder as ConnBuilder;
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("s3s-fs: {e:?}"))?;
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(KEY, SECRET));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let http = ConnBuilder::new(TokioExecutor::new());
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            connections.spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
-    Ok((task, local))
-}
 
 /// A server process, killed (like `kill -9`) when dropped, so a failing test leaves none.
 struct Server(Child);
@@ -128,7 +100,7 @@ async fn kda_applications_run_from_aws_cli_and_boto3_and_survive_kill_9() -> Tes
         root.join("refdata/companies.csv"),
         "AMZN,Amazon\nORCL,Oracle\nMSFT,Microsoft\n",
     )?;
-    let (s3, s3_addr) = serve_s3(&root).await?;
+    let (s3, s3_addr) = s3_server::serve(&root, "127.0.0.1:0".parse()?, (KEY, SECRET)).await?;
     let data = dir.path().join("data");
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work)?;

@@ -13,6 +13,9 @@ use sluice_sql::SluiceSession;
 use sluice_sql::application::api::call;
 use sluice_sql::application::{ApplicationError, Applications, ErrorKind};
 
+#[path = "../../tests/support/s3_server.rs"]
+mod s3_server;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const START_MS: i64 = 1_767_225_600_000; // 2026-01-01 00:00:00 UTC
@@ -131,6 +134,17 @@ fn tick(symbol: &str, price: f64) -> PutRecord {
         json!({"TICKER_SYMBOL": symbol, "PRICE": {"last": price, "open": 1.0}, "SECTOR": "TECH"})
             .to_string(),
     )
+}
+
+/// Starts application `name` with its input (1.1) at `position`.
+async fn start(apps: &Applications, name: &str, position: &str) -> Result<Value, ApplicationError> {
+    call(
+        apps,
+        "StartApplication",
+        json!({"ApplicationName": name, "InputConfigurations": [
+            {"Id": "1.1", "InputStartingPositionConfiguration": {"InputStartingPosition": position}}]}),
+    )
+    .await
 }
 
 fn kind(result: Result<Value, ApplicationError>) -> Option<(ErrorKind, String)> {
@@ -391,13 +405,7 @@ async fn csv_input_and_a_code_update() -> TestResult {
         }),
     )
     .await?;
-    call(
-        applications,
-        "StartApplication",
-        json!({"ApplicationName": "clickapp", "InputConfigurations": [
-            {"Id": "1.1", "InputStartingPositionConfiguration": {"InputStartingPosition": "TRIM_HORIZON"}}]}),
-    )
-    .await?;
+    start(applications, "clickapp", "TRIM_HORIZON").await?;
     session.execute_all("FLUSH").await?;
     let rows = query(
         &session,
@@ -682,36 +690,6 @@ async fn discover_input_schema_samples_a_stream() -> TestResult {
     Ok(())
 }
 
-/// Serves `root` (a folder per bucket) over S3 on 127.0.0.1 until the task is aborted.
-async fn serve_s3(
-    root: &Path,
-) -> Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr), Box<dyn std::error::Error>> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder as ConnBuilder;
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("s3s-fs: {e:?}"))?;
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single("ref-key", "ref-secret"));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let http = ConnBuilder::new(TokioExecutor::new());
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            connections.spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
-    Ok((task, local))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_table_from_s3_joins_the_stream_and_is_read_again_on_update() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -721,7 +699,8 @@ async fn a_reference_table_from_s3_joins_the_stream_and_is_read_again_on_update(
         root.join("refdata/companies.csv"),
         "AMZN,Amazon\nORCL,Oracle\n",
     )?;
-    let (server, addr) = serve_s3(&root).await?;
+    let (server, addr) =
+        s3_server::serve(&root, "127.0.0.1:0".parse()?, ("ref-key", "ref-secret")).await?;
     let clock = ManualClock::new(START_MS);
     let session = open(dir.path(), &clock)?;
     let engine = session.engine().clone();
@@ -763,13 +742,7 @@ ON "SOURCE_SQL_STREAM_001"."TICKER_SYMBOL" = "c"."TICKER";"#
     engine
         .stream("ticker")?
         .append(&[tick("AMZN", 1.0), tick("IBM", 2.0)])?;
-    call(
-        applications,
-        "StartApplication",
-        json!({"ApplicationName": "withref", "InputConfigurations": [
-            {"Id": "1.1", "InputStartingPositionConfiguration": {"InputStartingPosition": "TRIM_HORIZON"}}]}),
-    )
-    .await?;
+    start(applications, "withref", "TRIM_HORIZON").await?;
     session.execute_all("FLUSH").await?;
     let out = query(
         &session,

@@ -6,15 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
 use sluice_engine::{Engine, EngineOptions, ManualClock};
 use sluice_sql::SluiceSession;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+#[path = "../../tests/support/s3_server.rs"]
+mod s3_server;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -26,29 +24,7 @@ async fn serve(
     root: &Path,
     addr: SocketAddr,
 ) -> Result<(JoinHandle<()>, SocketAddr), Box<dyn std::error::Error>> {
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("s3s-fs: {e:?}"))?;
-    let mut builder = S3ServiceBuilder::new(fs);
-    builder.set_auth(SimpleAuth::from_single(KEY, SECRET));
-    let service = builder.build();
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let http = ConnBuilder::new(TokioExecutor::new());
-        // Dropped with this task when the server is stopped, which ends every connection.
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            connections.spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
-    Ok((task, local))
+    s3_server::serve(root, addr, (KEY, SECRET)).await
 }
 
 /// Every object file under the bucket folder (s3s-fs keeps its own metadata beside them).

@@ -501,13 +501,9 @@ impl Tree {
         }
     }
 
-    /// The point's anomaly score in this tree (see the module's documentation).
-    fn score(&self, point: &[f64], path: &mut Vec<usize>) -> f64 {
-        let Some(root) = self.root else {
-            return 0.0;
-        };
-        let tree_mass = self.nodes[root].mass as f64;
-        // Down to where the point would land.
+    /// Walks from `root` down to the leaf where `point` would land, recording the nodes
+    /// passed in `path`; the leaf.
+    fn descend(&self, root: usize, point: &[f64], path: &mut Vec<usize>) -> usize {
         path.clear();
         path.push(root);
         let mut at = root;
@@ -521,6 +517,17 @@ impl Tree {
             at = if point[*dim] <= *cut { *left } else { *right };
             path.push(at);
         }
+        at
+    }
+
+    /// The point's anomaly score in this tree (see the module's documentation).
+    fn score(&self, point: &[f64], path: &mut Vec<usize>) -> f64 {
+        let Some(root) = self.root else {
+            return 0.0;
+        };
+        let tree_mass = self.nodes[root].mass as f64;
+        // Down to where the point would land.
+        let at = self.descend(root, point, path);
         let unseen = |depth: usize| 1.0 / (depth as f64 + 1.0);
         let leaf_depth = path.len() - 1;
         let leaf = &self.nodes[at];
@@ -565,19 +572,7 @@ impl Tree {
         };
         let dims = point.len();
         let tree_mass = self.nodes[root].mass as f64;
-        path.clear();
-        path.push(root);
-        let mut at = root;
-        while let Kind::Internal {
-            dim,
-            cut,
-            left,
-            right,
-        } = &self.nodes[at].kind
-        {
-            at = if point[*dim] <= *cut { *left } else { *right };
-            path.push(at);
-        }
+        let at = self.descend(root, point, path);
         let unseen = |depth: usize| 1.0 / (depth as f64 + 1.0);
         let leaf_depth = path.len() - 1;
         let leaf = &self.nodes[at];
