@@ -835,3 +835,49 @@ ON "SOURCE_SQL_STREAM_001"."TICKER_SYMBOL" = "c"."TICKER";"#
     server.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_parallelism_spreads_shards_over_in_app_streams() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = ManualClock::new(START_MS);
+    let session = open(dir.path(), &clock)?;
+    let engine = session.engine().clone();
+    engine.create_stream(StreamSpec::raw("ticker", 4), false)?;
+    engine.create_stream(StreamSpec::raw("sink", 1), false)?;
+    let symbols = [
+        "AMZN", "ORCL", "IBM", "MSFT", "NFLX", "META", "AAPL", "INTC",
+    ];
+    let ticks: Vec<PutRecord> = (0..80)
+        .map(|i| tick(symbols[i % symbols.len()], i as f64))
+        .collect();
+    engine.stream("ticker")?.append(&ticks)?;
+    let mut request = application("wide", -1.0, "sink", "JSON");
+    request["Inputs"][0]["InputParallelism"] = json!({"Count": 2});
+    // Only the input: no code, no outputs.
+    if let Some(fields) = request.as_object_mut() {
+        fields.remove("ApplicationCode");
+        fields.remove("Outputs");
+    }
+    let applications = apps(&session)?;
+    call(applications, "CreateApplication", request).await?;
+    start(applications, "wide", "TRIM_HORIZON").await?;
+    session.execute_all("FLUSH").await?;
+    let count = |rows: Vec<RecordBatch>| rows.iter().map(|b| b.num_rows()).sum::<usize>();
+    let first = count(query(&session, r#"SELECT * FROM wide."SOURCE_SQL_STREAM_001""#).await?);
+    let second = count(query(&session, r#"SELECT * FROM wide."SOURCE_SQL_STREAM_002""#).await?);
+    // Every record in exactly one of the two, each fed by its own shards.
+    assert_eq!(first + second, 80);
+    assert!(first > 0 && second > 0, "{first} + {second}");
+    let detail = call(
+        applications,
+        "DescribeApplication",
+        json!({"ApplicationName": "wide"}),
+    )
+    .await?;
+    assert_eq!(
+        detail["ApplicationDetail"]["InputDescriptions"][0]["InAppStreamNames"],
+        json!(["SOURCE_SQL_STREAM_001", "SOURCE_SQL_STREAM_002"])
+    );
+    session.shutdown().await;
+    Ok(())
+}
