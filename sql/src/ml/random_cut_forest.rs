@@ -542,12 +542,7 @@ impl Tree {
         // Back up: each node may cut the point off from its box.
         for (depth, &i) in path.iter().enumerate().rev().skip(1) {
             let node = &self.nodes[i];
-            let (mut grown, mut total) = (0.0, 0.0);
-            for ((l, h), p) in node.lo.iter().zip(&node.hi).zip(point) {
-                let span = h.max(*p) - l.min(*p);
-                total += span;
-                grown += span - (h - l);
-            }
+            let (grown, total) = growth(node, point);
             if total > 0.0 && grown > 0.0 {
                 let separation = grown / total;
                 score = separation * unseen(depth) + (1.0 - separation) * score;
@@ -607,13 +602,7 @@ impl Tree {
         };
         for (depth, &i) in path.iter().enumerate().rev().skip(1) {
             let node = &self.nodes[i];
-            let mut total = 0.0;
-            let mut grown = 0.0;
-            for ((l, h), p) in node.lo.iter().zip(&node.hi).zip(point) {
-                let span = h.max(*p) - l.min(*p);
-                total += span;
-                grown += span - (h - l);
-            }
+            let (grown, total) = growth(node, point);
             if total > 0.0 && grown > 0.0 {
                 let separation = grown / total;
                 let cut_off = unseen(depth);
@@ -635,6 +624,18 @@ impl Tree {
         }
         score * scale
     }
+}
+
+/// How much `node`'s box grows to take in `point` (summed over dimensions), and the grown
+/// box's total span: their ratio is the chance a random cut separates the point from the box.
+fn growth(node: &Node, point: &[f64]) -> (f64, f64) {
+    let (mut grown, mut total) = (0.0, 0.0);
+    for ((l, h), p) in node.lo.iter().zip(&node.hi).zip(point) {
+        let span = h.max(*p) - l.min(*p);
+        total += span;
+        grown += span - (h - l);
+    }
+    (grown, total)
 }
 
 /// SplitMix64: small, fast, and the same numbers from the same seed everywhere.
