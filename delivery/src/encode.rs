@@ -26,19 +26,20 @@ pub fn extension(format: Format, compression: Compression) -> &'static str {
     }
 }
 
-/// Encodes `batches` (all of `schema`) as one object. `raw` batches hold a stream's records as
-/// they arrived (`_data`): JSON and CSV objects then carry each record's bytes as one line.
+/// Encodes `batches` (all of `schema`) as one object. `raw` batches (`Some(newline)`) hold a
+/// stream's records as they arrived (`_data`): JSON and CSV objects then carry each record's
+/// bytes, followed by a newline where it has none if `newline`, or concatenated as they are.
 pub fn encode(
     batches: &[RecordBatch],
     schema: &SchemaRef,
     format: Format,
     compression: Compression,
-    raw: bool,
+    raw: Option<bool>,
 ) -> Result<Vec<u8>> {
-    let plain = match format {
-        Format::Parquet => return parquet(batches, schema, compression),
-        _ if raw => raw_lines(batches),
-        Format::Json => {
+    let plain = match (format, raw) {
+        (Format::Parquet, _) => return parquet(batches, schema, compression),
+        (_, Some(newline)) => raw_records(batches, newline),
+        (Format::Json, None) => {
             let mut out = Vec::new();
             let mut writer = arrow_json::LineDelimitedWriter::new(&mut out);
             for batch in batches {
@@ -47,7 +48,7 @@ pub fn encode(
             writer.finish()?;
             out
         }
-        Format::Csv => {
+        (Format::Csv, None) => {
             let mut out = Vec::new();
             {
                 let mut writer = arrow_csv::WriterBuilder::new()
@@ -84,8 +85,8 @@ fn parquet(
     Ok(out)
 }
 
-/// Each record's `_data` as one line (a newline added where it has none).
-fn raw_lines(batches: &[RecordBatch]) -> Vec<u8> {
+/// Each record's `_data`, with a newline added where it has none if `newline`.
+fn raw_records(batches: &[RecordBatch], newline: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for batch in batches {
         let Some(data) = batch.column_by_name(sluice_engine::schema::DATA) else {
@@ -98,7 +99,7 @@ fn raw_lines(batches: &[RecordBatch]) -> Vec<u8> {
             }
             let bytes = data.value(row);
             out.extend_from_slice(bytes);
-            if bytes.last() != Some(&b'\n') {
+            if newline && bytes.last() != Some(&b'\n') {
                 out.push(b'\n');
             }
         }
@@ -159,7 +160,7 @@ mod tests {
                 &b.schema(),
                 Format::Parquet,
                 codec,
-                false,
+                None,
             )
             .expect("encodes");
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
@@ -179,7 +180,7 @@ mod tests {
             &b.schema(),
             Format::Json,
             Compression::Gzip,
-            false,
+            None,
         )
         .expect("encodes");
         let mut text = String::new();
@@ -192,7 +193,7 @@ mod tests {
             &b.schema(),
             Format::Csv,
             Compression::Zstd,
-            false,
+            None,
         )
         .expect("encodes");
         let text =

@@ -15,7 +15,9 @@ pub mod destination;
 pub mod encode;
 pub mod error;
 pub mod options;
+pub mod partition_query;
 pub mod prefix;
+pub mod record_columns;
 pub mod runner;
 
 use std::collections::HashMap;

@@ -2,11 +2,15 @@
 
 use arrow::datatypes::Schema;
 
+use arrow::datatypes::SchemaRef;
+
 use crate::error::{Error, Result};
+use crate::partition_query::PartitionQuery;
 use crate::prefix::Template;
+use crate::record_columns::parse_record_columns;
 
 /// Every option `CREATE DELIVERY STREAM` accepts.
-pub const OPTIONS: [&str; 13] = [
+pub const OPTIONS: [&str; 17] = [
     "destination",
     "format",
     "compression",
@@ -20,6 +24,10 @@ pub const OPTIONS: [&str; 13] = [
     "s3_access_key_id",
     "s3_secret_access_key",
     "s3_session_token",
+    "record_columns",
+    "partition_query",
+    "record_delimiter",
+    "record_split",
 ];
 
 /// Firehose's default prefix: the UTC hour of the oldest record in the object.
@@ -93,6 +101,28 @@ pub struct DeliveryOptions {
     pub prefix: Template,
     pub error_output_prefix: Template,
     pub s3: S3Options,
+    /// Records (JSON) are converted into these columns (`record_columns`, Firehose's record
+    /// format conversion); those that do not convert go to the error output.
+    pub record_columns: Option<SchemaRef>,
+    /// The jq query whose result names each record's partition keys (`partition_query`).
+    pub partition_query: Option<PartitionQuery>,
+    /// Whether raw records written as JSON lines or CSV get a newline where they end without
+    /// one (`record_delimiter = 'newline'`, the default) or are concatenated as they are
+    /// (`'none'`, Firehose's default).
+    pub newline_delimited: bool,
+    /// How one record is split into several before partitioning (`record_split`, Firehose's
+    /// `RecordDeAggregation`).
+    pub record_split: RecordSplit,
+}
+
+/// Firehose's multi-record de-aggregation: how a record holding several is cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordSplit {
+    None,
+    /// Concatenated JSON objects (`{"a":1}{"a":2}`, with or without whitespace between).
+    Json,
+    /// Records separated by a delimiter.
+    Delimited(Vec<u8>),
 }
 
 impl DeliveryOptions {
@@ -162,7 +192,53 @@ impl DeliveryOptions {
             300,
             0..=900,
         )?;
-        let prefix = Template::parse(get("prefix").unwrap_or(DEFAULT_PREFIX), "prefix", columns)?;
+        let record_columns = get("record_columns")
+            .map(parse_record_columns)
+            .transpose()?;
+        let partition_query = get("partition_query")
+            .map(PartitionQuery::parse)
+            .transpose()?;
+        // Partition keys name the query's keys, or the columns records are converted into,
+        // or the stream's own columns.
+        let key_columns = match (&partition_query, &record_columns) {
+            (Some(_), _) => None,
+            (None, Some(converted)) => Some(converted.as_ref()),
+            (None, None) => Some(columns),
+        };
+        let newline_delimited = match get("record_delimiter")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("newline") => true,
+            Some("none") => false,
+            Some(other) => {
+                return Err(Error::Invalid(format!(
+                    "record_delimiter = '{other}' is not known; use 'newline' (a newline after each record that has none) or 'none' (records concatenated as they are)"
+                )));
+            }
+        };
+        let record_split = match get("record_split") {
+            None => RecordSplit::None,
+            Some(text) if text.eq_ignore_ascii_case("none") => RecordSplit::None,
+            Some(text) if text.eq_ignore_ascii_case("json") => RecordSplit::Json,
+            Some(text) => match text.split_once(':') {
+                Some((kind, delimiter))
+                    if kind.eq_ignore_ascii_case("delimited") && !delimiter.is_empty() =>
+                {
+                    RecordSplit::Delimited(delimiter.as_bytes().to_vec())
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "record_split = '{text}' is not known; use 'json' (concatenated JSON objects) or 'delimited:<delimiter>'"
+                    )));
+                }
+            },
+        };
+        let prefix = Template::parse(
+            get("prefix").unwrap_or(DEFAULT_PREFIX),
+            "prefix",
+            key_columns,
+        )?;
         if prefix.uses_error_type() {
             return Err(Error::Invalid(
                 "prefix cannot use !{firehose:error-output-type}; only error_output_prefix can"
@@ -172,7 +248,7 @@ impl DeliveryOptions {
         let error_output_prefix = Template::parse(
             get("error_output_prefix").unwrap_or(DEFAULT_ERROR_PREFIX),
             "error_output_prefix",
-            columns,
+            key_columns,
         )?;
         if !error_output_prefix.partition_columns().is_empty() {
             return Err(Error::Invalid(
@@ -205,6 +281,10 @@ impl DeliveryOptions {
                 secret_access_key: get("s3_secret_access_key").map(str::to_string),
                 session_token: get("s3_session_token").map(str::to_string),
             },
+            record_columns,
+            partition_query,
+            newline_delimited,
+            record_split,
         })
     }
 }

@@ -25,8 +25,9 @@ pub struct Template {
 }
 
 impl Template {
-    /// Parses `text` (the value of option `what`); partition keys must be columns of `columns`.
-    pub fn parse(text: &str, what: &str, columns: &Schema) -> Result<Self> {
+    /// Parses `text` (the value of option `what`); partition keys must be columns of `columns`,
+    /// or may be any name when `columns` is `None` (keys that a partition query returns).
+    pub fn parse(text: &str, what: &str, columns: Option<&Schema>) -> Result<Self> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find("!{") {
@@ -44,8 +45,18 @@ impl Template {
                 "timestamp" => Part::Timestamp(chrono_pattern(argument, what, text)?),
                 "firehose" if argument == "random-string" => Part::Random,
                 "firehose" if argument == "error-output-type" => Part::ErrorType,
+                "partitionKeyFromLambda" => {
+                    return Err(Error::Invalid(format!(
+                        "{what} '{text}': !{{partitionKeyFromLambda:…}} needs a Lambda function, which Sluice does not run; use !{{partitionKeyFromQuery:key}} with a partition query (jq) instead"
+                    )));
+                }
                 "partitionKeyFromQuery" => {
-                    if columns.index_of(argument).is_err() {
+                    if argument.is_empty() {
+                        return Err(Error::Invalid(format!(
+                            "{what} '{text}': !{{partitionKeyFromQuery:…}} needs a key name"
+                        )));
+                    }
+                    if columns.is_some_and(|c| c.index_of(argument).is_err()) {
                         return Err(Error::Invalid(format!(
                             "{what} '{text}': the stream has no column '{argument}' to partition by"
                         )));
@@ -170,7 +181,7 @@ mod tests {
         let t = Template::parse(
             "year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/!{timestamp:HH-mm-ss}/",
             "prefix",
-            &columns(),
+            Some(&columns()),
         )
         .expect("valid");
         assert_eq!(
@@ -180,7 +191,7 @@ mod tests {
         let t = Template::parse(
             "c=!{partitionKeyFromQuery:country}/d=!{partitionKeyFromQuery:device}/",
             "prefix",
-            &columns(),
+            Some(&columns()),
         )
         .expect("valid");
         assert_eq!(t.partition_columns(), ["country", "device"]);
@@ -191,7 +202,7 @@ mod tests {
         let t = Template::parse(
             "errors/!{firehose:error-output-type}/!{firehose:random-string}",
             "error_output_prefix",
-            &columns(),
+            Some(&columns()),
         )
         .expect("valid");
         let out = t.evaluate(AT, &[], Some("format-conversion-failed"));
@@ -202,7 +213,7 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let error = |text: &str| {
-            Template::parse(text, "prefix", &columns())
+            Template::parse(text, "prefix", Some(&columns()))
                 .expect_err("invalid")
                 .to_string()
         };

@@ -27,7 +27,8 @@ use sluice_engine::{
 use crate::destination::Destination;
 use crate::encode::{encode, extension};
 use crate::error::Result;
-use crate::options::{Compression, DeliveryOptions, Format};
+use crate::options::{Compression, DeliveryOptions, Format, RecordSplit};
+use sluice_engine::kpl::Aggregated;
 
 /// Records read from a shard per step.
 const READ_BATCH: usize = 8192;
@@ -109,11 +110,46 @@ impl Buffer {
     }
 }
 
-/// A partition: the values of the prefix's partition columns, or the error output.
+/// A partition: the values of the prefix's partition columns, or the error output of one
+/// kind (`!{firehose:error-output-type}`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum PartitionKey {
     Rows(Vec<String>),
-    Errors,
+    Errors(&'static str),
+}
+
+/// Records that could not be converted, and records whose partition keys could not be found.
+const CONVERSION_FAILED: &str = "format-conversion-failed";
+const PARTITIONING_FAILED: &str = "partitioning-failed";
+
+/// What one source batch adds to one buffer.
+struct Filed {
+    key: PartitionKey,
+    rows: RecordBatch,
+    /// Bytes of the source records it came from.
+    bytes: usize,
+    arrival: Option<i64>,
+    /// The oldest source record it holds.
+    oldest: Option<(u32, u64)>,
+}
+
+/// A record that goes to the error output.
+struct FailedRecord<'a> {
+    data: &'a [u8],
+    partition_key: Option<&'a str>,
+    position: Option<(u32, u64)>,
+    sub_sequence_number: Option<u64>,
+    arrival_ms: Option<i64>,
+    reason: String,
+}
+
+/// One record as a delivery stream sees it on the record path: a user record of a KPL
+/// aggregate or a piece of a split record is one of these.
+struct Item<'a> {
+    row: usize,
+    partition_key: std::borrow::Cow<'a, str>,
+    data: std::borrow::Cow<'a, [u8]>,
+    sub_sequence_number: Option<u64>,
 }
 
 /// Which of the source's records did not decode, from `error_stream`.
@@ -181,6 +217,9 @@ pub struct Runner {
     columns: Vec<usize>,
     schema: SchemaRef,
     raw: bool,
+    /// Records are taken one by one (de-aggregated, split, converted, partitioned by a query)
+    /// instead of whole batches of rows.
+    record_path: bool,
     partition_columns: Vec<usize>,
     buffers: BTreeMap<PartitionKey, Buffer>,
     buffered_bytes: usize,
@@ -239,12 +278,19 @@ impl Runner {
         } else {
             (0..n_user).collect()
         };
-        let schema = Arc::new(public.project(&columns)?);
+        let record_path =
+            raw || options.partition_query.is_some() || options.record_columns.is_some();
+        let raw_output = raw && options.record_columns.is_none();
+        let schema = match &options.record_columns {
+            Some(converted) => Arc::clone(converted),
+            None => Arc::new(public.project(&columns)?),
+        };
+        let keyed_by = options.record_columns.as_deref().unwrap_or(public.as_ref());
         let partition_columns = options
             .prefix
             .partition_columns()
             .iter()
-            .filter_map(|c| public.index_of(c).ok())
+            .filter_map(|c| keyed_by.index_of(c).ok())
             .collect();
         Ok(Self {
             name: name.to_string(),
@@ -257,7 +303,8 @@ impl Runner {
             errors,
             columns,
             schema,
-            raw,
+            raw: raw_output,
+            record_path,
             partition_columns,
             buffers: BTreeMap::new(),
             buffered_bytes: 0,
@@ -319,86 +366,30 @@ impl Runner {
             return Ok(());
         }
         let now = self.now_ms();
-        let sequence = batch
-            .column_by_name(SEQUENCE_NUMBER)
-            .map(|c| c.as_string::<i32>().clone());
-        let position = |row: usize| {
-            sequence
-                .as_ref()
-                .filter(|s| s.is_valid(row))
-                .and_then(|s| parse_sequence_number(s.value(row)).ok())
-        };
-        let any_failed = self.errors.as_ref().is_some_and(|e| !e.failed.is_empty());
-        let mut groups: BTreeMap<PartitionKey, Vec<u32>> = BTreeMap::new();
-        if !any_failed && self.partition_columns.is_empty() {
-            // The common case: every row goes to the one buffer.
-            groups.insert(PartitionKey::Rows(Vec::new()), Vec::new());
+        let filed = if self.record_path {
+            self.file_records(batch)?
         } else {
-            let key_columns: Vec<ArrayRef> = self
-                .partition_columns
-                .iter()
-                .map(|&c| cast(batch.column(c), &DataType::Utf8))
-                .collect::<std::result::Result<_, _>>()?;
-            for row in 0..batch.num_rows() {
-                let failed = any_failed
-                    && position(row).is_some_and(|p| {
-                        self.errors
-                            .as_ref()
-                            .is_some_and(|e| e.failed.contains_key(&p))
-                    });
-                let key = if failed {
-                    PartitionKey::Errors
-                } else {
-                    PartitionKey::Rows(
-                        key_columns
-                            .iter()
-                            .map(|c| {
-                                let c = c.as_string::<i32>();
-                                if c.is_null(row) {
-                                    "null".to_string()
-                                } else {
-                                    c.value(row).to_string()
-                                }
-                            })
-                            .collect(),
-                    )
-                };
-                groups.entry(key).or_default().push(row as u32);
-            }
-        }
-        let whole = groups.len() == 1;
-        for (key, rows) in groups {
-            let part = if whole {
-                batch.clone()
-            } else {
-                take_record_batch(batch, &UInt32Array::from(rows.clone()))?
-            };
-            // A batch holds one shard's records in order: its first row is its oldest.
-            let first = rows.first().map_or(0, |&r| r as usize);
-            let oldest = position(first);
-            let part_positions: Vec<Option<(u32, u64)>> = if key == PartitionKey::Errors {
-                rows.iter().map(|&r| position(r as usize)).collect()
-            } else {
-                Vec::new()
-            };
-            let bytes = data_bytes(&part);
-            let arrival = min_arrival(&part);
-            let rows_out = if key == PartitionKey::Errors {
-                self.error_rows(&part, &part_positions)?
-            } else {
-                part.project(&self.columns)?
-            };
+            self.file_rows(batch)?
+        };
+        for Filed {
+            key,
+            rows,
+            bytes,
+            arrival,
+            oldest,
+        } in filed
+        {
             let keys = match &key {
                 PartitionKey::Rows(keys) => keys.clone(),
-                PartitionKey::Errors => Vec::new(),
+                PartitionKey::Errors(_) => Vec::new(),
             };
             let buffer = self
                 .buffers
                 .entry(key.clone())
                 .or_insert_with(|| Buffer::new(keys, now));
-            buffer.records += rows_out.num_rows();
+            buffer.records += rows.num_rows();
             buffer.bytes += bytes;
-            buffer.batches.push(rows_out);
+            buffer.batches.push(rows);
             if let Some(arrival) = arrival {
                 buffer.oldest_arrival_ms = buffer.oldest_arrival_ms.min(arrival);
             }
@@ -429,47 +420,329 @@ impl Runner {
         Ok(())
     }
 
-    /// The error output's rows for records that did not decode: Firehose's error records.
-    fn error_rows(
-        &mut self,
-        part: &RecordBatch,
-        positions: &[Option<(u32, u64)>],
-    ) -> Result<RecordBatch> {
-        let data = part
+    /// Files a batch of a stream with columns a row at a time: rows that did not decode (per
+    /// `error_stream`) to the error output, the others by their partition columns.
+    fn file_rows(&mut self, batch: &RecordBatch) -> Result<Vec<Filed>> {
+        let positions = positions(batch);
+        let any_failed = self.errors.as_ref().is_some_and(|e| !e.failed.is_empty());
+        let mut groups: BTreeMap<PartitionKey, Vec<u32>> = BTreeMap::new();
+        if !any_failed && self.partition_columns.is_empty() {
+            // The common case: every row goes to the one buffer.
+            groups.insert(PartitionKey::Rows(Vec::new()), Vec::new());
+        } else {
+            let key_columns = utf8_columns(batch, &self.partition_columns)?;
+            for (row, position) in positions.iter().enumerate() {
+                let failed = any_failed
+                    && position.is_some_and(|p| {
+                        self.errors
+                            .as_ref()
+                            .is_some_and(|e| e.failed.contains_key(&p))
+                    });
+                let key = if failed {
+                    PartitionKey::Errors(CONVERSION_FAILED)
+                } else {
+                    PartitionKey::Rows(key_values(&key_columns, row))
+                };
+                groups.entry(key).or_default().push(row as u32);
+            }
+        }
+        let whole = groups.len() == 1;
+        let mut filed = Vec::with_capacity(groups.len());
+        for (key, rows) in groups {
+            let part = if whole {
+                batch.clone()
+            } else {
+                take_record_batch(batch, &UInt32Array::from(rows.clone()))?
+            };
+            // A batch holds one shard's records in order: its first row is its oldest.
+            let oldest = positions[rows.first().map_or(0, |&r| r as usize)];
+            let bytes = data_bytes(&part);
+            let arrival = min_arrival(&part);
+            let rows_out = if let PartitionKey::Errors(_) = key {
+                let data = part
+                    .column_by_name(DATA)
+                    .map(|c| c.as_binary::<i32>().clone());
+                let keys = part
+                    .column_by_name(PARTITION_KEY)
+                    .map(|c| c.as_string::<i32>().clone());
+                let arrivals = arrivals(&part);
+                let failed: Vec<FailedRecord<'_>> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &row)| {
+                        let position = positions[row as usize];
+                        FailedRecord {
+                            data: data
+                                .as_ref()
+                                .filter(|d| d.is_valid(i))
+                                .map_or(&[], |d| d.value(i)),
+                            partition_key: keys
+                                .as_ref()
+                                .filter(|k| k.is_valid(i))
+                                .map(|k| k.value(i)),
+                            position,
+                            sub_sequence_number: None,
+                            arrival_ms: arrivals[i],
+                            reason: position
+                                .and_then(|p| {
+                                    self.errors.as_mut().and_then(|e| e.failed.remove(&p))
+                                })
+                                .unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+                self.error_rows(&failed, "DataFormatConversion.MalformedData")?
+            } else {
+                part.project(&self.columns)?
+            };
+            filed.push(Filed {
+                key,
+                rows: rows_out,
+                bytes,
+                arrival,
+                oldest,
+            });
+        }
+        Ok(filed)
+    }
+
+    /// Files a batch record by record: KPL aggregates and split records taken apart, records
+    /// converted into `record_columns`, partitioned by the partition query's keys (or the
+    /// columns), and records that fail any of it to the error output with the reason.
+    fn file_records(&mut self, batch: &RecordBatch) -> Result<Vec<Filed>> {
+        let positions = positions(batch);
+        let arrivals = arrivals(batch);
+        let data = batch
             .column_by_name(DATA)
             .map(|c| c.as_binary::<i32>().clone());
-        let keys = part
+        let partition_keys = batch
             .column_by_name(PARTITION_KEY)
             .map(|c| c.as_string::<i32>().clone());
-        let arrivals = part
-            .column_by_name(ROWTIME)
-            .and_then(|c| cast(c, &DataType::Int64).ok());
-        let mut lines = Vec::with_capacity(part.num_rows());
-        for (row, position) in positions.iter().enumerate() {
-            let reason = position
-                .and_then(|p| self.errors.as_mut().and_then(|e| e.failed.remove(&p)))
-                .unwrap_or_default();
-            let raw = data
+        let failed_rows: HashMap<usize, String> = match self.errors.as_mut() {
+            Some(errors) if !errors.failed.is_empty() => positions
+                .iter()
+                .enumerate()
+                .filter_map(|(row, p)| p.and_then(|p| errors.failed.remove(&p)).map(|r| (row, r)))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        // Every record, taken apart where it holds several.
+        let mut items: Vec<Item<'_>> = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let bytes: &[u8] = data
                 .as_ref()
                 .filter(|d| d.is_valid(row))
-                .map(|d| base64::engine::general_purpose::STANDARD.encode(d.value(row)))
-                .unwrap_or_default();
-            let line = serde_json::json!({
-                "attemptsMade": 1,
-                "arrivalTimestamp": arrivals
-                    .as_ref()
-                    .map(|a| a.as_primitive::<arrow::datatypes::Int64Type>())
-                    .filter(|a| a.is_valid(row))
-                    .map(|a| a.value(row)),
-                "errorCode": "DataFormatConversion.MalformedData",
-                "errorMessage": reason,
-                "rawData": raw,
-                "partitionKey": keys.as_ref().filter(|k| k.is_valid(row)).map(|k| k.value(row)),
-                "sequenceNumber": position.map(|(s, q)| sluice_engine::sequence::format_sequence_number(s, q)),
-                "deliveryStreamName": self.name,
-            });
-            lines.push(line.to_string());
+                .map_or(&[], |d| d.value(row));
+            let key = partition_keys
+                .as_ref()
+                .filter(|k| k.is_valid(row))
+                .map_or("", |k| k.value(row));
+            let aggregated = if self.raw || self.options.record_columns.is_some() {
+                Aggregated::parse(bytes)
+            } else {
+                Aggregated::Plain
+            };
+            match aggregated {
+                Aggregated::Records(records) => {
+                    for record in records {
+                        for piece in split(&self.options.record_split, &record.data) {
+                            items.push(Item {
+                                row,
+                                partition_key: std::borrow::Cow::Owned(
+                                    record.partition_key.clone(),
+                                ),
+                                data: std::borrow::Cow::Owned(piece.to_vec()),
+                                sub_sequence_number: Some(record.sub_sequence_number),
+                            });
+                        }
+                    }
+                }
+                Aggregated::Plain | Aggregated::Corrupt(_) => {
+                    for piece in split(&self.options.record_split, bytes) {
+                        items.push(Item {
+                            row,
+                            partition_key: std::borrow::Cow::Borrowed(key),
+                            data: std::borrow::Cow::Borrowed(piece),
+                            sub_sequence_number: None,
+                        });
+                    }
+                }
+            }
         }
+        // Conversion into record_columns, all at once.
+        let mut failure: Vec<Option<(&'static str, &'static str, String)>> = items
+            .iter()
+            .map(|item| {
+                failed_rows.get(&item.row).map(|reason| {
+                    (
+                        CONVERSION_FAILED,
+                        "DataFormatConversion.MalformedData",
+                        reason.clone(),
+                    )
+                })
+            })
+            .collect();
+        let converted: Option<Vec<ArrayRef>> = match &self.options.record_columns {
+            Some(schema) => {
+                let records: Vec<&[u8]> = items.iter().map(|i| i.data.as_ref()).collect();
+                let decoded = sluice_engine::format::decode(
+                    sluice_engine::StreamFormat::Json,
+                    schema,
+                    &records,
+                )?;
+                for (index, reason) in decoded.errors {
+                    failure[index].get_or_insert((
+                        CONVERSION_FAILED,
+                        "DataFormatConversion.MalformedData",
+                        reason,
+                    ));
+                }
+                Some(decoded.columns)
+            }
+            None => None,
+        };
+        // Partition keys.
+        let key_columns = match &converted {
+            Some(columns) => self
+                .partition_columns
+                .iter()
+                .map(|&c| cast(&columns[c], &DataType::Utf8))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+            None if self.options.partition_query.is_none() => {
+                utf8_columns(batch, &self.partition_columns)?
+            }
+            None => Vec::new(),
+        };
+        let template_keys = self.options.prefix.partition_columns();
+        let mut groups: BTreeMap<PartitionKey, Vec<usize>> = BTreeMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let key = if let Some((kind, _, _)) = &failure[index] {
+                PartitionKey::Errors(kind)
+            } else if let Some(query) = &self.options.partition_query {
+                match query.keys(&item.data).and_then(|found| {
+                    template_keys
+                        .iter()
+                        .map(|k| {
+                            found.get(*k).cloned().ok_or_else(|| {
+                                format!("the partition query's result has no key '{k}' that the prefix names")
+                            })
+                        })
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                }) {
+                    Ok(keys) => PartitionKey::Rows(keys),
+                    Err(reason) => {
+                        failure[index] = Some((
+                            PARTITIONING_FAILED,
+                            "DynamicPartitioning.MetadataExtractionFailed",
+                            reason,
+                        ));
+                        PartitionKey::Errors(PARTITIONING_FAILED)
+                    }
+                }
+            } else {
+                let at = if converted.is_some() { index } else { item.row };
+                PartitionKey::Rows(key_values(&key_columns, at))
+            };
+            groups.entry(key).or_default().push(index);
+        }
+        let mut filed = Vec::with_capacity(groups.len());
+        for (key, members) in groups {
+            let rows: Vec<usize> = {
+                let mut rows: Vec<usize> = members.iter().map(|&i| items[i].row).collect();
+                rows.dedup();
+                rows
+            };
+            let oldest = rows.iter().filter_map(|&r| positions[r]).min();
+            let arrival = rows.iter().filter_map(|&r| arrivals[r]).min();
+            let bytes = members.iter().map(|&i| items[i].data.len()).sum();
+            let rows_out = if let PartitionKey::Errors(_) = key {
+                let code = members
+                    .first()
+                    .and_then(|&i| failure[i].as_ref())
+                    .map_or("DataFormatConversion.MalformedData", |f| f.1);
+                let failed: Vec<FailedRecord<'_>> = members
+                    .iter()
+                    .map(|&i| FailedRecord {
+                        data: &items[i].data,
+                        partition_key: Some(&items[i].partition_key),
+                        position: positions[items[i].row],
+                        sub_sequence_number: items[i].sub_sequence_number,
+                        arrival_ms: arrivals[items[i].row],
+                        reason: failure[i].as_ref().map(|f| f.2.clone()).unwrap_or_default(),
+                    })
+                    .collect();
+                self.error_rows(&failed, code)?
+            } else if let Some(columns) = &converted {
+                let take = UInt32Array::from_iter_values(members.iter().map(|&i| i as u32));
+                let taken = columns
+                    .iter()
+                    .map(|c| arrow::compute::take(c, &take, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                RecordBatch::try_new(Arc::clone(&self.schema), taken)?
+            } else if self.raw {
+                let keys: Vec<&str> = members
+                    .iter()
+                    .map(|&i| items[i].partition_key.as_ref())
+                    .collect();
+                let datas: Vec<&[u8]> = members.iter().map(|&i| items[i].data.as_ref()).collect();
+                let times = match batch.column_by_name(ROWTIME) {
+                    Some(c) => {
+                        let take = UInt32Array::from_iter_values(
+                            members.iter().map(|&i| items[i].row as u32),
+                        );
+                        Some(arrow::compute::take(c, &take, None)?)
+                    }
+                    None => None,
+                };
+                let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+                for field in self.schema.fields() {
+                    columns.push(match field.name().as_str() {
+                        PARTITION_KEY => Arc::new(arrow::array::StringArray::from(keys.clone())),
+                        DATA => Arc::new(arrow::array::BinaryArray::from(datas.clone())),
+                        _ => match &times {
+                            Some(times) => cast(times, field.data_type())?,
+                            None => arrow::array::new_null_array(field.data_type(), members.len()),
+                        },
+                    });
+                }
+                RecordBatch::try_new(Arc::clone(&self.schema), columns)?
+            } else {
+                let take =
+                    UInt32Array::from_iter_values(members.iter().map(|&i| items[i].row as u32));
+                take_record_batch(batch, &take)?.project(&self.columns)?
+            };
+            filed.push(Filed {
+                key,
+                rows: rows_out,
+                bytes,
+                arrival,
+                oldest,
+            });
+        }
+        Ok(filed)
+    }
+
+    /// The error output's rows: one JSON line per record, in Firehose's error record shape.
+    fn error_rows(&self, failed: &[FailedRecord<'_>], code: &str) -> Result<RecordBatch> {
+        let now = self.now_ms();
+        let lines: Vec<String> = failed
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "attemptsMade": 1,
+                    "arrivalTimestamp": f.arrival_ms,
+                    "lastErrorCode": code,
+                    "lastErrorMessage": f.reason,
+                    "attemptEndingTimestamp": now,
+                    "rawData": base64::engine::general_purpose::STANDARD.encode(f.data),
+                    "partitionKey": f.partition_key,
+                    "sequenceNumber": f.position.map(|(s, q)| sluice_engine::sequence::format_sequence_number(s, q)),
+                    "subSequenceNumber": f.sub_sequence_number,
+                    "deliveryStreamName": self.name,
+                })
+                .to_string()
+            })
+            .collect();
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("line", DataType::Utf8, false),
         ]));
@@ -506,20 +779,22 @@ impl Runner {
         let Some(buffer) = self.buffers.get(key) else {
             return Ok(());
         };
-        let errors = *key == PartitionKey::Errors;
-        let (format, compression, template, error_type) = if errors {
+        let error_type = match key {
+            PartitionKey::Errors(kind) => Some(*kind),
+            PartitionKey::Rows(_) => None,
+        };
+        let errors = error_type.is_some();
+        let (format, compression, template) = if errors {
             (
                 Format::Json,
                 Compression::None,
                 &self.options.error_output_prefix,
-                Some("format-conversion-failed"),
             )
         } else {
             (
                 self.options.format,
                 self.options.compression,
                 &self.options.prefix,
-                None,
             )
         };
         let arrival = if buffer.oldest_arrival_ms == i64::MAX {
@@ -550,7 +825,7 @@ impl Runner {
         } else {
             let batches = buffer.batches.clone();
             let schema = Arc::clone(&self.schema);
-            let raw = self.raw;
+            let raw = self.raw.then_some(self.options.newline_delimited);
             tokio::task::spawn_blocking(move || encode(&batches, &schema, format, compression, raw))
                 .await
                 .map_err(|e| crate::error::Error::Invalid(format!("encoding failed: {e}")))??
@@ -649,6 +924,128 @@ impl Runner {
         let positions = self.reader.positions().collect();
         *self.stats.settled.lock() = positions;
     }
+}
+
+/// Each row's position (shard, sequence counter).
+fn positions(batch: &RecordBatch) -> Vec<Option<(u32, u64)>> {
+    let Some(sequence) = batch.column_by_name(SEQUENCE_NUMBER) else {
+        return vec![None; batch.num_rows()];
+    };
+    let sequence = sequence.as_string::<i32>();
+    (0..batch.num_rows())
+        .map(|row| {
+            sequence
+                .is_valid(row)
+                .then(|| parse_sequence_number(sequence.value(row)).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Each row's arrival time (ms).
+fn arrivals(batch: &RecordBatch) -> Vec<Option<i64>> {
+    let Some(times) = batch
+        .column_by_name(ROWTIME)
+        .and_then(|c| cast(c, &DataType::Int64).ok())
+    else {
+        return vec![None; batch.num_rows()];
+    };
+    times
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .iter()
+        .collect()
+}
+
+/// Columns `indices` of `batch` as text.
+fn utf8_columns(batch: &RecordBatch, indices: &[usize]) -> Result<Vec<ArrayRef>> {
+    Ok(indices
+        .iter()
+        .map(|&c| cast(batch.column(c), &DataType::Utf8))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// The partition key values of row `row` (`null` for a null).
+fn key_values(columns: &[ArrayRef], row: usize) -> Vec<String> {
+    columns
+        .iter()
+        .map(|c| {
+            let c = c.as_string::<i32>();
+            if c.is_null(row) {
+                "null".to_string()
+            } else {
+                c.value(row).to_string()
+            }
+        })
+        .collect()
+}
+
+/// One record's pieces under Firehose's multi-record de-aggregation.
+fn split<'a>(how: &RecordSplit, data: &'a [u8]) -> Vec<&'a [u8]> {
+    match how {
+        RecordSplit::None => vec![data],
+        RecordSplit::Delimited(delimiter) => {
+            let mut pieces = Vec::new();
+            let mut rest = data;
+            while let Some(at) = find(rest, delimiter) {
+                if at > 0 {
+                    pieces.push(&rest[..at]);
+                }
+                rest = &rest[at + delimiter.len()..];
+            }
+            if !rest.is_empty() {
+                pieces.push(rest);
+            }
+            pieces
+        }
+        RecordSplit::Json => {
+            // Each top-level JSON value; what follows a piece that does not parse stays one
+            // piece (and fails conversion or partitioning with its reason).
+            let mut pieces = Vec::new();
+            let mut stream =
+                serde_json::Deserializer::from_slice(data).into_iter::<serde_json::Value>();
+            let mut start = 0;
+            loop {
+                match stream.next() {
+                    Some(Ok(_)) => {
+                        let end = stream.byte_offset();
+                        let piece = trim(&data[start..end]);
+                        if !piece.is_empty() {
+                            pieces.push(piece);
+                        }
+                        start = end;
+                    }
+                    Some(Err(_)) => {
+                        let piece = trim(&data[start..]);
+                        if !piece.is_empty() {
+                            pieces.push(piece);
+                        }
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if pieces.is_empty() {
+                pieces.push(data);
+            }
+            pieces
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
 }
 
 /// The bytes of the records as they arrived.

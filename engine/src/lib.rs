@@ -50,6 +50,7 @@ pub mod clock;
 mod engine;
 pub mod error;
 pub mod format;
+pub mod kpl;
 pub mod reader;
 pub mod routing;
 pub mod schema;

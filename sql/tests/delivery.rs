@@ -215,11 +215,14 @@ async fn records_that_did_not_decode_go_to_the_error_prefix() -> TestResult {
     assert_eq!(errors.len(), 1);
     let text = std::fs::read_to_string(lake.join(errors[0]))?;
     let record: serde_json::Value = serde_json::from_str(text.trim())?;
-    assert_eq!(record["errorCode"], "DataFormatConversion.MalformedData");
+    assert_eq!(
+        record["lastErrorCode"],
+        "DataFormatConversion.MalformedData"
+    );
     assert_eq!(record["rawData"], "bm90IGpzb24="); // base64 of "not json"
     assert_eq!(record["sequenceNumber"], "490000000000000000000000000002");
     assert!(
-        record["errorMessage"]
+        record["lastErrorMessage"]
             .as_str()
             .is_some_and(|m| !m.is_empty())
     );
