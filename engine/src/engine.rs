@@ -31,6 +31,10 @@ pub const ERROR_STREAM: &str = "error_stream";
 /// Between a namespace and a stream's name inside the engine (`app:SOURCE_SQL_STREAM_001`).
 pub const NAMESPACE_SEPARATOR: char = ':';
 
+/// The namespace that holds each Firehose direct-put delivery stream's records, in a stream
+/// named like the delivery stream (`firehose:clicks`). Applications cannot take this name.
+pub const DIRECT_PUT_NAMESPACE: &str = "firehose";
+
 /// How hard an append works to make its records survive a crash before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {

@@ -67,8 +67,8 @@ pub use catalog::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    DEFAULT_CACHE_BYTES, Durability, ERROR_STREAM, Engine, EngineOptions, NAMESPACE_SEPARATOR,
-    StreamSpec, fields,
+    DEFAULT_CACHE_BYTES, DIRECT_PUT_NAMESPACE, Durability, ERROR_STREAM, Engine, EngineOptions,
+    NAMESPACE_SEPARATOR, StreamSpec, fields,
 };
 pub use error::{Error, Result};
 pub use format::StreamFormat;

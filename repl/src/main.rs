@@ -16,6 +16,7 @@
 //! ```
 
 mod analytics;
+mod firehose;
 mod print;
 mod repl;
 mod status;
@@ -348,6 +349,15 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let kinesis_addr = SocketAddr::new(serve.bind, serve.kinesis_port);
+    let firehose_api =
+        Arc::new(sluice_sql::firehose::Firehose::open(session.clone()).map_err(|e| e.to_string())?);
+    let mut services: Vec<Arc<dyn JsonService>> = vec![
+        Arc::new(firehose::FirehoseApi(Arc::clone(&firehose_api))),
+        Arc::new(firehose::GlueApi(firehose_api)),
+    ];
+    if let Some(apps) = session.applications() {
+        services.push(Arc::new(analytics::AnalyticsApi(Arc::clone(apps))));
+    }
     let kinesis_options = KinesisOptions {
         credentials: Credentials::new(
             serve
@@ -356,11 +366,7 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
                 .zip(serve.aws_secret_access_key.clone()),
         ),
         shard_limits: serve.kinesis_shard_limits.then(ShardLimits::kinesis),
-        services: session
-            .applications()
-            .map(|apps| Arc::new(analytics::AnalyticsApi(Arc::clone(apps))) as Arc<dyn JsonService>)
-            .into_iter()
-            .collect(),
+        services,
     };
     let kinesis = KinesisServer::bind(session.engine().clone(), kinesis_addr, kinesis_options)
         .await

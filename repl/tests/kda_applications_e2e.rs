@@ -8,87 +8,29 @@ mod common;
 #[path = "../../tests/support/s3_server.rs"]
 mod s3_server;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const KEY: &str = "ref-key";
 const SECRET: &str = "ref-secret";
 
-/// A server process, killed (like `kill -9`) when dropped, so a failing test leaves none.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `sluice serve` on `data`, reading reference data from the S3 server at `s3`; its Flight
-/// and Kinesis addresses.
 fn serve(
     data: &Path,
     s3: SocketAddr,
-) -> Result<(Server, String, String), Box<dyn std::error::Error>> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "serve",
-            "--flight-port",
-            "0",
-            "--kinesis-port",
-            "0",
-            "--aws-access-key-id",
-            "test",
-            "--aws-secret-access-key",
-            "test",
-        ])
-        .env("AWS_ENDPOINT_URL", format!("http://{s3}"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_ACCESS_KEY_ID", KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let child = Server(child);
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first)?;
-    let find = |scheme: &str| {
-        first
-            .split_whitespace()
-            .find(|w| w.starts_with(scheme))
-            .map(str::to_string)
-            .ok_or_else(|| format!("no {scheme} address in {first:?}"))
-    };
-    let flight = find("grpc://")?;
-    let kinesis = find("http://")?;
-    Ok((child, flight, kinesis))
+) -> Result<(common::server::Server, String, String), Box<dyn std::error::Error>> {
+    common::server::serve(
+        env!("CARGO_BIN_EXE_sluice").as_ref(),
+        data,
+        s3,
+        (KEY, SECRET),
+    )
 }
 
 fn python(args: Vec<String>) -> Result<String, String> {
-    let run = Command::new(common::python::python())
-        .arg(common::e2e_script("kda_applications.py"))
-        .args(&args)
-        .env_remove("AWS_PROFILE")
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if run.status.success() {
-        Ok(text(&run.stdout))
-    } else {
-        Err(format!(
-            "kda_applications.py {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-            text(&run.stdout),
-            text(&run.stderr)
-        ))
-    }
+    common::server::python_script("kda_applications.py", &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

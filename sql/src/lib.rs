@@ -46,6 +46,7 @@ pub mod continuous;
 pub mod create_stream;
 pub mod cursor;
 pub mod error;
+pub mod firehose;
 pub mod identifiers;
 pub mod kda;
 pub mod kda_functions;

@@ -20,7 +20,9 @@ use datafusion::sql::sqlparser::ast::{
     Ident, ObjectName, ObjectType, Statement as SQLStatement, TableObject,
 };
 use sluice_engine::schema::{DATA, PARTITION_KEY, SYSTEM_COLUMNS};
-use sluice_engine::{Engine, PumpDefinition, StreamFormat};
+use sluice_engine::{
+    DIRECT_PUT_NAMESPACE, Engine, NAMESPACE_SEPARATOR, PumpDefinition, StreamFormat,
+};
 
 use crate::application::Applications;
 use crate::continuous::{PumpCursor, QueryProgress};
@@ -416,65 +418,14 @@ impl SluiceSession {
                 if_not_exists,
                 options,
             } => {
-                let existing = self
-                    .engine
-                    .deliveries()
-                    .into_iter()
-                    .find(|d| d.name == name);
-                if let Some(existing) = &existing {
-                    if if_not_exists {
-                        return Ok(StatementOutput::Done(format!(
-                            "Delivery stream '{name}' already exists."
-                        )));
-                    }
-                    if !or_replace {
-                        return Err(Error::Plan(format!(
-                            "delivery stream '{name}' already exists; CREATE OR REPLACE DELIVERY STREAM replaces it"
-                        )));
-                    }
-                    let _ = existing;
-                }
-                let definition = DeliveryDefinition {
-                    name: name.clone(),
-                    source,
-                    options,
-                    version: existing.as_ref().map_or(1, |e| e.version + 1),
-                };
-                // Check everything before touching what runs.
-                sluice_delivery::prepare(&self.engine, &definition)?;
-                if existing.is_some() {
-                    self.deliveries.stop(&name).await;
-                    let engine = self.engine.clone();
-                    let dropped = name.clone();
-                    blocking(move || engine.drop_delivery(&dropped)).await?;
-                }
-                let engine = self.engine.clone();
-                let saved = definition.clone();
-                blocking(move || engine.save_delivery(saved)).await?;
-                self.deliveries.start(&self.engine, &definition)?;
-                let verb = if existing.is_some() {
-                    "replaced"
-                } else {
-                    "created"
-                };
-                Ok(StatementOutput::Done(format!(
-                    "Delivery stream '{name}' {verb}, reading '{}'.",
-                    definition.source
-                )))
+                let done = self
+                    .create_delivery(&name, &source, options, or_replace, if_not_exists)
+                    .await?;
+                Ok(StatementOutput::Done(done))
             }
             SluiceStatement::DropDelivery { name, if_exists } => {
-                self.deliveries.stop(&name).await;
-                let engine = self.engine.clone();
-                let dropped = name.clone();
-                let existed = blocking(move || engine.drop_delivery(&dropped)).await?;
-                if !existed && !if_exists {
-                    return Err(Error::NotFound(format!(
-                        "delivery stream '{name}' does not exist; SHOW DELIVERY STREAMS lists them"
-                    )));
-                }
-                Ok(StatementOutput::Done(format!(
-                    "Delivery stream '{name}' dropped."
-                )))
+                let done = self.drop_delivery(&name, if_exists).await?;
+                Ok(StatementOutput::Done(done))
             }
             SluiceStatement::ShowDeliveries => rows(self.deliveries.show(&self.engine)?),
             SluiceStatement::ShowApplications => {
@@ -494,6 +445,119 @@ impl SluiceSession {
             | SluiceStatement::StopPump { .. }
             | SluiceStatement::ShowPumps) => self.execute_pump_statement(pump).await,
         }
+    }
+
+    /// `CREATE [OR REPLACE] DELIVERY STREAM [IF NOT EXISTS] name FROM source WITH (options)`:
+    /// checked whole before anything running is touched. Returns what was done, in words.
+    pub async fn create_delivery(
+        &self,
+        name: &str,
+        source: &str,
+        options: Vec<(String, String)>,
+        or_replace: bool,
+        if_not_exists: bool,
+    ) -> Result<String> {
+        let existing = self
+            .engine
+            .deliveries()
+            .into_iter()
+            .find(|d| d.name == name);
+        if existing.is_some() {
+            if if_not_exists {
+                return Ok(format!("Delivery stream '{name}' already exists."));
+            }
+            if !or_replace {
+                return Err(Error::Plan(format!(
+                    "delivery stream '{name}' already exists; CREATE OR REPLACE DELIVERY STREAM replaces it"
+                )));
+            }
+        }
+        let definition = DeliveryDefinition {
+            name: name.to_string(),
+            source: source.to_string(),
+            options,
+            version: existing.as_ref().map_or(1, |e| e.version + 1),
+        };
+        // Check everything before touching what runs.
+        sluice_delivery::prepare(&self.engine, &definition)?;
+        if existing.is_some() {
+            self.deliveries.stop(name).await;
+            let engine = self.engine.clone();
+            let dropped = name.to_string();
+            blocking(move || engine.drop_delivery(&dropped)).await?;
+        }
+        let engine = self.engine.clone();
+        let saved = definition.clone();
+        blocking(move || engine.save_delivery(saved)).await?;
+        self.deliveries.start(&self.engine, &definition)?;
+        let verb = if existing.is_some() {
+            "replaced"
+        } else {
+            "created"
+        };
+        Ok(format!(
+            "Delivery stream '{name}' {verb}, reading '{}'.",
+            definition.source
+        ))
+    }
+
+    /// Changes delivery stream `name`'s options in place: its version goes up (new objects are
+    /// named with it) and it resumes where it had delivered, so nothing is delivered twice or
+    /// skipped. What it had buffered is read again and written with the new options.
+    pub async fn update_delivery(&self, name: &str, options: Vec<(String, String)>) -> Result<u32> {
+        let Some(existing) = self
+            .engine
+            .deliveries()
+            .into_iter()
+            .find(|d| d.name == name)
+        else {
+            return Err(Error::NotFound(format!(
+                "delivery stream '{name}' does not exist; SHOW DELIVERY STREAMS lists them"
+            )));
+        };
+        let definition = DeliveryDefinition {
+            options,
+            version: existing.version + 1,
+            ..existing
+        };
+        sluice_delivery::prepare(&self.engine, &definition)?;
+        self.deliveries.stop(name).await;
+        let engine = self.engine.clone();
+        let saved = definition.clone();
+        blocking(move || engine.save_delivery(saved)).await?;
+        self.deliveries.start(&self.engine, &definition)?;
+        Ok(definition.version)
+    }
+
+    /// `DROP DELIVERY STREAM [IF EXISTS] name`; a Firehose direct-put delivery stream's own
+    /// stream of records goes with it.
+    pub async fn drop_delivery(&self, name: &str, if_exists: bool) -> Result<String> {
+        self.deliveries.stop(name).await;
+        let source = self
+            .engine
+            .deliveries()
+            .into_iter()
+            .find(|d| d.name == name)
+            .map(|d| d.source);
+        let engine = self.engine.clone();
+        let dropped = name.to_string();
+        let existed = blocking(move || engine.drop_delivery(&dropped)).await?;
+        if !existed && !if_exists {
+            return Err(Error::NotFound(format!(
+                "delivery stream '{name}' does not exist; SHOW DELIVERY STREAMS lists them"
+            )));
+        }
+        let direct_put = format!("{DIRECT_PUT_NAMESPACE}{NAMESPACE_SEPARATOR}{name}");
+        if source.as_deref() == Some(direct_put.as_str()) {
+            let engine = self.engine.clone();
+            blocking(move || engine.drop_stream(&direct_put, true)).await?;
+        }
+        Ok(format!("Delivery stream '{name}' dropped."))
+    }
+
+    /// What the delivery streams are doing, as `SHOW DELIVERY STREAMS` shows it.
+    pub fn delivery_streams(&self) -> &Arc<DeliveryManager> {
+        &self.deliveries
     }
 
     /// Parses and runs `sql`, which must hold exactly one statement.

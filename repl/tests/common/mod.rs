@@ -12,3 +12,4 @@ pub fn e2e_script(name: &str) -> PathBuf {
 }
 
 pub mod python;
+pub mod server;

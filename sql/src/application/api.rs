@@ -223,6 +223,11 @@ async fn change(
 
 async fn create_application(apps: &Applications, request: &Value) -> Result<Value> {
     let name = application_name(request)?;
+    if name == sluice_engine::DIRECT_PUT_NAMESPACE {
+        return Err(ApplicationError::invalid(format!(
+            "ApplicationName '{name}' is reserved in Sluice for the records of Firehose direct-put delivery streams; choose another name"
+        )));
+    }
     let description = optional_string(request, "ApplicationDescription")?;
     if description.as_ref().is_some_and(|d| d.len() > 1024) {
         return Err(ApplicationError::invalid(
