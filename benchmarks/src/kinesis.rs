@@ -132,10 +132,21 @@ impl Client {
         action: &str,
         body: impl Into<reqwest::Body>,
     ) -> Result<Value, BoxError> {
+        self.call_target(&format!("Kinesis_20131202.{action}"), body)
+            .await
+    }
+
+    /// Calls `target` (`Service_Version.Action`) with `body`.
+    pub(crate) async fn call_target(
+        &self,
+        target: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Value, BoxError> {
+        let action = target;
         let response = self
             .http
             .post(&self.endpoint)
-            .header("x-amz-target", format!("Kinesis_20131202.{action}"))
+            .header("x-amz-target", target)
             .header("content-type", "application/x-amz-json-1.1")
             .header("x-amz-date", "20260101T000000Z")
             .header(

@@ -12,6 +12,8 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
 //! benchmarks/kinesis.sh   # kinesis [--emulator URL] [--seconds S] [--clients C], with kinesalite
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- soak [--seconds S] [--clients C] [--cache-mb M]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- firehose [--seconds S] [--clients C]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- agent [--mb MiB]
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -22,6 +24,7 @@
 
 mod delivery;
 mod durability;
+mod firehose;
 mod flight;
 mod kinesis;
 mod mapping;
@@ -53,6 +56,8 @@ struct Args {
     seconds: Option<u64>,
     clients: usize,
     cache_mb: usize,
+    /// Size of the generated log (`agent`), MiB.
+    mb: Option<u64>,
 }
 
 fn parse_args() -> Result<(String, Args), String> {
@@ -66,10 +71,12 @@ fn parse_args() -> Result<(String, Args), String> {
         seconds: None,
         clients: 8,
         cache_mb: 64,
+        mb: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
+            "--mb" => parsed.mb = Some(value()?.parse().map_err(|e| format!("--mb: {e}"))?),
             "--records" => {
                 parsed.records = Some(value()?.parse().map_err(|e| format!("--records: {e}"))?)
             }
@@ -168,6 +175,19 @@ fn main() {
             };
             if let Err(e) = kinesis::kinesis(&kinesis) {
                 eprintln!("kinesis benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok((command, args)) if command == "firehose" => {
+            if let Err(e) = firehose::firehose(args.seconds.unwrap_or(10), args.clients) {
+                eprintln!("firehose benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok((command, args)) if command == "agent" => {
+            let mb = args.mb.unwrap_or(1024);
+            if let Err(e) = firehose::agent(mb) {
+                eprintln!("agent benchmark failed: {e}");
                 std::process::exit(1);
             }
         }

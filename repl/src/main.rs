@@ -15,6 +15,7 @@
 //! $ sluice -c "INSERT INTO ticker VALUES ('AMZN', 130.2)" -c "SELECT symbol, price FROM ticker"
 //! ```
 
+mod agent;
 mod analytics;
 mod firehose;
 mod print;
@@ -127,6 +128,9 @@ enum Command {
     /// Open the REPL with a live stock-ticker stream, `demo_ticker`, to try continuous
     /// queries on at once (shaped like the Kinesis Data Analytics console's demo stream).
     Demo,
+    /// Tail log files into Kinesis streams and Firehose delivery streams, configured as the
+    /// Amazon Kinesis Agent is (`-c agent.json`).
+    Agent(agent::AgentArgs),
 }
 
 /// The stream `sluice demo` creates, and what to try on it.
@@ -209,6 +213,7 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Some(Command::Serve(serve)) => runtime.block_on(run_server(&args, serve)),
         Some(Command::Demo) => runtime.block_on(run_demo(&args)),
+        Some(Command::Agent(agent)) => runtime.block_on(agent::run_agent(agent)),
         None => runtime.block_on(run(&args)),
     };
     match result {

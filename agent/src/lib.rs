@@ -1,0 +1,399 @@
+//! `sluice agent`: tails log files into Kinesis streams and Firehose delivery streams, read from
+//! the Amazon Kinesis Agent's own configuration file, over the Kinesis and Firehose HTTP APIs
+//! with SigV4 — against `sluice serve`, or against AWS.
+//!
+//! Each flow ([`config`]) has a tailing thread ([`tail`]) that follows its files through
+//! rotation and cuts them into records, runs its `dataProcessingOptions` ([`process`]) and
+//! fills batches (by `maxBufferSizeRecords`, `maxBufferSizeBytes`, `maxBufferAgeMillis`); and a
+//! sending task ([`sender`]) that sends one batch at a time until every record is acknowledged,
+//! then saves how far each file was acknowledged ([`checkpoint`]). A restart (or `kill -9`)
+//! resumes there: lines are sent at least once, never lost. Progress (lines read, records sent,
+//! bytes behind) goes to standard error and to [`AgentStats`], which the binary serves as
+//! Prometheus metrics.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), sluice_agent::error::Error> {
+//! use sluice_agent::{AgentConfig, AgentStats, RunOptions, run};
+//!
+//! let config = AgentConfig::parse(&std::fs::read_to_string("agent.json").unwrap())?;
+//! let stats = std::sync::Arc::new(AgentStats::default());
+//! run(config, RunOptions::default(), stats).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod process;
+pub mod sender;
+pub mod tail;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub use config::AgentConfig;
+
+use checkpoint::{Checkpoints, FileCheckpoint, FileId, FlowCheckpoint};
+use config::{Destination, FlowConfig};
+use error::{Error, Result};
+use sender::Sender;
+use tail::{Record, Tailer};
+
+/// How often a flow looks for new lines when there were none.
+const POLL: Duration = Duration::from_millis(100);
+/// Checkpoints are saved at most this often (and when the agent stops).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// What the agent has done, for progress lines and metrics.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub lines_read: AtomicU64,
+    pub records_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Attempts that left records unacknowledged (throttling, errors) and were retried.
+    pub retries: AtomicU64,
+    /// Records a processing option could not convert (sent as they were).
+    pub conversion_failures: AtomicU64,
+    pub bytes_behind: AtomicU64,
+}
+
+impl AgentStats {
+    /// The counters in Prometheus's text format.
+    pub fn render(&self) -> String {
+        let rows = [
+            (
+                "sluice_agent_lines_read_total",
+                "counter",
+                "Lines read from the tailed files",
+                &self.lines_read,
+            ),
+            (
+                "sluice_agent_records_sent_total",
+                "counter",
+                "Records acknowledged by the destination",
+                &self.records_sent,
+            ),
+            (
+                "sluice_agent_bytes_sent_total",
+                "counter",
+                "Bytes of records acknowledged",
+                &self.bytes_sent,
+            ),
+            (
+                "sluice_agent_retries_total",
+                "counter",
+                "Send attempts that were retried",
+                &self.retries,
+            ),
+            (
+                "sluice_agent_conversion_failures_total",
+                "counter",
+                "Records a processing option could not convert",
+                &self.conversion_failures,
+            ),
+            (
+                "sluice_agent_bytes_behind",
+                "gauge",
+                "Bytes in the tailed files not yet acknowledged",
+                &self.bytes_behind,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                value.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+
+    /// One progress line.
+    pub fn progress(&self) -> String {
+        format!(
+            "sluice agent: {} lines read, {} records sent ({} bytes), {} bytes behind, {} retries",
+            self.lines_read.load(Ordering::Relaxed),
+            self.records_sent.load(Ordering::Relaxed),
+            self.bytes_sent.load(Ordering::Relaxed),
+            self.bytes_behind.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How often a progress line goes to standard error (`None`: never).
+    pub progress_every: Option<Duration>,
+    /// Stop once every file was read to its end and everything read was acknowledged (for
+    /// scripts and benchmarks); otherwise run until stopped.
+    pub exit_when_caught_up: bool,
+    /// Set to stop: the flows finish the batch in hand, save their checkpoints and return.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            progress_every: Some(Duration::from_secs(10)),
+            exit_when_caught_up: false,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// A batch of processed records, with where each came from.
+struct Batch {
+    records: Vec<Record>,
+}
+
+/// The checkpoint file, shared by the flows.
+struct CheckpointStore {
+    path: PathBuf,
+    saved: Mutex<(Checkpoints, Instant, bool)>,
+}
+
+impl CheckpointStore {
+    fn update(&self, flow: &str, acked: &HashMap<FileId, FileCheckpoint>) -> Result<()> {
+        let mut guard = self.saved.lock();
+        let mut files: Vec<FileCheckpoint> = acked.values().cloned().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        guard.0.flows.insert(
+            flow.to_string(),
+            FlowCheckpoint {
+                saved_at_ms: now_ms(),
+                files,
+            },
+        );
+        guard.2 = true;
+        if guard.1.elapsed() >= CHECKPOINT_EVERY {
+            guard.0.save(&self.path)?;
+            guard.1 = Instant::now();
+            guard.2 = false;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut guard = self.saved.lock();
+        if guard.2 {
+            guard.0.save(&self.path)?;
+            guard.2 = false;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every flow of `config` until stopped (or, with `exit_when_caught_up`, until caught up).
+pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats>) -> Result<()> {
+    let checkpoints = Checkpoints::load(&config.checkpoint_file)?;
+    let store = Arc::new(CheckpointStore {
+        path: config.checkpoint_file.clone(),
+        saved: Mutex::new((Checkpoints::default(), Instant::now(), false)),
+    });
+    store.saved.lock().0.flows = checkpoints.flows.clone();
+    let stop = Arc::clone(&options.stop);
+    let mut tasks = Vec::new();
+    for flow in &config.flows {
+        let endpoint = match flow.destination {
+            Destination::Kinesis(_) => config.kinesis_endpoint.clone(),
+            Destination::Firehose(_) => config.firehose_endpoint.clone(),
+        }
+        .unwrap_or_default();
+        let sender = Sender::new(
+            &endpoint,
+            flow.destination.clone(),
+            flow.partition_key,
+            &config.region,
+            config.credentials.clone(),
+        )
+        .map_err(|e| Error::Config(e.message))?;
+        let id = flow.id();
+        let tailer = Tailer::new(flow.clone(), checkpoints.flows.get(&id))?;
+        let acked: Arc<Mutex<HashMap<FileId, FileCheckpoint>>> = Arc::new(Mutex::new(
+            checkpoints
+                .flows
+                .get(&id)
+                .map(|c| c.files.iter().map(|f| (f.id, f.clone())).collect())
+                .unwrap_or_default(),
+        ));
+        let (batches, mut receive) = tokio::sync::mpsc::channel::<Batch>(2);
+        let tail_stats = Arc::clone(&stats);
+        let tail_acked = Arc::clone(&acked);
+        let tail_stop = Arc::clone(&stop);
+        let flow_config = flow.clone();
+        let exit = options.exit_when_caught_up;
+        let tail = tokio::task::spawn_blocking(move || {
+            tail_flow(
+                tailer,
+                &flow_config,
+                batches,
+                &tail_stats,
+                &tail_acked,
+                &tail_stop,
+                exit,
+            )
+        });
+        let send_stats = Arc::clone(&stats);
+        let send_store = Arc::clone(&store);
+        let send = tokio::spawn(async move {
+            while let Some(batch) = receive.recv().await {
+                let datas: Vec<&[u8]> = batch.records.iter().map(|r| r.data.as_slice()).collect();
+                let retries = &send_stats.retries;
+                sender
+                    .send_all(&datas, |why| {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("{why}");
+                    })
+                    .await;
+                let bytes: usize = datas.iter().map(|d| d.len()).sum();
+                send_stats
+                    .records_sent
+                    .fetch_add(datas.len() as u64, Ordering::Relaxed);
+                send_stats
+                    .bytes_sent
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                let snapshot = {
+                    let mut acked = acked.lock();
+                    for record in &batch.records {
+                        let entry = acked.entry(record.file).or_insert_with(|| FileCheckpoint {
+                            path: record.path.clone(),
+                            id: record.file,
+                            offset: 0,
+                            fingerprint: record.fingerprint.clone(),
+                        });
+                        entry.path = record.path.clone();
+                        entry.fingerprint = record.fingerprint.clone();
+                        entry.offset = record.end_offset;
+                    }
+                    acked.clone()
+                };
+                if let Err(e) = send_store.update(&id, &snapshot) {
+                    log::error!("{e}");
+                }
+            }
+        });
+        tasks.push((tail, send));
+    }
+    let progress_stats = Arc::clone(&stats);
+    let progress = options.progress_every.map(|every| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                eprintln!("{}", progress_stats.progress());
+            }
+        })
+    });
+    let mut result = Ok(());
+    for (tail, send) in tasks {
+        match tail.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::Relaxed);
+                result = Err(e);
+            }
+            Err(e) => result = Err(Error::Io(format!("a flow stopped: {e}"))),
+        }
+        let _ = send.await;
+    }
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    store.flush()?;
+    eprintln!("{}", stats.progress());
+    result
+}
+
+/// A flow's tailing loop: reads, processes and batches records until stopped.
+fn tail_flow(
+    mut tailer: Tailer,
+    flow: &FlowConfig,
+    batches: tokio::sync::mpsc::Sender<Batch>,
+    stats: &AgentStats,
+    acked: &Mutex<HashMap<FileId, FileCheckpoint>>,
+    stop: &AtomicBool,
+    exit_when_caught_up: bool,
+) -> Result<()> {
+    let mut batch: Vec<Record> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut opened = Instant::now();
+    let max_age = Duration::from_millis(flow.max_buffer_age_ms);
+    let mut lines_seen = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let records = tailer.poll(flow.max_buffer_size_bytes.max(1 << 20))?;
+        stats
+            .lines_read
+            .fetch_add(tailer.stats.lines_read - lines_seen, Ordering::Relaxed);
+        lines_seen = tailer.stats.lines_read;
+        let idle = records.is_empty();
+        for mut record in records {
+            for processor in &flow.processors {
+                match processor.apply(&record.data) {
+                    Ok(out) => record.data = out,
+                    Err(reason) => {
+                        stats.conversion_failures.fetch_add(1, Ordering::Relaxed);
+                        log::debug!("{}: not converted ({reason})", record.path.display());
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                opened = Instant::now();
+            }
+            if batch_bytes + record.data.len() > flow.max_buffer_size_bytes && !batch.is_empty() {
+                send(&batches, &mut batch, &mut batch_bytes)?;
+                opened = Instant::now();
+            }
+            batch_bytes += record.data.len();
+            batch.push(record);
+            if batch.len() >= flow.max_buffer_size_records {
+                send(&batches, &mut batch, &mut batch_bytes)?;
+            }
+        }
+        let caught_up = idle && tailer.caught_up();
+        if !batch.is_empty() && (opened.elapsed() >= max_age || (exit_when_caught_up && caught_up))
+        {
+            send(&batches, &mut batch, &mut batch_bytes)?;
+        }
+        {
+            let acked: HashMap<FileId, u64> =
+                acked.lock().iter().map(|(id, f)| (*id, f.offset)).collect();
+            stats
+                .bytes_behind
+                .store(tailer.bytes_behind(&acked), Ordering::Relaxed);
+        }
+        if exit_when_caught_up && caught_up && batch.is_empty() {
+            return Ok(());
+        }
+        if idle {
+            std::thread::sleep(POLL);
+        }
+    }
+    Ok(())
+}
+
+fn send(
+    batches: &tokio::sync::mpsc::Sender<Batch>,
+    batch: &mut Vec<Record>,
+    bytes: &mut usize,
+) -> Result<()> {
+    let records = std::mem::take(batch);
+    *bytes = 0;
+    batches
+        .blocking_send(Batch { records })
+        .map_err(|_| Error::Io("the sending task stopped".to_string()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
