@@ -208,3 +208,82 @@ mod tests {
         );
     }
 }
+
+/// A stored-layout batch with every KPL aggregated record replaced by its user records, in
+/// order: each with the aggregate's sequence number and arrival time, its own partition key and
+/// data, and its own columns decoded from its data by `format`. `None` if the batch holds no
+/// aggregated record (the common case, found by looking at each record's first bytes).
+pub fn expand_stored(
+    stored: &arrow::array::RecordBatch,
+    format: crate::StreamFormat,
+) -> crate::Result<Option<arrow::array::RecordBatch>> {
+    use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, StringArray, UInt32Array};
+    use std::sync::Arc;
+
+    let system = crate::schema::STORED_SYSTEM_COLUMNS;
+    let data = stored.column(3).as_binary::<i32>();
+    if !(0..data.len()).any(|row| data.is_valid(row) && Aggregated::claims(data.value(row))) {
+        return Ok(None);
+    }
+    let keys = stored.column(2).as_string::<i32>();
+    // (original row, user record) for every output row.
+    let mut rows: Vec<u32> = Vec::with_capacity(data.len());
+    let mut out_keys: Vec<String> = Vec::with_capacity(data.len());
+    let mut out_data: Vec<Vec<u8>> = Vec::with_capacity(data.len());
+    // For each output row: None for an ordinary record, Some(i) for user record i.
+    let mut user_index: Vec<Option<usize>> = Vec::with_capacity(data.len());
+    let mut user_data: Vec<Vec<u8>> = Vec::new();
+    for row in 0..data.len() {
+        let bytes = if data.is_valid(row) {
+            data.value(row)
+        } else {
+            &[][..]
+        };
+        match Aggregated::parse(bytes) {
+            Aggregated::Records(records) => {
+                for record in records {
+                    rows.push(row as u32);
+                    out_keys.push(record.partition_key);
+                    out_data.push(record.data.clone());
+                    user_index.push(Some(user_data.len()));
+                    user_data.push(record.data);
+                }
+            }
+            Aggregated::Plain | Aggregated::Corrupt(_) => {
+                rows.push(row as u32);
+                out_keys.push(keys.value(row).to_string());
+                out_data.push(bytes.to_vec());
+                user_index.push(None);
+            }
+        }
+    }
+    let schema = stored.schema();
+    let user_fields: Vec<arrow::datatypes::FieldRef> =
+        schema.fields().iter().skip(system).cloned().collect();
+    let user_schema = Arc::new(arrow::datatypes::Schema::new(user_fields));
+    let refs: Vec<&[u8]> = user_data.iter().map(Vec::as_slice).collect();
+    let decoded = crate::format::decode(format, &user_schema, &refs)?;
+    let take = UInt32Array::from(rows.clone());
+    let mut columns: Vec<ArrayRef> = vec![
+        arrow::compute::take(stored.column(0), &take, None)?,
+        arrow::compute::take(stored.column(1), &take, None)?,
+        Arc::new(StringArray::from(out_keys)),
+        Arc::new(BinaryArray::from_iter_values(out_data.iter())),
+    ];
+    for (c, decoded_column) in decoded.columns.iter().enumerate() {
+        let original = stored.column(system + c);
+        let picks: Vec<(usize, usize)> = rows
+            .iter()
+            .zip(&user_index)
+            .map(|(&row, user)| match user {
+                Some(i) => (1, *i),
+                None => (0, row as usize),
+            })
+            .collect();
+        columns.push(arrow::compute::interleave(
+            &[original.as_ref(), decoded_column.as_ref()],
+            &picks,
+        )?);
+    }
+    Ok(Some(arrow::array::RecordBatch::try_new(schema, columns)?))
+}

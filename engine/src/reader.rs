@@ -99,6 +99,13 @@ impl ShardIterator {
         Ok(out)
     }
 
+    /// Takes KPL aggregated records apart into their user records (for SQL and pumps; see
+    /// [`PublicProjector::deaggregating`]).
+    pub fn deaggregating(mut self, format: crate::StreamFormat) -> Self {
+        self.projector = self.projector.deaggregating(format);
+        self
+    }
+
     /// The sequence counter this iterator will read next.
     pub fn position(&self) -> u64 {
         self.position
@@ -140,6 +147,7 @@ pub struct StreamReader {
     stream: Arc<Stream>,
     /// One iterator per shard, in index order.
     iterators: Vec<ShardIterator>,
+    deaggregate: Option<crate::StreamFormat>,
 }
 
 impl StreamReader {
@@ -150,7 +158,22 @@ impl StreamReader {
             .iter()
             .map(|shard| ShardIterator::new(&stream, shard.index(), start(shard.index())))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { stream, iterators })
+        Ok(Self {
+            stream,
+            iterators,
+            deaggregate: None,
+        })
+    }
+
+    /// Takes KPL aggregated records apart into their user records, in every shard's reads.
+    pub fn deaggregating(mut self, format: crate::StreamFormat) -> Self {
+        self.deaggregate = Some(format);
+        self.iterators = self
+            .iterators
+            .into_iter()
+            .map(|i| i.deaggregating(format))
+            .collect();
+        self
     }
 
     /// The stream read.
@@ -228,8 +251,11 @@ impl StreamReader {
         }
         for shard in shards.iter().skip(self.iterators.len()) {
             // Born after this reader started: every record of it is new to the reader.
-            let iterator =
+            let mut iterator =
                 ShardIterator::new(&self.stream, shard.index(), StartPosition::TrimHorizon)?;
+            if let Some(format) = self.deaggregate {
+                iterator = iterator.deaggregating(format);
+            }
             self.iterators.push(iterator);
         }
         Ok(())

@@ -104,6 +104,8 @@ pub struct PublicProjector {
     public: SchemaRef,
     projected: SchemaRef,
     sources: Vec<ColumnSource>,
+    /// Takes KPL aggregated records apart into their user records, decoded by this format.
+    deaggregate: Option<crate::StreamFormat>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,7 +148,17 @@ impl PublicProjector {
             public,
             projected,
             sources,
+            deaggregate: None,
         })
+    }
+
+    /// Makes [`Self::project`] take KPL aggregated records apart: one row per user record,
+    /// with its own partition key, data and columns (decoded by `format`), and the aggregate's
+    /// sequence number and arrival time ([`crate::kpl::expand_stored`]). For SQL, not for
+    /// `GetRecords`, which returns records as stored.
+    pub fn deaggregating(mut self, format: crate::StreamFormat) -> Self {
+        self.deaggregate = Some(format);
+        self
     }
 
     /// The full public schema.
@@ -161,6 +173,11 @@ impl PublicProjector {
 
     /// Projects one stored batch of shard `shard_index`.
     pub fn project(&self, shard_index: u32, stored: &RecordBatch) -> Result<RecordBatch> {
+        let expanded = match self.deaggregate {
+            Some(format) => crate::kpl::expand_stored(stored, format)?,
+            None => None,
+        };
+        let stored = expanded.as_ref().unwrap_or(stored);
         let rows = stored.num_rows();
         let columns: Vec<ArrayRef> = self
             .sources

@@ -60,6 +60,12 @@ async fn firehose_api_delivers_direct_puts_and_streams_and_survives_kill_9() -> 
         assert!(shown.contains(name), "{name} not in {shown}");
     }
     assert!(!shown.contains("trades"), "deleted over the API: {shown}");
+    // SQL sees the KPL aggregate put into `clicks` as its three user records (3 + 3 rows).
+    let clicks = sql(
+        &flight,
+        "SELECT count(*) AS n, count(DISTINCT _partition_key) FILTER (WHERE _partition_key LIKE 'user-%') AS users FROM clicks",
+    )?;
+    assert!(clicks.contains('6') && clicks.contains('3'), "{clicks}");
     // A direct-put delivery stream's records are a stream SQL can read.
     let counted = sql(&flight, "SELECT count(*) AS n FROM firehose.durable")?;
     assert!(counted.contains("100"), "{counted}");

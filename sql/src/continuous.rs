@@ -385,6 +385,9 @@ impl PartitionStream for StreamTail {
                 None => self.start.clone(),
             }
         });
+        let format = self.stream.format();
+        // KPL aggregates are taken apart: a continuous query sees each user record.
+        let reader = reader.map(|r| r.deaggregating(format));
         let state = reader.map_err(to_datafusion).map(|reader| {
             if let Some(cursor) = &self.cursor {
                 let mut read = cursor.read.lock();

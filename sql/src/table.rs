@@ -132,8 +132,12 @@ pub(crate) fn snapshot_scan(
     schema: SchemaRef,
     projection: Option<&Vec<usize>>,
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let projector =
-        Arc::new(PublicProjector::new(stream.user_schema(), columns).map_err(to_datafusion)?);
+    // KPL aggregates are taken apart: SQL sees each user record as its own row.
+    let projector = Arc::new(
+        PublicProjector::new(stream.user_schema(), columns)
+            .map_err(to_datafusion)?
+            .deaggregating(stream.format()),
+    );
     let partitions = stream
         .snapshot()
         .map_err(to_datafusion)?
@@ -164,7 +168,9 @@ pub(crate) fn for_each_snapshot_batch(
     stream: &Stream,
     mut f: impl FnMut(&RecordBatch) -> DFResult<()>,
 ) -> DFResult<()> {
-    let projector = PublicProjector::new(stream.user_schema(), None).map_err(to_datafusion)?;
+    let projector = PublicProjector::new(stream.user_schema(), None)
+        .map_err(to_datafusion)?
+        .deaggregating(stream.format());
     for (shard, chunks) in stream.snapshot().map_err(to_datafusion)? {
         for chunk in chunks {
             let batch = chunk.batch().map_err(to_datafusion)?;

@@ -294,6 +294,14 @@ def first():
         aggregator.add_user_record(f"user-{i}", json.dumps({"customer": {"id": customer}, "page": f"/agg/{i}"}).encode())
     partition_key, hash_key, data = aggregator.clear_and_get().get_contents()
     kinesis.put_record(StreamName="clicks", PartitionKey=partition_key, Data=data)
+    # GetRecords returns the aggregate as the one record it is stored as.
+    shard_records = 0
+    for shard in kinesis.list_shards(StreamName="clicks")["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName="clicks", ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        shard_records += len(kinesis.get_records(ShardIterator=iterator)["Records"])
+    check(shard_records == 4, shard_records)
     by_customer = wait_for(
         "clicks by customer",
         lambda: (

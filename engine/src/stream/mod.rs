@@ -28,6 +28,7 @@ use crate::catalog::{ShardDefinition, StreamDefinition};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::format::{StreamFormat, decode};
+use crate::kpl::Aggregated;
 use crate::routing::{HashKeyRange, hash_key, route};
 use crate::schema::{public_schema, stored_schema};
 use crate::sequence::{format_sequence_number, shard_id};
@@ -701,7 +702,27 @@ impl Stream {
         let mut columns = system_columns(run);
         columns.extend(decoded.columns);
         let batch = RecordBatch::try_new(Arc::clone(&self.stored_schema), columns)?;
-        Ok((batch, decoded.errors))
+        let mut errors = decoded.errors;
+        if blobs.iter().any(|b| Aggregated::claims(b)) {
+            // KPL aggregates decode into their user records when read (`kpl::expand_stored`),
+            // not as one record; one that only looks like an aggregate is reported as such.
+            for (index, blob) in blobs.iter().enumerate() {
+                if !Aggregated::claims(blob) {
+                    continue;
+                }
+                let existing = errors.iter().position(|(i, _)| *i == index);
+                match (Aggregated::parse(blob), existing) {
+                    (Aggregated::Records(_), Some(at)) => {
+                        errors.remove(at);
+                    }
+                    (Aggregated::Corrupt(reason), Some(at)) => errors[at].1 = reason,
+                    (Aggregated::Corrupt(reason), None) => errors.push((index, reason)),
+                    _ => {}
+                }
+            }
+            errors.sort_by_key(|(i, _)| *i);
+        }
+        Ok((batch, errors))
     }
 
     /// Builds a stored batch for a run of numbered records of one shard whose columns are rows
