@@ -148,67 +148,6 @@ pub fn aggregate(records: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trips_with_shared_keys() {
-        let record = aggregate(&[("a", b"1"), ("b", b"2"), ("a", b"3")]);
-        let Aggregated::Records(records) = Aggregated::parse(&record) else {
-            panic!("not parsed");
-        };
-        let keys: Vec<&str> = records.iter().map(|r| r.partition_key.as_str()).collect();
-        assert_eq!(keys, ["a", "b", "a"]);
-        assert_eq!(records[2].data, b"3");
-        assert_eq!(records[2].sub_sequence_number, 2);
-    }
-
-    #[test]
-    fn plain_and_corrupt_records_are_told_apart() {
-        assert_eq!(Aggregated::parse(b"{\"a\":1}"), Aggregated::Plain);
-        // Too short to hold a digest: plain, even with the magic.
-        assert_eq!(Aggregated::parse(&MAGIC), Aggregated::Plain);
-        let mut record = aggregate(&[("a", b"payload")]);
-        let last = record.len() - 1;
-        record[last] ^= 1;
-        let Aggregated::Corrupt(reason) = Aggregated::parse(&record) else {
-            panic!("a bad digest is corrupt");
-        };
-        assert!(reason.contains("MD5"), "{reason}");
-        // A digest that matches a body that is not an AggregatedRecord.
-        let body = [0xFFu8, 0xFF, 0xFF];
-        let mut bogus = MAGIC.to_vec();
-        bogus.extend_from_slice(&body);
-        bogus.extend_from_slice(Md5::digest(body).as_slice());
-        assert!(matches!(Aggregated::parse(&bogus), Aggregated::Corrupt(_)));
-    }
-
-    #[test]
-    fn a_partition_key_index_out_of_the_table_is_corrupt() {
-        let message = AggregatedRecord {
-            partition_key_table: vec!["a".into()],
-            explicit_hash_key_table: vec![],
-            records: vec![UserRecordMessage {
-                partition_key_index: 3,
-                explicit_hash_key_index: None,
-                data: b"x".to_vec(),
-            }],
-        };
-        let body = message.encode_to_vec();
-        let mut record = MAGIC.to_vec();
-        record.extend_from_slice(&body);
-        record.extend_from_slice(Md5::digest(&body).as_slice());
-        let Aggregated::Corrupt(reason) = Aggregated::parse(&record) else {
-            panic!("corrupt");
-        };
-        assert!(
-            reason.contains("partition key 3 of a table of 1"),
-            "{reason}"
-        );
-    }
-}
-
 /// A stored-layout batch with every KPL aggregated record replaced by its user records, in
 /// order: each with the aggregate's sequence number and arrival time, its own partition key and
 /// data, and its own columns decoded from its data by `format`. `None` if the batch holds no
@@ -286,4 +225,65 @@ pub fn expand_stored(
         )?);
     }
     Ok(Some(arrow::array::RecordBatch::try_new(schema, columns)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_shared_keys() {
+        let record = aggregate(&[("a", b"1"), ("b", b"2"), ("a", b"3")]);
+        let Aggregated::Records(records) = Aggregated::parse(&record) else {
+            panic!("not parsed");
+        };
+        let keys: Vec<&str> = records.iter().map(|r| r.partition_key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "a"]);
+        assert_eq!(records[2].data, b"3");
+        assert_eq!(records[2].sub_sequence_number, 2);
+    }
+
+    #[test]
+    fn plain_and_corrupt_records_are_told_apart() {
+        assert_eq!(Aggregated::parse(b"{\"a\":1}"), Aggregated::Plain);
+        // Too short to hold a digest: plain, even with the magic.
+        assert_eq!(Aggregated::parse(&MAGIC), Aggregated::Plain);
+        let mut record = aggregate(&[("a", b"payload")]);
+        let last = record.len() - 1;
+        record[last] ^= 1;
+        let Aggregated::Corrupt(reason) = Aggregated::parse(&record) else {
+            panic!("a bad digest is corrupt");
+        };
+        assert!(reason.contains("MD5"), "{reason}");
+        // A digest that matches a body that is not an AggregatedRecord.
+        let body = [0xFFu8, 0xFF, 0xFF];
+        let mut bogus = MAGIC.to_vec();
+        bogus.extend_from_slice(&body);
+        bogus.extend_from_slice(Md5::digest(body).as_slice());
+        assert!(matches!(Aggregated::parse(&bogus), Aggregated::Corrupt(_)));
+    }
+
+    #[test]
+    fn a_partition_key_index_out_of_the_table_is_corrupt() {
+        let message = AggregatedRecord {
+            partition_key_table: vec!["a".into()],
+            explicit_hash_key_table: vec![],
+            records: vec![UserRecordMessage {
+                partition_key_index: 3,
+                explicit_hash_key_index: None,
+                data: b"x".to_vec(),
+            }],
+        };
+        let body = message.encode_to_vec();
+        let mut record = MAGIC.to_vec();
+        record.extend_from_slice(&body);
+        record.extend_from_slice(Md5::digest(&body).as_slice());
+        let Aggregated::Corrupt(reason) = Aggregated::parse(&record) else {
+            panic!("corrupt");
+        };
+        assert!(
+            reason.contains("partition key 3 of a table of 1"),
+            "{reason}"
+        );
+    }
 }
