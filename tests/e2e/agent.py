@@ -18,24 +18,12 @@ import sys
 import time
 import urllib.request
 
-import boto3
-from botocore.config import Config
+from aws_clients import check, client, wait_for
+
 
 SLUICE, ENDPOINT, WORK, BUCKET = sys.argv[1:5]
-SETTINGS = dict(
-    endpoint_url=ENDPOINT,
-    region_name="us-east-1",
-    aws_access_key_id="test",
-    aws_secret_access_key="test",
-    config=Config(retries={"max_attempts": 1}),
-)
-kinesis = boto3.client("kinesis", **SETTINGS)
-firehose = boto3.client("firehose", **SETTINGS)
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
+kinesis = client("kinesis", ENDPOINT)
+firehose = client("firehose", ENDPOINT)
 
 
 def free_port():
@@ -59,15 +47,6 @@ def stream_records(stream):
     return got
 
 
-def wait_for(what, condition, timeout=60):
-    deadline = time.time() + timeout
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 LOGS = os.path.join(WORK, "logs")

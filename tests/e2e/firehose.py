@@ -17,30 +17,18 @@ import os
 import sys
 import time
 
-import boto3
 import duckdb
 from aws_kinesis_agg.aggregator import RecordAggregator
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from aws_clients import check, client, wait_for
+
 PHASE, ENDPOINT, BUCKET = sys.argv[1], sys.argv[2], sys.argv[3]
-SETTINGS = dict(
-    endpoint_url=ENDPOINT,
-    region_name="us-east-1",
-    aws_access_key_id="test",
-    aws_secret_access_key="test",
-    config=Config(retries={"max_attempts": 1}),
-)
-firehose = boto3.client("firehose", **SETTINGS)
-glue = boto3.client("glue", **SETTINGS)
-kinesis = boto3.client("kinesis", **SETTINGS)
+firehose = client("firehose", ENDPOINT)
+glue = client("glue", ENDPOINT)
+kinesis = client("kinesis", ENDPOINT)
 LAKE = "arn:aws:s3:::lake"
 ROLE = "arn:aws:iam::000000000000:role/firehose"
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def refused(call, exception, fragment):
@@ -61,15 +49,6 @@ def objects(prefix):
     )
 
 
-def wait_for(what, condition, timeout=30):
-    deadline = time.time() + timeout
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def lines(prefix):

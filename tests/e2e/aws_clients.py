@@ -1,0 +1,37 @@
+"""What the end-to-end scripts that drive Sluice's AWS APIs share: boto3 clients for an
+endpoint, a check that says what was wrong, and waiting for a condition."""
+
+import time
+
+import boto3
+from botocore.config import Config
+
+
+def client(service, endpoint):
+    """A boto3 client for `service` at `endpoint`, with test credentials and no retries (so a
+    refusal is seen as it was sent)."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def wait_for(what, condition, timeout=60):
+    """The first true value of `condition()`, polled until `timeout` seconds have passed."""
+    deadline = time.time() + timeout
+    while True:
+        got = condition()
+        if got:
+            return got
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
