@@ -38,3 +38,60 @@ async fn the_agent_tails_rotating_files_through_kill_9_into_kinesis_and_firehose
     s3.abort();
     Ok(())
 }
+
+/// Against a server that enforces Kinesis's per-shard limits (1,000 records/s), the agent is
+/// throttled — records answered `ProvisionedThroughputExceededException` — and sends those again
+/// with backoff until every line is in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_agent_retries_until_every_line_is_in() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_sluice"));
+    let (server, flight, kinesis) = common::server::serve_with(
+        &binary,
+        &dir.path().join("data"),
+        "127.0.0.1:9".parse()?,
+        (KEY, SECRET),
+        &["--kinesis-shard-limits"],
+    )?;
+    common::server::sql(&binary, &flight, "CREATE STREAM lines WITH (shards = 1)")?;
+    let log = dir.path().join("app.log");
+    let lines = 4000;
+    let text: String = (0..lines).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&log, text)?;
+    let config = serde_json::json!({
+        "kinesis.endpoint": kinesis,
+        "awsAccessKeyId": "test", "awsSecretAccessKey": "test",
+        "checkpointFile": dir.path().join("checkpoints.json"),
+        "flows": [{"filePattern": log, "kinesisStream": "lines",
+                   "initialPosition": "START_OF_FILE", "maxBufferAgeMillis": 1000}]
+    });
+    let config_path = dir.path().join("agent.json");
+    std::fs::write(&config_path, config.to_string())?;
+    let agent = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&binary)
+            .args(["agent", "-c"])
+            .arg(&config_path)
+            .args(["--exit-when-caught-up", "--progress-seconds", "0"])
+            .output()
+    })
+    .await??;
+    let stderr = String::from_utf8_lossy(&agent.stderr);
+    assert!(agent.status.success(), "{stderr}");
+    // The last progress line: every line sent, after retries.
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(&format!("{lines} records sent")), "{stderr}");
+    let retries: u64 = last
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" retries"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no retries in {last:?}"))?;
+    assert!(retries > 0, "the server's limits were never hit: {last}");
+    let counted = common::server::sql(
+        env!("CARGO_BIN_EXE_sluice").as_ref(),
+        &flight,
+        "SELECT count(DISTINCT _data) AS n FROM lines",
+    )?;
+    assert!(counted.contains(&lines.to_string()), "{counted}");
+    drop(server);
+    Ok(())
+}

@@ -24,7 +24,18 @@ pub fn serve(
     binary: &Path,
     data: &Path,
     s3: SocketAddr,
+    credentials: (&str, &str),
+) -> Result<(Server, String, String), Box<dyn std::error::Error>> {
+    serve_with(binary, data, s3, credentials, &[])
+}
+
+/// [`serve`] with `extra` arguments for `sluice serve`.
+pub fn serve_with(
+    binary: &Path,
+    data: &Path,
+    s3: SocketAddr,
     (key, secret): (&str, &str),
+    extra: &[&str],
 ) -> Result<(Server, String, String), Box<dyn std::error::Error>> {
     let mut child = Command::new(binary)
         .arg("--data-dir")
@@ -40,6 +51,7 @@ pub fn serve(
             "--aws-secret-access-key",
             "test",
         ])
+        .args(extra)
         .env("AWS_ENDPOINT_URL", format!("http://{s3}"))
         .env("AWS_ALLOW_HTTP", "true")
         .env("AWS_ACCESS_KEY_ID", key)
