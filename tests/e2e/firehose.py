@@ -351,6 +351,11 @@ def first():
         "ResourceNotFoundException",
         "not found",
     )
+    refused(
+        lambda: firehose.delete_delivery_stream(DeliveryStreamName="trades"),
+        "ResourceNotFoundException",
+        "Firehose trades under account",
+    )
 
     # --- Records buffered for 900 s, left for kill -9 -------------------------------------
     firehose.create_delivery_stream(

@@ -34,6 +34,7 @@ pub async fn call(firehose: &Firehose, action: &str, request: Value) -> Result<V
         "ListDeliveryStreams" => list(firehose, &request),
         "DeleteDeliveryStream" => {
             let name = stream_name(&request)?;
+            definition(firehose, &name)?;
             firehose
                 .session
                 .drop_delivery(&name, true)
