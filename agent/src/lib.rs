@@ -44,7 +44,7 @@ use checkpoint::{Checkpoints, FileCheckpoint, FileId, FlowCheckpoint};
 use config::{Destination, FlowConfig};
 use error::{Error, Result};
 use sender::Sender;
-use tail::{Record, Tailer};
+use tail::{FileInfo, Record, Tailer};
 
 /// How often a flow looks for new lines when there were none.
 const POLL: Duration = Duration::from_millis(100);
@@ -155,39 +155,63 @@ struct Batch {
     records: Vec<Record>,
 }
 
+/// What a flow has had acknowledged, per file: the file as records last named it, and the
+/// offset after its last acknowledged record.
+type Acked = HashMap<FileId, (Arc<FileInfo>, u64)>;
+
 /// The checkpoint file, shared by the flows.
 struct CheckpointStore {
     path: PathBuf,
-    saved: Mutex<(Checkpoints, Instant, bool)>,
+    state: Mutex<CheckpointState>,
+}
+
+struct CheckpointState {
+    checkpoints: Checkpoints,
+    last_saved: Instant,
+    unsaved: bool,
 }
 
 impl CheckpointStore {
-    fn update(&self, flow: &str, acked: &HashMap<FileId, FileCheckpoint>) -> Result<()> {
-        let mut guard = self.saved.lock();
-        let mut files: Vec<FileCheckpoint> = acked.values().cloned().collect();
+    /// Records `flow`'s acknowledged offsets; saves when the last save is old enough.
+    fn update(&self, flow: &str, acked: &Acked) -> Result<()> {
+        let mut files: Vec<FileCheckpoint> = acked
+            .iter()
+            .map(|(id, (info, offset))| FileCheckpoint {
+                path: info.path.clone(),
+                id: *id,
+                offset: *offset,
+                fingerprint: info.fingerprint.clone(),
+            })
+            .collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        guard.0.flows.insert(
+        let mut state = self.state.lock();
+        state.checkpoints.flows.insert(
             flow.to_string(),
             FlowCheckpoint {
                 saved_at_ms: now_ms(),
                 files,
             },
         );
-        guard.2 = true;
-        if guard.1.elapsed() >= CHECKPOINT_EVERY {
-            guard.0.save(&self.path)?;
-            guard.1 = Instant::now();
-            guard.2 = false;
+        state.unsaved = true;
+        if state.last_saved.elapsed() >= CHECKPOINT_EVERY {
+            self.save(&mut state)?;
         }
         Ok(())
     }
 
+    /// Saves what is not saved yet.
     fn flush(&self) -> Result<()> {
-        let mut guard = self.saved.lock();
-        if guard.2 {
-            guard.0.save(&self.path)?;
-            guard.2 = false;
+        let mut state = self.state.lock();
+        if state.unsaved {
+            self.save(&mut state)?;
         }
+        Ok(())
+    }
+
+    fn save(&self, state: &mut CheckpointState) -> Result<()> {
+        state.checkpoints.save(&self.path)?;
+        state.last_saved = Instant::now();
+        state.unsaved = false;
         Ok(())
     }
 }
@@ -197,9 +221,14 @@ pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats
     let checkpoints = Checkpoints::load(&config.checkpoint_file)?;
     let store = Arc::new(CheckpointStore {
         path: config.checkpoint_file.clone(),
-        saved: Mutex::new((Checkpoints::default(), Instant::now(), false)),
+        state: Mutex::new(CheckpointState {
+            checkpoints: Checkpoints {
+                flows: checkpoints.flows.clone(),
+            },
+            last_saved: Instant::now(),
+            unsaved: false,
+        }),
     });
-    store.saved.lock().0.flows = checkpoints.flows.clone();
     let stop = Arc::clone(&options.stop);
     let mut tasks = Vec::new();
     for flow in &config.flows {
@@ -218,11 +247,22 @@ pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats
         .map_err(|e| Error::Config(e.message))?;
         let id = flow.id();
         let tailer = Tailer::new(flow.clone(), checkpoints.flows.get(&id))?;
-        let acked: Arc<Mutex<HashMap<FileId, FileCheckpoint>>> = Arc::new(Mutex::new(
+        let acked: Arc<Mutex<Acked>> = Arc::new(Mutex::new(
             checkpoints
                 .flows
                 .get(&id)
-                .map(|c| c.files.iter().map(|f| (f.id, f.clone())).collect())
+                .map(|c| {
+                    c.files
+                        .iter()
+                        .map(|f| {
+                            let info = FileInfo {
+                                path: f.path.clone(),
+                                fingerprint: f.fingerprint.clone(),
+                            };
+                            (f.id, (Arc::new(info), f.offset))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         ));
         let (batches, mut receive) = tokio::sync::mpsc::channel::<Batch>(2);
@@ -263,16 +303,9 @@ pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats
                     .fetch_add(bytes as u64, Ordering::Relaxed);
                 let snapshot = {
                     let mut acked = acked.lock();
+                    // Records of a file come in order: its last one says how far it got.
                     for record in &batch.records {
-                        let entry = acked.entry(record.file).or_insert_with(|| FileCheckpoint {
-                            path: record.path.clone(),
-                            id: record.file,
-                            offset: 0,
-                            fingerprint: record.fingerprint.clone(),
-                        });
-                        entry.path = record.path.clone();
-                        entry.fingerprint = record.fingerprint.clone();
-                        entry.offset = record.end_offset;
+                        acked.insert(record.file, (Arc::clone(&record.info), record.end_offset));
                     }
                     acked.clone()
                 };
@@ -318,7 +351,7 @@ fn tail_flow(
     flow: &FlowConfig,
     batches: tokio::sync::mpsc::Sender<Batch>,
     stats: &AgentStats,
-    acked: &Mutex<HashMap<FileId, FileCheckpoint>>,
+    acked: &Mutex<Acked>,
     stop: &AtomicBool,
     exit_when_caught_up: bool,
 ) -> Result<()> {
@@ -340,7 +373,7 @@ fn tail_flow(
                     Ok(out) => record.data = out,
                     Err(reason) => {
                         stats.conversion_failures.fetch_add(1, Ordering::Relaxed);
-                        log::debug!("{}: not converted ({reason})", record.path.display());
+                        log::debug!("{}: not converted ({reason})", record.info.path.display());
                         break;
                     }
                 }
@@ -364,8 +397,11 @@ fn tail_flow(
             send(&batches, &mut batch, &mut batch_bytes)?;
         }
         {
-            let acked: HashMap<FileId, u64> =
-                acked.lock().iter().map(|(id, f)| (*id, f.offset)).collect();
+            let acked: HashMap<FileId, u64> = acked
+                .lock()
+                .iter()
+                .map(|(id, (_, offset))| (*id, *offset))
+                .collect();
             stats
                 .bytes_behind
                 .store(tailer.bytes_behind(&acked), Ordering::Relaxed);

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{FileId, FlowCheckpoint, hex};
@@ -31,14 +32,22 @@ const MULTI_LINE_IDLE: Duration = Duration::from_millis(1000);
 const RELEASE_IDLE: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 1024 * 1024;
 
+/// What checkpoints say of a file besides its identity: where it is and how it begins.
+/// Shared by every record of the file until either changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    pub path: PathBuf,
+    /// The file's first bytes, in hex.
+    pub fingerprint: String,
+}
+
 /// One record and where it ends in its file.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub data: Vec<u8>,
     pub file: FileId,
-    pub path: PathBuf,
+    pub info: Arc<FileInfo>,
     pub end_offset: u64,
-    pub fingerprint: String,
 }
 
 struct Tracked {
@@ -54,6 +63,8 @@ struct Tracked {
     current: Vec<u8>,
     header_lines_left: usize,
     fingerprint: Vec<u8>,
+    /// `path` and `fingerprint` as records carry them.
+    info: Arc<FileInfo>,
     last_data: Instant,
     /// Whether the path still names this file.
     matched: bool,
@@ -77,6 +88,10 @@ impl Tracked {
             pending_start: offset,
             current: Vec::new(),
             header_lines_left: if offset == 0 { skip_header } else { 0 },
+            info: Arc::new(FileInfo {
+                path: path.to_path_buf(),
+                fingerprint: hex(&fingerprint),
+            }),
             fingerprint,
             last_data: Instant::now(),
             matched: true,
@@ -98,7 +113,19 @@ impl Tracked {
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| Error::Io(format!("cannot seek in {}: {e}", self.path.display())))?;
+        self.refresh_info();
         Ok(())
+    }
+
+    /// Brings `info` up to date after the path or the fingerprint changed.
+    fn refresh_info(&mut self) {
+        let fingerprint = hex(&self.fingerprint);
+        if self.info.path != self.path || self.info.fingerprint != fingerprint {
+            self.info = Arc::new(FileInfo {
+                path: self.path.clone(),
+                fingerprint,
+            });
+        }
     }
 }
 
@@ -131,6 +158,8 @@ pub struct Tailer {
     files: Vec<Tracked>,
     /// Files seen and deliberately not read (older than the flow's start or checkpoint).
     ignored: HashMap<FileId, Vec<u8>>,
+    /// Reused for every read.
+    buffer: Vec<u8>,
     pub stats: TailStats,
 }
 
@@ -155,6 +184,7 @@ impl Tailer {
             name_pattern,
             files: Vec::new(),
             ignored: HashMap::new(),
+            buffer: vec![0; READ_CHUNK],
             stats: TailStats::default(),
         };
         let found = tailer.matching()?;
@@ -289,7 +319,10 @@ impl Tailer {
         for (path, id, size, _) in &found {
             if let Some(tracked) = self.files.iter_mut().find(|t| t.id == *id) {
                 tracked.matched = true;
-                tracked.path = path.clone();
+                if tracked.path != *path {
+                    tracked.path = path.clone();
+                    tracked.refresh_info();
+                }
                 if *size < tracked.read_offset {
                     log::info!(
                         "{} was truncated ({} bytes, {} read): reading it from its start",
@@ -308,7 +341,14 @@ impl Tailer {
             if budget == 0 {
                 break;
             }
-            let read = read_records(tracked, &flow, budget, &mut records, &mut self.stats)?;
+            let size = budget.clamp(4096, READ_CHUNK);
+            let read = read_records(
+                tracked,
+                &flow,
+                &mut self.buffer[..size],
+                &mut records,
+                &mut self.stats,
+            )?;
             budget = budget.saturating_sub(read);
         }
         // Let go of files that are gone from the pattern and read to their ends.
@@ -351,35 +391,27 @@ impl Tailer {
 fn read_records(
     tracked: &mut Tracked,
     flow: &FlowConfig,
-    budget: usize,
+    buffer: &mut [u8],
     records: &mut Vec<Record>,
     stats: &mut TailStats,
 ) -> Result<usize> {
-    let mut buffer = vec![0; READ_CHUNK.min(budget.max(4096))];
     let n = tracked
         .file
-        .read(&mut buffer)
+        .read(buffer)
         .map_err(|e| Error::Io(format!("cannot read {}: {e}", tracked.path.display())))?;
-    let fingerprint = hex(&tracked.fingerprint);
     if n == 0 {
         // Idle: a multi-line record in progress is complete, and so is a last line without
         // an ending in a file that was rotated away.
         let idle = tracked.last_data.elapsed();
         if !tracked.current.is_empty() && idle > MULTI_LINE_IDLE {
             let data = std::mem::take(&mut tracked.current);
-            records.push(record(
-                flow,
-                data,
-                tracked,
-                tracked.pending_start,
-                &fingerprint,
-            ));
+            records.push(record(flow, data, tracked, tracked.pending_start));
         }
         if !tracked.matched && !tracked.pending.is_empty() && idle > MULTI_LINE_IDLE {
             let data = std::mem::take(&mut tracked.pending);
             tracked.pending_start += data.len() as u64;
             stats.lines_read += 1;
-            push_line(tracked, flow, data, records, &fingerprint);
+            push_line(tracked, flow, data, records);
         }
         return Ok(0);
     }
@@ -387,12 +419,12 @@ fn read_records(
         let pos = tracked.read_offset;
         tracked.fingerprint = read_fingerprint(&mut tracked.file);
         let _ = tracked.file.seek(SeekFrom::Start(pos + n as u64));
+        tracked.refresh_info();
     }
     tracked.read_offset += n as u64;
     tracked.last_data = Instant::now();
     stats.bytes_read += n as u64;
     tracked.pending.extend_from_slice(&buffer[..n]);
-    let fingerprint = hex(&tracked.fingerprint);
     let mut start = 0;
     let pending = std::mem::take(&mut tracked.pending);
     while let Some(at) = pending[start..].iter().position(|&b| b == b'\n') {
@@ -401,33 +433,27 @@ fn read_records(
         start = end;
         tracked.pending_start += line.len() as u64;
         stats.lines_read += 1;
-        push_line(tracked, flow, line, records, &fingerprint);
+        push_line(tracked, flow, line, records);
     }
     tracked.pending = pending[start..].to_vec();
     Ok(n)
 }
 
 /// Files one complete line (its end is `tracked.pending_start`).
-fn push_line(
-    tracked: &mut Tracked,
-    flow: &FlowConfig,
-    line: Vec<u8>,
-    records: &mut Vec<Record>,
-    fingerprint: &str,
-) {
+fn push_line(tracked: &mut Tracked, flow: &FlowConfig, line: Vec<u8>, records: &mut Vec<Record>) {
     if tracked.header_lines_left > 0 {
         tracked.header_lines_left -= 1;
         return;
     }
     let end = tracked.pending_start;
     match &flow.multi_line_start {
-        None => records.push(record(flow, line, tracked, end, fingerprint)),
+        None => records.push(record(flow, line, tracked, end)),
         Some(start) => {
             let text = String::from_utf8_lossy(&line);
             if start.is_match(&text) && !tracked.current.is_empty() {
                 let previous = std::mem::take(&mut tracked.current);
                 let previous_end = end - line.len() as u64;
-                records.push(record(flow, previous, tracked, previous_end, fingerprint));
+                records.push(record(flow, previous, tracked, previous_end));
             }
             tracked.current.extend_from_slice(&line);
         }
@@ -435,13 +461,7 @@ fn push_line(
 }
 
 /// A record of `data`, cut at the destination's limit with the truncated-record terminator.
-fn record(
-    flow: &FlowConfig,
-    mut data: Vec<u8>,
-    tracked: &Tracked,
-    end: u64,
-    fingerprint: &str,
-) -> Record {
+fn record(flow: &FlowConfig, mut data: Vec<u8>, tracked: &Tracked, end: u64) -> Record {
     let max = flow.max_record_bytes();
     if data.len() > max {
         let terminator = &flow.truncated_record_terminator;
@@ -451,9 +471,8 @@ fn record(
     Record {
         data,
         file: tracked.id,
-        path: tracked.path.clone(),
+        info: Arc::clone(&tracked.info),
         end_offset: end,
-        fingerprint: fingerprint.to_string(),
     }
 }
 

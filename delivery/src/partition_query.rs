@@ -27,22 +27,16 @@ use crate::error::{Error, Result};
 
 type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
 
-/// A compiled metadata extraction query.
+/// A compiled metadata extraction query (cheap to clone: the compiled filter is shared).
+#[derive(Clone)]
 pub struct PartitionQuery {
     text: String,
-    filter: Filter,
+    filter: std::sync::Arc<Filter>,
 }
 
 impl std::fmt::Debug for PartitionQuery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("PartitionQuery").field(&self.text).finish()
-    }
-}
-
-impl Clone for PartitionQuery {
-    fn clone(&self) -> Self {
-        // Compiling is cheap and the compiled filter is not `Clone`; the text compiled once.
-        Self::parse(&self.text).unwrap_or_else(|_| unreachable!("compiled before"))
     }
 }
 
@@ -90,7 +84,7 @@ impl PartitionQuery {
             })?;
         Ok(Self {
             text: text.to_string(),
-            filter,
+            filter: std::sync::Arc::new(filter),
         })
     }
 

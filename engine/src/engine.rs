@@ -1049,8 +1049,10 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
-/// Writes `value` as JSON to `path` through a synced temporary file and a rename.
-fn write_json_durably<T: serde::Serialize>(
+/// Writes `value` as JSON to `path` through a synced temporary file and a rename (then syncs
+/// the folder, so the rename itself survives a crash). For the small state files kept beside
+/// the engine's (applications, Firehose's and Glue's records) as much as for its own.
+pub fn write_json_durably<T: serde::Serialize>(
     path: &Path,
     value: &T,
     what: &'static str,
@@ -1069,13 +1071,17 @@ fn write_json_durably<T: serde::Serialize>(
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     written.map_err(|e| Error::io("saving", path, e))
 }
 
 /// Reads JSON from `path`, or the default value if there is no file.
-fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(
+pub fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(
     path: &Path,
     what: &'static str,
 ) -> Result<T> {

@@ -165,13 +165,13 @@ pub fn expand_stored(
         return Ok(None);
     }
     let keys = stored.column(2).as_string::<i32>();
-    // (original row, user record) for every output row.
+    // For every output row: the stored row it comes from, and (for a user record) its place
+    // among the user records, whose columns are decoded together.
     let mut rows: Vec<u32> = Vec::with_capacity(data.len());
     let mut out_keys: Vec<String> = Vec::with_capacity(data.len());
     let mut out_data: Vec<Vec<u8>> = Vec::with_capacity(data.len());
-    // For each output row: None for an ordinary record, Some(i) for user record i.
     let mut user_index: Vec<Option<usize>> = Vec::with_capacity(data.len());
-    let mut user_data: Vec<Vec<u8>> = Vec::new();
+    let mut user_rows: Vec<usize> = Vec::new();
     for row in 0..data.len() {
         let bytes = if data.is_valid(row) {
             data.value(row)
@@ -181,18 +181,18 @@ pub fn expand_stored(
         match Aggregated::parse(bytes) {
             Aggregated::Records(records) => {
                 for record in records {
+                    user_index.push(Some(user_rows.len()));
+                    user_rows.push(out_data.len());
                     rows.push(row as u32);
                     out_keys.push(record.partition_key);
-                    out_data.push(record.data.clone());
-                    user_index.push(Some(user_data.len()));
-                    user_data.push(record.data);
+                    out_data.push(record.data);
                 }
             }
             Aggregated::Plain | Aggregated::Corrupt(_) => {
+                user_index.push(None);
                 rows.push(row as u32);
                 out_keys.push(keys.value(row).to_string());
                 out_data.push(bytes.to_vec());
-                user_index.push(None);
             }
         }
     }
@@ -200,7 +200,7 @@ pub fn expand_stored(
     let user_fields: Vec<arrow::datatypes::FieldRef> =
         schema.fields().iter().skip(system).cloned().collect();
     let user_schema = Arc::new(arrow::datatypes::Schema::new(user_fields));
-    let refs: Vec<&[u8]> = user_data.iter().map(Vec::as_slice).collect();
+    let refs: Vec<&[u8]> = user_rows.iter().map(|&i| out_data[i].as_slice()).collect();
     let decoded = crate::format::decode(format, &user_schema, &refs)?;
     let take = UInt32Array::from(rows.clone());
     let mut columns: Vec<ArrayRef> = vec![
@@ -209,16 +209,18 @@ pub fn expand_stored(
         Arc::new(StringArray::from(out_keys)),
         Arc::new(BinaryArray::from_iter_values(out_data.iter())),
     ];
+    // Each user column: the stored value for an ordinary record, the decoded one for a user
+    // record.
+    let picks: Vec<(usize, usize)> = rows
+        .iter()
+        .zip(&user_index)
+        .map(|(&row, user)| match user {
+            Some(i) => (1, *i),
+            None => (0, row as usize),
+        })
+        .collect();
     for (c, decoded_column) in decoded.columns.iter().enumerate() {
         let original = stored.column(system + c);
-        let picks: Vec<(usize, usize)> = rows
-            .iter()
-            .zip(&user_index)
-            .map(|(&row, user)| match user {
-                Some(i) => (1, *i),
-                None => (0, row as usize),
-            })
-            .collect();
         columns.push(arrow::compute::interleave(
             &[original.as_ref(), decoded_column.as_ref()],
             &picks,

@@ -68,7 +68,7 @@ pub use catalog::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     DEFAULT_CACHE_BYTES, DIRECT_PUT_NAMESPACE, Durability, ERROR_STREAM, Engine, EngineOptions,
-    NAMESPACE_SEPARATOR, StreamSpec, fields,
+    NAMESPACE_SEPARATOR, StreamSpec, fields, read_json_or_default, write_json_durably,
 };
 pub use error::{Error, Result};
 pub use format::StreamFormat;

@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 
-from aws_clients import check, client, wait_for
+from aws_clients import check, client, shard_records, wait_for
 
 
 SLUICE, ENDPOINT, WORK, BUCKET = sys.argv[1:5]
@@ -32,19 +32,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def stream_records(stream):
-    got = []
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
-            got.extend(r["Data"] for r in page["Records"])
-            if not page["Records"]:
-                break
-            iterator = page.get("NextShardIterator")
-    return got
 
 
 
@@ -174,7 +161,7 @@ try:
 
 
     def all_lines():
-        got = [r.decode().split(" ")[0] for r in stream_records("app-logs")]
+        got = [r.decode().split(" ")[0] for r in shard_records(kinesis, "app-logs")]
         return got if expected <= set(got) else None
 
 
@@ -183,7 +170,7 @@ try:
     check(set(got) == expected, f"unexpected lines: {sorted(set(got) - expected)[:5]}")
     print(f"app-logs: {len(expected)} lines written, {len(got)} records, {duplicates} duplicates")
 
-    web = wait_for("web records", lambda: (r := stream_records("web")) and len(r) >= 2 and r)
+    web = wait_for("web records", lambda: (r := shard_records(kinesis, "web")) and len(r) >= 2 and r)
     web = [json.loads(r) for r in web]
     check(
         web[0]

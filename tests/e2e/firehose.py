@@ -21,7 +21,7 @@ import duckdb
 from aws_kinesis_agg.aggregator import RecordAggregator
 from botocore.exceptions import ClientError
 
-from aws_clients import check, client, wait_for
+from aws_clients import check, client, shard_records, wait_for
 
 PHASE, ENDPOINT, BUCKET = sys.argv[1], sys.argv[2], sys.argv[3]
 firehose = client("firehose", ENDPOINT)
@@ -274,13 +274,8 @@ def first():
     partition_key, hash_key, data = aggregator.clear_and_get().get_contents()
     kinesis.put_record(StreamName="clicks", PartitionKey=partition_key, Data=data)
     # GetRecords returns the aggregate as the one record it is stored as.
-    shard_records = 0
-    for shard in kinesis.list_shards(StreamName="clicks")["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName="clicks", ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        shard_records += len(kinesis.get_records(ShardIterator=iterator)["Records"])
-    check(shard_records == 4, shard_records)
+    stored = shard_records(kinesis, "clicks")
+    check(len(stored) == 4, len(stored))
     by_customer = wait_for(
         "clicks by customer",
         lambda: (

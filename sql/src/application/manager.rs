@@ -627,22 +627,8 @@ impl Applications {
     /// Writes every application to `applications.json`, durably.
     fn save(&self, state: &State) -> Result<()> {
         let apps: Vec<&Application> = state.apps.values().collect();
-        let bytes = serde_json::to_vec_pretty(&apps)
-            .map_err(|e| ApplicationError::internal(e.to_string()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let written = (|| {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok::<(), std::io::Error>(())
-        })();
-        written
-            .map_err(|e| ApplicationError::internal(format!("saving {}: {e}", self.path.display())))
+        sluice_engine::write_json_durably(&self.path, &apps, "applications")
+            .map_err(|e| ApplicationError::internal(e.to_string()))
     }
 }
 

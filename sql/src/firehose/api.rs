@@ -243,18 +243,16 @@ fn record_data(record: Option<&Value>, at: &str) -> Result<Vec<u8>> {
 /// Appends `records` to direct-put delivery stream `name`; their record IDs, once they are in
 /// the write-ahead log.
 async fn put(firehose: &Firehose, name: &str, records: Vec<Vec<u8>>) -> Result<Vec<String>> {
-    let definition = definition(firehose, name)?;
-    if !is_direct_put(&definition) {
+    // A direct-put delivery stream's own stream is found by its name; only when there is none
+    // are the definitions looked through, to say why.
+    let engine = firehose.session.engine();
+    let Some(stream) = engine.try_stream(&Firehose::direct_put_stream(name)) else {
+        let definition = definition(firehose, name)?;
         return Err(FirehoseError::invalid(format!(
             "This operation is not permitted on KinesisStreamAsSource delivery stream type: {name} reads stream '{}'; put records into that stream",
             definition.source
         )));
-    }
-    let stream = firehose
-        .session
-        .engine()
-        .stream(&definition.source)
-        .map_err(|e| FirehoseError::unavailable(e.to_string()))?;
+    };
     let key = name.to_string();
     let results = tokio::task::spawn_blocking(move || {
         let puts: Vec<PutRecord> = records

@@ -65,7 +65,7 @@ impl GlueCatalog {
     /// The catalog kept in `data_dir/glue.json`.
     pub fn open(data_dir: &std::path::Path) -> Result<Self> {
         let path = data_dir.join("glue.json");
-        let databases = read_json(&path)?.unwrap_or_default();
+        let databases = read_json(&path, "the Glue catalog")?;
         Ok(Self {
             path,
             databases: parking_lot::Mutex::new(databases),

@@ -122,7 +122,7 @@ impl Firehose {
     pub fn open(session: SluiceSession) -> Result<Self, FirehoseError> {
         let dir = session.engine().options().data_dir.clone();
         let path = dir.join("firehose.json");
-        let records = read_json(&path)?.unwrap_or_default();
+        let records = read_json(&path, "Firehose delivery streams")?;
         let glue = Arc::new(GlueCatalog::open(&dir)?);
         Ok(Self {
             session,
@@ -157,40 +157,16 @@ pub(crate) fn now_seconds() -> f64 {
         .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0)
 }
 
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_json<T: serde::de::DeserializeOwned + Default>(
     path: &Path,
-) -> Result<Option<T>, FirehoseError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            FirehoseError::unavailable(format!("{} cannot be read: {e}", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(FirehoseError::unavailable(format!(
-            "{} cannot be read: {e}",
-            path.display()
-        ))),
-    }
+    what: &'static str,
+) -> Result<T, FirehoseError> {
+    sluice_engine::read_json_or_default(path, what)
+        .map_err(|e| FirehoseError::unavailable(e.to_string()))
 }
 
-/// Writes `value` to `path` durably: a temporary file, synced, renamed over it.
+/// Writes `value` to `path` durably (a synced temporary file renamed over it).
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FirehoseError> {
-    let failed = |e: std::io::Error| {
-        FirehoseError::unavailable(format!("{} cannot be written: {e}", path.display()))
-    };
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| FirehoseError::unavailable(format!("cannot encode: {e}")))?;
-    let temporary = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary).map_err(failed)?;
-        file.write_all(&bytes).map_err(failed)?;
-        file.sync_all().map_err(failed)?;
-    }
-    std::fs::rename(&temporary, path).map_err(failed)?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    sluice_engine::write_json_durably(path, value, "Firehose state")
+        .map_err(|e| FirehoseError::unavailable(e.to_string()))
 }
