@@ -81,11 +81,17 @@ pub struct AgentConfig {
     /// `awsAccessKeyId`/`awsSecretAccessKey`, else the `AWS_*` environment variables.
     pub credentials: (String, String),
     pub checkpoint_file: PathBuf,
+    /// `maxSendingThreads`: how many requests the agent keeps in flight at once, over all flows
+    /// (each flow's batches are still acknowledged and checkpointed in file order).
+    pub max_sending_threads: usize,
     pub flows: Vec<FlowConfig>,
 }
 
+/// Requests in flight when `maxSendingThreads` is not set.
+pub const DEFAULT_SENDING_THREADS: usize = 8;
+
 /// Top-level settings the Agent knows that Sluice reads but does not act on.
-const IGNORED: [&str; 9] = [
+const IGNORED: [&str; 8] = [
     "cloudwatch.emitMetrics",
     "cloudwatch.endpoint",
     "assumeRoleARN",
@@ -93,7 +99,6 @@ const IGNORED: [&str; 9] = [
     "sts.endpoint",
     "log.level",
     "shutdownTimeoutMillis",
-    "maxSendingThreads",
     "userDefinedCredentialsProvider.classname",
 ];
 
@@ -117,10 +122,11 @@ impl AgentConfig {
                     | "awsSecretAccessKey"
                     | "checkpointFile"
                     | "awsRegion"
+                    | "maxSendingThreads"
             );
             if !known && !IGNORED.contains(&key.as_str()) {
                 return Err(Error::Config(format!(
-                    "unknown setting \"{key}\"; the Agent's settings are flows, kinesis.endpoint, firehose.endpoint, awsAccessKeyId, awsSecretAccessKey, checkpointFile and {}",
+                    "unknown setting \"{key}\"; the Agent's settings are flows, kinesis.endpoint, firehose.endpoint, awsAccessKeyId, awsSecretAccessKey, checkpointFile, maxSendingThreads and {}",
                     IGNORED.join(", ")
                 )));
             }
@@ -160,6 +166,18 @@ impl AgentConfig {
         let checkpoint_file = text_of("checkpointFile")?
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("sluice-agent-checkpoints.json"));
+        let max_sending_threads = match object.get("maxSendingThreads") {
+            None | Some(Value::Null) => DEFAULT_SENDING_THREADS,
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "\"maxSendingThreads\" must be a whole number from 1 to 1024, not {v}"
+                    ))
+                })? as usize,
+        };
         let flows = object
             .get("flows")
             .and_then(Value::as_array)
@@ -192,6 +210,7 @@ impl AgentConfig {
             region,
             credentials: (key, secret),
             checkpoint_file,
+            max_sending_threads,
             flows,
         })
     }
@@ -367,6 +386,7 @@ mod tests {
         assert_eq!(config.flows[0].max_buffer_age_ms, 1000);
         assert_eq!(config.flows[1].max_buffer_size_bytes, 4 * 1024 * 1024);
         assert_eq!(config.region, "us-east-1");
+        assert_eq!(config.max_sending_threads, DEFAULT_SENDING_THREADS);
     }
 
     #[test]
@@ -390,5 +410,11 @@ mod tests {
             .contains("\"firehose.endpoint\" is not set")
         );
         assert!(error(&format!(r#"{{{base}, "flow": []}}"#)).contains("unknown setting \"flow\""));
+        assert!(
+            error(&format!(
+                r#"{{{base}, "maxSendingThreads": 0, "flows": [{{"filePattern": "/a", "kinesisStream": "s"}}]}}"#
+            ))
+            .contains("\"maxSendingThreads\" must be a whole number from 1 to 1024, not 0")
+        );
     }
 }

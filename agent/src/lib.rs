@@ -5,8 +5,9 @@
 //! Each flow ([`config`]) has a tailing thread ([`tail`]) that follows its files through
 //! rotation and cuts them into records, runs its `dataProcessingOptions` ([`process`]) and
 //! fills batches (by `maxBufferSizeRecords`, `maxBufferSizeBytes`, `maxBufferAgeMillis`); and a
-//! sending task ([`sender`]) that sends one batch at a time until every record is acknowledged,
-//! then saves how far each file was acknowledged ([`checkpoint`]). A restart (or `kill -9`)
+//! sending task ([`sender`]) that keeps several batches in flight (`maxSendingThreads` requests
+//! over all flows), sends each until every record is acknowledged, and saves how far each file
+//! was acknowledged, in the order the batches were read ([`checkpoint`]). A restart (or `kill -9`)
 //! resumes there: lines are sent at least once, never lost. Progress (lines read, records sent,
 //! bytes behind) goes to standard error and to [`AgentStats`], which the binary serves as
 //! Prometheus metrics.
@@ -36,6 +37,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use parking_lot::Mutex;
 
 pub use config::AgentConfig;
@@ -230,6 +233,8 @@ pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats
         }),
     });
     let stop = Arc::clone(&options.stop);
+    // `maxSendingThreads`: requests in flight over all flows.
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_sending_threads));
     let mut tasks = Vec::new();
     for flow in &config.flows {
         let endpoint = match flow.destination {
@@ -265,7 +270,7 @@ pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats
                 })
                 .unwrap_or_default(),
         ));
-        let (batches, mut receive) = tokio::sync::mpsc::channel::<Batch>(2);
+        let (batches, receive) = tokio::sync::mpsc::channel::<Batch>(2);
         let tail_stats = Arc::clone(&stats);
         let tail_acked = Arc::clone(&acked);
         let tail_stop = Arc::clone(&stop);
@@ -282,39 +287,17 @@ pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats
                 exit,
             )
         });
-        let send_stats = Arc::clone(&stats);
-        let send_store = Arc::clone(&store);
-        let send = tokio::spawn(async move {
-            while let Some(batch) = receive.recv().await {
-                let datas: Vec<&[u8]> = batch.records.iter().map(|r| r.data.as_slice()).collect();
-                let retries = &send_stats.retries;
-                sender
-                    .send_all(&datas, |why| {
-                        retries.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("{why}");
-                    })
-                    .await;
-                let bytes: usize = datas.iter().map(|d| d.len()).sum();
-                send_stats
-                    .records_sent
-                    .fetch_add(datas.len() as u64, Ordering::Relaxed);
-                send_stats
-                    .bytes_sent
-                    .fetch_add(bytes as u64, Ordering::Relaxed);
-                let snapshot = {
-                    let mut acked = acked.lock();
-                    // Records of a file come in order: its last one says how far it got.
-                    for record in &batch.records {
-                        acked.insert(record.file, (Arc::clone(&record.info), record.end_offset));
-                    }
-                    acked.clone()
-                };
-                if let Err(e) = send_store.update(&id, &snapshot) {
-                    log::error!("{e}");
-                }
-            }
-        });
-        tasks.push((tail, send));
+        let send = tokio::spawn(send_flow(
+            id,
+            receive,
+            Arc::new(sender),
+            Arc::clone(&permits),
+            config.max_sending_threads,
+            Arc::clone(&acked),
+            Arc::clone(&store),
+            Arc::clone(&stats),
+        ));
+        tasks.push((tail, send, acked));
     }
     let progress_stats = Arc::clone(&stats);
     let progress = options.progress_every.map(|every| {
@@ -326,16 +309,24 @@ pub async fn run(config: AgentConfig, options: RunOptions, stats: Arc<AgentStats
         })
     });
     let mut result = Ok(());
-    for (tail, send) in tasks {
-        match tail.await {
-            Ok(Ok(())) => {}
+    for (tail, send, acked) in tasks {
+        let tailer = match tail.await {
+            Ok(Ok(tailer)) => Some(tailer),
             Ok(Err(e)) => {
                 stop.store(true, Ordering::Relaxed);
                 result = Err(e);
+                None
             }
-            Err(e) => result = Err(Error::Io(format!("a flow stopped: {e}"))),
-        }
+            Err(e) => {
+                result = Err(Error::Io(format!("a flow stopped: {e}")));
+                None
+            }
+        };
         let _ = send.await;
+        // What the flow's last look missed: the batches acknowledged after it.
+        if let Some(mut tailer) = tailer {
+            report_behind(&mut tailer, &acked, &stats);
+        }
     }
     if let Some(progress) = progress {
         progress.abort();
@@ -354,7 +345,7 @@ fn tail_flow(
     acked: &Mutex<Acked>,
     stop: &AtomicBool,
     exit_when_caught_up: bool,
-) -> Result<()> {
+) -> Result<Tailer> {
     let mut batch: Vec<Record> = Vec::new();
     let mut batch_bytes = 0;
     let mut opened = Instant::now();
@@ -396,24 +387,102 @@ fn tail_flow(
         {
             send(&batches, &mut batch, &mut batch_bytes)?;
         }
-        {
-            let acked: HashMap<FileId, u64> = acked
-                .lock()
-                .iter()
-                .map(|(id, (_, offset))| (*id, *offset))
-                .collect();
-            stats
-                .bytes_behind
-                .store(tailer.bytes_behind(&acked), Ordering::Relaxed);
-        }
+        report_behind(&mut tailer, acked, stats);
         if exit_when_caught_up && caught_up && batch.is_empty() {
-            return Ok(());
+            return Ok(tailer);
         }
         if idle {
             std::thread::sleep(POLL);
         }
     }
-    Ok(())
+    Ok(tailer)
+}
+
+/// Updates the bytes-behind gauge with this flow's share; the gauge is the sum over flows, so
+/// each flow adds the change in its own.
+fn report_behind(tailer: &mut Tailer, acked: &Mutex<Acked>, stats: &AgentStats) {
+    let offsets: HashMap<FileId, u64> = acked
+        .lock()
+        .iter()
+        .map(|(id, (_, offset))| (*id, *offset))
+        .collect();
+    let behind = tailer.bytes_behind(&offsets);
+    stats.bytes_behind.fetch_add(
+        behind.wrapping_sub(tailer.stats.bytes_behind),
+        Ordering::Relaxed,
+    );
+    tailer.stats.bytes_behind = behind;
+}
+
+/// A flow's sending task: keeps up to `in_flight` batches sending at once (each holding one of
+/// the agent's `permits` while it sends), and acknowledges them in the order they were read, so
+/// a file's checkpoint never passes a line that is not acknowledged yet.
+#[allow(clippy::too_many_arguments)]
+async fn send_flow(
+    flow: String,
+    mut batches: tokio::sync::mpsc::Receiver<Batch>,
+    sender: Arc<Sender>,
+    permits: Arc<tokio::sync::Semaphore>,
+    in_flight: usize,
+    acked: Arc<Mutex<Acked>>,
+    store: Arc<CheckpointStore>,
+    stats: Arc<AgentStats>,
+) {
+    let mut sending = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(batch) = sending.next() => {
+                let batch: Batch = batch;
+                let bytes: usize = batch.records.iter().map(|r| r.data.len()).sum();
+                stats
+                    .records_sent
+                    .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+                stats.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+                let snapshot = {
+                    let mut acked = acked.lock();
+                    // Records of a file come in order: its last one says how far it got.
+                    for record in &batch.records {
+                        acked.insert(record.file, (Arc::clone(&record.info), record.end_offset));
+                    }
+                    acked.clone()
+                };
+                if let Err(e) = store.update(&flow, &snapshot) {
+                    log::error!("{e}");
+                }
+            }
+            batch = batches.recv(), if open && sending.len() < in_flight => match batch {
+                Some(batch) => sending.push_back(send_batch(
+                    batch,
+                    Arc::clone(&sender),
+                    Arc::clone(&permits),
+                    Arc::clone(&stats),
+                )),
+                None => open = false,
+            },
+            else => break,
+        }
+    }
+}
+
+/// Sends one batch until every record in it is acknowledged.
+async fn send_batch(
+    batch: Batch,
+    sender: Arc<Sender>,
+    permits: Arc<tokio::sync::Semaphore>,
+    stats: Arc<AgentStats>,
+) -> Batch {
+    // The semaphore is never closed.
+    let _permit = permits.acquire_owned().await;
+    let datas: Vec<&[u8]> = batch.records.iter().map(|r| r.data.as_slice()).collect();
+    sender
+        .send_all(&datas, |why| {
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            log::warn!("{why}");
+        })
+        .await;
+    batch
 }
 
 fn send(

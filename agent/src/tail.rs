@@ -148,6 +148,8 @@ fn read_fingerprint(file: &mut File) -> Vec<u8> {
 pub struct TailStats {
     pub lines_read: u64,
     pub bytes_read: u64,
+    /// Bytes behind as this flow last reported them (its share of the agent's gauge).
+    pub bytes_behind: u64,
 }
 
 /// The files of one flow.
