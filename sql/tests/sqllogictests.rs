@@ -19,7 +19,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use sluice_engine::{Engine, EngineOptions, ManualClock};
 use sluice_sql::{SluiceSession, StatementOutput, parse_statements};
-use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
+use sqllogictest::{AsyncDB, ColumnType, DBOutput};
 
 /// How long one file may run.
 const FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
@@ -55,10 +55,7 @@ impl SluiceDb {
             .ok_or_else(|| TestError::Harness("the engine is not open".into()))
     }
 
-    fn harness_command(
-        &mut self,
-        sql: &str,
-    ) -> Result<Option<DBOutput<DefaultColumnType>>, TestError> {
+    fn harness_command(&mut self, sql: &str) -> Result<Option<DBOutput<SltType>>, TestError> {
         let words: Vec<String> = sql
             .trim()
             .trim_end_matches(';')
@@ -94,9 +91,9 @@ impl SluiceDb {
 #[async_trait]
 impl AsyncDB for SluiceDb {
     type Error = TestError;
-    type ColumnType = DefaultColumnType;
+    type ColumnType = SltType;
 
-    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, TestError> {
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<SltType>, TestError> {
         if let Some(output) = self.harness_command(sql)? {
             if matches!(output, DBOutput::StatementComplete(1)) {
                 // RESTART: stop the pumps and close the engine (and its folder lock) first.
@@ -148,7 +145,48 @@ impl AsyncDB for SluiceDb {
     }
 }
 
-fn column_type(data_type: &DataType) -> DefaultColumnType {
+/// The column types a `query` line names, checked strictly (the runner's default validator
+/// accepts any types): `T` text, `I` integer, `R` floating point or decimal, `P` timestamp,
+/// `D` date, `B` boolean, `?` anything else (binary, intervals, lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SltType {
+    Text,
+    Integer,
+    FloatingPoint,
+    Timestamp,
+    Date,
+    Boolean,
+    Other,
+}
+
+impl ColumnType for SltType {
+    fn from_char(value: char) -> Option<Self> {
+        Some(match value {
+            'T' => Self::Text,
+            'I' => Self::Integer,
+            'R' => Self::FloatingPoint,
+            'P' => Self::Timestamp,
+            'D' => Self::Date,
+            'B' => Self::Boolean,
+            '?' => Self::Other,
+            _ => return None,
+        })
+    }
+
+    fn to_char(&self) -> char {
+        match self {
+            Self::Text => 'T',
+            Self::Integer => 'I',
+            Self::FloatingPoint => 'R',
+            Self::Timestamp => 'P',
+            Self::Date => 'D',
+            Self::Boolean => 'B',
+            Self::Other => '?',
+        }
+    }
+}
+
+fn column_type(data_type: &DataType) -> SltType {
     match data_type {
         DataType::Int8
         | DataType::Int16
@@ -157,12 +195,17 @@ fn column_type(data_type: &DataType) -> DefaultColumnType {
         | DataType::UInt8
         | DataType::UInt16
         | DataType::UInt32
-        | DataType::UInt64 => DefaultColumnType::Integer,
-        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => {
-            DefaultColumnType::FloatingPoint
-        }
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DefaultColumnType::Text,
-        _ => DefaultColumnType::Any,
+        | DataType::UInt64 => SltType::Integer,
+        DataType::Float16
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Decimal128(_, _)
+        | DataType::Decimal256(_, _) => SltType::FloatingPoint,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => SltType::Text,
+        DataType::Timestamp(_, _) => SltType::Timestamp,
+        DataType::Date32 | DataType::Date64 => SltType::Date,
+        DataType::Boolean => SltType::Boolean,
+        _ => SltType::Other,
     }
 }
 
@@ -223,7 +266,7 @@ async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error:
             })
         }
     });
-    runner.with_column_validator(sqllogictest::default_column_validator);
+    runner.with_column_validator(sqllogictest::strict_column_validator);
     if complete {
         runner
             .update_test_file(
