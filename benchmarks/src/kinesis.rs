@@ -108,6 +108,14 @@ pub(crate) fn start_sluice(
         .arg(dir)
         .args(["serve", "--flight-port", "0", "--kinesis-port", "0"])
         .args(extra)
+        // The benchmarks deliver nothing to S3, but a delivery stream's object store is made
+        // when it is created: point it at a closed loopback port with placeholder keys, so
+        // nothing looks for credentials (or anything else) beyond this machine.
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_REGION", "us-east-1")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().ok_or("sluice serve has no stdout")?;

@@ -150,13 +150,16 @@ pub fn aggregate(records: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// A stored-layout batch with every KPL aggregated record replaced by its user records, in
 /// order: each with the aggregate's sequence number and arrival time, its own partition key and
-/// data, and its own columns decoded from its data by `format`. `None` if the batch holds no
-/// aggregated record (the common case, found by looking at each record's first bytes).
+/// data, and its own columns decoded from its data by `format`; beside it, each row's
+/// sub-sequence number (NULL for an ordinary record). `None` if the batch holds no aggregated
+/// record (the common case, found by looking at each record's first bytes).
 pub fn expand_stored(
     stored: &arrow::array::RecordBatch,
     format: crate::StreamFormat,
-) -> crate::Result<Option<arrow::array::RecordBatch>> {
-    use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, StringArray, UInt32Array};
+) -> crate::Result<Option<(arrow::array::RecordBatch, arrow::array::Int64Array)>> {
+    use arrow::array::{
+        Array, ArrayRef, AsArray, BinaryArray, Int64Array, StringArray, UInt32Array,
+    };
     use std::sync::Arc;
 
     let system = crate::schema::STORED_SYSTEM_COLUMNS;
@@ -172,6 +175,7 @@ pub fn expand_stored(
     let mut out_data: Vec<Vec<u8>> = Vec::with_capacity(data.len());
     let mut user_index: Vec<Option<usize>> = Vec::with_capacity(data.len());
     let mut user_rows: Vec<usize> = Vec::new();
+    let mut sub_sequence_numbers: Vec<Option<i64>> = Vec::with_capacity(data.len());
     for row in 0..data.len() {
         let bytes = if data.is_valid(row) {
             data.value(row)
@@ -186,6 +190,7 @@ pub fn expand_stored(
                     rows.push(row as u32);
                     out_keys.push(record.partition_key);
                     out_data.push(record.data);
+                    sub_sequence_numbers.push(Some(record.sub_sequence_number as i64));
                 }
             }
             Aggregated::Plain | Aggregated::Corrupt(_) => {
@@ -193,6 +198,7 @@ pub fn expand_stored(
                 rows.push(row as u32);
                 out_keys.push(keys.value(row).to_string());
                 out_data.push(bytes.to_vec());
+                sub_sequence_numbers.push(None);
             }
         }
     }
@@ -226,7 +232,10 @@ pub fn expand_stored(
             &picks,
         )?);
     }
-    Ok(Some(arrow::array::RecordBatch::try_new(schema, columns)?))
+    Ok(Some((
+        arrow::array::RecordBatch::try_new(schema, columns)?,
+        Int64Array::from(sub_sequence_numbers),
+    )))
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //!
 //! Sealed batches are stored in the *stored* layout: `_seq_no` (the per-shard counter),
 //! `rowtime`, `_partition_key`, `_data`, then the user columns. Readers and SQL see the *public*
-//! layout: the user columns, then `ROWTIME`, `_shard_id`, `_sequence_number`, `_partition_key`
-//! and `_data`; `_shard_id` and `_sequence_number` are derived when read, so they cost nothing to
-//! store.
+//! layout: the user columns, then `ROWTIME`, `_shard_id`, `_sequence_number`,
+//! `_sub_sequence_number`, `_partition_key` and `_data`; `_shard_id`, `_sequence_number` and
+//! `_sub_sequence_number` are derived when read, so they cost nothing to store.
 
 use std::sync::Arc;
 
@@ -23,6 +23,9 @@ pub const ROWTIME: &str = "rowtime";
 pub const SHARD_ID: &str = "_shard_id";
 /// The record's sequence number as a decimal string.
 pub const SEQUENCE_NUMBER: &str = "_sequence_number";
+/// A KPL user record's place in its aggregated record (as the KCL's `subSequenceNumber`); NULL
+/// for a record that was not aggregated.
+pub const SUB_SEQUENCE_NUMBER: &str = "_sub_sequence_number";
 /// The record's partition key.
 pub const PARTITION_KEY: &str = "_partition_key";
 /// The record's raw bytes (the data blob).
@@ -31,7 +34,14 @@ pub const DATA: &str = "_data";
 pub(crate) const SEQ_NO: &str = "_seq_no";
 
 /// Names of the system columns in the public layout, in order.
-pub const SYSTEM_COLUMNS: [&str; 5] = [ROWTIME, SHARD_ID, SEQUENCE_NUMBER, PARTITION_KEY, DATA];
+pub const SYSTEM_COLUMNS: [&str; 6] = [
+    ROWTIME,
+    SHARD_ID,
+    SEQUENCE_NUMBER,
+    SUB_SEQUENCE_NUMBER,
+    PARTITION_KEY,
+    DATA,
+];
 
 /// Number of system columns at the front of the stored layout.
 pub(crate) const STORED_SYSTEM_COLUMNS: usize = 4;
@@ -91,6 +101,7 @@ pub fn public_schema(user: &Schema) -> SchemaRef {
         Field::new(ROWTIME, rowtime_type(), true),
         Field::new(SHARD_ID, DataType::Utf8, true),
         Field::new(SEQUENCE_NUMBER, DataType::Utf8, true),
+        Field::new(SUB_SEQUENCE_NUMBER, DataType::Int64, true),
         Field::new(PARTITION_KEY, DataType::Utf8, true),
         Field::new(DATA, DataType::Binary, true),
     ]);
@@ -113,6 +124,7 @@ enum ColumnSource {
     Stored(usize),
     ShardId,
     SequenceNumber,
+    SubSequenceNumber,
 }
 
 impl PublicProjector {
@@ -131,8 +143,9 @@ impl PublicProjector {
                     0 => ColumnSource::Stored(1),
                     1 => ColumnSource::ShardId,
                     2 => ColumnSource::SequenceNumber,
-                    3 => ColumnSource::Stored(2),
-                    4 => ColumnSource::Stored(3),
+                    3 => ColumnSource::SubSequenceNumber,
+                    4 => ColumnSource::Stored(2),
+                    5 => ColumnSource::Stored(3),
                     _ => {
                         return Err(Error::InvalidArgument(format!(
                             "column index {i} is out of range for a stream with {} columns",
@@ -153,9 +166,9 @@ impl PublicProjector {
     }
 
     /// Makes [`Self::project`] take KPL aggregated records apart: one row per user record,
-    /// with its own partition key, data and columns (decoded by `format`), and the aggregate's
-    /// sequence number and arrival time ([`crate::kpl::expand_stored`]). For SQL, not for
-    /// `GetRecords`, which returns records as stored.
+    /// with its own partition key, data, sub-sequence number and columns (decoded by `format`),
+    /// and the aggregate's sequence number and arrival time ([`crate::kpl::expand_stored`]). For
+    /// SQL, not for `GetRecords`, which returns records as stored.
     pub fn deaggregating(mut self, format: crate::StreamFormat) -> Self {
         self.deaggregate = Some(format);
         self
@@ -177,7 +190,10 @@ impl PublicProjector {
             Some(format) => crate::kpl::expand_stored(stored, format)?,
             None => None,
         };
-        let stored = expanded.as_ref().unwrap_or(stored);
+        let (stored, sub_sequence_numbers) = match &expanded {
+            Some((batch, subs)) => (batch, Some(subs)),
+            None => (stored, None),
+        };
         let rows = stored.num_rows();
         let columns: Vec<ArrayRef> = self
             .sources
@@ -196,6 +212,10 @@ impl PublicProjector {
                     }
                     fixed_width_strings(values, SEQUENCE_NUMBER_LEN)
                 }
+                ColumnSource::SubSequenceNumber => match sub_sequence_numbers {
+                    Some(subs) => Arc::new(subs.clone()) as ArrayRef,
+                    None => arrow::array::new_null_array(&DataType::Int64, rows),
+                },
             })
             .collect();
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
@@ -247,7 +267,15 @@ mod tests {
         let names: Vec<_> = public.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(
             names,
-            ["x", ROWTIME, SHARD_ID, SEQUENCE_NUMBER, PARTITION_KEY, DATA]
+            [
+                "x",
+                ROWTIME,
+                SHARD_ID,
+                SEQUENCE_NUMBER,
+                SUB_SEQUENCE_NUMBER,
+                PARTITION_KEY,
+                DATA
+            ]
         );
     }
 }

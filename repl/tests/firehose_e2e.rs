@@ -66,6 +66,12 @@ async fn firehose_api_delivers_direct_puts_and_streams_and_survives_kill_9() -> 
         "SELECT count(*) AS n, count(DISTINCT _partition_key) FILTER (WHERE _partition_key LIKE 'user-%') AS users FROM clicks",
     )?;
     assert!(clicks.contains('6') && clicks.contains('3'), "{clicks}");
+    // Each user record has its own sub-sequence number, as the KCL numbers them.
+    let subs = sql(
+        &flight,
+        "SELECT string_agg(_partition_key || ':' || CAST(_sub_sequence_number AS VARCHAR), ',' ORDER BY _sub_sequence_number) AS subs FROM clicks WHERE _sub_sequence_number IS NOT NULL",
+    )?;
+    assert!(subs.contains("user-0:0,user-1:1,user-2:2"), "{subs}");
     // A direct-put delivery stream's records are a stream SQL can read.
     let counted = sql(&flight, "SELECT count(*) AS n FROM firehose.durable")?;
     assert!(counted.contains("100"), "{counted}");

@@ -26,7 +26,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
-use sluice_engine::schema::{DATA, PARTITION_KEY, ROWTIME, SEQUENCE_NUMBER, SHARD_ID};
+use sluice_engine::schema::{
+    DATA, PARTITION_KEY, ROWTIME, SEQUENCE_NUMBER, SHARD_ID, SUB_SEQUENCE_NUMBER,
+};
 use sluice_engine::{
     Chunk, PublicProjector, PutRecord, PutResult, RecordRef, Stream, StreamFormat,
 };
@@ -278,7 +280,7 @@ impl StreamSink {
             ),
             _ => None,
         };
-        for system in [ROWTIME, SHARD_ID, SEQUENCE_NUMBER] {
+        for system in [ROWTIME, SHARD_ID, SEQUENCE_NUMBER, SUB_SEQUENCE_NUMBER] {
             if system == ROWTIME && rowtimes.is_some() {
                 continue;
             }

@@ -66,7 +66,9 @@ async fn sql_sees_each_user_record_of_an_aggregate() -> TestResult {
 
     // SQL: the aggregate is three rows, each with its own key and columns.
     let rows = session
-        .execute_all("SELECT page, ms, _partition_key, _sequence_number FROM clicks")
+        .execute_all(
+            "SELECT page, ms, _partition_key, _sequence_number, _sub_sequence_number FROM clicks",
+        )
         .await?
         .pop()
         .map(|(_, b)| b)
@@ -83,6 +85,13 @@ async fn sql_sees_each_user_record_of_an_aggregate() -> TestResult {
         "user records share their aggregate's number"
     );
     assert_eq!(sequence[2], sequence[3]);
+    assert_ne!(sequence[0], sequence[1]);
+    // Each user record's place in its aggregate, as the KCL numbers them; NULL for records
+    // that were not aggregated (the corrupt look-alike is one of those).
+    assert_eq!(
+        texts(&rows, "_sub_sequence_number"),
+        ["NULL", "0", "1", "2", "NULL"]
+    );
 
     // The look-alike: an ordinary record, and one error row that says why.
     session.execute_all("FLUSH").await?;
