@@ -18,6 +18,7 @@ use sluice_engine::{
 };
 
 use crate::Services;
+use crate::consumers;
 use crate::error::{ACCOUNT, ApiError, ErrorKind, REGION, Validation};
 use crate::reshard::{ShardFilter, child_shards, merge_shards, split_shard, update_shard_count};
 
@@ -68,6 +69,10 @@ fn run(services: &Services, action: &str, request: &Map<String, Value>) -> Resul
         "SplitShard" => split_shard(engine, request),
         "MergeShards" => merge_shards(engine, request),
         "UpdateShardCount" => update_shard_count(engine, request),
+        "RegisterStreamConsumer" => consumers::register(services, request),
+        "DescribeStreamConsumer" => consumers::describe(services, request),
+        "ListStreamConsumers" => consumers::list(services, request),
+        "DeregisterStreamConsumer" => consumers::deregister(services, request),
         other => Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!("Operation {other} is not supported by Sluice's Kinesis API"),
@@ -848,22 +853,96 @@ fn get_records(services: &Services, request: &Map<String, Value>) -> Result<Valu
             ),
         ));
     }
-    // A position that retention has passed reads from the oldest record kept.
-    let from = iterator.seq.max(shard.trim_horizon());
-    let mut reader = ShardIterator::new(
+    let read = read_records(
+        services,
         &stream,
         iterator.shard,
-        StartPosition::AtSequenceNumber(format_sequence_number(iterator.shard, from)),
+        iterator.seq,
+        ReadLimits {
+            records: limit as usize,
+            bytes: MAX_GET_BYTES,
+        },
+    )?;
+    services
+        .throttle
+        .charge_read(&iterator.stream, iterator.shard, read.bytes);
+    let (records, next_seq, behind) = (read.records, read.next_seq, read.millis_behind);
+    // Read to the end of a closed shard: no next iterator; the children say where to go on.
+    if shard.ending_seq().is_some_and(|end| next_seq > end) {
+        return Ok(json!({
+            "Records": records,
+            "MillisBehindLatest": behind,
+            "ChildShards": child_shards(&stream, iterator.shard),
+        }));
+    }
+    let next = IteratorToken {
+        stream: iterator.stream,
+        stream_id: iterator.stream_id,
+        shard: iterator.shard,
+        seq: next_seq,
+        issued_ms: now,
+    };
+    Ok(json!({
+        "Records": records,
+        "NextShardIterator": next.encode(),
+        "MillisBehindLatest": behind,
+    }))
+}
+
+/// How much one read may return.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadLimits {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+/// Records read from a shard, as GetRecords and SubscribeToShard return them.
+pub(crate) struct Read {
+    pub records: Vec<Value>,
+    /// The counter of the next record to read.
+    pub next_seq: u64,
+    pub millis_behind: i64,
+    pub bytes: usize,
+    /// Whether a limit stopped the read (more may be there).
+    pub full: bool,
+}
+
+/// Reads shard `shard` of `stream` from counter `from` (or the oldest record kept, when
+/// retention has passed `from`), up to `limits`, counting what was read in the metrics.
+pub(crate) fn read_records(
+    services: &Services,
+    stream: &Stream,
+    shard: u32,
+    from: u64,
+    limits: ReadLimits,
+) -> Result<Read, ApiError> {
+    let now = services.engine.clock().now_millis();
+    let shard_state = stream.shard(shard).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::ResourceNotFound,
+            format!(
+                "Shard {} in stream {} under account {ACCOUNT} does not exist",
+                shard_id(shard),
+                stream.name()
+            ),
+        )
+    })?;
+    let from = from.max(shard_state.trim_horizon());
+    let mut reader = ShardIterator::new(
+        stream,
+        shard,
+        StartPosition::AtSequenceNumber(format_sequence_number(shard, from)),
     )
-    .or_else(|_| ShardIterator::new(&stream, iterator.shard, StartPosition::TrimHorizon))?;
+    .or_else(|_| ShardIterator::new(stream, shard, StartPosition::TrimHorizon))?;
     let mut records = Vec::new();
     let mut bytes = 0usize;
+    let mut full = false;
     // A shard's counters are consecutive, so where the next read starts follows from where
     // this one started and how many records it returned.
     let first_seq = reader.position();
     let mut last_arrival = None;
-    'read: while records.len() < limit as usize {
-        let batches = reader.next_batches(limit as usize - records.len())?;
+    'read: while records.len() < limits.records {
+        let batches = reader.next_batches(limits.records - records.len())?;
         if batches.is_empty() {
             break;
         }
@@ -888,7 +967,8 @@ fn get_records(services: &Services, request: &Map<String, Value>) -> Result<Valu
                 } else {
                     data.value(row)
                 };
-                if bytes + blob.len() > MAX_GET_BYTES && !records.is_empty() {
+                if bytes + blob.len() > limits.bytes && !records.is_empty() {
+                    full = true;
                     break 'read;
                 }
                 bytes += blob.len();
@@ -903,43 +983,27 @@ fn get_records(services: &Services, request: &Map<String, Value>) -> Result<Valu
             }
         }
     }
+    full |= records.len() >= limits.records;
     let next_seq = first_seq + records.len() as u64;
-    let latest = shard.next_seq();
-    let behind = if next_seq >= latest {
+    let millis_behind = if next_seq >= shard_state.next_seq() {
         0
     } else {
         last_arrival.map_or(0, |a| (now - a).max(0))
     };
-    services
-        .throttle
-        .charge_read(&iterator.stream, iterator.shard, bytes);
-    metrics.got(
-        &iterator.stream,
-        iterator.shard,
+    services.metrics.got(
+        stream.name(),
+        shard,
         records.len() as u64,
         bytes as u64,
-        behind,
+        millis_behind,
     );
-    // Read to the end of a closed shard: no next iterator; the children say where to go on.
-    if shard.ending_seq().is_some_and(|end| next_seq > end) {
-        return Ok(json!({
-            "Records": records,
-            "MillisBehindLatest": behind,
-            "ChildShards": child_shards(&stream, iterator.shard),
-        }));
-    }
-    let next = IteratorToken {
-        stream: iterator.stream,
-        stream_id: iterator.stream_id,
-        shard: iterator.shard,
-        seq: next_seq,
-        issued_ms: now,
-    };
-    Ok(json!({
-        "Records": records,
-        "NextShardIterator": next.encode(),
-        "MillisBehindLatest": behind,
-    }))
+    Ok(Read {
+        records,
+        next_seq,
+        millis_behind,
+        bytes,
+        full,
+    })
 }
 
 fn change_retention(

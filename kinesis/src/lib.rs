@@ -26,10 +26,13 @@
 //! `ROWTIME`, …), and records put here feed pumps and delivery streams like any other.
 
 pub mod actions;
+pub mod consumers;
 pub mod error;
+pub mod eventstream;
 pub mod metrics;
 pub mod reshard;
 pub mod sigv4;
+pub mod subscribe;
 pub mod throttle;
 pub mod wire;
 
@@ -105,6 +108,9 @@ pub(crate) struct Services {
     credentials: Credentials,
     write_slots: tokio::sync::Semaphore,
     services: Vec<Arc<dyn JsonService>>,
+    /// Held while a stream's consumers are changed (read, changed, written).
+    pub(crate) consumers_lock: parking_lot::Mutex<()>,
+    pub(crate) subscriptions: subscribe::Subscriptions,
 }
 
 #[derive(Clone)]
@@ -122,6 +128,8 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
             credentials: options.credentials,
             write_slots: tokio::sync::Semaphore::new(WRITE_SLOTS),
             services: options.services,
+            consumers_lock: parking_lot::Mutex::new(()),
+            subscriptions: subscribe::Subscriptions::default(),
         }),
     };
     Router::new()
@@ -132,7 +140,11 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
 }
 
 async fn metrics_text(State(api): State<Api>) -> Response {
-    let text = api.services.metrics.render(&api.services.engine);
+    let mut text = api.services.metrics.render(&api.services.engine);
+    text.push_str(&format!(
+        "# HELP sluice_kinesis_subscriptions SubscribeToShard subscriptions pushing records\n# TYPE sluice_kinesis_subscriptions gauge\nsluice_kinesis_subscriptions {}\n",
+        api.services.subscriptions.count()
+    ));
     (
         [(
             header::CONTENT_TYPE,
@@ -205,7 +217,13 @@ async fn handle(
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     let (status, value) = match result {
-        Ok(value) => (StatusCode::OK, value),
+        Ok(Answer::Value(value)) => (StatusCode::OK, value),
+        Ok(Answer::Events(mut response)) => {
+            if let Ok(id) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert("x-amzn-RequestId", id);
+            }
+            return response;
+        }
         Err(error) => {
             if error.kind == ErrorKind::InternalFailure {
                 log::error!("Kinesis API: {}", error.message);
@@ -228,6 +246,14 @@ async fn handle(
     response
 }
 
+/// What a request is answered with.
+enum Answer {
+    /// A response object, encoded in the request's protocol.
+    Value(serde_json::Value),
+    /// An event stream (`SubscribeToShard`), already a response.
+    Events(Response),
+}
+
 async fn answer(
     services: &Arc<Services>,
     method: &Method,
@@ -235,7 +261,7 @@ async fn answer(
     headers: &HeaderMap,
     body: &[u8],
     protocol: Protocol,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<Answer, ApiError> {
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -250,6 +276,7 @@ async fn answer(
         return service
             .call(action.to_string(), serde_json::Value::Object(request))
             .await
+            .map(Answer::Value)
             .map_err(|e| {
                 ApiError::new(
                     ErrorKind::Service {
@@ -276,7 +303,21 @@ async fn answer(
                 "Sluice is taking in records as fast as it can; slow down and retry.",
             ));
         };
-        return actions::dispatch(services, action, request).await;
+        return actions::dispatch(services, action, request)
+            .await
+            .map(Answer::Value);
     }
-    actions::dispatch(services, action, request).await
+    if action == "SubscribeToShard" {
+        let services = Arc::clone(services);
+        // Checking the request reads the consumer's file and finds the start: off the runtime.
+        return tokio::task::spawn_blocking(move || {
+            subscribe::subscribe(&services, &request, protocol)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the request failed: {e}")))?
+        .map(Answer::Events);
+    }
+    actions::dispatch(services, action, request)
+        .await
+        .map(Answer::Value)
 }
