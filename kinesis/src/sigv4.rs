@@ -289,11 +289,16 @@ fn canonical_request(
         .join("&");
     let mut canonical_headers = String::new();
     for name in &signed.signed_headers {
-        let values: Vec<String> = headers
+        let mut values: Vec<String> = headers
             .get_all(name.as_str())
             .iter()
             .map(|v| collapse_spaces(&String::from_utf8_lossy(v.as_bytes())))
             .collect();
+        // Over HTTP/2 the host travels as the `:authority` pseudo-header, which the server
+        // keeps in the URI; clients sign it as `host` or as `:authority`.
+        if values.is_empty() && matches!(name.as_str(), "host" | ":authority") {
+            values.extend(uri.authority().map(|a| a.as_str().to_string()));
+        }
         if values.is_empty() {
             return Err(ApiError::new(
                 ErrorKind::InvalidSignature,

@@ -5,6 +5,7 @@ import time
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 
 def client(service, endpoint):
@@ -23,6 +24,20 @@ def client(service, endpoint):
 def check(condition, message):
     if not condition:
         raise AssertionError(message)
+
+
+def refused(call, exception, fragment):
+    """Checks that `call()` is refused with AWS error `exception`, its message holding
+    `fragment`."""
+    try:
+        call()
+    except ClientError as e:
+        code = e.response["Error"]["Code"]
+        message = e.response["Error"]["Message"]
+        check(code == exception, f"expected {exception}, got {code}: {message}")
+        check(fragment in message, f"{fragment!r} not in {message!r}")
+        return
+    raise AssertionError(f"expected {exception}")
 
 
 def wait_for(what, condition, timeout=60):

@@ -19,9 +19,8 @@ import time
 
 import duckdb
 from aws_kinesis_agg.aggregator import RecordAggregator
-from botocore.exceptions import ClientError
 
-from aws_clients import check, client, shard_records, wait_for
+from aws_clients import check, client, refused, shard_records, wait_for
 
 PHASE, ENDPOINT, BUCKET = sys.argv[1], sys.argv[2], sys.argv[3]
 firehose = client("firehose", ENDPOINT)
@@ -29,18 +28,6 @@ glue = client("glue", ENDPOINT)
 kinesis = client("kinesis", ENDPOINT)
 LAKE = "arn:aws:s3:::lake"
 ROLE = "arn:aws:iam::000000000000:role/firehose"
-
-
-def refused(call, exception, fragment):
-    try:
-        call()
-    except ClientError as e:
-        code = e.response["Error"]["Code"]
-        message = e.response["Error"]["Message"]
-        check(code == exception, f"expected {exception}, got {code}: {message}")
-        check(fragment in message, f"{fragment!r} not in {message!r}")
-        return
-    raise AssertionError(f"expected {exception}")
 
 
 def objects(prefix):

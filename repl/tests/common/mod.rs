@@ -11,5 +11,6 @@ pub fn e2e_script(name: &str) -> PathBuf {
     PathBuf::from(manifest_dir).join("../tests/e2e").join(name)
 }
 
+pub mod node;
 pub mod python;
 pub mod server;
