@@ -27,6 +27,7 @@ use crate::error::{ApiError, ErrorKind};
 /// How far a request's date may be from the server's clock.
 const MAX_SKEW_SECONDS: i64 = 15 * 60;
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
 /// The access keys requests are verified against; none configured means any SigV4-shaped
 /// request is accepted (the local-development default, as the Kinesis emulators do).
@@ -307,13 +308,24 @@ fn canonical_request(
         }
         canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
+    // The body is hashed here, never taken from the client's word: a header that names another
+    // hash is refused, so a signed request's body cannot be swapped for another. Only a client
+    // that signed `UNSIGNED-PAYLOAD` (as presigned URLs do) leaves its body unprotected.
+    let body_hash = hex(digest::digest(&digest::SHA256, body).as_ref());
     let payload_hash = match headers
         .get("x-amz-content-sha256")
-        .and_then(|v| v.to_str().ok())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     {
-        Some(hash) => hash.to_string(),
-        None if signed.in_query => "UNSIGNED-PAYLOAD".to_string(),
-        None => hex(digest::digest(&digest::SHA256, body).as_ref()),
+        Some(hash) if hash == UNSIGNED_PAYLOAD => hash,
+        Some(hash) if !hash.eq_ignore_ascii_case(&body_hash) => {
+            return Err(ApiError::new(
+                ErrorKind::InvalidSignature,
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            ));
+        }
+        Some(_) => body_hash,
+        None if signed.in_query => UNSIGNED_PAYLOAD.to_string(),
+        None => body_hash,
     };
     Ok(format!(
         "{method}\n{canonical_path}\n{canonical_query}\n{canonical_headers}\n{}\n{payload_hash}",
@@ -466,6 +478,19 @@ mod tests {
             .expect("a client's signature verifies");
         let wrong = Credentials::new([("AKID".to_string(), "other".to_string())]);
         assert!(wrong.verify(&Method::POST, &uri, &headers, body).is_err());
+        // The same headers (signature and content hash intact) with another body.
+        let tampered = br#"{"StreamName":"t"}"#;
+        let error = keys
+            .verify(&Method::POST, &uri, &headers, tampered)
+            .expect_err("a changed body is refused");
+        assert_eq!(error.kind, ErrorKind::InvalidSignature);
+        assert!(error.message.contains("x-amz-content-sha256"), "{}", error.message);
+        // Without the hash header, the body's own hash is signed: the signature fails.
+        headers.remove("x-amz-content-sha256");
+        let error = keys
+            .verify(&Method::POST, &uri, &headers, tampered)
+            .expect_err("a changed body is refused");
+        assert_eq!(error.kind, ErrorKind::InvalidSignature);
     }
 
     /// AWS's own worked example (IAM ListUsers, 2015-08-30), from the SigV4 documentation.
