@@ -35,6 +35,34 @@ const MAX_PUT_BYTES: usize = 5 * 1024 * 1024;
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 const STREAM_NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
 
+/// The operations Sluice answers (others are `UnknownOperationException`, as AWS answers an
+/// operation it does not have).
+pub const ACTIONS: &[&str] = &[
+    "CreateStream",
+    "DeleteStream",
+    "DescribeStream",
+    "DescribeStreamSummary",
+    "ListStreams",
+    "ListShards",
+    "PutRecord",
+    "PutRecords",
+    "GetShardIterator",
+    "GetRecords",
+    "IncreaseStreamRetentionPeriod",
+    "DecreaseStreamRetentionPeriod",
+    "AddTagsToStream",
+    "RemoveTagsFromStream",
+    "ListTagsForStream",
+    "SplitShard",
+    "MergeShards",
+    "UpdateShardCount",
+    "RegisterStreamConsumer",
+    "DescribeStreamConsumer",
+    "ListStreamConsumers",
+    "DeregisterStreamConsumer",
+    "SubscribeToShard",
+];
+
 /// Runs `action` with `request`. Engine calls that touch the disk run on a blocking thread.
 pub(crate) async fn dispatch(
     services: &Arc<Services>,

@@ -46,7 +46,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use serde_json::json;
 use sluice_engine::Engine;
 use tokio::net::TcpListener;
@@ -133,7 +133,8 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
         }),
     };
     Router::new()
-        .route("/", post(handle))
+        .route("/", any(handle))
+        .fallback(handle)
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -190,6 +191,10 @@ impl KinesisServer {
     }
 }
 
+/// Answers one request in the order AWS checks it: CORS preflight; the method (only POST);
+/// an empty body; the content type; the body's syntax; the target (service and operation); the
+/// signature; then the action, which checks its members' types, then their constraints, then
+/// that what they name exists.
 async fn handle(
     State(api): State<Api>,
     method: Method,
@@ -197,13 +202,127 @@ async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let protocol = Protocol::from_content_type(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let origin = headers.contains_key(header::ORIGIN);
+    let mut response = if origin && method == Method::OPTIONS {
+        preflight(&headers)
+    } else {
+        respond(&api.services, &method, &uri, &headers, body).await
+    };
+    let out = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        out.insert("x-amzn-RequestId", id);
+    }
+    if origin {
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        if method != Method::OPTIONS {
+            out.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(
+                    "x-amzn-RequestId,x-amzn-ErrorType,x-amz-request-id,x-amz-id-2,x-amzn-ErrorMessage,Date",
+                ),
+            );
+        }
+    }
+    response
+}
+
+/// A browser's CORS preflight: whatever it asks for is allowed, for two days, as AWS answers.
+fn preflight(headers: &HeaderMap) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, asked.clone());
+    }
+    out.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("172800"),
     );
+    response
+}
+
+/// AWS's answer to a request it cannot route, as XML: 403 with a message, or a bare element.
+fn xml_error(status: StatusCode, type_name: &str, message: Option<&str>) -> Response {
+    let body = match message {
+        Some(message) => {
+            format!("<{type_name}>\n  <Message>{message}</Message>\n</{type_name}>\n")
+        }
+        None => format!("<{type_name}/>\n"),
+    };
+    (status, body).into_response()
+}
+
+const UNROUTABLE: &str = "Unable to determine service/operation name to be authorized";
+
+async fn respond(
+    services: &Arc<Services>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if method != Method::POST {
+        return xml_error(
+            StatusCode::FORBIDDEN,
+            "AccessDeniedException",
+            Some(UNROUTABLE),
+        );
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let protocol = Protocol::from_content_type(content_type.as_deref());
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let route = route(services, target);
     let result = match body {
-        Ok(body) => answer(&api.services, &method, &uri, &headers, &body, protocol).await,
+        Ok(body) if body.is_empty() => Err(match route {
+            // An empty body is not a request: its type alone, with no message, as AWS answers.
+            Some(_) => ApiError::new(ErrorKind::Serialization, ""),
+            None => ApiError::new(ErrorKind::UnknownOperation, ""),
+        }),
+        Ok(body) => {
+            let known_type = matches!(
+                content_type.as_deref(),
+                Some(
+                    "application/x-amz-json-1.1"
+                        | "application/x-amz-json-1.0"
+                        | "application/json"
+                        | "application/x-amz-cbor-1.1"
+                        | "application/cbor"
+                )
+            );
+            if !known_type {
+                return if target
+                    .split_once('.')
+                    .is_none_or(|(s, o)| s.is_empty() || o.is_empty())
+                {
+                    xml_error(
+                        StatusCode::FORBIDDEN,
+                        "AccessDeniedException",
+                        Some(UNROUTABLE),
+                    )
+                } else {
+                    xml_error(StatusCode::NOT_FOUND, "UnknownOperationException", None)
+                };
+            }
+            answer(services, method, uri, headers, &body, protocol, route).await
+        }
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::new(
                 ErrorKind::PayloadTooLarge,
@@ -215,35 +334,68 @@ async fn handle(
             rejection.body_text()
         ))),
     };
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let (status, value) = match result {
-        Ok(Answer::Value(value)) => (StatusCode::OK, value),
-        Ok(Answer::Events(mut response)) => {
-            if let Ok(id) = HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert("x-amzn-RequestId", id);
-            }
-            return response;
+    let (status, body) = match result {
+        Ok(Answer::Value(value)) => {
+            // An operation with no output answers with an empty body, as Kinesis does.
+            let empty = matches!(route, Some(Route::Kinesis(_)))
+                && value.as_object().is_some_and(serde_json::Map::is_empty);
+            (
+                StatusCode::OK,
+                if empty {
+                    Vec::new()
+                } else {
+                    protocol.encode(&value)
+                },
+            )
         }
+        Ok(Answer::Events(response)) => return response,
         Err(error) => {
             if error.kind == ErrorKind::InternalFailure {
                 log::error!("Kinesis API: {}", error.message);
             }
+            let mut envelope = serde_json::Map::new();
+            envelope.insert("__type".into(), json!(error.kind.type_name()));
+            if !error.message.is_empty() {
+                envelope.insert("message".into(), json!(error.message));
+            }
             (
                 error.kind.status(),
-                json!({"__type": error.kind.type_name(), "message": error.message}),
+                protocol.encode(&serde_json::Value::Object(envelope)),
             )
         }
     };
-    let mut response = (status, protocol.encode(&value)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(protocol.content_type()),
     );
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
-        headers.insert("x-amzn-RequestId", id);
-    }
     response
+}
+
+/// Where a target goes (`None`: an operation nobody here answers).
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// A Kinesis action.
+    Kinesis(&'a str),
+    /// An action of another API on this port.
+    Service(&'a Arc<dyn JsonService>, &'a str),
+}
+
+fn route<'a>(services: &'a Services, target: &'a str) -> Option<Route<'a>> {
+    if let Some(action) = target.strip_prefix(TARGET_PREFIX) {
+        return actions::ACTIONS
+            .contains(&action)
+            .then_some(Route::Kinesis(action));
+    }
+    services
+        .services
+        .iter()
+        .find_map(|s| {
+            target
+                .strip_prefix(s.target_prefix())
+                .map(|a| Route::Service(s, a))
+        })
+        .filter(|r| !matches!(r, Route::Service(_, "")))
 }
 
 /// What a request is answered with.
@@ -254,6 +406,7 @@ enum Answer {
     Events(Response),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     services: &Arc<Services>,
     method: &Method,
@@ -261,40 +414,30 @@ async fn answer(
     headers: &HeaderMap,
     body: &[u8],
     protocol: Protocol,
+    route: Option<Route<'_>>,
 ) -> Result<Answer, ApiError> {
-    let target = headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if let Some((service, action)) = services
-        .services
-        .iter()
-        .find_map(|s| target.strip_prefix(s.target_prefix()).map(|a| (s, a)))
-    {
-        services.credentials.verify(method, uri, headers, body)?;
-        let request = protocol.decode(body)?;
-        return service
-            .call(action.to_string(), serde_json::Value::Object(request))
-            .await
-            .map(Answer::Value)
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Service {
-                        type_name: e.type_name,
-                        status: e.status,
-                    },
-                    e.message,
-                )
-            });
-    }
-    let Some(action) = target.strip_prefix(TARGET_PREFIX) else {
-        return Err(ApiError::new(
-            ErrorKind::UnknownOperation,
-            format!("X-Amz-Target '{target}' is not a Kinesis_20131202 operation"),
-        ));
+    let request = protocol.decode(body)?;
+    let action = match route {
+        None => return Err(ApiError::new(ErrorKind::UnknownOperation, "")),
+        Some(Route::Service(service, action)) => {
+            services.credentials.verify(method, uri, headers, body)?;
+            return service
+                .call(action.to_string(), serde_json::Value::Object(request))
+                .await
+                .map(Answer::Value)
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorKind::Service {
+                            type_name: e.type_name,
+                            status: e.status,
+                        },
+                        e.message,
+                    )
+                });
+        }
+        Some(Route::Kinesis(action)) => action,
     };
     services.credentials.verify(method, uri, headers, body)?;
-    let request = protocol.decode(body)?;
     if matches!(action, "PutRecord" | "PutRecords") {
         let Ok(Ok(_slot)) = tokio::time::timeout(WRITE_WAIT, services.write_slots.acquire()).await
         else {

@@ -106,80 +106,104 @@ struct Signed {
 }
 
 impl Signed {
+    /// The signature material of a request, worded as AWS words what is missing: every
+    /// missing part named in one `IncompleteSignatureException`. `None` when the request carries
+    /// none (neither an `Authorization` header nor `X-Amz-Algorithm` in the query).
     fn from_request(uri: &Uri, headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
         let header = |name: &str| {
             headers
                 .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
-        if let Some(auth) = header(header::AUTHORIZATION.as_str())
-            && let Some(rest) = auth.strip_prefix(ALGORITHM)
-        {
-            let mut credential = None;
-            let mut signed_headers = None;
-            let mut signature = None;
-            for part in rest.split(',') {
-                let Some((key, value)) = part.trim().split_once('=') else {
-                    continue;
-                };
-                match key {
-                    "Credential" => credential = Some(value.to_string()),
-                    "SignedHeaders" => signed_headers = Some(value.to_string()),
-                    "Signature" => signature = Some(value.to_string()),
-                    _ => {}
+        let query: HashMap<String, String> = query_pairs(uri).into_iter().collect();
+        let auth = header(header::AUTHORIZATION.as_str());
+        let in_query = query.contains_key("X-Amz-Algorithm");
+        if auth.is_some() && in_query {
+            return Err(ApiError::new(
+                ErrorKind::InvalidSignature,
+                "Found both 'X-Amz-Algorithm' as a query-string param and 'Authorization' as HTTP header.",
+            ));
+        }
+        if let Some(auth) = auth {
+            let mut parts: HashMap<&str, &str> = HashMap::new();
+            for part in auth.split([',', ' ']).skip(1) {
+                if let Some((key, value)) = part.trim().split_once('=') {
+                    parts.insert(key, value);
                 }
             }
-            let incomplete = |what: &str| {
-                ApiError::new(
+            let mut missing = String::new();
+            for name in ["Credential", "Signature", "SignedHeaders"] {
+                if parts.get(name).is_none_or(|v| v.is_empty()) {
+                    missing.push_str(&format!(
+                        "Authorization header requires '{name}' parameter. "
+                    ));
+                }
+            }
+            let amz_date = header("x-amz-date");
+            if amz_date.is_none() && header("date").is_none() {
+                missing.push_str("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. ");
+            }
+            if !missing.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::IncompleteSignature,
+                    format!("{missing}Authorization={auth}"),
+                ));
+            }
+            if !auth.starts_with(ALGORITHM) {
+                return Err(ApiError::new(
                     ErrorKind::IncompleteSignature,
                     format!(
-                        "Authorization header requires '{what}' parameter. Authorization={auth}"
+                        "Unsupported AWS 'algorithm': '{}'",
+                        auth.split(' ').next().unwrap_or_default()
                     ),
-                )
-            };
-            let credential = credential.ok_or_else(|| incomplete("Credential"))?;
-            let signed_headers = signed_headers.ok_or_else(|| incomplete("SignedHeaders"))?;
-            let signature = signature.ok_or_else(|| incomplete("Signature"))?;
-            let amz_date = header("x-amz-date").ok_or_else(|| incomplete("X-Amz-Date"))?;
-            let (access_key, scope) = split_credential(&credential)?;
+                ));
+            }
+            let (access_key, scope) = split_credential(parts["Credential"])?;
             return Ok(Some(Self {
                 access_key,
                 scope,
-                signed_headers: signed_headers.split(';').map(str::to_string).collect(),
-                signature,
-                amz_date,
+                signed_headers: parts["SignedHeaders"]
+                    .split(';')
+                    .map(str::to_string)
+                    .collect(),
+                signature: parts["Signature"].to_string(),
+                amz_date: amz_date.or_else(|| header("date")).unwrap_or_default(),
                 in_query: false,
             }));
         }
-        let query: HashMap<String, String> = query_pairs(uri).into_iter().collect();
-        let Some(signature) = query.get("X-Amz-Signature") else {
+        if !in_query {
             return Ok(None);
-        };
-        let missing = |what: &str| {
-            ApiError::new(
+        }
+        let mut missing = String::new();
+        for name in [
+            "X-Amz-Algorithm",
+            "X-Amz-Credential",
+            "X-Amz-Signature",
+            "X-Amz-SignedHeaders",
+            "X-Amz-Date",
+        ] {
+            if query.get(name).is_none_or(|v| v.is_empty()) {
+                missing.push_str(&format!(
+                    "AWS query-string parameters must include '{name}'. "
+                ));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ApiError::new(
                 ErrorKind::IncompleteSignature,
-                format!("a presigned request requires the {what} query parameter"),
-            )
-        };
-        let credential = query
-            .get("X-Amz-Credential")
-            .ok_or_else(|| missing("X-Amz-Credential"))?;
-        let (access_key, scope) = split_credential(credential)?;
+                format!("{missing}Re-examine the query-string parameters."),
+            ));
+        }
+        let (access_key, scope) = split_credential(&query["X-Amz-Credential"])?;
         Ok(Some(Self {
             access_key,
             scope,
-            signed_headers: query
-                .get("X-Amz-SignedHeaders")
-                .ok_or_else(|| missing("X-Amz-SignedHeaders"))?
+            signed_headers: query["X-Amz-SignedHeaders"]
                 .split(';')
                 .map(str::to_string)
                 .collect(),
-            signature: signature.clone(),
-            amz_date: query
-                .get("X-Amz-Date")
-                .ok_or_else(|| missing("X-Amz-Date"))?
-                .clone(),
+            signature: query["X-Amz-Signature"].clone(),
+            amz_date: query["X-Amz-Date"].clone(),
             in_query: true,
         }))
     }
@@ -484,7 +508,11 @@ mod tests {
             .verify(&Method::POST, &uri, &headers, tampered)
             .expect_err("a changed body is refused");
         assert_eq!(error.kind, ErrorKind::InvalidSignature);
-        assert!(error.message.contains("x-amz-content-sha256"), "{}", error.message);
+        assert!(
+            error.message.contains("x-amz-content-sha256"),
+            "{}",
+            error.message
+        );
         // Without the hash header, the body's own hash is signed: the signature fails.
         headers.remove("x-amz-content-sha256");
         let error = keys
