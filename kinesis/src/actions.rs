@@ -21,6 +21,7 @@ use crate::Services;
 use crate::consumers;
 use crate::error::{ACCOUNT, ApiError, ErrorKind, REGION, Validation};
 use crate::reshard::{ShardFilter, child_shards, merge_shards, split_shard, update_shard_count};
+use crate::settings;
 
 /// Iterators stop working this long after they were handed out, as in Kinesis.
 pub const ITERATOR_TTL_MS: i64 = 5 * 60 * 1000;
@@ -61,6 +62,15 @@ pub const ACTIONS: &[&str] = &[
     "ListStreamConsumers",
     "DeregisterStreamConsumer",
     "SubscribeToShard",
+    "UpdateStreamMode",
+    "DescribeLimits",
+    "EnableEnhancedMonitoring",
+    "DisableEnhancedMonitoring",
+    "StartStreamEncryption",
+    "StopStreamEncryption",
+    "PutResourcePolicy",
+    "GetResourcePolicy",
+    "DeleteResourcePolicy",
 ];
 
 /// Runs `action` with `request`. Engine calls that touch the disk run on a blocking thread.
@@ -76,14 +86,27 @@ pub(crate) async fn dispatch(
         .map_err(|e| ApiError::internal(format!("the request failed: {e}")))?
 }
 
-fn run(services: &Services, action: &str, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn run(
+    services: &Arc<Services>,
+    action: &str,
+    request: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let engine = &services.engine;
     match action {
-        "CreateStream" => create_stream(engine, request),
+        "CreateStream" => create_stream(services, request),
         "DeleteStream" => delete_stream(engine, request),
         "DescribeStream" => describe_stream(engine, request),
         "DescribeStreamSummary" => describe_stream_summary(engine, request),
         "ListStreams" => list_streams(engine, request),
+        "UpdateStreamMode" => settings::update_stream_mode(services, request),
+        "DescribeLimits" => settings::describe_limits(services),
+        "EnableEnhancedMonitoring" => settings::enhanced_monitoring(services, request, true),
+        "DisableEnhancedMonitoring" => settings::enhanced_monitoring(services, request, false),
+        "StartStreamEncryption" => settings::stream_encryption(services, request, true),
+        "StopStreamEncryption" => settings::stream_encryption(services, request, false),
+        "PutResourcePolicy" => settings::put_resource_policy(services, request),
+        "GetResourcePolicy" => settings::get_resource_policy(services, request),
+        "DeleteResourcePolicy" => settings::delete_resource_policy(services, request),
         "ListShards" => list_shards(engine, request),
         "PutRecord" => put_record(services, request),
         "PutRecords" => put_records(services, request),
@@ -216,17 +239,14 @@ pub(crate) fn stream(
         .ok_or_else(|| ApiError::not_found(&name))
 }
 
-fn create_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn create_stream(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let engine = &services.engine;
     let name = str_field(request, "StreamName")?
         .unwrap_or_default()
         .to_string();
     let shards = int_field(request, "ShardCount")?;
-    let on_demand = request
-        .get("StreamModeDetails")
-        .and_then(|d| d.get("StreamMode"))
-        .and_then(Value::as_str)
-        == Some("ON_DEMAND");
     let mut v = Validation::default();
+    let on_demand = settings::stream_mode(request, &mut v, false)?.unwrap_or(false);
     if request.get("StreamName").is_none() {
         v.missing("streamName");
     } else {
@@ -259,7 +279,13 @@ fn create_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value,
             ),
         ));
     }
-    engine.create_stream(StreamSpec::raw(name, shards as u32), false)?;
+    if on_demand {
+        settings::check_on_demand_limit(engine)?;
+    }
+    let stream = engine.create_stream(StreamSpec::raw(name, shards as u32), false)?;
+    if on_demand {
+        settings::set_on_demand(services, &stream, true)?;
+    }
     Ok(json!({}))
 }
 
@@ -322,20 +348,17 @@ fn describe_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Valu
         .filter(|s| after.is_none_or(|a| s["ShardId"].as_str().is_some_and(|id| id > a)))
         .collect();
     let has_more = shards.len() > limit;
-    Ok(json!({
-        "StreamDescription": {
-            "StreamName": name,
-            "StreamARN": arn(name),
-            "StreamStatus": "ACTIVE",
-            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
-            "Shards": shards.into_iter().take(limit).collect::<Vec<_>>(),
-            "HasMoreShards": has_more,
-            "RetentionPeriodHours": stream.retention_hours(),
-            "StreamCreationTimestamp": created_seconds(&stream),
-            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
-            "EncryptionType": "NONE",
-        }
-    }))
+    let mut description = json!({
+        "StreamName": name,
+        "StreamARN": arn(name),
+        "StreamStatus": "ACTIVE",
+        "Shards": shards.into_iter().take(limit).collect::<Vec<_>>(),
+        "HasMoreShards": has_more,
+        "RetentionPeriodHours": stream.retention_hours(),
+        "StreamCreationTimestamp": created_seconds(&stream),
+    });
+    settings::load(&stream)?.describe(&mut description);
+    Ok(json!({ "StreamDescription": description }))
 }
 
 fn describe_stream_summary(
@@ -344,20 +367,17 @@ fn describe_stream_summary(
 ) -> Result<Value, ApiError> {
     let stream = stream(engine, request)?;
     let name = stream.name();
-    Ok(json!({
-        "StreamDescriptionSummary": {
-            "StreamName": name,
-            "StreamARN": arn(name),
-            "StreamStatus": "ACTIVE",
-            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
-            "RetentionPeriodHours": stream.retention_hours(),
-            "StreamCreationTimestamp": created_seconds(&stream),
-            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
-            "EncryptionType": "NONE",
-            "OpenShardCount": stream.open_shards().len(),
-            "ConsumerCount": 0,
-        }
-    }))
+    let mut summary = json!({
+        "StreamName": name,
+        "StreamARN": arn(name),
+        "StreamStatus": "ACTIVE",
+        "RetentionPeriodHours": stream.retention_hours(),
+        "StreamCreationTimestamp": created_seconds(&stream),
+        "OpenShardCount": stream.open_shards().len(),
+        "ConsumerCount": consumers::consumers(&stream)?.len(),
+    });
+    settings::load(&stream)?.describe(&mut summary);
+    Ok(json!({ "StreamDescriptionSummary": summary }))
 }
 
 fn list_streams(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
@@ -375,16 +395,20 @@ fn list_streams(engine: &Engine, request: &Map<String, Value>) -> Result<Value, 
         .collect();
     let page: Vec<&Arc<Stream>> = remaining.iter().take(limit as usize).collect();
     let has_more = remaining.len() > page.len();
-    let mut response = json!({
-        "StreamNames": page.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "HasMoreStreams": has_more,
-        "StreamSummaries": page.iter().map(|s| json!({
+    let mut summaries = Vec::with_capacity(page.len());
+    for s in &page {
+        summaries.push(json!({
             "StreamName": s.name(),
             "StreamARN": arn(s.name()),
             "StreamStatus": "ACTIVE",
-            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "StreamModeDetails": {"StreamMode": settings::load(s)?.mode()},
             "StreamCreationTimestamp": created_seconds(s),
-        })).collect::<Vec<_>>(),
+        }));
+    }
+    let mut response = json!({
+        "StreamNames": page.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "HasMoreStreams": has_more,
+        "StreamSummaries": summaries,
     });
     if has_more && let Some(last) = page.last() {
         response["NextToken"] = Value::String(encode_token(last.name()));
@@ -537,7 +561,7 @@ fn rate_exceeded(stream: &Stream, shard: u32) -> ApiError {
     )
 }
 
-fn put_record(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn put_record(services: &Arc<Services>, request: &Map<String, Value>) -> Result<Value, ApiError> {
     let stream = stream(&services.engine, request)?;
     let mut v = Validation::default();
     let data = data_of(request.get("Data"), "data", &mut v)?;
@@ -562,14 +586,17 @@ fn put_record(services: &Services, request: &Map<String, Value>) -> Result<Value
     services
         .metrics
         .put(stream.name(), put.shard_index, 1, data.len() as u64);
+    let encryption = services
+        .on_demand
+        .observe(services, &stream, 1, data.len() + key.len());
     Ok(json!({
         "ShardId": put.shard_id(),
         "SequenceNumber": put.sequence_number(),
-        "EncryptionType": "NONE",
+        "EncryptionType": encryption,
     }))
 }
 
-fn put_records(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
+fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result<Value, ApiError> {
     let stream = stream(&services.engine, request)?;
     let entries = match request.get("Records") {
         Some(Value::Array(entries)) => entries,
@@ -677,6 +704,13 @@ fn put_records(services: &Services, request: &Map<String, Value>) -> Result<Valu
         }
     };
     let failed = refused.iter().filter(|r| r.is_some()).count();
+    let written: usize = accepted
+        .iter()
+        .map(|r| r.data.len() + r.partition_key.len())
+        .sum();
+    let encryption = services
+        .on_demand
+        .observe(services, &stream, accepted.len(), written);
     let results: Vec<Value> = refused
         .into_iter()
         .map(|refusal| match refusal {
@@ -696,7 +730,7 @@ fn put_records(services: &Services, request: &Map<String, Value>) -> Result<Valu
     Ok(json!({
         "FailedRecordCount": failed,
         "Records": results,
-        "EncryptionType": "NONE",
+        "EncryptionType": encryption,
     }))
 }
 

@@ -31,6 +31,7 @@ pub mod error;
 pub mod eventstream;
 pub mod metrics;
 pub mod reshard;
+pub mod settings;
 pub mod sigv4;
 pub mod subscribe;
 pub mod throttle;
@@ -111,6 +112,7 @@ pub(crate) struct Services {
     /// Held while a stream's consumers are changed (read, changed, written).
     pub(crate) consumers_lock: parking_lot::Mutex<()>,
     pub(crate) subscriptions: subscribe::Subscriptions,
+    pub(crate) on_demand: settings::OnDemand,
 }
 
 #[derive(Clone)]
@@ -130,6 +132,7 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
             services: options.services,
             consumers_lock: parking_lot::Mutex::new(()),
             subscriptions: subscribe::Subscriptions::default(),
+            on_demand: settings::OnDemand::default(),
         }),
     };
     Router::new()

@@ -176,7 +176,10 @@ async fn signatures_are_checked_when_keys_are_configured() -> TestResult {
     let (status, out) = call(&app, Protocol::Json, "ListStreams", json!({}), "Bearer x").await?;
     assert_eq!(
         (status, out["__type"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("IncompleteSignatureException"))
+        (
+            StatusCode::BAD_REQUEST,
+            Some("IncompleteSignatureException")
+        )
     );
     Ok(())
 }
