@@ -182,6 +182,19 @@ fn page_size(
 
 /// The stream a request names, by `StreamName` or `StreamARN`.
 pub(crate) fn stream_name(request: &Map<String, Value>) -> Result<String, ApiError> {
+    let mut v = Validation::default();
+    let name = stream_name_into(request, &mut v)?;
+    v.finish()?;
+    Ok(name)
+}
+
+/// The stream a request names (`StreamName`, or the name in `StreamARN`), its name's
+/// constraints checked into `v` with the request's other members: AWS reports every constraint
+/// together, and only then looks the stream up ([`find_stream`]).
+pub(crate) fn stream_name_into(
+    request: &Map<String, Value>,
+    v: &mut Validation,
+) -> Result<String, ApiError> {
     let name = str_field(request, "StreamName")?;
     let arn_name = match str_field(request, "StreamARN")? {
         Some(arn) => Some(
@@ -207,10 +220,15 @@ pub(crate) fn stream_name(request: &Map<String, Value>) -> Result<String, ApiErr
             ));
         }
     };
-    let mut v = Validation::default();
-    check_stream_name(&mut v, &name, "streamName");
-    v.finish()?;
+    check_stream_name(v, &name, "streamName");
     Ok(name)
+}
+
+/// The stream called `name`.
+pub(crate) fn find_stream(engine: &Engine, name: &str) -> Result<Arc<Stream>, ApiError> {
+    engine
+        .try_stream(name)
+        .ok_or_else(|| ApiError::not_found(name))
 }
 
 fn check_stream_name(v: &mut Validation, name: &str, at: &str) {
@@ -562,11 +580,12 @@ fn rate_exceeded(stream: &Stream, shard: u32) -> ApiError {
 }
 
 fn put_record(services: &Arc<Services>, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let stream = stream(&services.engine, request)?;
     let mut v = Validation::default();
+    let name = stream_name_into(request, &mut v)?;
     let data = data_of(request.get("Data"), "data", &mut v)?;
     let key = key_of(request.get("PartitionKey"), "partitionKey", &mut v)?;
     v.finish()?;
+    let stream = find_stream(&services.engine, &name)?;
     let mut record = RecordRef::new(&key, &data);
     record.explicit_hash_key = hash_key_of(request.get("ExplicitHashKey"), "explicitHashKey")?;
     if services.throttle.is_on() {
@@ -597,18 +616,17 @@ fn put_record(services: &Arc<Services>, request: &Map<String, Value>) -> Result<
 }
 
 fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let stream = stream(&services.engine, request)?;
+    let mut v = Validation::default();
+    let name = stream_name_into(request, &mut v)?;
     let entries = match request.get("Records") {
         Some(Value::Array(entries)) => entries,
         Some(_) => return Err(ApiError::serialization("Records must be a list")),
         None => {
-            let mut v = Validation::default();
             v.missing("records");
             v.finish()?;
             return Ok(json!({}));
         }
     };
-    let mut v = Validation::default();
     v.check(
         !entries.is_empty(),
         "[]",
@@ -640,6 +658,7 @@ fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result
         decoded.push((data, key, hash));
     }
     v.finish()?;
+    let stream = find_stream(&services.engine, &name)?;
     let total: usize = decoded.iter().map(|(d, k, _)| d.len() + k.len()).sum();
     if total > MAX_PUT_BYTES {
         return Err(ApiError::invalid(format!(

@@ -14,6 +14,8 @@ pub const REGION: &str = "us-east-1";
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+    /// The envelope names the message `Message`, as AWS does for type errors, not `message`.
+    pub capitalised: bool,
 }
 
 /// The `__type` of an error.
@@ -83,7 +85,14 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            capitalised: false,
         }
+    }
+
+    /// Sends the message as `Message`.
+    pub fn with_capitalised_message(mut self) -> Self {
+        self.capitalised = true;
+        self
     }
 
     pub fn not_found(stream: &str) -> Self {

@@ -32,6 +32,7 @@ pub mod eventstream;
 pub mod metrics;
 pub mod reshard;
 pub mod settings;
+pub mod shapes;
 pub mod sigv4;
 pub mod subscribe;
 pub mod throttle;
@@ -359,7 +360,12 @@ async fn respond(
             let mut envelope = serde_json::Map::new();
             envelope.insert("__type".into(), json!(error.kind.type_name()));
             if !error.message.is_empty() {
-                envelope.insert("message".into(), json!(error.message));
+                let key = if error.capitalised {
+                    "Message"
+                } else {
+                    "message"
+                };
+                envelope.insert(key.into(), json!(error.message));
             }
             (
                 error.kind.status(),
@@ -440,6 +446,7 @@ async fn answer(
         }
         Some(Route::Kinesis(action)) => action,
     };
+    shapes::check(action, &request)?;
     services.credentials.verify(method, uri, headers, body)?;
     if matches!(action, "PutRecord" | "PutRecords") {
         let Ok(Ok(_slot)) = tokio::time::timeout(WRITE_WAIT, services.write_slots.acquire()).await

@@ -348,3 +348,50 @@ async fn a_signed_request_with_another_body_is_refused() -> TestResult {
     assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, ""));
     Ok(())
 }
+
+#[tokio::test]
+async fn types_then_constraints_then_existence() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let app = app(dir.path(), Credentials::default())?;
+    // A member of the wrong JSON type: SerializationException, its text in `Message`.
+    let got = call(
+        &app,
+        "CreateStream",
+        r#"{"StreamName":"s","ShardCount":"2"}"#,
+    )
+    .await?;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            r#"{"Message":"class java.lang.String can not be converted to an Integer","__type":"SerializationException"}"#
+        )
+    );
+    // Every broken constraint together, before the stream is looked up.
+    let long_key = "k".repeat(257);
+    let got = call(
+        &app,
+        "PutRecord",
+        &format!(r#"{{"StreamName":"no such stream!","PartitionKey":"{long_key}","Data":"eA=="}}"#),
+    )
+    .await?;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST);
+    assert!(
+        got.body.contains(r#""__type":"ValidationException""#)
+            && got.body.contains("2 validation errors detected: Value 'no such stream!' at 'streamName' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+; Value '"),
+        "{}",
+        got.body
+    );
+    // Then existence.
+    let got = call(
+        &app,
+        "PutRecord",
+        r#"{"StreamName":"missing","PartitionKey":"k","Data":"eA=="}"#,
+    )
+    .await?;
+    assert_eq!(
+        got.body,
+        r#"{"__type":"ResourceNotFoundException","message":"Stream missing under account 000000000000 not found."}"#
+    );
+    Ok(())
+}
