@@ -14,6 +14,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- soak [--seconds S] [--clients C] [--cache-mb M]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- firehose [--seconds S] [--clients C]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- agent [--mb MiB]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- fanout [--seconds S]
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -24,6 +25,7 @@
 
 mod delivery;
 mod durability;
+mod fanout;
 mod firehose;
 mod flight;
 mod kinesis;
@@ -191,6 +193,12 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok((command, args)) if command == "fanout" => {
+            if let Err(e) = fanout::fanout(args.seconds.unwrap_or(10)) {
+                eprintln!("fanout benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok((command, args)) if command == "soak" => {
             let soak = soak::SoakArgs {
                 seconds: args.seconds.unwrap_or(120),
@@ -204,7 +212,7 @@ fn main() {
         }
         Ok((command, _)) => {
             eprintln!(
-                "unknown benchmark '{command}'; available: ingest, window, sliding, stagger, rcf, mapping, delivery, flight, durability, kinesis, soak"
+                "unknown benchmark '{command}'; available: ingest, window, sliding, stagger, rcf, mapping, delivery, flight, durability, kinesis, firehose, agent, fanout, soak"
             );
             std::process::exit(2);
         }
