@@ -61,7 +61,54 @@ pub enum Error {
     Retry(String),
 }
 
+/// What kind of failure an engine error is: the one classification every protocol maps from
+/// (gRPC codes for Flight, AWS exceptions for the Kinesis API), so the same failure means the
+/// same thing to every client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Something named does not exist.
+    NotFound,
+    /// Something to be created exists.
+    AlreadyExists,
+    /// The thing is in a state that does not allow this (a closed shard).
+    InUse,
+    /// A configured limit would be passed.
+    LimitExceeded,
+    /// The request is wrong.
+    InvalidInput,
+    /// The disk (or quota) is full: nothing more can be stored until space is freed.
+    StorageFull,
+    /// Stored data failed its checks.
+    DataLoss,
+    /// The engine is closing or busy: try again.
+    Unavailable,
+    /// Anything else that went wrong inside.
+    Internal,
+}
+
 impl Error {
+    /// What kind of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::StreamNotFound(_) | Error::ShardNotFound { .. } => ErrorClass::NotFound,
+            Error::StreamAlreadyExists(_) => ErrorClass::AlreadyExists,
+            Error::ShardClosed { .. } => ErrorClass::InUse,
+            Error::LimitExceeded(_) => ErrorClass::LimitExceeded,
+            Error::InvalidArgument(_)
+            | Error::RecordTooLarge { .. }
+            | Error::InvalidPartitionKey { .. }
+            | Error::Arrow(_) => ErrorClass::InvalidInput,
+            Error::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    ErrorClass::StorageFull
+                }
+                _ => ErrorClass::Internal,
+            },
+            Error::Corrupt { .. } => ErrorClass::DataLoss,
+            Error::Closed | Error::Retry(_) => ErrorClass::Unavailable,
+        }
+    }
+
     /// Wraps an I/O error with what was being done and to which file.
     pub fn io(
         context: impl Into<String>,

@@ -70,7 +70,7 @@ pub use engine::{
     DEFAULT_CACHE_BYTES, DIRECT_PUT_NAMESPACE, Durability, ERROR_STREAM, Engine, EngineOptions,
     NAMESPACE_SEPARATOR, StreamSpec, fields, read_json_or_default, write_json_durably,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorClass, Result};
 pub use format::StreamFormat;
 pub use reader::{ShardIterator, ShardRead, StartPosition, StreamReader};
 pub use schema::PublicProjector;

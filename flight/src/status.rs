@@ -26,24 +26,16 @@ pub fn datafusion_status(error: DataFusionError) -> Status {
 }
 
 fn engine_code(error: &sluice_engine::Error) -> Code {
-    use sluice_engine::Error as E;
-    match error {
-        E::StreamNotFound(_) | E::ShardNotFound { .. } => Code::NotFound,
-        E::StreamAlreadyExists(_) => Code::AlreadyExists,
-        E::ShardClosed { .. } => Code::FailedPrecondition,
-        E::LimitExceeded(_) => Code::ResourceExhausted,
-        E::InvalidArgument(_) | E::RecordTooLarge { .. } | E::InvalidPartitionKey { .. } => {
-            Code::InvalidArgument
-        }
-        E::Io { source, .. } => match source.kind() {
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                Code::ResourceExhausted
-            }
-            _ => Code::Internal,
-        },
-        E::Corrupt { .. } => Code::DataLoss,
-        E::Arrow(_) => Code::InvalidArgument,
-        E::Closed | E::Retry(_) => Code::Unavailable,
+    use sluice_engine::ErrorClass as C;
+    match error.class() {
+        C::NotFound => Code::NotFound,
+        C::AlreadyExists => Code::AlreadyExists,
+        C::InUse => Code::FailedPrecondition,
+        C::LimitExceeded | C::StorageFull => Code::ResourceExhausted,
+        C::InvalidInput => Code::InvalidArgument,
+        C::DataLoss => Code::DataLoss,
+        C::Unavailable => Code::Unavailable,
+        C::Internal => Code::Internal,
     }
 }
 

@@ -116,31 +116,43 @@ impl ApiError {
 }
 
 impl From<sluice_engine::Error> for ApiError {
+    /// Through the engine's one classification ([`sluice_engine::ErrorClass`]), as Flight maps
+    /// it too: a full disk is a resource limit (`LimitExceededException`, as Flight's
+    /// `ResourceExhausted`), not an internal failure.
     fn from(error: sluice_engine::Error) -> Self {
         use sluice_engine::Error as E;
-        match &error {
-            E::StreamNotFound(name) => Self::not_found(name),
-            E::StreamAlreadyExists(name) => Self::new(
+        use sluice_engine::ErrorClass as C;
+        match (&error, error.class()) {
+            (E::StreamNotFound(name), _) => Self::not_found(name),
+            (E::StreamAlreadyExists(name), _) => Self::new(
                 ErrorKind::ResourceInUse,
                 format!("Stream {name} under account {ACCOUNT} already exists."),
             ),
-            E::ShardNotFound { stream, shard } => Self::new(
+            (E::ShardNotFound { stream, shard }, _) => Self::new(
                 ErrorKind::ResourceNotFound,
                 format!("Shard {shard} in stream {stream} under account {ACCOUNT} does not exist"),
             ),
-            E::ShardClosed { stream, shard } => Self::new(
+            (E::ShardClosed { stream, shard }, _) => Self::new(
                 ErrorKind::ResourceInUse,
                 format!(
                     "Shard {shard} in stream {stream} under account {ACCOUNT} has already been merged or split, and thus is not eligible for merging or splitting."
                 ),
             ),
-            E::LimitExceeded(message) => Self::new(ErrorKind::LimitExceeded, message.clone()),
-            E::InvalidArgument(_) | E::RecordTooLarge { .. } | E::InvalidPartitionKey { .. } => {
-                Self::invalid(error.to_string())
+            (E::LimitExceeded(message), _) => Self::new(ErrorKind::LimitExceeded, message.clone()),
+            (_, C::NotFound) => Self::new(ErrorKind::ResourceNotFound, error.to_string()),
+            (_, C::AlreadyExists | C::InUse) => {
+                Self::new(ErrorKind::ResourceInUse, error.to_string())
             }
-            E::Closed => Self::internal("Sluice is shutting down"),
-            E::Retry(message) => Self::internal(message.clone()),
-            E::Io { .. } | E::Corrupt { .. } | E::Arrow(_) => Self::internal(error.to_string()),
+            (_, C::LimitExceeded) => Self::new(ErrorKind::LimitExceeded, error.to_string()),
+            (_, C::InvalidInput) => Self::invalid(error.to_string()),
+            (_, C::StorageFull) => Self::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "Sluice cannot store more records: the disk is full ({error}); free space and retry."
+                ),
+            ),
+            (E::Closed, _) => Self::internal("Sluice is shutting down"),
+            (_, C::Unavailable | C::DataLoss | C::Internal) => Self::internal(error.to_string()),
         }
     }
 }
@@ -203,5 +215,29 @@ mod tests {
              Member must have length greater than or equal to 1; Value null at 'shardCount' failed \
              to satisfy constraint: Member must not be null"
         );
+    }
+}
+
+#[cfg(test)]
+mod engine_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_limit_over_kinesis_as_over_flight() {
+        let full = sluice_engine::Error::io(
+            "appending",
+            "/data/wal",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        assert_eq!(full.class(), sluice_engine::ErrorClass::StorageFull);
+        let api = ApiError::from(full);
+        assert_eq!(api.kind, ErrorKind::LimitExceeded);
+        assert!(api.message.contains("disk is full"), "{}", api.message);
+        let other = sluice_engine::Error::io(
+            "reading",
+            "/data/x",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert_eq!(ApiError::from(other).kind, ErrorKind::InternalFailure);
     }
 }
