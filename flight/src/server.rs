@@ -83,7 +83,7 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if let Some(token) = header.strip_prefix("Bearer ") {
-            if token.trim() == self.token {
+            if same(token.trim(), &self.token) {
                 return Ok(());
             }
             return Err(Status::unauthenticated("the bearer token is not valid"));
@@ -100,7 +100,8 @@ impl Auth {
                 .and_then(|b| String::from_utf8(b).ok())
                 .unwrap_or_default();
             return match decoded.split_once(':') {
-                Some((u, p)) if u == user && p == password => Ok(()),
+                // Both compared, each in constant time, so timing tells nothing of either.
+                Some((u, p)) if same(u, user) & same(p, password) => Ok(()),
                 _ => Err(Status::unauthenticated("wrong user or password")),
             };
         }
@@ -108,6 +109,12 @@ impl Auth {
             "this server requires authentication: send 'authorization: Bearer <token>'",
         ))
     }
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ.
+fn same(given: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// How to serve.
