@@ -241,7 +241,7 @@ impl SluiceSession {
             // Boxed: an application's own session shuts down from inside this.
             Box::pin(applications.shutdown()).await;
         }
-        self.sources.stop_all();
+        self.sources.stop_all().await;
         self.pumps.stop_all().await;
         // What delivery streams still buffer is delivered after the next start: their
         // positions were never committed past it.

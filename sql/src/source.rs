@@ -316,9 +316,20 @@ impl SourceManager {
         self.running.lock().remove(name);
     }
 
-    /// Stops every source.
-    pub fn stop_all(&self) {
-        self.running.lock().clear();
+    /// Stops every source, and waits (up to a few seconds) for an append in progress to end:
+    /// aborting a source's task does not stop the blocking append it may be waiting on, which
+    /// holds the engine, and with it the data folder's lock, until it returns.
+    pub async fn stop_all(&self) {
+        let stopped: Vec<RunningSource> = self.running.lock().drain().map(|(_, r)| r).collect();
+        let feeders: Vec<Arc<Feeder>> = stopped.iter().map(|r| Arc::clone(&r.feeder)).collect();
+        drop(stopped);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // Each feeder is now held here and, while it runs, by its append.
+        while feeders.iter().any(|f| Arc::strong_count(f) > 1)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Appends every record due by the clock now, for every source: what `FLUSH` waits for.
