@@ -67,21 +67,7 @@ fn provision(dir: &Path, package: &Path) -> Result<(), String> {
 /// Runs end-to-end script `script` with `args` under Node.js, its packages found in
 /// [`modules`]; its standard output.
 pub fn script(script: &str, args: &[String]) -> Result<String, String> {
-    let run = Command::new("node")
-        .arg(super::e2e_script(script))
-        .args(args)
-        .env("NODE_PATH", modules().join("node_modules"))
-        .env_remove("AWS_PROFILE")
-        .output()
-        .map_err(|e| format!("cannot run node: {e}"))?;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if run.status.success() {
-        Ok(text(&run.stdout))
-    } else {
-        Err(format!(
-            "{script} {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-            text(&run.stdout),
-            text(&run.stderr)
-        ))
-    }
+    let mut node = Command::new("node");
+    node.env("NODE_PATH", modules().join("node_modules"));
+    super::server::run_script(node, script, args)
 }

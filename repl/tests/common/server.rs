@@ -78,7 +78,17 @@ pub fn serve_with(
 
 /// Runs end-to-end script `script` with `args` in the tests' Python; its standard output.
 pub fn python_script(script: &str, args: &[String]) -> Result<String, String> {
-    let run = Command::new(super::python::python())
+    run_script(Command::new(super::python::python()), script, args)
+}
+
+/// Runs `interpreter` on end-to-end script `script` with `args`, without the caller's AWS
+/// profile; its standard output, or both outputs in the error.
+pub fn run_script(
+    mut interpreter: Command,
+    script: &str,
+    args: &[String],
+) -> Result<String, String> {
+    let run = interpreter
         .arg(super::e2e_script(script))
         .args(args)
         .env_remove("AWS_PROFILE")
