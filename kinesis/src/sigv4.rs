@@ -126,7 +126,8 @@ impl Signed {
         }
         if let Some(auth) = auth {
             let mut parts: HashMap<&str, &str> = HashMap::new();
-            for part in auth.split([',', ' ']).skip(1) {
+            // Every `key=value` part after the algorithm (which has no `=`), however spaced.
+            for part in auth.split([',', ' ']) {
                 if let Some((key, value)) = part.trim().split_once('=') {
                     parts.insert(key, value);
                 }
