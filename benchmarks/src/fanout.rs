@@ -43,19 +43,20 @@ fn now_micros() -> u64 {
 async fn run(seconds: u64) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let (mut server, endpoint) = start_sluice(dir.path(), &[])?;
+    let server_pid = server.id();
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()?,
         endpoint,
     });
-    let result = measure(&client, seconds).await;
+    let result = measure(&client, seconds, server_pid).await;
     let _ = server.kill();
     let _ = server.wait();
     result
 }
 
-async fn measure(client: &Arc<Client>, seconds: u64) -> Result<(), BoxError> {
+async fn measure(client: &Arc<Client>, seconds: u64, server_pid: u32) -> Result<(), BoxError> {
     client
         .call(
             "CreateStream",
@@ -84,7 +85,9 @@ async fn measure(client: &Arc<Client>, seconds: u64) -> Result<(), BoxError> {
     println!(
         "Producers with {CONSUMERS} fan-out consumers: {PRODUCERS} clients x PutRecords of {BATCH} ~100-byte records for {seconds} s into {SHARDS} shards"
     );
+    let cpu_before = cpu_seconds(server_pid);
     let alone = produce(client, "wide", seconds).await?;
+    let cpu_alone = cpu_seconds(server_pid) - cpu_before;
     let wide_arn = "arn:aws:kinesis:us-east-1:000000000000:stream/wide";
     let received = Arc::new(AtomicU64::new(0));
     let mut subscriptions = Vec::new();
@@ -104,7 +107,12 @@ async fn measure(client: &Arc<Client>, seconds: u64) -> Result<(), BoxError> {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_before = (cpu_seconds(server_pid), cpu_seconds(std::process::id()));
     let with = produce(client, "wide", seconds).await?;
+    let cpu_with = (
+        cpu_seconds(server_pid) - cpu_before.0,
+        cpu_seconds(std::process::id()) - cpu_before.1,
+    );
     // Every consumer gets every record put while it was subscribed.
     let expected = with.1 * CONSUMERS as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -124,6 +132,14 @@ async fn measure(client: &Arc<Client>, seconds: u64) -> Result<(), BoxError> {
         with.0
     );
     println!("  ratio with/without consumers: {:.2}", with.0 / alone.0);
+    // Where the two cores went: the server's CPU per million records put, alone and with the
+    // consumers (its share of pushing to them), and what the benchmark's own clients took.
+    println!(
+        "  server CPU per million records put: {:.2} s alone, {:.2} s with {CONSUMERS} consumers; benchmark clients (producers + consumers) used {:.1} CPU-s of the {seconds} s",
+        cpu_alone / (alone.1 as f64 / 1e6),
+        cpu_with.0 / (with.1 as f64 / 1e6),
+        cpu_with.1
+    );
     if got < expected {
         return Err(format!("the consumers received {got} records of {expected}").into());
     }
@@ -156,6 +172,20 @@ async fn register(client: &Client, stream_arn: &str, name: &str) -> Result<Strin
     }
 }
 
+/// What a consumer reads of an event: its records' data, borrowed from the payload (decoded
+/// as a typed SDK decodes it, not into a tree of values).
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<EventRecord<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventRecord<'a> {
+    #[serde(rename = "Data", borrow)]
+    data: &'a str,
+}
+
 /// Subscribes `consumer` to `shard` and hands each event's records to `on_records` until it
 /// returns false or the subscription ends.
 async fn subscribe(
@@ -163,7 +193,7 @@ async fn subscribe(
     consumer: &str,
     shard: usize,
     position: &str,
-    mut on_records: impl FnMut(&[Value]) -> bool,
+    mut on_records: impl FnMut(&[EventRecord<'_>]) -> bool,
 ) -> Result<(), BoxError> {
     let body = json!({
         "ConsumerARN": consumer,
@@ -194,9 +224,8 @@ async fn subscribe(
             if message.header(":event-type") != Some("SubscribeToShardEvent") {
                 continue;
             }
-            let event: Value = serde_json::from_slice(&message.payload)?;
-            let records = event["Records"].as_array().cloned().unwrap_or_default();
-            if !on_records(&records) {
+            let event: Event<'_> = serde_json::from_slice(&message.payload)?;
+            if !on_records(&event.records) {
                 return Ok(());
             }
         }
@@ -224,7 +253,7 @@ async fn latency_fanout(
             subscribe(&client, &consumer, 0, "LATEST", |records| {
                 let now = now_micros();
                 for record in records {
-                    if let Some(id) = record_id(record) {
+                    if let Some(id) = record_id(record.data) {
                         let from = sent.lock().get(&id).copied().unwrap_or(now);
                         latencies
                             .lock()
@@ -244,10 +273,10 @@ async fn latency_fanout(
     Ok(out)
 }
 
-/// The id a paced record carries.
-fn record_id(record: &Value) -> Option<u64> {
+/// The id a paced record carries, from its base64 data.
+fn record_id(data: &str) -> Option<u64> {
     let data = base64::engine::general_purpose::STANDARD
-        .decode(record["Data"].as_str()?)
+        .decode(data)
         .ok()?;
     std::str::from_utf8(&data).ok()?.parse().ok()
 }
@@ -306,7 +335,7 @@ async fn latency_polling(client: &Arc<Client>, seconds: u64) -> Result<Vec<f64>,
             .await?;
         let now = now_micros();
         for record in page["Records"].as_array().into_iter().flatten() {
-            if let Some(id) = record_id(record) {
+            if let Some(id) = record["Data"].as_str().and_then(record_id) {
                 let from = sent.lock().get(&id).copied().unwrap_or(now);
                 latencies.push(now.saturating_sub(from) as f64 / 1000.0);
             }
@@ -318,6 +347,27 @@ async fn latency_polling(client: &Arc<Client>, seconds: u64) -> Result<Vec<f64>,
     }
     producer.await??;
     Ok(latencies)
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds; 0 where /proc cannot say.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks of 1/100 s.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {

@@ -10,7 +10,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- delivery [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- flight [--records N]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- durability [--records N]
-//! benchmarks/kinesis.sh   # kinesis [--emulator URL] [--seconds S] [--clients C], with kinesalite
+//! benchmarks/kinesis.sh   # kinesis [--emulator NAME=URL]... [--seconds S] [--clients C], with ferrokinesis and kinesalite
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- soak [--seconds S] [--clients C] [--cache-mb M]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- firehose [--seconds S] [--clients C]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- agent [--mb MiB]
@@ -54,7 +54,7 @@ struct Args {
     records: Option<usize>,
     batch: usize,
     durability: Durability,
-    emulator: Option<String>,
+    emulators: Vec<(String, String)>,
     seconds: Option<u64>,
     clients: usize,
     cache_mb: usize,
@@ -69,7 +69,7 @@ fn parse_args() -> Result<(String, Args), String> {
         records: None,
         batch: 500,
         durability: Durability::Buffered,
-        emulator: None,
+        emulators: Vec::new(),
         seconds: None,
         clients: 8,
         cache_mb: 64,
@@ -84,7 +84,13 @@ fn parse_args() -> Result<(String, Args), String> {
             }
             "--batch" => parsed.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--fsync" => parsed.durability = Durability::Fsync,
-            "--emulator" => parsed.emulator = Some(value()?),
+            "--emulator" => {
+                let given = value()?;
+                let (name, url) = given
+                    .split_once('=')
+                    .ok_or_else(|| format!("--emulator {given}: expected NAME=URL"))?;
+                parsed.emulators.push((name.to_string(), url.to_string()));
+            }
             "--seconds" => {
                 parsed.seconds = Some(value()?.parse().map_err(|e| format!("--seconds: {e}"))?)
             }
@@ -96,7 +102,7 @@ fn parse_args() -> Result<(String, Args), String> {
             }
             other => {
                 return Err(format!(
-                    "unknown flag {other}; expected --records N, --batch N, --fsync, --emulator URL, --seconds S, --clients C, --cache-mb M"
+                    "unknown flag {other}; expected --records N, --batch N, --fsync, --emulator NAME=URL, --seconds S, --clients C, --cache-mb M"
                 ));
             }
         }
@@ -170,7 +176,7 @@ fn main() {
         }
         Ok((command, args)) if command == "kinesis" => {
             let kinesis = kinesis::KinesisArgs {
-                emulator: args.emulator,
+                emulators: args.emulators,
                 seconds: args.seconds.unwrap_or(10),
                 clients: args.clients,
                 shards: 4,

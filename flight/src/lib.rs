@@ -10,8 +10,9 @@
 //!   stream and keeps sending record batches as records arrive, each subscriber reading the
 //!   shards at its own pace; `DoPut` with a path descriptor naming a stream appends the record
 //!   batches sent (columns by name, routed by the partition key column, no JSON parsing).
-//! - Optional authentication ([`Auth`]: bearer token, Basic handshake) checked on every call,
-//!   and TLS.
+//! - Optional authentication checked on every call by the server's one
+//!   [`Authorizer`](sluice_auth::Authorizer) (bearer token, Basic credentials and a handshake
+//!   that exchanges them for a token), the same one its Kinesis port and `/metrics` ask; and TLS.
 //!
 //! Query and subscription results go out as messages of about 2 MiB ([`results`]), written to
 //! the connection by [`wire`] with their Arrow buffers as they are, not copied into gRPC
@@ -31,4 +32,5 @@ pub mod wire;
 mod xdbc;
 
 pub use client::RemoteSession;
-pub use server::{Auth, BoundServer, ServeError, ServerOptions, SluiceFlight};
+pub use server::{BoundServer, ServeError, ServerOptions, SluiceFlight};
+pub use sluice_auth::Authorizer;

@@ -11,11 +11,11 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use base64::Engine as _;
 use futures::{Stream, TryStreamExt};
+use sluice_auth::Authorizer;
 use sluice_sql::SluiceSession;
 use tokio::net::TcpListener;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
@@ -39,90 +39,13 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Who may call: a bearer token, and optionally a user and password that a Basic handshake
-/// exchanges for it.
-#[derive(Clone)]
-pub struct Auth {
-    token: String,
-    basic: Option<(String, String)>,
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print credentials.
-        f.debug_struct("Auth")
-            .field("basic_user", &self.basic.as_ref().map(|(u, _)| u))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Auth {
-    /// Calls must carry `authorization: Bearer <token>`.
-    pub fn token(token: impl Into<String>) -> Self {
-        Self {
-            token: token.into(),
-            basic: None,
-        }
-    }
-
-    /// Also accepts Basic credentials (`user:password`), on any call; a handshake with them
-    /// returns the bearer token. Without a configured token, a random one is made.
-    pub fn with_basic(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.basic = Some((user.into(), password.into()));
-        self
-    }
-
-    /// Basic credentials only; the handshake hands out a token made at start.
-    pub fn basic(user: impl Into<String>, password: impl Into<String>) -> Self {
-        Self::token(uuid::Uuid::new_v4().simple().to_string()).with_basic(user, password)
-    }
-
-    fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let header = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if let Some(token) = header.strip_prefix("Bearer ") {
-            if same(token.trim(), &self.token) {
-                return Ok(());
-            }
-            return Err(Status::unauthenticated("the bearer token is not valid"));
-        }
-        if let Some(encoded) = header.strip_prefix("Basic ") {
-            let Some((user, password)) = &self.basic else {
-                return Err(Status::unauthenticated(
-                    "this server takes a bearer token, not a user and password",
-                ));
-            };
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .unwrap_or_default();
-            return match decoded.split_once(':') {
-                // Both compared, each in constant time, so timing tells nothing of either.
-                Some((u, p)) if same(u, user) & same(p, password) => Ok(()),
-                _ => Err(Status::unauthenticated("wrong user or password")),
-            };
-        }
-        Err(Status::unauthenticated(
-            "this server requires authentication: send 'authorization: Bearer <token>'",
-        ))
-    }
-}
-
-/// Whether two secrets are equal, in time that does not depend on where they differ.
-fn same(given: &str, expected: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    given.as_bytes().ct_eq(expected.as_bytes()).into()
-}
-
 /// How to serve.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Where to listen; 127.0.0.1:50051 by default.
     pub addr: SocketAddr,
-    pub auth: Option<Auth>,
+    /// Who may call: the server's one [`Authorizer`], shared with its other surfaces.
+    pub auth: Authorizer,
     /// PEM certificate chain and private key: serve TLS.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -131,7 +54,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            auth: None,
+            auth: Authorizer::open(),
             tls: None,
         }
     }
@@ -141,22 +64,26 @@ impl Default for ServerOptions {
 #[derive(Debug, Clone)]
 pub struct SluiceFlight {
     sql: Arc<SqlService>,
-    auth: Option<Arc<Auth>>,
+    auth: Arc<Authorizer>,
 }
 
 impl SluiceFlight {
-    pub fn new(session: SluiceSession, auth: Option<Auth>) -> Result<Self, Status> {
+    pub fn new(session: SluiceSession, auth: Authorizer) -> Result<Self, Status> {
         Ok(Self {
             sql: Arc::new(SqlService::new(session)?),
-            auth: auth.map(Arc::new),
+            auth: Arc::new(auth),
         })
     }
 
+    /// Every call's credentials, checked by the server's [`Authorizer`].
     fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match &self.auth {
-            Some(auth) => auth.check(request.metadata()),
-            None => Ok(()),
-        }
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.auth
+            .check_header(header)
+            .map_err(|denied| Status::unauthenticated(denied.to_string()))
     }
 
     /// What a `DoGet` answers with, as messages whose bodies [`crate::wire`] sends without
@@ -196,11 +123,7 @@ impl FlightService for SluiceFlight {
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         self.check(&request)?;
-        let token = self
-            .auth
-            .as_ref()
-            .map(|a| a.token.clone())
-            .unwrap_or_default();
+        let token = self.auth.session_token().unwrap_or_default().to_string();
         let reply = HandshakeResponse {
             protocol_version: 0,
             payload: token.clone().into_bytes().into(),

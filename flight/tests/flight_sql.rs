@@ -14,7 +14,7 @@ use arrow_flight::sql::{CommandGetTables, CommandStatementIngest, TableDefinitio
 use arrow_flight::{FlightDescriptor, FlightInfo, Ticket};
 use futures::{StreamExt, TryStreamExt};
 use sluice_engine::{Engine, EngineOptions};
-use sluice_flight::{Auth, BoundServer, ServerOptions};
+use sluice_flight::{Authorizer, BoundServer, ServerOptions};
 use sluice_sql::SluiceSession;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -33,13 +33,13 @@ struct Running {
 }
 
 impl Running {
-    async fn start(auth: Option<Auth>) -> Result<Self, Box<dyn std::error::Error>> {
+    async fn start(auth: Authorizer) -> Result<Self, Box<dyn std::error::Error>> {
         Self::start_with_cache(auth, sluice_engine::DEFAULT_CACHE_BYTES).await
     }
 
     /// A server whose engine keeps `cache_bytes` of sealed segments in memory.
     async fn start_with_cache(
-        auth: Option<Auth>,
+        auth: Authorizer,
         cache_bytes: usize,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
@@ -138,7 +138,7 @@ fn status_of(error: arrow_flight::error::FlightError) -> tonic::Status {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_metadata_and_prepared_statements() -> TestResult {
-    let server = Running::start(Some(Auth::token(TOKEN))).await?;
+    let server = Running::start(Authorizer::open().with_token(TOKEN)).await?;
     let mut client = server.sql();
     let info = client
         .execute(
@@ -256,7 +256,7 @@ async fn statements_metadata_and_prepared_statements() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn do_put_subscriptions_and_cancellation() -> TestResult {
-    let server = Running::start(Some(Auth::token(TOKEN))).await?;
+    let server = Running::start(Authorizer::open().with_token(TOKEN)).await?;
     let mut sql = server.sql();
     sql.execute(
         "CREATE STREAM m (device VARCHAR, v BIGINT) WITH (shards = 3, partition_key = 'device')"
@@ -398,7 +398,12 @@ async fn do_put_subscriptions_and_cancellation() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_checked_on_every_call() -> TestResult {
-    let server = Running::start(Some(Auth::token(TOKEN).with_basic("ada", "pw"))).await?;
+    let server = Running::start(
+        Authorizer::open()
+            .with_token(TOKEN)
+            .with_password("ada", "pw"),
+    )
+    .await?;
     let mut anonymous = FlightSqlServiceClient::new(server.channel.clone());
     let refused = status_of(
         anonymous
@@ -443,7 +448,7 @@ async fn tls_serves_clients_that_trust_the_certificate() -> TestResult {
         session.clone(),
         ServerOptions {
             addr: "127.0.0.1:0".parse()?,
-            auth: Some(Auth::token(TOKEN)),
+            auth: Authorizer::open().with_token(TOKEN),
             tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
         },
     )
@@ -493,7 +498,7 @@ async fn tls_serves_clients_that_trust_the_certificate() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_does_not_hold_up_the_others() -> TestResult {
-    let server = Running::start(None).await?;
+    let server = Running::start(Authorizer::open()).await?;
     let mut sql = FlightSqlServiceClient::new(server.channel.clone());
     sql.execute(
         "CREATE STREAM busy (k VARCHAR, pad VARCHAR) WITH (shards = 2, partition_key = 'k')".into(),
@@ -554,7 +559,7 @@ async fn a_subscriber_that_stops_reading_does_not_hold_up_the_others() -> TestRe
 async fn large_results_arrive_in_whole_batches_without_repeated_strings() -> TestResult {
     const ROWS: usize = 40_000;
     const NOTE: usize = 50;
-    let server = Running::start_with_cache(None, 0).await?;
+    let server = Running::start_with_cache(Authorizer::open(), 0).await?;
     let mut sql = server.sql();
     sql.execute(
         "CREATE STREAM notes (k VARCHAR, v BIGINT, note VARCHAR) WITH (shards = 4, partition_key = 'k')"

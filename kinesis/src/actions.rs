@@ -35,6 +35,7 @@ const MAX_PUT_RECORDS: usize = 500;
 const MAX_PUT_BYTES: usize = 5 * 1024 * 1024;
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 const STREAM_NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
+const STREAM_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+";
 
 /// The operations Sluice answers (others are `UnknownOperationException`, as AWS answers an
 /// operation it does not have).
@@ -188,40 +189,70 @@ pub(crate) fn stream_name(request: &Map<String, Value>) -> Result<String, ApiErr
     Ok(name)
 }
 
-/// The stream a request names (`StreamName`, or the name in `StreamARN`), its name's
-/// constraints checked into `v` with the request's other members: AWS reports every constraint
+/// The stream a request names (`StreamName`, or the name in `StreamARN`), the constraints of
+/// both checked into `v` with the request's other members: AWS reports every constraint
 /// together, and only then looks the stream up ([`find_stream`]).
 pub(crate) fn stream_name_into(
     request: &Map<String, Value>,
     v: &mut Validation,
 ) -> Result<String, ApiError> {
     let name = str_field(request, "StreamName")?;
+    if let Some(name) = name {
+        check_stream_name(v, name, "streamName");
+    }
     let arn_name = match str_field(request, "StreamARN")? {
-        Some(arn) => Some(
-            arn.rsplit_once(":stream/")
-                .map(|(_, name)| name.to_string())
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("StreamARN '{arn}' is not a Kinesis stream ARN"))
-                })?,
-        ),
+        Some(arn) => check_stream_arn(v, arn, "streamARN"),
         None => None,
     };
-    let name = match (name, arn_name) {
-        (Some(name), Some(from_arn)) if name != from_arn => {
-            return Err(ApiError::invalid(format!(
-                "StreamName '{name}' and StreamARN name different streams"
-            )));
+    Ok(match (name, arn_name) {
+        (Some(name), Some(from_arn)) => {
+            if name != from_arn {
+                v.refuse_after_constraints(ApiError::invalid(format!(
+                    "StreamARN {} and StreamName {name} do not name the same stream.",
+                    arn(from_arn)
+                )));
+            }
+            name.to_string()
         }
-        (Some(name), _) => name.to_string(),
-        (None, Some(from_arn)) => from_arn,
+        (Some(name), None) => name.to_string(),
+        (None, Some(from_arn)) => from_arn.to_string(),
         (None, None) => {
-            return Err(ApiError::invalid(
-                "Either StreamName or StreamARN should be provided.",
-            ));
+            if str_field(request, "StreamARN")?.is_none() {
+                v.refuse_after_constraints(ApiError::invalid(
+                    "Either StreamName or StreamARN should be provided.",
+                ));
+            }
+            String::new()
         }
-    };
-    check_stream_name(v, &name, "streamName");
-    Ok(name)
+    })
+}
+
+/// Checks stream ARN `arn` of member `at` as AWS does (length, pattern); the stream name in
+/// it when it matches.
+pub(crate) fn check_stream_arn<'a>(v: &mut Validation, arn: &'a str, at: &str) -> Option<&'a str> {
+    check_length(v, arn, at, 1, 2048);
+    let parsed = stream_of_arn(arn);
+    v.check(
+        parsed.is_some() || arn.is_empty(),
+        arn,
+        at,
+        &format!("Member must satisfy regular expression pattern: {STREAM_ARN_PATTERN}"),
+    );
+    parsed
+}
+
+/// The stream name in a stream ARN (`arn:aws…:kinesis:<region>:<12 digits>:stream/<name>`), as
+/// AWS's pattern for `StreamARN` matches it; `None` for anything else.
+pub(crate) fn stream_of_arn(arn: &str) -> Option<&str> {
+    let rest = arn.strip_prefix("arn:aws")?;
+    let (_, after_service) = rest.split_once(":kinesis:")?;
+    let (before, name) = after_service.rsplit_once(":stream/")?;
+    let account = before.rsplit(':').next()?;
+    let valid = account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && !name.chars().any(char::is_whitespace);
+    valid.then_some(name)
 }
 
 /// The stream called `name`.
@@ -233,28 +264,112 @@ pub(crate) fn find_stream(engine: &Engine, name: &str) -> Result<Arc<Stream>, Ap
 
 fn check_stream_name(v: &mut Validation, name: &str, at: &str) {
     v.check(
-        (1..=128).contains(&name.len()),
+        !name.is_empty(),
+        name,
+        at,
+        "Member must have length greater than or equal to 1",
+    );
+    v.check(
+        name.len() <= 128,
         name,
         at,
         "Member must have length less than or equal to 128",
     );
     v.check(
-        name.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
+        name.is_empty()
+            || name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
         name,
         at,
         &format!("Member must satisfy regular expression pattern: {STREAM_NAME_PATTERN}"),
     );
 }
 
+/// The stream a request names and what `members` makes of its other members, in AWS's order:
+/// every constraint of the name and of the members reported together, then whether the stream
+/// exists.
+pub(crate) fn checked_stream<T>(
+    engine: &Engine,
+    request: &Map<String, Value>,
+    members: impl FnOnce(&mut Validation) -> Result<T, ApiError>,
+) -> Result<(Arc<Stream>, T), ApiError> {
+    let mut v = Validation::default();
+    let name = stream_name_into(request, &mut v)?;
+    let members = members(&mut v)?;
+    v.finish()?;
+    Ok((find_stream(engine, &name)?, members))
+}
+
+/// Checks a shard id member as AWS does: 1 to 128 characters of `[a-zA-Z0-9_.-]`.
+pub(crate) fn check_shard_id(v: &mut Validation, id: &str, at: &str) {
+    check_length(v, id, at, 1, 128);
+    v.check(
+        id.is_empty()
+            || id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
+        id,
+        at,
+        "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
+    );
+}
+
+/// Checks a sequence number member as AWS does: `0|([1-9]\d{0,128})`.
+pub(crate) fn check_sequence_number(v: &mut Validation, sequence: &str, at: &str) {
+    let ok = sequence == "0"
+        || (!sequence.is_empty()
+            && sequence.len() <= 129
+            && !sequence.starts_with('0')
+            && sequence.bytes().all(|b| b.is_ascii_digit()));
+    v.check(
+        ok,
+        sequence,
+        at,
+        "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+    );
+}
+
+/// Checks that `value` of member `at` lies in `min..=max`, worded as AWS words it.
+pub(crate) fn check_range(v: &mut Validation, value: i64, at: &str, min: i64, max: i64) {
+    let text = value.to_string();
+    v.check(
+        value >= min,
+        &text,
+        at,
+        &format!("Member must have value greater than or equal to {min}"),
+    );
+    v.check(
+        value <= max,
+        &text,
+        at,
+        &format!("Member must have value less than or equal to {max}"),
+    );
+}
+
+/// Checks the length of string `value` of member `at`, worded as AWS words it.
+pub(crate) fn check_length(v: &mut Validation, value: &str, at: &str, min: usize, max: usize) {
+    let length = value.chars().count();
+    v.check(
+        length >= min,
+        value,
+        at,
+        &format!("Member must have length greater than or equal to {min}"),
+    );
+    v.check(
+        length <= max,
+        value,
+        at,
+        &format!("Member must have length less than or equal to {max}"),
+    );
+}
+
+/// The stream a request names, when it has no other members to check first.
 pub(crate) fn stream(
     engine: &Engine,
     request: &Map<String, Value>,
 ) -> Result<Arc<Stream>, ApiError> {
-    let name = stream_name(request)?;
-    engine
-        .try_stream(&name)
-        .ok_or_else(|| ApiError::not_found(&name))
+    checked_stream(engine, request, |_| Ok(())).map(|(stream, ())| stream)
 }
 
 fn create_stream(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
@@ -357,10 +472,18 @@ fn created_seconds(stream: &Stream) -> f64 {
 }
 
 fn describe_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
+    let (stream, (limit, after)) = checked_stream(engine, request, |v| {
+        let limit = int_field(request, "Limit")?;
+        if let Some(limit) = limit {
+            check_range(v, limit, "limit", 1, 10_000);
+        }
+        let after = str_field(request, "ExclusiveStartShardId")?;
+        if let Some(after) = after {
+            check_shard_id(v, after, "exclusiveStartShardId");
+        }
+        Ok((limit.unwrap_or(100) as usize, after))
+    })?;
     let name = stream.name();
-    let limit = int_field(request, "Limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
-    let after = str_field(request, "ExclusiveStartShardId")?;
     let shards: Vec<Value> = shards_json(&stream)
         .into_iter()
         .filter(|s| after.is_none_or(|a| s["ShardId"].as_str().is_some_and(|id| id > a)))
@@ -809,20 +932,30 @@ impl IteratorToken {
 }
 
 fn get_shard_iterator(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
-    let shard_id_text = str_field(request, "ShardId")?.unwrap_or_default();
-    let kind = str_field(request, "ShardIteratorType")?.unwrap_or_default();
-    let mut v = Validation::default();
-    v.check(
-        matches!(
-            kind,
-            "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER" | "TRIM_HORIZON" | "LATEST" | "AT_TIMESTAMP"
-        ),
-        kind,
-        "shardIteratorType",
-        "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]",
-    );
-    v.finish()?;
+    let (stream, (shard_id_text, kind)) = checked_stream(engine, request, |v| {
+        let shard = str_field(request, "ShardId")?;
+        match shard {
+            None => v.missing("shardId"),
+            Some(shard) => check_shard_id(v, shard, "shardId"),
+        }
+        let kind = str_field(request, "ShardIteratorType")?;
+        match kind {
+            None => v.missing("shardIteratorType"),
+            Some(kind) => v.check(
+                matches!(
+                    kind,
+                    "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER" | "TRIM_HORIZON" | "LATEST" | "AT_TIMESTAMP"
+                ),
+                kind,
+                "shardIteratorType",
+                "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]",
+            ),
+        }
+        if let Some(sequence) = str_field(request, "StartingSequenceNumber")? {
+            check_sequence_number(v, sequence, "startingSequenceNumber");
+        }
+        Ok((shard.unwrap_or_default(), kind.unwrap_or_default()))
+    })?;
     let index = shard_index(&stream, shard_id_text)?;
     let sequence = str_field(request, "StartingSequenceNumber")?;
     let start = match kind {
@@ -1092,32 +1225,20 @@ fn change_retention(
     request: &Map<String, Value>,
     increase: bool,
 ) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
-    let hours = int_field(request, "RetentionPeriodHours")?.ok_or_else(|| {
-        let mut v = Validation::default();
-        v.missing("retentionPeriodHours");
-        v.finish()
-            .err()
-            .unwrap_or_else(|| ApiError::invalid("RetentionPeriodHours is required"))
+    let (stream, hours) = checked_stream(engine, request, |v| {
+        let hours = int_field(request, "RetentionPeriodHours")?;
+        match hours {
+            None => v.missing("retentionPeriodHours"),
+            Some(hours) => check_range(
+                v,
+                hours,
+                "retentionPeriodHours",
+                i64::from(MIN_RETENTION_HOURS),
+                i64::from(MAX_RETENTION_HOURS),
+            ),
+        }
+        Ok(hours.unwrap_or_default())
     })?;
-    let (min, max) = (
-        i64::from(MIN_RETENTION_HOURS),
-        i64::from(MAX_RETENTION_HOURS),
-    );
-    let mut v = Validation::default();
-    v.check(
-        hours >= min,
-        &hours.to_string(),
-        "retentionPeriodHours",
-        &format!("Member must have value greater than or equal to {min}"),
-    );
-    v.check(
-        hours <= max,
-        &hours.to_string(),
-        "retentionPeriodHours",
-        &format!("Member must have value less than or equal to {max}"),
-    );
-    v.finish()?;
     let current = i64::from(stream.retention_hours());
     if increase && hours < current {
         return Err(ApiError::invalid(format!(
@@ -1135,68 +1256,180 @@ fn change_retention(
     Ok(json!({}))
 }
 
-fn tags_of(request: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
-    let tags = request
-        .get("Tags")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::invalid("Tags must be a map of keys to values"))?;
-    let mut v = Validation::default();
+/// What AWS shows of a map or list in a validation message: Java's `{k=v, …}` / `[a, …]`.
+fn java_map(entries: &[(String, String)]) -> String {
+    let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// Whether a tag key or value holds only what AWS allows: Unicode letters, digits, white
+/// space and `_ . / = + - % @ :`.
+fn tag_characters_allowed(text: &str) -> bool {
+    text.chars().all(|c| {
+        c.is_alphanumeric()
+            || c.is_whitespace()
+            || matches!(c, '_' | '.' | '/' | '=' | '+' | '-' | '%' | '@' | ':')
+    })
+}
+
+const TAG_CHARACTERS: &str = "Some tags contain invalid characters. Valid characters: Unicode letters, digits, white space, _ . / = + - % @ :.";
+
+/// AddTagsToStream's `Tags`, its constraints checked into `v`: required, at most 200 entries,
+/// keys 1 to 128 characters, values at most 256.
+fn tags_of(
+    request: &Map<String, Value>,
+    v: &mut Validation,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let tags = match request.get("Tags") {
+        None | Some(Value::Null) => {
+            v.missing("tags");
+            return Ok(Vec::new());
+        }
+        Some(Value::Object(tags)) => tags,
+        Some(other) => {
+            return Err(ApiError::serialization(format!(
+                "Tags must be a map of keys to values, not {other}"
+            )));
+        }
+    };
     let mut out = Vec::new();
     for (key, value) in tags {
-        v.check(
-            (1..=128).contains(&key.chars().count()),
-            key,
-            "tags",
-            "Map keys must have length between 1 and 128",
-        );
-        let value = value.as_str().unwrap_or_default();
-        v.check(
-            value.chars().count() <= 256,
-            value,
-            "tags",
-            "Map values must have length less than or equal to 256",
-        );
-        out.push((key.clone(), value.to_string()));
+        let value = match value {
+            Value::String(value) => value.clone(),
+            Value::Null => String::new(),
+            other => {
+                return Err(ApiError::serialization(format!(
+                    "the value of tag '{key}' must be a string, not {other}"
+                )));
+            }
+        };
+        out.push((key.clone(), value));
     }
-    v.finish()?;
+    let shown = java_map(&out);
+    v.check(
+        out.len() <= 200,
+        &shown,
+        "tags",
+        "Member must have length less than or equal to 200",
+    );
+    v.check(
+        out.iter().all(|(k, _)| (1..=128).contains(&k.chars().count())),
+        &shown,
+        "tags",
+        "Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]",
+    );
+    v.check(
+        out.iter().all(|(_, value)| value.chars().count() <= 256),
+        &shown,
+        "tags",
+        "Map value must satisfy constraint: [Member must have length less than or equal to 256, Member must have length greater than or equal to 0]",
+    );
     Ok(out)
 }
 
+/// Adds or replaces tags, in AWS's order: constraints, the stream, the tags' characters, then
+/// the limit of 50 tags a stream may have.
 fn add_tags(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
-    let new = tags_of(request)?;
-    let mut tags = engine.stream_tags(stream.name())?;
+    let (stream, new) = checked_stream(engine, request, |v| tags_of(request, v))?;
+    let name = stream.name();
+    if new
+        .iter()
+        .any(|(k, v)| !tag_characters_allowed(k) || !tag_characters_allowed(v))
+    {
+        return Err(ApiError::invalid(TAG_CHARACTERS));
+    }
+    if new.iter().any(|(k, v)| k.contains('%') || v.contains('%')) {
+        return Err(ApiError::invalid(format!(
+            "Failed to add tags to stream {name} under account {ACCOUNT} because some tags contained illegal characters. The allowed characters are Unicode letters, white-spaces, '_',',','/','=','+','-','@',':'."
+        )));
+    }
+    let mut tags = engine.stream_tags(name)?;
     for (key, value) in new {
         tags.insert(key, value);
     }
-    if tags.len() > 50 {
+    if tags.len() > MAX_TAGS {
         return Err(ApiError::invalid(format!(
-            "Failed to add tags to stream {} under account {ACCOUNT} because a given stream cannot have more than 50 tags.",
-            stream.name()
+            "Failed to add tags to stream {name} under account {ACCOUNT} because a given stream cannot have more than {MAX_TAGS} tags associated with it."
         )));
     }
-    engine.set_stream_tags(stream.name(), tags)?;
+    engine.set_stream_tags(name, tags)?;
     Ok(json!({}))
 }
 
+/// The most tags a stream may have.
+const MAX_TAGS: usize = 50;
+
 fn remove_tags(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
-    let keys = request
-        .get("TagKeys")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::invalid("TagKeys must be a list of tag keys"))?;
-    let mut tags = engine.stream_tags(stream.name())?;
-    for key in keys.iter().filter_map(Value::as_str) {
+    let (stream, keys) = checked_stream(engine, request, |v| {
+        let keys: Vec<String> = match request.get("TagKeys") {
+            None | Some(Value::Null) => {
+                v.missing("tagKeys");
+                return Ok(Vec::new());
+            }
+            Some(Value::Array(keys)) => keys
+                .iter()
+                .map(|k| {
+                    k.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::serialization(format!("TagKeys must hold strings, not {k}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(ApiError::serialization(format!(
+                    "TagKeys must be a list of tag keys, not {other}"
+                )));
+            }
+        };
+        let shown = format!("[{}]", keys.join(", "));
+        v.check(
+            !keys.is_empty(),
+            &shown,
+            "tagKeys",
+            "Member must have length greater than or equal to 1",
+        );
+        v.check(
+            keys.len() <= MAX_TAGS,
+            &shown,
+            "tagKeys",
+            "Member must have length less than or equal to 50",
+        );
+        v.check(
+            keys.iter().all(|k| (1..=128).contains(&k.chars().count())),
+            &shown,
+            "tagKeys",
+            "Member must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]",
+        );
+        Ok(keys)
+    })?;
+    let name = stream.name();
+    if keys.iter().any(|k| !tag_characters_allowed(k)) {
+        return Err(ApiError::invalid(TAG_CHARACTERS));
+    }
+    if keys.iter().any(|k| k.contains('%')) {
+        return Err(ApiError::invalid(format!(
+            "Failed to remove tags from stream {name} under account {ACCOUNT} because some tags contained illegal characters. The allowed characters are Unicode letters, white-spaces, '_',',','/','=','+','-','@',':'."
+        )));
+    }
+    let mut tags = engine.stream_tags(name)?;
+    for key in &keys {
         tags.remove(key);
     }
-    engine.set_stream_tags(stream.name(), tags)?;
+    engine.set_stream_tags(name, tags)?;
     Ok(json!({}))
 }
 
 fn list_tags(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
-    let limit = int_field(request, "Limit")?.unwrap_or(50).clamp(1, 50) as usize;
-    let after = str_field(request, "ExclusiveStartTagKey")?;
+    let (stream, (limit, after)) = checked_stream(engine, request, |v| {
+        let limit = int_field(request, "Limit")?;
+        if let Some(limit) = limit {
+            check_range(v, limit, "limit", 1, MAX_TAGS as i64);
+        }
+        let after = str_field(request, "ExclusiveStartTagKey")?;
+        if let Some(after) = after {
+            check_length(v, after, "exclusiveStartTagKey", 1, 128);
+        }
+        Ok((limit.unwrap_or(MAX_TAGS as i64) as usize, after))
+    })?;
     let tags = engine.stream_tags(stream.name())?;
     let remaining: Vec<(&String, &String)> = tags
         .iter()

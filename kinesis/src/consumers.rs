@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use sluice_engine::{Engine, Stream};
 
 use crate::Services;
-use crate::actions::{arn, int_field, str_field};
+use crate::actions::{self, arn, int_field, str_field};
 use crate::error::{ACCOUNT, ApiError, ErrorKind, Validation};
 
 /// How long a new consumer is `CREATING` (AWS takes seconds; clients wait for `ACTIVE`).
@@ -79,35 +79,9 @@ fn stream_of_arn(
         v.missing("streamARN");
         return Ok(None);
     };
-    check_arn(
-        v,
-        stream_arn,
-        "streamARN",
-        "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+",
-    );
-    let name = stream_arn
-        .rsplit_once(":stream/")
-        .map(|(_, n)| n)
-        .unwrap_or(stream_arn);
+    let name = actions::check_stream_arn(v, stream_arn, "streamARN");
     // Existence is reported after every constraint is checked, as AWS does.
-    Ok(engine.try_stream(name))
-}
-
-fn check_arn(v: &mut Validation, value: &str, at: &str, pattern: &str) {
-    v.check(
-        (1..=2048).contains(&value.len()),
-        value,
-        at,
-        "Member must have length less than or equal to 2048",
-    );
-    let ok =
-        value.starts_with("arn:aws") && value.contains(":kinesis:") && value.contains(":stream/");
-    v.check(
-        ok,
-        value,
-        at,
-        &format!("Member must satisfy regular expression pattern: {pattern}"),
-    );
+    Ok(name.and_then(|name| engine.try_stream(name)))
 }
 
 fn check_consumer_name(v: &mut Validation, name: &str) {
@@ -202,12 +176,7 @@ pub(crate) fn find(
         check_consumer_arn(&mut v, arn, "consumerARN");
     }
     if let Some(arn) = stream_arn {
-        check_arn(
-            &mut v,
-            arn,
-            "streamARN",
-            "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+",
-        );
+        actions::check_stream_arn(&mut v, arn, "streamARN");
     }
     if let Some(name) = name {
         check_consumer_name(&mut v, name);
@@ -220,9 +189,8 @@ pub(crate) fn find(
             true,
         ),
         (None, Some(stream_arn), Some(_)) => (
-            stream_arn
-                .rsplit_once(":stream/")
-                .map_or(stream_arn, |(_, n)| n)
+            actions::stream_of_arn(stream_arn)
+                .unwrap_or(stream_arn)
                 .to_string(),
             false,
         ),

@@ -162,6 +162,9 @@ impl From<sluice_engine::Error> for ApiError {
 #[derive(Debug, Default)]
 pub struct Validation {
     problems: Vec<String>,
+    /// A refusal that is not a constraint (two members that disagree): reported only when every
+    /// constraint holds, as AWS checks constraints first.
+    then: Option<ApiError>,
 }
 
 impl Validation {
@@ -179,9 +182,19 @@ impl Validation {
         ));
     }
 
+    /// Refuses the request with `error` if every constraint holds (the first such error wins).
+    pub fn refuse_after_constraints(&mut self, error: ApiError) {
+        self.then.get_or_insert(error);
+    }
+
+    /// Whether a constraint has failed so far.
+    pub fn has_problems(&self) -> bool {
+        !self.problems.is_empty()
+    }
+
     pub fn finish(self) -> Result<(), ApiError> {
         match self.problems.len() {
-            0 => Ok(()),
+            0 => self.then.map_or(Ok(()), Err),
             n => Err(ApiError::new(
                 ErrorKind::Validation,
                 format!(

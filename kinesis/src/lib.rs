@@ -5,11 +5,12 @@
 //! ([`wire`]) runs one of the [`actions`]; failures answer in AWS's error envelope
 //! (`{"__type": "ResourceNotFoundException", "message": "…"}`, [`error`]). Requests must carry
 //! SigV4 material (an `Authorization: AWS4-HMAC-SHA256 …` header or `X-Amz-Signature` query),
-//! as AWS requires, and its signature is verified when access keys are configured ([`sigv4`]).
+//! as AWS requires, and its signature is verified unless the server's one authorizer
+//! ([`sluice_auth::Authorizer`], shared with Flight) is open ([`sigv4`]).
 //! Bodies over 10 MiB get 413. Per-shard throughput limits ([`throttle`]) are off unless asked
 //! for; writes beyond what the engine can take in get `ProvisionedThroughputExceededException`
 //! after a short wait rather than queueing without bound. `GET /metrics` serves the per-shard
-//! counters ([`metrics`]) as Prometheus text.
+//! counters ([`metrics`]) as Prometheus text to whom the same authorizer admits.
 //!
 //! # Example
 //!
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod reshard;
 pub mod settings;
 pub mod shapes;
+mod shared_events;
 pub mod sigv4;
 pub mod subscribe;
 pub mod throttle;
@@ -50,12 +52,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
+use sluice_auth::Authorizer;
 use sluice_engine::Engine;
 use tokio::net::TcpListener;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
-use crate::sigv4::Credentials;
 use crate::throttle::{ShardLimits, Throttle};
 use crate::wire::Protocol;
 
@@ -66,8 +68,10 @@ const TARGET_PREFIX: &str = "Kinesis_20131202.";
 /// How the endpoint checks and limits requests.
 #[derive(Debug, Clone, Default)]
 pub struct KinesisOptions {
-    /// Access keys whose signatures are verified; empty: any SigV4-shaped request is accepted.
-    pub credentials: Credentials,
+    /// Who may call: the server's one authorizer. Its users are the access keys signatures are
+    /// verified against (the id is the user, the secret the password); open, any SigV4-shaped
+    /// request is accepted. `GET /metrics` takes its bearer token or Basic credentials.
+    pub auth: Authorizer,
     /// Kinesis's per-shard throughput limits, when enforced.
     pub shard_limits: Option<ShardLimits>,
     /// Other AWS JSON APIs answered on the same port, by `X-Amz-Target` prefix, with the same
@@ -107,7 +111,7 @@ pub(crate) struct Services {
     pub engine: Engine,
     pub metrics: Metrics,
     pub throttle: Throttle,
-    credentials: Credentials,
+    auth: Authorizer,
     write_slots: tokio::sync::Semaphore,
     services: Vec<Arc<dyn JsonService>>,
     /// Held while a stream's consumers are changed (read, changed, written).
@@ -128,7 +132,7 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
             engine,
             metrics: Metrics::default(),
             throttle: Throttle::new(options.shard_limits),
-            credentials: options.credentials,
+            auth: options.auth,
             write_slots: tokio::sync::Semaphore::new(WRITE_SLOTS),
             services: options.services,
             consumers_lock: parking_lot::Mutex::new(()),
@@ -144,7 +148,23 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
         .with_state(api)
 }
 
-async fn metrics_text(State(api): State<Api>) -> Response {
+/// Prometheus text, for whoever the server's authorizer lets in (Prometheus sends a bearer
+/// token or Basic credentials from its scrape config).
+async fn metrics_text(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(denied) = api.services.auth.check_header(authorization) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice\", Basic realm=\"sluice\""),
+            )],
+            format!("{denied}\n"),
+        )
+            .into_response();
+    }
     let mut text = api.services.metrics.render(&api.services.engine);
     text.push_str(&format!(
         "# HELP sluice_kinesis_subscriptions SubscribeToShard subscriptions pushing records\n# TYPE sluice_kinesis_subscriptions gauge\nsluice_kinesis_subscriptions {}\n",
@@ -429,7 +449,7 @@ async fn answer(
     let action = match route {
         None => return Err(ApiError::new(ErrorKind::UnknownOperation, "")),
         Some(Route::Service(service, action)) => {
-            services.credentials.verify(method, uri, headers, body)?;
+            sigv4::verify(&services.auth, method, uri, headers, body)?;
             return service
                 .call(action.to_string(), serde_json::Value::Object(request))
                 .await
@@ -447,7 +467,7 @@ async fn answer(
         Some(Route::Kinesis(action)) => action,
     };
     shapes::check(action, &request)?;
-    services.credentials.verify(method, uri, headers, body)?;
+    sigv4::verify(&services.auth, method, uri, headers, body)?;
     if matches!(action, "PutRecord" | "PutRecords") {
         let Ok(Ok(_slot)) = tokio::time::timeout(WRITE_WAIT, services.write_slots.acquire()).await
         else {

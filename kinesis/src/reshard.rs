@@ -9,10 +9,11 @@ use serde_json::{Map, Value, json};
 use sluice_engine::sequence::shard_id;
 use sluice_engine::{Engine, Reshard, Shard, Stream};
 
-use crate::actions::{arn, int_field, shard_index, str_field, stream};
+use crate::actions::{
+    arn, check_shard_id, find_stream, int_field, shard_index, str_field, stream_name_into,
+};
 use crate::error::{ApiError, Validation};
 
-const SHARD_ID_PATTERN: &str = "[a-zA-Z0-9_.-]+";
 const HASH_KEY_PATTERN: &str = "0|([1-9]\\d{0,38})";
 
 /// A required shard id member, checked as AWS checks it.
@@ -28,19 +29,7 @@ fn shard_member(
             Ok(String::new())
         }
         Some(id) => {
-            v.check(
-                (1..=128).contains(&id.len()),
-                id,
-                at,
-                "Member must have length less than or equal to 128",
-            );
-            v.check(
-                id.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
-                id,
-                at,
-                &format!("Member must satisfy regular expression pattern: {SHARD_ID_PATTERN}"),
-            );
+            check_shard_id(v, id, at);
             Ok(id.to_string())
         }
     }
@@ -48,6 +37,7 @@ fn shard_member(
 
 pub fn split_shard(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
     let mut v = Validation::default();
+    let name = stream_name_into(request, &mut v)?;
     let shard = shard_member(request, "ShardToSplit", "shardToSplit", &mut v)?;
     let key = str_field(request, "NewStartingHashKey")?;
     let hash_key = match key {
@@ -70,7 +60,7 @@ pub fn split_shard(engine: &Engine, request: &Map<String, Value>) -> Result<Valu
         }
     };
     v.finish()?;
-    let stream = stream(engine, request)?;
+    let stream = find_stream(engine, &name)?;
     let index = shard_index(&stream, &shard)?;
     let new_starting_hash_key = hash_key.unwrap_or_default();
     engine.reshard(
@@ -85,6 +75,7 @@ pub fn split_shard(engine: &Engine, request: &Map<String, Value>) -> Result<Valu
 
 pub fn merge_shards(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
     let mut v = Validation::default();
+    let name = stream_name_into(request, &mut v)?;
     let shard = shard_member(request, "ShardToMerge", "shardToMerge", &mut v)?;
     let adjacent = shard_member(
         request,
@@ -93,7 +84,7 @@ pub fn merge_shards(engine: &Engine, request: &Map<String, Value>) -> Result<Val
         &mut v,
     )?;
     v.finish()?;
-    let stream = stream(engine, request)?;
+    let stream = find_stream(engine, &name)?;
     let shard = shard_index(&stream, &shard)?;
     let adjacent = shard_index(&stream, &adjacent)?;
     engine.reshard(stream.name(), Reshard::Merge { shard, adjacent })?;
@@ -105,6 +96,7 @@ pub fn update_shard_count(
     request: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
     let mut v = Validation::default();
+    let name = stream_name_into(request, &mut v)?;
     let target = int_field(request, "TargetShardCount")?;
     match target {
         None => v.missing("targetShardCount"),
@@ -126,7 +118,7 @@ pub fn update_shard_count(
     }
     v.finish()?;
     let target = target.unwrap_or(1);
-    let stream = stream(engine, request)?;
+    let stream = find_stream(engine, &name)?;
     let current = stream.open_shards().len();
     let target_u32 = u32::try_from(target).map_err(|_| {
         ApiError::invalid(format!(

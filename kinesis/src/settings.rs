@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use sluice_engine::{Engine, Reshard, Stream};
 
 use crate::Services;
-use crate::actions::{arn, str_field, stream};
+use crate::actions::{self, arn, str_field};
 use crate::consumers;
 use crate::error::{ACCOUNT, ApiError, ErrorKind, Validation};
 
@@ -183,18 +183,16 @@ pub(crate) fn update_stream_mode(
     request: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
     let mut v = Validation::default();
-    match str_field(request, "StreamARN")? {
-        None => v.missing("streamARN"),
-        Some(arn) => v.check(
-            arn.starts_with("arn:aws") && arn.contains(":stream/"),
-            arn,
-            "streamARN",
-            "Member must satisfy regular expression pattern: arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+",
-        ),
-    }
+    let name = match str_field(request, "StreamARN")? {
+        None => {
+            v.missing("streamARN");
+            None
+        }
+        Some(arn) => actions::check_stream_arn(&mut v, arn, "streamARN"),
+    };
     let on_demand = stream_mode(request, &mut v, true)?;
     v.finish()?;
-    let stream = stream(&services.engine, request)?;
+    let stream = actions::find_stream(&services.engine, name.unwrap_or_default())?;
     let on_demand = on_demand.unwrap_or(false);
     if on_demand && !load(&stream)?.on_demand {
         check_on_demand_limit(&services.engine)?;
@@ -223,6 +221,7 @@ pub(crate) fn enhanced_monitoring(
     enable: bool,
 ) -> Result<Value, ApiError> {
     let mut v = Validation::default();
+    let name = actions::stream_name_into(request, &mut v)?;
     let metrics: Vec<String> = match request.get("ShardLevelMetrics") {
         None | Some(Value::Null) => {
             v.missing("shardLevelMetrics");
@@ -261,7 +260,7 @@ pub(crate) fn enhanced_monitoring(
         }
     };
     v.finish()?;
-    let stream = stream(&services.engine, request)?;
+    let stream = actions::find_stream(&services.engine, &name)?;
     let named: Vec<String> = if metrics.iter().any(|m| m == "ALL") {
         METRICS.iter().map(|m| m.to_string()).collect()
     } else {
@@ -297,6 +296,7 @@ pub(crate) fn stream_encryption(
     start: bool,
 ) -> Result<Value, ApiError> {
     let mut v = Validation::default();
+    let name = actions::stream_name_into(request, &mut v)?;
     match str_field(request, "EncryptionType")? {
         None => v.missing("encryptionType"),
         Some(kind) => v.check(
@@ -320,7 +320,7 @@ pub(crate) fn stream_encryption(
     if str_field(request, "EncryptionType")? != Some("KMS") {
         return Err(ApiError::invalid("EncryptionType must be KMS."));
     }
-    let stream = stream(&services.engine, request)?;
+    let stream = actions::find_stream(&services.engine, &name)?;
     let key = key.unwrap_or_default().to_string();
     update(services, &stream, |s| {
         if start {
@@ -348,12 +348,8 @@ fn resource(
         v.missing("resourceARN");
         return Ok(None);
     };
-    let name = consumers::stream_of_consumer_arn(resource).or_else(|| {
-        resource
-            .strip_prefix("arn:aws")
-            .and_then(|r| r.rsplit_once(":stream/"))
-            .map(|(_, n)| n.to_string())
-    });
+    let name = consumers::stream_of_consumer_arn(resource)
+        .or_else(|| actions::stream_of_arn(resource).map(str::to_string));
     v.check(
         name.is_some(),
         resource,

@@ -1,5 +1,6 @@
-//! AWS Signature Version 4: every request must carry SigV4 material, and when access keys are
-//! configured its signature is checked against them, as AWS checks it.
+//! AWS Signature Version 4: every request must carry SigV4 material, and unless the server's
+//! [`Authorizer`] is open its signature is checked against the secret of the key that signed
+//! it, as AWS checks it.
 //!
 //! The check rebuilds the canonical request from what arrived (method, path, query, the headers
 //! the client signed, the SHA-256 of the body), the string to sign from the date and scope, and
@@ -10,10 +11,25 @@
 //! # Example
 //!
 //! ```
-//! use sluice_kinesis::sigv4::Credentials;
+//! use axum::http::{HeaderMap, Method, Uri};
+//! use sluice_auth::Authorizer;
+//! use sluice_kinesis::sigv4::{sign_json_post, verify};
 //!
-//! let keys = Credentials::new([("AKIDEXAMPLE".to_string(), "secret".to_string())]);
-//! assert!(keys.is_configured());
+//! let (host, target, json) = ("127.0.0.1:4567", "Kinesis_20131202.ListStreams", "application/x-amz-json-1.1");
+//! let body = b"{}";
+//! let mut headers = HeaderMap::new();
+//! headers.insert("host", host.parse().unwrap());
+//! headers.insert("content-type", json.parse().unwrap());
+//! headers.insert("x-amz-target", target.parse().unwrap());
+//! let now = chrono::Utc::now().timestamp();
+//! for (name, value) in sign_json_post(host, target, body, ("AKIDEXAMPLE", "secret"), "us-east-1", "kinesis", json, now) {
+//!     headers.insert(name, value.parse().unwrap());
+//! }
+//! let uri = Uri::from_static("/");
+//! let server = Authorizer::open().with_password("AKIDEXAMPLE", "secret");
+//! assert!(verify(&server, &Method::POST, &uri, &headers, body).is_ok());
+//! let other = Authorizer::open().with_password("AKIDEXAMPLE", "another secret");
+//! assert!(verify(&other, &Method::POST, &uri, &headers, body).is_err());
 //! ```
 
 use std::collections::HashMap;
@@ -21,6 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, Method, Uri, header};
 use ring::{digest, hmac};
+use sluice_auth::Authorizer;
 
 use crate::error::{ApiError, ErrorKind};
 
@@ -29,69 +46,49 @@ const MAX_SKEW_SECONDS: i64 = 15 * 60;
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
-/// The access keys requests are verified against; none configured means any SigV4-shaped
-/// request is accepted (the local-development default, as the Kinesis emulators do).
-#[derive(Debug, Clone, Default)]
-pub struct Credentials {
-    secrets: HashMap<String, String>,
-}
-
-impl Credentials {
-    /// Keys as (access key id, secret access key) pairs.
-    pub fn new(keys: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self {
-            secrets: keys.into_iter().collect(),
+/// Checks a request's SigV4 material: present always (AWS refuses an unsigned request), and,
+/// unless `auth` is open, signed with the secret of a key `auth` knows.
+pub fn verify(
+    auth: &Authorizer,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let signed = match Signed::from_request(uri, headers)? {
+        Some(signed) => signed,
+        None => {
+            return Err(ApiError::new(
+                ErrorKind::MissingAuthenticationToken,
+                "Missing Authentication Token",
+            ));
         }
-    }
-
-    /// Whether signatures are verified.
-    pub fn is_configured(&self) -> bool {
-        !self.secrets.is_empty()
-    }
-
-    /// Checks a request's SigV4 material: present always, and correct when keys are configured.
-    pub fn verify(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<(), ApiError> {
-        let signed = match Signed::from_request(uri, headers)? {
-            Some(signed) => signed,
-            None => {
-                return Err(ApiError::new(
-                    ErrorKind::MissingAuthenticationToken,
-                    "Missing Authentication Token",
-                ));
-            }
-        };
-        if !self.is_configured() {
-            return Ok(());
-        }
-        let Some(secret) = self.secrets.get(&signed.access_key) else {
+    };
+    let secret = match auth.signing_secret(&signed.access_key) {
+        Ok(None) => return Ok(()),
+        Ok(Some(secret)) => secret,
+        Err(_) => {
             return Err(ApiError::new(
                 ErrorKind::UnrecognizedClient,
                 "The security token included in the request is invalid.",
             ));
-        };
-        check_skew(&signed.amz_date, now_seconds())?;
-        let canonical = canonical_request(method, uri, headers, body, &signed)?;
-        let expected = signature(secret, &signed.scope, &signed.amz_date, &canonical);
-        let given = decode_hex(&signed.signature).unwrap_or_default();
-        // Constant-time comparison, through ring's HMAC verification of the expected bytes.
-        let key = hmac::Key::new(hmac::HMAC_SHA256, b"sluice-signature-compare");
-        let tag = hmac::sign(&key, &expected);
-        if given.len() != expected.len() || hmac::verify(&key, &given, tag.as_ref()).is_err() {
-            return Err(ApiError::new(
-                ErrorKind::InvalidSignature,
-                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
-            ));
         }
-        Ok(())
+    };
+    check_skew(&signed.amz_date, now_seconds())?;
+    let canonical = canonical_request(method, uri, headers, body, &signed)?;
+    let expected = signature(secret, &signed.scope, &signed.amz_date, &canonical);
+    let given = decode_hex(&signed.signature).unwrap_or_default();
+    // Constant-time comparison, through ring's HMAC verification of the expected bytes.
+    let key = hmac::Key::new(hmac::HMAC_SHA256, b"sluice-signature-compare");
+    let tag = hmac::sign(&key, &expected);
+    if given.len() != expected.len() || hmac::verify(&key, &given, tag.as_ref()).is_err() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidSignature,
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+        ));
     }
+    Ok(())
 }
-
 /// What a request says about its own signature.
 #[derive(Debug)]
 struct Signed {
@@ -497,16 +494,14 @@ mod tests {
         for (name, value) in signed {
             headers.insert(name, value.parse().expect("header"));
         }
-        let keys = Credentials::new([("AKID".to_string(), "secret".to_string())]);
+        let keys = Authorizer::open().with_password("AKID", "secret");
         let uri: Uri = "/".parse().expect("uri");
-        keys.verify(&Method::POST, &uri, &headers, body)
-            .expect("a client's signature verifies");
-        let wrong = Credentials::new([("AKID".to_string(), "other".to_string())]);
-        assert!(wrong.verify(&Method::POST, &uri, &headers, body).is_err());
+        verify(&keys, &Method::POST, &uri, &headers, body).expect("a client's signature verifies");
+        let wrong = Authorizer::open().with_password("AKID", "other");
+        assert!(verify(&wrong, &Method::POST, &uri, &headers, body).is_err());
         // The same headers (signature and content hash intact) with another body.
         let tampered = br#"{"StreamName":"t"}"#;
-        let error = keys
-            .verify(&Method::POST, &uri, &headers, tampered)
+        let error = verify(&keys, &Method::POST, &uri, &headers, tampered)
             .expect_err("a changed body is refused");
         assert_eq!(error.kind, ErrorKind::InvalidSignature);
         assert!(
@@ -516,8 +511,7 @@ mod tests {
         );
         // Without the hash header, the body's own hash is signed: the signature fails.
         headers.remove("x-amz-content-sha256");
-        let error = keys
-            .verify(&Method::POST, &uri, &headers, tampered)
+        let error = verify(&keys, &Method::POST, &uri, &headers, tampered)
             .expect_err("a changed body is refused");
         assert_eq!(error.kind, ErrorKind::InvalidSignature);
     }
@@ -540,10 +534,8 @@ mod tests {
 
     #[test]
     fn a_request_is_rebuilt_canonically_and_checked() {
-        let keys = Credentials::new([(
-            "AKIDEXAMPLE".to_string(),
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_string(),
-        )]);
+        let keys = Authorizer::open()
+            .with_password("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
         let uri: Uri = "/?Version=2010-05-08&Action=ListUsers"
             .parse()
             .expect("uri");
@@ -576,9 +568,8 @@ mod tests {
         );
         assert_eq!(hex(&expected), signed.signature);
         // The whole check, except that 2015 is far outside the allowed clock skew.
-        let error = keys
-            .verify(&Method::GET, &uri, &headers, b"")
-            .expect_err("the date is too old");
+        let error =
+            verify(&keys, &Method::GET, &uri, &headers, b"").expect_err("the date is too old");
         assert_eq!(error.kind, ErrorKind::InvalidSignature);
         assert!(
             error.message.contains("Signature expired"),
@@ -586,10 +577,8 @@ mod tests {
             error.message
         );
 
-        let unknown = Credentials::new([("OTHER".to_string(), "x".to_string())]);
-        let error = unknown
-            .verify(&Method::GET, &uri, &headers, b"")
-            .expect_err("unknown key");
+        let unknown = Authorizer::open().with_password("OTHER", "x");
+        let error = verify(&unknown, &Method::GET, &uri, &headers, b"").expect_err("unknown key");
         assert_eq!(error.kind, ErrorKind::UnrecognizedClient);
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use sluice_engine::sequence::{format_sequence_number, parse_sequence_number};
@@ -27,6 +28,7 @@ use crate::consumers;
 use crate::error::{ACCOUNT, ApiError, ErrorKind, Validation};
 use crate::eventstream::Message;
 use crate::reshard::child_shards;
+use crate::shared_events::{PreparedEvent, SharedEvents};
 use crate::wire::Protocol;
 
 /// How long a subscription lasts.
@@ -47,6 +49,8 @@ type Active = (u64, Arc<tokio::sync::Notify>);
 pub(crate) struct Subscriptions {
     active: Mutex<HashMap<(String, u32), Active>>,
     next_id: AtomicU64,
+    /// Events read once for all the subscriptions at one place of a shard.
+    shared: Arc<SharedEvents>,
 }
 
 impl Subscriptions {
@@ -231,7 +235,7 @@ pub(crate) fn subscribe(
     };
     let from = ShardIterator::new(&stream, shard, start)?.position();
     let lease = Lease::take(services, &consumer.arn, stream.name(), shard)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(push(
         Arc::clone(services),
         stream,
@@ -251,8 +255,8 @@ pub(crate) fn subscribe(
 }
 
 fn tokio_stream_of(
-    mut receiver: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    mut receiver: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
@@ -261,6 +265,45 @@ fn payload_type(protocol: Protocol) -> &'static str {
         Protocol::Json => "application/json",
         Protocol::Cbor => "application/x-amz-cbor-1.1",
     }
+}
+
+/// Reads shard `shard` from `position` and encodes the `SubscribeToShardEvent` every
+/// subscription there sends: its records, where to go on from, how far behind the tail it is,
+/// and at the end of a closed shard its children.
+fn prepare(
+    services: &Services,
+    stream: &sluice_engine::Stream,
+    shard: u32,
+    position: u64,
+    protocol: Protocol,
+) -> Result<PreparedEvent, ApiError> {
+    let read = read_records(services, stream, shard, position, EVENT_LIMITS)?;
+    let closed = stream
+        .shard(shard)
+        .and_then(|s| s.ending_seq())
+        .is_some_and(|end| read.next_seq > end);
+    let records = read.records.len();
+    let mut event = json!({
+        "Records": read.records,
+        "ContinuationSequenceNumber": format_sequence_number(shard, read.next_seq.saturating_sub(1)),
+        "MillisBehindLatest": read.millis_behind,
+    });
+    if closed {
+        event["ChildShards"] = Value::Array(child_shards(stream, shard));
+    }
+    let frame = Message::event(
+        "SubscribeToShardEvent",
+        payload_type(protocol),
+        protocol.encode(&event),
+    )
+    .encode();
+    Ok(PreparedEvent {
+        frame: Bytes::from(frame),
+        records,
+        next_seq: read.next_seq,
+        full: read.full,
+        closed,
+    })
 }
 
 /// The subscription: pushes events until its five minutes are up, the shard is read to its
@@ -272,12 +315,12 @@ async fn push(
     mut position: u64,
     lease: Lease,
     protocol: Protocol,
-    sender: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    sender: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let content_type = payload_type(protocol);
     let send = |message: Message| {
         let sender = sender.clone();
-        async move { sender.send(Ok(message.encode())).await.is_ok() }
+        async move { sender.send(Ok(Bytes::from(message.encode()))).await.is_ok() }
     };
     if !send(Message::event(
         "initial-response",
@@ -290,20 +333,29 @@ async fn push(
     }
     let deadline = tokio::time::Instant::now() + LIFETIME;
     let mut appends = stream.watch_appends();
+    let tail = services
+        .subscriptions
+        .shared
+        .join(stream.definition().id, shard, protocol);
     let mut last_event: Option<tokio::time::Instant> = None;
     loop {
-        appends.borrow_and_update();
-        let read = {
-            let stream = Arc::clone(&stream);
-            let services = Arc::clone(&services);
-            tokio::task::spawn_blocking(move || {
-                read_records(&services, &stream, shard, position, EVENT_LIMITS)
+        let seen = *appends.borrow_and_update();
+        let read = tail
+            .event(position, seen, || {
+                let stream = Arc::clone(&stream);
+                let services = Arc::clone(&services);
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        prepare(&services, &stream, shard, position, protocol)
+                    })
+                    .await
+                    .map_err(|e| ApiError::internal(format!("a read failed: {e}")))?
+                }
             })
-            .await
-        };
-        let read = match read {
-            Ok(Ok(read)) => read,
-            Ok(Err(error)) => {
+            .await;
+        let event = match read {
+            Ok(event) => event,
+            Err(error) => {
                 let payload = protocol.encode(&json!({ "message": error.message }));
                 send(Message::exception(
                     error.kind.type_name(),
@@ -313,33 +365,12 @@ async fn push(
                 .await;
                 return;
             }
-            Err(e) => {
-                log::error!("SubscribeToShard: a read failed: {e}");
-                return;
-            }
         };
-        position = read.next_seq;
-        let closed = stream
-            .shard(shard)
-            .and_then(|s| s.ending_seq())
-            .is_some_and(|end| position > end);
+        position = event.next_seq;
+        let closed = event.closed;
         let heartbeat_due = last_event.is_none_or(|at| at.elapsed() >= HEARTBEAT);
-        if !read.records.is_empty() || closed || heartbeat_due {
-            let mut event = json!({
-                "Records": read.records,
-                "ContinuationSequenceNumber": format_sequence_number(shard, position.saturating_sub(1)),
-                "MillisBehindLatest": read.millis_behind,
-            });
-            if closed {
-                event["ChildShards"] = Value::Array(child_shards(&stream, shard));
-            }
-            if !send(Message::event(
-                "SubscribeToShardEvent",
-                content_type,
-                protocol.encode(&event),
-            ))
-            .await
-            {
+        if event.records > 0 || closed || heartbeat_due {
+            if sender.send(Ok(event.frame.clone())).await.is_err() {
                 return;
             }
             last_event = Some(tokio::time::Instant::now());
@@ -347,7 +378,9 @@ async fn push(
         if closed || tokio::time::Instant::now() >= deadline {
             return;
         }
-        if read.full {
+        // More to read: a limit cut the event short, or it was read before an append this
+        // subscription has not sent yet.
+        if event.full || stream.shard(shard).is_some_and(|s| s.next_seq() > position) {
             continue;
         }
         let wake = last_event.map_or(deadline, |at| (at + HEARTBEAT).min(deadline));

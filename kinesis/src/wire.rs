@@ -13,7 +13,7 @@ use serde_json::{Map, Number, Value};
 use crate::error::ApiError;
 
 /// The body encodings Kinesis speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Json,
     Cbor,

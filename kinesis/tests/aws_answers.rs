@@ -9,8 +9,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use sluice_auth::Authorizer;
 use sluice_engine::{Engine, EngineOptions, ManualClock};
-use sluice_kinesis::sigv4::{Credentials, sign_json_post};
+use sluice_kinesis::sigv4::sign_json_post;
 use sluice_kinesis::{KinesisOptions, router};
 use tower::ServiceExt;
 
@@ -21,7 +22,7 @@ const JSON: &str = "application/x-amz-json-1.1";
 
 fn app(
     dir: &std::path::Path,
-    credentials: Credentials,
+    auth: Authorizer,
 ) -> Result<axum::Router, Box<dyn std::error::Error>> {
     let engine = Engine::open(
         EngineOptions::new(dir)
@@ -31,7 +32,7 @@ fn app(
     Ok(router(
         engine,
         KinesisOptions {
-            credentials,
+            auth,
             ..KinesisOptions::default()
         },
     ))
@@ -91,7 +92,7 @@ async fn call(
 #[tokio::test]
 async fn requests_that_are_not_calls_get_aws_s_answers() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let app = app(dir.path(), Credentials::default())?;
+    let app = app(dir.path(), Authorizer::open())?;
 
     // Any method but POST.
     let got = send(&app, Method::GET, &[], b"").await?;
@@ -294,7 +295,7 @@ async fn requests_that_are_not_calls_get_aws_s_answers() -> TestResult {
 #[tokio::test]
 async fn operations_without_output_answer_with_an_empty_body() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let app = app(dir.path(), Credentials::default())?;
+    let app = app(dir.path(), Authorizer::open())?;
     let got = call(&app, "CreateStream", r#"{"StreamName":"s","ShardCount":1}"#).await?;
     assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, ""));
     assert_eq!(got.headers["content-type"], JSON);
@@ -315,7 +316,7 @@ async fn a_signed_request_with_another_body_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
     let app = app(
         dir.path(),
-        Credentials::new([("AKID".to_string(), "secret".to_string())]),
+        Authorizer::open().with_password("AKID", "secret"),
     )?;
     let body = br#"{"StreamName":"signed","ShardCount":1}"#;
     let now = std::time::SystemTime::now()
@@ -352,7 +353,7 @@ async fn a_signed_request_with_another_body_is_refused() -> TestResult {
 #[tokio::test]
 async fn types_then_constraints_then_existence() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let app = app(dir.path(), Credentials::default())?;
+    let app = app(dir.path(), Authorizer::open())?;
     // A member of the wrong JSON type: SerializationException, its text in `Message`.
     let got = call(
         &app,
@@ -393,5 +394,257 @@ async fn types_then_constraints_then_existence() -> TestResult {
         got.body,
         r#"{"__type":"ResourceNotFoundException","message":"Stream missing under account 000000000000 not found."}"#
     );
+    Ok(())
+}
+
+/// The `message` of an error answer, and its `__type`.
+fn error_of(answer: &Answer) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let body: serde_json::Value = serde_json::from_str(&answer.body)?;
+    Ok((
+        body["__type"].as_str().unwrap_or_default().to_string(),
+        body["message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn every_action_checks_constraints_before_the_stream_exists() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let app = app(dir.path(), Authorizer::open())?;
+    let validation = |n: usize, parts: &[&str]| {
+        format!(
+            "{n} validation error{} detected: {}",
+            if n == 1 { "" } else { "s" },
+            parts.join("; ")
+        )
+    };
+    // Each request names a stream that does not exist and breaks constraints: the constraints
+    // are what is reported, every one of them.
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "DescribeStream",
+            r#"{"StreamName":"missing","Limit":0}"#.into(),
+            validation(1, &["Value '0' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"]),
+        ),
+        (
+            "DescribeStream",
+            r#"{"StreamName":"missing","ExclusiveStartShardId":"shard/0"}"#.into(),
+            validation(1, &["Value 'shard/0' at 'exclusiveStartShardId' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"]),
+        ),
+        (
+            "GetShardIterator",
+            r#"{"StreamName":"","ShardId":"s","ShardIteratorType":"OLDEST","StartingSequenceNumber":"007"}"#.into(),
+            validation(3, &[
+                "Value '' at 'streamName' failed to satisfy constraint: Member must have length greater than or equal to 1",
+                "Value 'OLDEST' at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]",
+                "Value '007' at 'startingSequenceNumber' failed to satisfy constraint: Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+            ]),
+        ),
+        (
+            "IncreaseStreamRetentionPeriod",
+            r#"{"StreamName":"missing","RetentionPeriodHours":9000}"#.into(),
+            validation(1, &["Value '9000' at 'retentionPeriodHours' failed to satisfy constraint: Member must have value less than or equal to 8760"]),
+        ),
+        (
+            "AddTagsToStream",
+            format!(r#"{{"StreamName":"missing","Tags":{{"{}":"v"}}}}"#, "k".repeat(129)),
+            validation(1, &[&format!("Value '{{{}=v}}' at 'tags' failed to satisfy constraint: Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]", "k".repeat(129))]),
+        ),
+        (
+            "AddTagsToStream",
+            r#"{"StreamName":"missing"}"#.into(),
+            validation(1, &["Value null at 'tags' failed to satisfy constraint: Member must not be null"]),
+        ),
+        (
+            "RemoveTagsFromStream",
+            r#"{"StreamName":"missing","TagKeys":[]}"#.into(),
+            validation(1, &["Value '[]' at 'tagKeys' failed to satisfy constraint: Member must have length greater than or equal to 1"]),
+        ),
+        (
+            "ListTagsForStream",
+            r#"{"StreamName":"missing","Limit":51}"#.into(),
+            validation(1, &["Value '51' at 'limit' failed to satisfy constraint: Member must have value less than or equal to 50"]),
+        ),
+        (
+            "SplitShard",
+            r#"{"StreamName":"bad name","ShardToSplit":"shardId-000000000000","NewStartingHashKey":"-1"}"#.into(),
+            validation(2, &[
+                "Value 'bad name' at 'streamName' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
+                "Value '-1' at 'newStartingHashKey' failed to satisfy constraint: Member must satisfy regular expression pattern: 0|([1-9]\\d{0,38})",
+            ]),
+        ),
+        (
+            "DescribeStreamSummary",
+            r#"{"StreamARN":"arn:aws:kinesis:us-east-1:123:stream/s"}"#.into(),
+            validation(1, &["Value 'arn:aws:kinesis:us-east-1:123:stream/s' at 'streamARN' failed to satisfy constraint: Member must satisfy regular expression pattern: arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+"]),
+        ),
+    ];
+    for (action, body, expected) in cases {
+        let got = call(&app, action, &body).await?;
+        assert_eq!(got.status, StatusCode::BAD_REQUEST, "{action} {body}");
+        assert_eq!(
+            error_of(&got)?,
+            ("ValidationException".to_string(), expected),
+            "{action} {body}"
+        );
+    }
+    // With the constraints met, the missing stream is what is reported.
+    for (action, body) in [
+        ("DescribeStream", r#"{"StreamName":"missing","Limit":5}"#),
+        (
+            "ListTagsForStream",
+            r#"{"StreamName":"missing","Limit":50}"#,
+        ),
+        (
+            "AddTagsToStream",
+            r#"{"StreamName":"missing","Tags":{"a":"b"}}"#,
+        ),
+        (
+            "DescribeStreamSummary",
+            r#"{"StreamARN":"arn:aws:kinesis:us-east-1:000000000000:stream/missing"}"#,
+        ),
+    ] {
+        let got = call(&app, action, body).await?;
+        assert_eq!(
+            error_of(&got)?,
+            (
+                "ResourceNotFoundException".to_string(),
+                "Stream missing under account 000000000000 not found.".to_string()
+            ),
+            "{action}"
+        );
+    }
+    // Two members that disagree are refused only once every constraint holds.
+    let got = call(
+        &app,
+        "DescribeStreamSummary",
+        r#"{"StreamName":"a","StreamARN":"arn:aws:kinesis:us-east-1:000000000000:stream/b"}"#,
+    )
+    .await?;
+    assert_eq!(error_of(&got)?.0, "InvalidArgumentException");
+    let got = call(
+        &app,
+        "DescribeStreamSummary",
+        r#"{"StreamName":"a!","StreamARN":"arn:aws:kinesis:us-east-1:000000000000:stream/b"}"#,
+    )
+    .await?;
+    assert_eq!(error_of(&got)?.0, "ValidationException");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tags_are_checked_for_characters_and_limited_to_fifty() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let app = app(dir.path(), Authorizer::open())?;
+    call(&app, "CreateStream", r#"{"StreamName":"t","ShardCount":1}"#).await?;
+    let got = call(
+        &app,
+        "AddTagsToStream",
+        r#"{"StreamName":"t","Tags":{"team":"data#1"}}"#,
+    )
+    .await?;
+    assert_eq!(
+        error_of(&got)?,
+        (
+            "InvalidArgumentException".to_string(),
+            "Some tags contain invalid characters. Valid characters: Unicode letters, digits, white space, _ . / = + - % @ :.".to_string()
+        )
+    );
+    let got = call(
+        &app,
+        "AddTagsToStream",
+        r#"{"StreamName":"t","Tags":{"größe":"Ünïcode ok","path":"a/b=c+d-e@f:g_h.i"}}"#,
+    )
+    .await?;
+    assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, ""));
+    // 48 more make 50; one more is refused, and nothing of that request is kept.
+    let tags: serde_json::Map<String, serde_json::Value> = (0..48)
+        .map(|i| (format!("k{i}"), serde_json::Value::from("v")))
+        .collect();
+    let body = serde_json::json!({"StreamName": "t", "Tags": tags}).to_string();
+    assert_eq!(
+        call(&app, "AddTagsToStream", &body).await?.status,
+        StatusCode::OK
+    );
+    let got = call(
+        &app,
+        "AddTagsToStream",
+        r#"{"StreamName":"t","Tags":{"one-too-many":"v"}}"#,
+    )
+    .await?;
+    assert_eq!(
+        error_of(&got)?,
+        (
+            "InvalidArgumentException".to_string(),
+            "Failed to add tags to stream t under account 000000000000 because a given stream cannot have more than 50 tags associated with it.".to_string()
+        )
+    );
+    let listed = call(
+        &app,
+        "ListTagsForStream",
+        r#"{"StreamName":"t","Limit":50}"#,
+    )
+    .await?;
+    let listed: serde_json::Value = serde_json::from_str(&listed.body)?;
+    assert_eq!(listed["Tags"].as_array().map(Vec::len), Some(50));
+    assert_eq!(listed["HasMoreTags"], false);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_servers_one_authorizer_closes_the_aws_apis_and_metrics_too() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Only a bearer token, as `sluice --token T serve` configures for Flight.
+    let app = app(dir.path(), Authorizer::open().with_token("t0ken"))?;
+    let got = call(&app, "ListStreams", "{}").await?;
+    assert_eq!(
+        error_of(&got)?,
+        (
+            "UnrecognizedClientException".to_string(),
+            "The security token included in the request is invalid.".to_string()
+        )
+    );
+    let metrics = |authorization: Option<&'static str>| {
+        let app = app.clone();
+        async move {
+            let mut request = Request::builder().method(Method::GET).uri("/metrics");
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            let response = app.oneshot(request.body(Body::empty())?).await?;
+            let status = response.status();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap_or_default().to_string());
+            Ok::<_, Box<dyn std::error::Error>>((status, challenge))
+        }
+    };
+    let (status, challenge) = metrics(None).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge.as_deref(),
+        Some(r#"Bearer realm="sluice", Basic realm="sluice""#)
+    );
+    assert_eq!(
+        metrics(Some("Bearer guess")).await?.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(metrics(Some("Bearer t0ken")).await?.0, StatusCode::OK);
+    // An AWS key is a user: it signs Kinesis requests and opens /metrics as Basic credentials.
+    let keyed_dir = tempfile::tempdir()?;
+    let keyed = self::app(
+        keyed_dir.path(),
+        Authorizer::open().with_password("AKID", "secret"),
+    )?;
+    let response = keyed
+        .oneshot(
+            Request::builder()
+                .method(Method::GET)
+                .uri("/metrics")
+                .header("authorization", "Basic QUtJRDpzZWNyZXQ=")
+                .body(Body::empty())?,
+        )
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
     Ok(())
 }

@@ -7,8 +7,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use sluice_auth::Authorizer;
 use sluice_engine::{Engine, EngineOptions, ManualClock};
-use sluice_kinesis::sigv4::Credentials;
 use sluice_kinesis::throttle::ShardLimits;
 use sluice_kinesis::wire::Protocol;
 use sluice_kinesis::{KinesisOptions, router};
@@ -146,7 +146,7 @@ async fn signatures_are_checked_when_keys_are_configured() -> TestResult {
     let app = router(
         engine(dir.path())?,
         KinesisOptions {
-            credentials: Credentials::new([("test".to_string(), "secret".to_string())]),
+            auth: Authorizer::open().with_password("test", "secret"),
             ..KinesisOptions::default()
         },
     );

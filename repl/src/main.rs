@@ -37,8 +37,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sluice_engine::{Durability, Engine, EngineOptions};
 use sluice_flight::client::ConnectOptions;
-use sluice_flight::{Auth, BoundServer, RemoteSession, ServerOptions};
-use sluice_kinesis::sigv4::Credentials;
+use sluice_flight::{Authorizer, BoundServer, RemoteSession, ServerOptions};
 use sluice_kinesis::throttle::ShardLimits;
 use sluice_kinesis::{JsonService, KinesisOptions, KinesisServer};
 use sluice_sql::SluiceSession;
@@ -101,11 +100,13 @@ struct Args {
     #[arg(long, value_name = "URL")]
     connect: Option<String>,
 
-    /// The bearer token: what `sluice serve` requires, or what `--connect` sends.
+    /// The bearer token: what `sluice serve` requires (on Flight and /metrics; with it the AWS
+    /// APIs accept only configured keys), or what `--connect` sends.
     #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
 
-    /// A user for Basic authentication (with --password).
+    /// A user for Basic authentication (with --password); `sluice serve` also takes it as an
+    /// AWS access key id whose secret is the password.
     #[arg(long, env = "SLUICE_USER", global = true)]
     user: Option<String>,
 
@@ -172,8 +173,9 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
-    /// Verify Kinesis API request signatures (SigV4) against this access key id (with
-    /// --aws-secret-access-key). Without it any SigV4-signed request is accepted.
+    /// An access key (with --aws-secret-access-key) the AWS APIs' SigV4 signatures are verified
+    /// against; also taken as Basic credentials on Flight and /metrics. With no credential flag
+    /// at all the server is open, and any SigV4-shaped request is accepted.
     #[arg(
         long,
         env = "SLUICE_AWS_ACCESS_KEY_ID",
@@ -244,6 +246,29 @@ fn basic(args: &Args) -> Result<Option<(String, String)>, String> {
         (None, None) => Ok(None),
         _ => Err("--user and --password go together".to_string()),
     }
+}
+
+/// The server's one authorizer, from every credential flag: Flight, the AWS APIs and
+/// `/metrics` all ask it, so credentials given for one surface close them all. An AWS access key
+/// is a user whose password is its secret key, and `--user`/`--password` sign AWS requests too.
+fn authorizer(args: &Args, serve: &ServeArgs) -> Result<Authorizer, String> {
+    let mut auth = Authorizer::open();
+    if let Some(token) = &args.token {
+        auth = auth.with_token(token);
+    }
+    if let Some((user, password)) = basic(args)? {
+        auth = auth.with_password(user, password);
+    }
+    if let (Some(key), Some(secret)) = (&serve.aws_access_key_id, &serve.aws_secret_access_key) {
+        auth = auth.with_password(key, secret);
+    }
+    if auth.is_open() && !serve.bind.is_loopback() {
+        eprintln!(
+            "Warning: serving on {} without credentials: anyone who can reach it can read and write every stream. Give --token, --user/--password or --aws-access-key-id/--aws-secret-access-key.",
+            serve.bind
+        );
+    }
+    Ok(auth)
 }
 
 async fn run(args: &Args) -> Result<(), String> {
@@ -325,14 +350,7 @@ async fn run_demo(args: &Args) -> Result<(), String> {
 }
 
 async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
-    let auth = match (args.token.clone(), basic(args)?) {
-        (Some(token), Some((user, password))) => {
-            Some(Auth::token(token).with_basic(user, password))
-        }
-        (Some(token), None) => Some(Auth::token(token)),
-        (None, Some((user, password))) => Some(Auth::basic(user, password)),
-        (None, None) => None,
-    };
+    let auth = authorizer(args, serve)?;
     let tls = match (&serve.tls_cert, &serve.tls_key) {
         (Some(cert), Some(key)) => {
             let read = |path: &PathBuf| {
@@ -346,7 +364,7 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
     let session = open_session(args).await?;
     let options = ServerOptions {
         addr: SocketAddr::new(serve.bind, serve.flight_port),
-        auth,
+        auth: auth.clone(),
         tls,
     };
     let server = BoundServer::bind(session.clone(), options)
@@ -364,12 +382,7 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
         services.push(Arc::new(analytics::AnalyticsApi(Arc::clone(apps))));
     }
     let kinesis_options = KinesisOptions {
-        credentials: Credentials::new(
-            serve
-                .aws_access_key_id
-                .clone()
-                .zip(serve.aws_secret_access_key.clone()),
-        ),
+        auth,
         shard_limits: serve.kinesis_shard_limits.then(ShardLimits::kinesis),
         services,
     };

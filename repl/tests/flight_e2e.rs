@@ -24,6 +24,7 @@ impl Server {
         // Kinesis API signatures are verified: boto3 and aws-cli sign with these.
         Self::start_with(
             data_dir,
+            &["--token", TOKEN],
             &[
                 "--aws-access-key-id",
                 "test",
@@ -33,23 +34,17 @@ impl Server {
         )
     }
 
-    /// A server started with `serve_args` after the ports.
+    /// A server started with `global` arguments (credentials) and `serve_args` after the ports.
     fn start_with(
         data_dir: &Path,
+        global: &[&str],
         serve_args: &[&str],
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--token",
-                TOKEN,
-                "serve",
-                "--flight-port",
-                "0",
-                "--kinesis-port",
-                "0",
-            ])
+            .args(global)
+            .args(["serve", "--flight-port", "0", "--kinesis-port", "0"])
             .args(serve_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -331,8 +326,9 @@ fn the_readme_aws_cli_lines_run_as_written() -> TestResult {
         .find(|block| block.contains("aws --endpoint-url"))
         .ok_or("the README has no aws-cli example")?;
     let dir = tempfile::tempdir()?;
-    // As the README's user runs it: signatures not checked, any credentials accepted.
-    let server = Server::start_with(dir.path(), &[])?;
+    // As the README's user runs it: no credentials configured, so signatures are not checked
+    // and any credentials are accepted.
+    let server = Server::start_with(dir.path(), &[], &[])?;
     let script = block.replace("http://127.0.0.1:4567", &server.kinesis);
     let python = common::python::python();
     let bin = python.parent().ok_or("no venv bin folder")?;

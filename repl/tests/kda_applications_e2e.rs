@@ -50,7 +50,7 @@ async fn kda_applications_run_from_aws_cli_and_boto3_and_survive_kill_9() -> Tes
     let (server, flight, kinesis) = serve(&data, s3_addr)?;
     // The delivery stream the application's Firehose output names, made in SQL.
     let setup = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--connect", &flight, "-c"])
+        .args(["--connect", &flight, "--user", "test", "--password", "test", "-c"])
         .arg(format!(
             "CREATE STREAM lake_in (TICKER_SYMBOL VARCHAR, COMPANY VARCHAR, PRICE DOUBLE, EVENT_TIME TIMESTAMP) WITH (format = 'csv');
              CREATE DELIVERY STREAM lake FROM lake_in WITH (destination = '{}', format = 'json', buffer_interval_seconds = 0)",

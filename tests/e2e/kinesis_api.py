@@ -7,6 +7,8 @@ import base64
 import json
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import boto3
 from botocore.config import Config
@@ -237,8 +239,25 @@ def raw_requests():
     check(body["__type"] == "MissingAuthenticationTokenException", body)
     status, body = post("Kinesis_20131202.PutRecord", b"x" * (11 * 1024 * 1024))
     check(status == 413, status)
-    # CloudWatch's stream metrics, as Prometheus text on the same port.
-    with urllib.request.urlopen(ENDPOINT + "/metrics") as response:
+    # CloudWatch's stream metrics, as Prometheus text on the same port, for whom the server's
+    # one authorizer admits: the server was started with a token and the key test/test, so
+    # neither an anonymous scrape nor a wrong password gets them, and both credentials do.
+    for authorization in (None, "Basic " + base64.b64encode(b"test:wrong").decode(), "Bearer wrong"):
+        request = urllib.request.Request(ENDPOINT + "/metrics")
+        if authorization:
+            request.add_header("Authorization", authorization)
+        try:
+            urllib.request.urlopen(request)
+            check(False, f"/metrics answered {authorization!r}")
+        except urllib.error.HTTPError as e:
+            check(e.code == 401 and "Bearer" in e.headers.get("WWW-Authenticate", ""), (e.code, dict(e.headers)))
+    bearer = urllib.request.Request(ENDPOINT + "/metrics", headers={"Authorization": "Bearer e2e-token"})
+    with urllib.request.urlopen(bearer) as response:
+        check(response.status == 200, response.status)
+    basic = urllib.request.Request(
+        ENDPOINT + "/metrics", headers={"Authorization": "Basic " + base64.b64encode(b"test:test").decode()}
+    )
+    with urllib.request.urlopen(basic) as response:
         metrics = response.read().decode()
     incoming = sum(
         int(line.rsplit(" ", 1)[1])

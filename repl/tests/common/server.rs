@@ -108,8 +108,18 @@ pub fn run_script(
 
 /// Runs `sql` with `sluice --connect flight -c`; its output, or its error output.
 pub fn sql(binary: &Path, flight: &str, sql: &str) -> Result<String, String> {
+    // The server's one authorizer takes its AWS key as Basic credentials on Flight too.
     let out = Command::new(binary)
-        .args(["--connect", flight, "-c", sql])
+        .args([
+            "--connect",
+            flight,
+            "--user",
+            "test",
+            "--password",
+            "test",
+            "-c",
+            sql,
+        ])
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
