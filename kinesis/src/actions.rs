@@ -171,12 +171,7 @@ fn page_size(
 ) -> Result<i64, ApiError> {
     let size = int_field(request, name)?.unwrap_or(default);
     let mut v = Validation::default();
-    v.check(
-        (1..=10_000).contains(&size),
-        &size.to_string(),
-        at,
-        "Member must have value less than or equal to 10000",
-    );
+    check_range(&mut v, size, at, 1, 10_000);
     v.finish()?;
     Ok(size)
 }
@@ -1010,27 +1005,16 @@ fn get_shard_iterator(engine: &Engine, request: &Map<String, Value>) -> Result<V
 fn get_records(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
     let engine = &services.engine;
     let metrics = &services.metrics;
-    let Some(token) = str_field(request, "ShardIterator")? else {
-        let mut v = Validation::default();
-        v.missing("shardIterator");
-        v.finish()?;
-        return Ok(json!({}));
-    };
+    let token = str_field(request, "ShardIterator")?;
     let limit = int_field(request, "Limit")?.unwrap_or(MAX_GET_RECORDS as i64);
     let mut v = Validation::default();
-    v.check(
-        (1..=MAX_GET_RECORDS as i64).contains(&limit),
-        &limit.to_string(),
-        "limit",
-        "Member must have value less than or equal to 10000",
-    );
-    v.check(
-        (1..=512).contains(&token.len()),
-        token,
-        "shardIterator",
-        "Member must have length less than or equal to 512",
-    );
+    match token {
+        None => v.missing("shardIterator"),
+        Some(token) => check_length(&mut v, token, "shardIterator", 1, 512),
+    }
+    check_range(&mut v, limit, "limit", 1, MAX_GET_RECORDS as i64);
     v.finish()?;
+    let token = token.unwrap_or_default();
     let iterator = IteratorToken::decode(token)?;
     let now = engine.clock().now_millis();
     if now - iterator.issued_ms > ITERATOR_TTL_MS {

@@ -440,6 +440,14 @@ async fn every_action_checks_constraints_before_the_stream_exists() -> TestResul
             ]),
         ),
         (
+            "GetRecords",
+            r#"{"Limit":0}"#.into(),
+            validation(2, &[
+                "Value null at 'shardIterator' failed to satisfy constraint: Member must not be null",
+                "Value '0' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1",
+            ]),
+        ),
+        (
             "IncreaseStreamRetentionPeriod",
             r#"{"StreamName":"missing","RetentionPeriodHours":9000}"#.into(),
             validation(1, &["Value '9000' at 'retentionPeriodHours' failed to satisfy constraint: Member must have value less than or equal to 8760"]),

@@ -3,7 +3,8 @@ described (CREATING, then ACTIVE), listed and deregistered; SubscribeToShard fro
 receiving the records put before and after it subscribed, pushed as they arrive; one
 subscription per consumer and shard; AFTER_SEQUENCE_NUMBER with the ContinuationSequenceNumber
 resuming without duplicates; LATEST; a split while subscribed ending the subscription with the
-children in ChildShards; a deregistered consumer no longer found.
+children in ChildShards; a deregistered consumer no longer found. Then an ON_DEMAND stream
+growing from 4 shards as boto3 writes to it, losing nothing.
 
 Usage: fanout.py KINESIS_ENDPOINT
 """
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 
-from aws_clients import check, client, refused, wait_for
+from aws_clients import check, client, refused, shard_records, wait_for
 
 ENDPOINT = sys.argv[1]
 kinesis = client("kinesis", ENDPOINT)
@@ -173,4 +174,29 @@ refused(
     "ResourceNotFoundException",
     consumer_arn,
 )
+# --- On-demand capacity ------------------------------------------------------------------------
+# An ON_DEMAND stream starts with 4 shards and grows as its writes need: at 1,000 records/s per
+# shard, kept at twice the peak. PutRecords of 500 records as fast as one boto3 client goes is
+# well over the 2,000 records/s 4 shards are kept for, so it scales up (at most doubling).
+kinesis.create_stream(StreamName="grows", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+summary = kinesis.describe_stream_summary(StreamName="grows")["StreamDescriptionSummary"]
+check(summary["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"} and summary["OpenShardCount"] == 4, summary)
+put = 0
+deadline = time.time() + 60
+while kinesis.describe_stream_summary(StreamName="grows")["StreamDescriptionSummary"]["OpenShardCount"] == 4:
+    check(time.time() < deadline, f"4 shards after {put} records in 60 s")
+    out = kinesis.put_records(
+        StreamName="grows",
+        Records=[{"PartitionKey": f"k{put + i}", "Data": b"x" * 100} for i in range(500)],
+    )
+    check(out["FailedRecordCount"] == 0, out)
+    put += 500
+open_shards = kinesis.describe_stream_summary(StreamName="grows")["StreamDescriptionSummary"]["OpenShardCount"]
+check(4 < open_shards <= 8, open_shards)
+shards = kinesis.list_shards(StreamName="grows")["Shards"]
+closed = [s["ShardId"] for s in shards if "EndingSequenceNumber" in s["SequenceNumberRange"]]
+children = [s for s in shards if s.get("ParentShardId")]
+check(closed and len(children) >= 2 and all(c["ParentShardId"] in closed for c in children), shards)
+# Nothing put before or during the growth is lost: every record is read back.
+check(len(shard_records(kinesis, "grows")) == put, put)
 print("fanout: ok")
