@@ -132,7 +132,7 @@ pub(crate) fn register(
     let (Some(stream), Some(name)) = (stream, name) else {
         return Err(stream_not_found(request));
     };
-    let _guard = services.consumers_lock.lock();
+    let _guard = services.stream_files_lock.lock();
     let mut all = consumers(&stream)?;
     if all.iter().any(|c| c.name == name) {
         return Err(ApiError::new(
@@ -275,7 +275,7 @@ pub(crate) fn deregister(
 ) -> Result<Value, ApiError> {
     let (stream, consumer) = find(&services.engine, request)?;
     {
-        let _guard = services.consumers_lock.lock();
+        let _guard = services.stream_files_lock.lock();
         let all = consumers(&stream)?
             .into_iter()
             .filter(|c| c.arn != consumer.arn)

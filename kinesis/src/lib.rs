@@ -114,8 +114,8 @@ pub(crate) struct Services {
     auth: Authorizer,
     write_slots: tokio::sync::Semaphore,
     services: Vec<Arc<dyn JsonService>>,
-    /// Held while a stream's consumers are changed (read, changed, written).
-    pub(crate) consumers_lock: parking_lot::Mutex<()>,
+    /// Held while a stream's consumers file or settings file is read, changed and written.
+    pub(crate) stream_files_lock: parking_lot::Mutex<()>,
     pub(crate) subscriptions: subscribe::Subscriptions,
     pub(crate) on_demand: settings::OnDemand,
 }
@@ -135,7 +135,7 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
             auth: options.auth,
             write_slots: tokio::sync::Semaphore::new(WRITE_SLOTS),
             services: options.services,
-            consumers_lock: parking_lot::Mutex::new(()),
+            stream_files_lock: parking_lot::Mutex::new(()),
             subscriptions: subscribe::Subscriptions::default(),
             on_demand: settings::OnDemand::default(),
         }),

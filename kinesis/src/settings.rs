@@ -99,7 +99,7 @@ fn update<T>(
     stream: &Stream,
     change: impl FnOnce(&mut StreamSettings) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let _guard = services.consumers_lock.lock();
+    let _guard = services.stream_files_lock.lock();
     let mut settings = load(stream)?;
     let out = change(&mut settings)?;
     sluice_engine::write_json_durably(
