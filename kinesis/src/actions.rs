@@ -1083,7 +1083,9 @@ fn get_records(services: &Services, request: &Map<String, Value>) -> Result<Valu
     services
         .throttle
         .charge_read(&iterator.stream, iterator.shard, read.bytes);
-    let (records, next_seq, behind) = (read.records, read.next_seq, read.millis_behind);
+    let (next_seq, behind) = (read.next_seq, read.millis_behind);
+    let records = serde_json::to_value(&read.records)
+        .map_err(|e| ApiError::internal(format!("records could not be encoded: {e}")))?;
     // Read to the end of a closed shard: no next iterator; the children say where to go on.
     if shard.ending_seq().is_some_and(|end| next_seq > end) {
         return Ok(json!({
@@ -1113,9 +1115,44 @@ pub(crate) struct ReadLimits {
     pub bytes: usize,
 }
 
+/// A record as GetRecords and SubscribeToShard return it. Serialized as JSON 1.1 carries it
+/// (its data in base64, its arrival in epoch seconds) straight from here, without a
+/// `serde_json::Value` per record.
+#[derive(Debug)]
+pub(crate) struct OutRecord {
+    pub sequence_number: String,
+    pub arrival_ms: i64,
+    pub data: Vec<u8>,
+    pub partition_key: String,
+}
+
+impl serde::Serialize for OutRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("SequenceNumber", &self.sequence_number)?;
+        map.serialize_entry(
+            "ApproximateArrivalTimestamp",
+            &(self.arrival_ms as f64 / 1000.0),
+        )?;
+        map.serialize_entry("Data", &Base64(&self.data))?;
+        map.serialize_entry("PartitionKey", &self.partition_key)?;
+        map.end()
+    }
+}
+
+/// Bytes serialized as a base64 string, written as they are encoded.
+struct Base64<'a>(&'a [u8]);
+
+impl serde::Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&base64::display::Base64Display::new(self.0, &STANDARD))
+    }
+}
+
 /// Records read from a shard, as GetRecords and SubscribeToShard return them.
 pub(crate) struct Read {
-    pub records: Vec<Value>,
+    pub records: Vec<OutRecord>,
     /// The counter of the next record to read.
     pub next_seq: u64,
     pub millis_behind: i64,
@@ -1191,12 +1228,12 @@ pub(crate) fn read_records(
                 bytes += blob.len();
                 let arrival = time.value(row);
                 last_arrival = Some(arrival);
-                records.push(json!({
-                    "SequenceNumber": seq.value(row),
-                    "ApproximateArrivalTimestamp": arrival as f64 / 1000.0,
-                    "Data": STANDARD.encode(blob),
-                    "PartitionKey": key.value(row),
-                }));
+                records.push(OutRecord {
+                    sequence_number: seq.value(row).to_string(),
+                    arrival_ms: arrival,
+                    data: blob.to_vec(),
+                    partition_key: key.value(row).to_string(),
+                });
             }
         }
     }

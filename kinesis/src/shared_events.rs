@@ -4,10 +4,13 @@
 //! others wait for it and send the same bytes. Five consumers then cost one read and one
 //! encoding per append, not five.
 //!
-//! An event is reused only by a subscription that has seen no later append than the one it was
-//! read after (the stream's append count, taken before reading), so a subscription never takes
-//! an event older than what it was woken for. Places behind the newest one asked for are
-//! forgotten, and a shard's events go when its last subscription ends.
+//! Under load the consumers drift a little apart in time: one is woken by an append another has
+//! not seen yet. An event read before a subscription's latest append is still taken if it has
+//! records (the subscription then comes straight back for what it lacks, the shard being
+//! ahead of it); an empty one is read again. So consumers at one place share its read however
+//! their wake-ups interleave, and none waits on an event older than what it was woken for.
+//! Places behind the newest one asked for are forgotten, and a shard's events go when its last
+//! subscription ends.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -91,9 +94,9 @@ pub(crate) struct SharedTail {
 }
 
 impl SharedTail {
-    /// The event read from `from` after the stream's `appends`-th append: one another
-    /// subscription has read (or is reading) for that place and no older append, or else one
-    /// `read` makes now.
+    /// The event read from `from` for a subscription woken by the stream's `appends`-th append:
+    /// the one another subscription has read (or is reading) for that place when it is recent
+    /// enough or carries records, or else one `read` makes now.
     pub(crate) async fn event<F, Fut>(
         &self,
         from: u64,
@@ -101,31 +104,46 @@ impl SharedTail {
         read: F,
     ) -> Result<Arc<PreparedEvent>, ApiError>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<PreparedEvent, ApiError>>,
     {
-        let cell = {
-            let mut shards = self.events.shards.lock();
-            let shard = shards.entry(self.key).or_default();
-            let found = shard
-                .slots
-                .iter()
-                .find(|(at, seen, _)| *at == from && *seen >= appends)
-                .map(|(_, _, cell)| Arc::clone(cell));
-            match found {
-                Some(cell) => cell,
-                None => {
-                    let cell: Cell = Arc::new(OnceCell::new());
-                    // Places behind this one are no subscription's tail any more.
-                    shard.slots.retain(|(at, _, _)| *at > from);
-                    shard.slots.push((from, appends, Arc::clone(&cell)));
-                    cell
-                }
+        loop {
+            let (cell, fresh) = self.cell(from, appends);
+            let event = cell
+                .get_or_try_init(|| async { read().await.map(Arc::new) })
+                .await
+                .cloned()?;
+            // An older event with records still moves the subscription on (it comes back at
+            // once for what it lacks); an older empty one would only send it round again.
+            if fresh || event.records > 0 || event.closed {
+                return Ok(event);
             }
-        };
-        cell.get_or_try_init(|| async { read().await.map(Arc::new) })
-            .await
-            .cloned()
+            self.forget(from, &cell);
+        }
+    }
+
+    /// The cell for events from `from`, and whether it was read after the `appends`-th append.
+    fn cell(&self, from: u64, appends: u64) -> (Cell, bool) {
+        let mut shards = self.events.shards.lock();
+        let shard = shards.entry(self.key).or_default();
+        if let Some((_, seen, cell)) = shard.slots.iter().find(|(at, _, _)| *at == from) {
+            return (Arc::clone(cell), *seen >= appends);
+        }
+        let cell: Cell = Arc::new(OnceCell::new());
+        // Places behind this one are no subscription's tail any more.
+        shard.slots.retain(|(at, _, _)| *at > from);
+        shard.slots.push((from, appends, Arc::clone(&cell)));
+        (cell, true)
+    }
+
+    /// Drops `cell` from the slot for `from`, so the next ask reads anew.
+    fn forget(&self, from: u64, cell: &Cell) {
+        let mut shards = self.events.shards.lock();
+        if let Some(shard) = shards.get_mut(&self.key) {
+            shard
+                .slots
+                .retain(|(at, _, c)| !(*at == from && Arc::ptr_eq(c, cell)));
+        }
     }
 }
 
@@ -165,9 +183,12 @@ mod tests {
         for tail in &tails {
             let reads = Arc::clone(&reads);
             let got = tail
-                .event(10, 3, || async move {
-                    reads.fetch_add(1, Ordering::SeqCst);
-                    Ok(event(12))
+                .event(10, 3, move || {
+                    let reads = Arc::clone(&reads);
+                    async move {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        Ok(event(12))
+                    }
                 })
                 .await?;
             frames.push(got.frame.clone());
@@ -180,19 +201,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_event_read_before_a_later_append_is_read_again() -> Result<(), ApiError> {
+    async fn an_older_event_is_shared_if_it_has_records_and_read_again_if_empty()
+    -> Result<(), ApiError> {
         let shared = Arc::new(SharedEvents::default());
         let (a, b) = (
             shared.join(1, 0, Protocol::Json),
             shared.join(1, 0, Protocol::Json),
         );
         let first = a.event(0, 1, || async { Ok(event(5)) }).await?;
-        // `b` was woken by append 2: the event read after append 1 may lack its records.
+        // `b` was woken by append 2: the event read after append 1 has records, so it is
+        // shared; `b` comes back for the rest from 5.
         let second = b.event(0, 2, || async { Ok(event(9)) }).await?;
-        assert_eq!((first.next_seq, second.next_seq), (5, 9));
-        // And `a`, still at append 1, takes the newer one.
-        let again = a.event(0, 1, || async { Ok(event(0)) }).await?;
-        assert_eq!(again.next_seq, 9);
+        assert_eq!((first.next_seq, second.next_seq), (5, 5));
+        // An empty event read after append 2 is not what a subscription woken by append 3
+        // sends: it reads anew.
+        let empty = || async {
+            Ok(PreparedEvent {
+                records: 0,
+                ..event(5)
+            })
+        };
+        let nothing = a.event(5, 2, empty).await?;
+        assert_eq!(nothing.records, 0);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = {
+            let reads = Arc::clone(&reads);
+            move || {
+                let reads = Arc::clone(&reads);
+                async move {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    Ok(event(7))
+                }
+            }
+        };
+        let fresh = b.event(5, 3, counted).await?;
+        assert_eq!((fresh.next_seq, reads.load(Ordering::SeqCst)), (7, 1));
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use sluice_engine::sequence::{format_sequence_number, parse_sequence_number};
 use sluice_engine::{ShardIterator, StartPosition};
 
 use crate::Services;
-use crate::actions::{ReadLimits, read_records, shard_index, str_field};
+use crate::actions::{OutRecord, ReadLimits, read_records, shard_index, str_field};
 use crate::consumers;
 use crate::error::{ACCOUNT, ApiError, ErrorKind, Validation};
 use crate::eventstream::Message;
@@ -267,6 +267,19 @@ fn payload_type(protocol: Protocol) -> &'static str {
     }
 }
 
+/// A `SubscribeToShardEvent`'s payload.
+#[derive(serde::Serialize)]
+struct Event<'a> {
+    #[serde(rename = "Records")]
+    records: &'a [OutRecord],
+    #[serde(rename = "ContinuationSequenceNumber")]
+    continuation: String,
+    #[serde(rename = "MillisBehindLatest")]
+    millis_behind: i64,
+    #[serde(rename = "ChildShards", skip_serializing_if = "Option::is_none")]
+    child_shards: Option<Vec<Value>>,
+}
+
 /// Reads shard `shard` from `position` and encodes the `SubscribeToShardEvent` every
 /// subscription there sends: its records, where to go on from, how far behind the tail it is,
 /// and at the end of a closed shard its children.
@@ -283,20 +296,20 @@ fn prepare(
         .and_then(|s| s.ending_seq())
         .is_some_and(|end| read.next_seq > end);
     let records = read.records.len();
-    let mut event = json!({
-        "Records": read.records,
-        "ContinuationSequenceNumber": format_sequence_number(shard, read.next_seq.saturating_sub(1)),
-        "MillisBehindLatest": read.millis_behind,
-    });
-    if closed {
-        event["ChildShards"] = Value::Array(child_shards(stream, shard));
+    let event = Event {
+        records: &read.records,
+        continuation: format_sequence_number(shard, read.next_seq.saturating_sub(1)),
+        millis_behind: read.millis_behind,
+        child_shards: closed.then(|| child_shards(stream, shard)),
+    };
+    // JSON is written straight from the records; CBOR goes through a JSON value, whose blobs
+    // and times the wire encoding converts.
+    let payload = match protocol {
+        Protocol::Json => serde_json::to_vec(&event),
+        Protocol::Cbor => serde_json::to_value(&event).map(|value| protocol.encode(&value)),
     }
-    let frame = Message::event(
-        "SubscribeToShardEvent",
-        payload_type(protocol),
-        protocol.encode(&event),
-    )
-    .encode();
+    .map_err(|e| ApiError::internal(format!("an event could not be encoded: {e}")))?;
+    let frame = Message::event("SubscribeToShardEvent", payload_type(protocol), payload).encode();
     Ok(PreparedEvent {
         frame: Bytes::from(frame),
         records,
