@@ -723,7 +723,7 @@ fn put_record(services: &Arc<Services>, request: &Map<String, Value>) -> Result<
     )?;
     v.finish()?;
     let stream = find_stream(&services.engine, &name)?;
-    let mut record = RecordRef::new(&key, &data);
+    let mut record = RecordRef::new(key, &data);
     record.explicit_hash_key = hash_key_of(request.get("ExplicitHashKey"), "explicitHashKey")?;
     if services.throttle.is_on() {
         let shard = shard_for(&open_ranges(&stream), &record);
