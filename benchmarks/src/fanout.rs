@@ -9,8 +9,11 @@
 //!    the same records measured the same way. Target (issue 22): fan-out under 50 ms.
 //! 2. **Producers with five consumers**: PutRecords throughput (8 clients, 500-record batches)
 //!    with no subscriber, then with five consumers each subscribed to every shard and counting
-//!    what it is pushed (checked: every consumer receives every record). Target: producers not
-//!    slowed.
+//!    what it is pushed (checked: every consumer receives every record); then beside five
+//!    consumers subscribed from TRIM_HORIZON that read nothing (their buffers fill; producers
+//!    must not wait on them). Target: producers not slowed. The server's CPU time per million
+//!    records and the benchmark clients' own CPU time are printed, since on one 2-core machine
+//!    the consumers' decoding competes with the producers for the same cores.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,6 +126,18 @@ async fn measure(client: &Arc<Client>, seconds: u64, server_pid: u32) -> Result<
         s.abort();
     }
     let got = received.load(Ordering::Relaxed);
+    // Consumers that stop reading: their subscriptions stay open, their buffers fill, and the
+    // producers must not wait for them.
+    let mut stalled = Vec::new();
+    for c in 0..CONSUMERS {
+        let consumer = register(client, wide_arn, &format!("stalled{c}")).await?;
+        for shard in 0..SHARDS {
+            stalled.push(open_subscription(client, &consumer, shard, "TRIM_HORIZON").await?);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let beside_stalled = produce(client, "wide", seconds).await?;
+    drop(stalled);
     println!(
         "  PutRecords, no consumer          {:>10.0} records/s",
         alone.0
@@ -131,7 +146,15 @@ async fn measure(client: &Arc<Client>, seconds: u64, server_pid: u32) -> Result<
         "  PutRecords, {CONSUMERS} consumers          {:>10.0} records/s ({got} of {expected} records pushed to the consumers)",
         with.0
     );
-    println!("  ratio with/without consumers: {:.2}", with.0 / alone.0);
+    println!(
+        "  PutRecords, {CONSUMERS} stalled consumers  {:>10.0} records/s (subscribed from TRIM_HORIZON, reading nothing)",
+        beside_stalled.0
+    );
+    println!(
+        "  ratio with/without consumers: {:.2} reading, {:.2} stalled",
+        with.0 / alone.0,
+        beside_stalled.0 / alone.0
+    );
     // Where the two cores went: the server's CPU per million records put, alone and with the
     // consumers (its share of pushing to them), and what the benchmark's own clients took.
     println!(
@@ -186,21 +209,19 @@ struct EventRecord<'a> {
     data: &'a str,
 }
 
-/// Subscribes `consumer` to `shard` and hands each event's records to `on_records` until it
-/// returns false or the subscription ends.
-async fn subscribe(
+/// Opens a subscription of `consumer` to `shard` and returns its response unread.
+async fn open_subscription(
     client: &Client,
     consumer: &str,
     shard: usize,
     position: &str,
-    mut on_records: impl FnMut(&[EventRecord<'_>]) -> bool,
-) -> Result<(), BoxError> {
+) -> Result<reqwest::Response, BoxError> {
     let body = json!({
         "ConsumerARN": consumer,
         "ShardId": format!("shardId-{shard:012}"),
         "StartingPosition": {"Type": position},
     });
-    let mut response = client
+    let response = client
         .http
         .post(&client.endpoint)
         .header("x-amz-target", "Kinesis_20131202.SubscribeToShard")
@@ -216,6 +237,19 @@ async fn subscribe(
     if !response.status().is_success() {
         return Err(format!("SubscribeToShard: HTTP {}", response.status()).into());
     }
+    Ok(response)
+}
+
+/// Subscribes `consumer` to `shard` and hands each event's records to `on_records` until it
+/// returns false or the subscription ends.
+async fn subscribe(
+    client: &Client,
+    consumer: &str,
+    shard: usize,
+    position: &str,
+    mut on_records: impl FnMut(&[EventRecord<'_>]) -> bool,
+) -> Result<(), BoxError> {
+    let mut response = open_subscription(client, consumer, shard, position).await?;
     let mut buffer: Vec<u8> = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         buffer.extend_from_slice(&chunk);
