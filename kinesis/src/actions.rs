@@ -95,7 +95,7 @@ fn run(
     let engine = &services.engine;
     match action {
         "CreateStream" => create_stream(services, request),
-        "DeleteStream" => delete_stream(engine, request),
+        "DeleteStream" => delete_stream(services, request),
         "DescribeStream" => describe_stream(engine, request),
         "DescribeStreamSummary" => describe_stream_summary(engine, request),
         "ListStreams" => list_streams(engine, request),
@@ -417,11 +417,32 @@ fn create_stream(services: &Services, request: &Map<String, Value>) -> Result<Va
     Ok(json!({}))
 }
 
-fn delete_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {
-    let name = stream_name(request)?;
-    if engine.try_stream(&name).is_none() {
-        return Err(ApiError::not_found(&name));
+/// Deletes a stream: refused while it has registered consumers unless
+/// `EnforceConsumerDeletion` is true, as on AWS; its consumers, subscriptions and on-demand
+/// meter go with it.
+fn delete_stream(services: &Services, request: &Map<String, Value>) -> Result<Value, ApiError> {
+    let engine = &services.engine;
+    let stream = stream(engine, request)?;
+    let name = stream.name().to_string();
+    let enforce = matches!(
+        request.get("EnforceConsumerDeletion"),
+        Some(Value::Bool(true))
+    );
+    let registered = consumers::consumers(&stream)?;
+    if !registered.is_empty() && !enforce {
+        return Err(ApiError::new(
+            ErrorKind::ResourceInUse,
+            format!(
+                "Stream {name} under account {ACCOUNT} has {} registered consumer(s); deregister them or set EnforceConsumerDeletion to true.",
+                registered.len()
+            ),
+        ));
     }
+    for consumer in &registered {
+        services.subscriptions.end_consumer(&consumer.arn);
+    }
+    services.on_demand.forget(&stream);
+    drop(stream);
     engine.drop_stream(&name, false).map_err(|e| match e {
         sluice_engine::Error::InvalidArgument(message) => {
             ApiError::new(ErrorKind::ResourceInUse, message)

@@ -453,8 +453,8 @@ struct Meter {
 }
 
 impl OnDemand {
-    /// Forgets what is known of `stream` (its mode changed).
-    fn forget(&self, stream: &Stream) {
+    /// Forgets what is known of `stream` (its mode changed, or it is deleted).
+    pub(crate) fn forget(&self, stream: &Stream) {
         self.meters.lock().remove(&stream.definition().id);
     }
 

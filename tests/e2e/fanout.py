@@ -167,6 +167,9 @@ refused(
     "SequenceNumber is required",
 )
 
+# A stream with a registered consumer is deleted only when asked to take its consumers too.
+refused(lambda: kinesis.delete_stream(StreamName="fan"), "ResourceInUseException", "registered consumer")
+
 # Deregistered: gone.
 kinesis.deregister_stream_consumer(ConsumerARN=consumer_arn)
 refused(
@@ -199,4 +202,13 @@ children = [s for s in shards if s.get("ParentShardId")]
 check(closed and len(children) >= 2 and all(c["ParentShardId"] in closed for c in children), shards)
 # Nothing put before or during the growth is lost: every record is read back.
 check(len(shard_records(kinesis, "grows")) == put, put)
+grows_arn = summary["StreamARN"]
+kinesis.register_stream_consumer(StreamARN=grows_arn, ConsumerName="reader")
+kinesis.delete_stream(StreamName="grows", EnforceConsumerDeletion=True)
+refused(lambda: kinesis.describe_stream_summary(StreamName="grows"), "ResourceNotFoundException", "grows")
+refused(
+    lambda: kinesis.describe_stream_consumer(StreamARN=grows_arn, ConsumerName="reader"),
+    "ResourceNotFoundException",
+    "grows",
+)
 print("fanout: ok")
