@@ -4,7 +4,8 @@
 //! last (`Records`), where to go on from (`ContinuationSequenceNumber`, for
 //! `AFTER_SEQUENCE_NUMBER`), `MillisBehindLatest`, and at the end of a closed shard its
 //! `ChildShards`. Records are pushed as they are appended (the stream's append watch wakes the
-//! subscription), with an empty event at least every [`HEARTBEAT`]. A subscription lasts five
+//! subscription; on a busy shard, appends less than [`EVENT_GAP`] apart share an event), with
+//! an empty event at least every [`HEARTBEAT`]. A subscription lasts five
 //! minutes, as on AWS; a consumer has at most one per shard (`ResourceInUseException`), and
 //! deregistering the consumer ends its subscriptions.
 
@@ -35,6 +36,10 @@ use crate::wire::Protocol;
 pub const LIFETIME: Duration = Duration::from_secs(5 * 60);
 /// The longest a subscriber waits for an event when nothing is appended.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The least time between two events of a subscription at the tail of a busy shard: records
+/// appended meanwhile go out together in the next event. A subscription catching up sends its
+/// events back to back.
+pub const EVENT_GAP: Duration = Duration::from_millis(5);
 /// The most records and data in one event.
 const EVENT_LIMITS: ReadLimits = ReadLimits {
     records: 10_000,
@@ -351,7 +356,20 @@ async fn push(
         .shared
         .join(stream.definition().id, shard, protocol);
     let mut last_event: Option<tokio::time::Instant> = None;
+    let mut catching_up = true;
     loop {
+        // At the tail, records appended within EVENT_GAP of the last event wait for the next
+        // one, so a busy shard sends fuller events rather than one per append.
+        if let (false, Some(at)) = (catching_up, last_event) {
+            let due = at + EVENT_GAP;
+            if tokio::time::Instant::now() < due {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = lease.end.notified() => return,
+                    () = sender.closed() => return,
+                }
+            }
+        }
         let seen = *appends.borrow_and_update();
         let read = tail
             .event(position, seen, || {
@@ -380,6 +398,7 @@ async fn push(
             }
         };
         position = event.next_seq;
+        catching_up = event.full;
         let closed = event.closed;
         let heartbeat_due = last_event.is_none_or(|at| at.elapsed() >= HEARTBEAT);
         if event.records > 0 || closed || heartbeat_due {
