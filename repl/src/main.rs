@@ -16,8 +16,6 @@
 //! ```
 
 mod agent;
-mod analytics;
-mod firehose;
 mod print;
 mod repl;
 mod status;
@@ -29,17 +27,15 @@ mod status;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use sluice_engine::{Durability, Engine, EngineOptions};
 use sluice_flight::client::ConnectOptions;
-use sluice_flight::{Authorizer, BoundServer, RemoteSession, ServerOptions};
-use sluice_kinesis::throttle::ShardLimits;
-use sluice_kinesis::{JsonService, KinesisOptions, KinesisServer};
+use sluice_flight::{Authorizer, RemoteSession};
+use sluice_server::{Server, ServerConfig};
 use sluice_sql::SluiceSession;
 
 use crate::print::OutputFormat;
@@ -360,102 +356,39 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
         }
         _ => None,
     };
-    let secure = tls.is_some();
     let session = open_session(args).await?;
-    let options = ServerOptions {
-        addr: SocketAddr::new(serve.bind, serve.flight_port),
-        auth: auth.clone(),
+    let config = ServerConfig {
+        bind: serve.bind,
+        flight_port: serve.flight_port,
+        kinesis_port: serve.kinesis_port,
+        auth,
         tls,
+        kinesis_shard_limits: serve.kinesis_shard_limits,
     };
-    let server = BoundServer::bind(session.clone(), options)
+    let server = Server::bind(session, config)
         .await
         .map_err(|e| e.to_string())?;
-    let addr = server.local_addr().map_err(|e| e.to_string())?;
-    let kinesis_addr = SocketAddr::new(serve.bind, serve.kinesis_port);
-    let firehose_api =
-        Arc::new(sluice_sql::firehose::Firehose::open(session.clone()).map_err(|e| e.to_string())?);
-    let mut services: Vec<Arc<dyn JsonService>> = vec![
-        Arc::new(firehose::FirehoseApi(Arc::clone(&firehose_api))),
-        Arc::new(firehose::GlueApi(firehose_api)),
-    ];
-    if let Some(apps) = session.applications() {
-        services.push(Arc::new(analytics::AnalyticsApi(Arc::clone(apps))));
-    }
-    let kinesis_options = KinesisOptions {
-        auth,
-        shard_limits: serve.kinesis_shard_limits.then(ShardLimits::kinesis),
-        services,
-    };
-    let kinesis = KinesisServer::bind(session.engine().clone(), kinesis_addr, kinesis_options)
-        .await
-        .map_err(|e| format!("cannot listen on {kinesis_addr}: {e}"))?;
-    let kinesis_addr = kinesis.local_addr().map_err(|e| e.to_string())?;
-    let scheme = if secure { "grpc+tls" } else { "grpc" };
     // Scripts and tests read this line to learn the ports; written without panicking if
     // whoever started us stopped reading.
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "Sluice {} serving Arrow Flight SQL on {scheme}://{addr} and the Kinesis API on http://{kinesis_addr} (data folder {})",
+        "Sluice {} serving Arrow Flight SQL on {}://{} and the Kinesis API on http://{} (data folder {})",
         env!("CARGO_PKG_VERSION"),
+        server.flight_scheme(),
+        server.flight_addr(),
+        server.kinesis_addr(),
         args.data_dir.display()
     );
     let _ = stdout.flush();
     drop(stdout);
-    // One signal stops both servers.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    let kinesis_task = tokio::spawn(kinesis.serve(wait(stopped.clone())));
-    let result = server.serve(wait(stopped)).await.map_err(|e| e.to_string());
-    match kinesis_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("Error: the Kinesis API failed: {e}"),
-        Err(e) => eprintln!("Error: the Kinesis API failed: {e}"),
-    }
-    // Pumps stop and delivery streams settle, then every shard's tail is sealed, so the next
-    // start has no write-ahead log to replay.
-    session.shutdown().await;
-    let engine = session.engine().clone();
-    drop(session);
-    let flushed = tokio::task::spawn_blocking(move || engine.flush())
+    let result = server
+        .serve(sluice_server::shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    if let Err(e) = flushed {
-        let _ = writeln!(std::io::stderr(), "Error: flushing at shutdown: {e}");
-    }
+        .map_err(|e| e.to_string());
     let _ = writeln!(std::io::stderr(), "Sluice stopped.");
     result
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn run_scripts(shell: &mut Shell, args: &Args) -> Result<(), String> {
