@@ -23,6 +23,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::kinesis::{BATCH, Client, start_sluice};
+use crate::measure::process_cpu_secs;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,9 +89,9 @@ async fn measure(client: &Arc<Client>, seconds: u64, server_pid: u32) -> Result<
     println!(
         "Producers with {CONSUMERS} fan-out consumers: {PRODUCERS} clients x PutRecords of {BATCH} ~100-byte records for {seconds} s into {SHARDS} shards"
     );
-    let cpu_before = cpu_seconds(server_pid);
+    let cpu_before = process_cpu_secs(server_pid);
     let alone = produce(client, "wide", seconds).await?;
-    let cpu_alone = cpu_seconds(server_pid) - cpu_before;
+    let cpu_alone = process_cpu_secs(server_pid) - cpu_before;
     let wide_arn = "arn:aws:kinesis:us-east-1:000000000000:stream/wide";
     let received = Arc::new(AtomicU64::new(0));
     let mut subscriptions = Vec::new();
@@ -110,11 +111,14 @@ async fn measure(client: &Arc<Client>, seconds: u64, server_pid: u32) -> Result<
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_before = (cpu_seconds(server_pid), cpu_seconds(std::process::id()));
+    let cpu_before = (
+        process_cpu_secs(server_pid),
+        process_cpu_secs(std::process::id()),
+    );
     let with = produce(client, "wide", seconds).await?;
     let cpu_with = (
-        cpu_seconds(server_pid) - cpu_before.0,
-        cpu_seconds(std::process::id()) - cpu_before.1,
+        process_cpu_secs(server_pid) - cpu_before.0,
+        process_cpu_secs(std::process::id()) - cpu_before.1,
     );
     // Every consumer gets every record put while it was subscribed.
     let expected = with.1 * CONSUMERS as u64;
@@ -222,15 +226,7 @@ async fn open_subscription(
         "StartingPosition": {"Type": position},
     });
     let response = client
-        .http
-        .post(&client.endpoint)
-        .header("x-amz-target", "Kinesis_20131202.SubscribeToShard")
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-date", "20260101T000000Z")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=0000",
-        )
+        .request("Kinesis_20131202.SubscribeToShard")
         .body(body.to_string())
         .send()
         .await?;
@@ -381,27 +377,6 @@ async fn latency_polling(client: &Arc<Client>, seconds: u64) -> Result<Vec<f64>,
     }
     producer.await??;
     Ok(latencies)
-}
-
-/// CPU time (user + system) process `pid` has used, in seconds; 0 where /proc cannot say.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
-    // 13th, in clock ticks of 1/100 s.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {

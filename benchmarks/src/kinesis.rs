@@ -165,15 +165,10 @@ impl Client {
             .await
     }
 
-    /// Calls `target` (`Service_Version.Action`) with `body`.
-    pub(crate) async fn call_target(
-        &self,
-        target: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> Result<Value, BoxError> {
-        let action = target;
-        let response = self
-            .http
+    /// A JSON 1.1 POST of `target` (`Service_Version.Action`), with placeholder SigV4 material
+    /// (the servers measured do not check signatures).
+    pub(crate) fn request(&self, target: &str) -> reqwest::RequestBuilder {
+        self.http
             .post(&self.endpoint)
             .header("x-amz-target", target)
             .header("content-type", "application/x-amz-json-1.1")
@@ -182,9 +177,16 @@ impl Client {
                 "authorization",
                 "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=0000",
             )
-            .body(body)
-            .send()
-            .await?;
+    }
+
+    /// Calls `target` (`Service_Version.Action`) with `body`.
+    pub(crate) async fn call_target(
+        &self,
+        target: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Value, BoxError> {
+        let action = target;
+        let response = self.request(target).body(body).send().await?;
         let status = response.status();
         let bytes = response.bytes().await?;
         if !status.is_success() {

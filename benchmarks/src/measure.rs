@@ -27,6 +27,12 @@ pub fn thread_cpu_secs() -> f64 {
     stat_cpu_secs("/proc/thread-self/stat")
 }
 
+/// User + system CPU seconds process `pid` has used so far (another process: a server the
+/// benchmark started).
+pub fn process_cpu_secs(pid: u32) -> f64 {
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
 fn stat_cpu_secs(path: &str) -> f64 {
     // Fields 14 and 15 of a stat file, in clock ticks (100 per second on Linux).
     let Ok(stat) = fs::read_to_string(path) else {

@@ -258,18 +258,7 @@ pub(crate) fn find_stream(engine: &Engine, name: &str) -> Result<Arc<Stream>, Ap
 }
 
 fn check_stream_name(v: &mut Validation, name: &str, at: &str) {
-    v.check(
-        !name.is_empty(),
-        name,
-        at,
-        "Member must have length greater than or equal to 1",
-    );
-    v.check(
-        name.len() <= 128,
-        name,
-        at,
-        "Member must have length less than or equal to 128",
-    );
+    check_length(v, name, at, 1, 128);
     v.check(
         name.is_empty()
             || name

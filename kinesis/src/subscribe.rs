@@ -24,7 +24,10 @@ use sluice_engine::sequence::{format_sequence_number, parse_sequence_number};
 use sluice_engine::{ShardIterator, StartPosition};
 
 use crate::Services;
-use crate::actions::{OutRecord, ReadLimits, read_records, shard_index, str_field};
+use crate::actions::{
+    OutRecord, ReadLimits, check_sequence_number, check_shard_id, read_records, shard_index,
+    str_field,
+};
 use crate::consumers;
 use crate::error::{ACCOUNT, ApiError, ErrorKind, Validation};
 use crate::eventstream::Message;
@@ -136,21 +139,7 @@ pub(crate) fn subscribe(
     let shard_text = str_field(request, "ShardId")?;
     match shard_text {
         None => v.missing("shardId"),
-        Some(id) => {
-            v.check(
-                (1..=128).contains(&id.len()),
-                id,
-                "shardId",
-                "Member must have length less than or equal to 128",
-            );
-            v.check(
-                id.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
-                id,
-                "shardId",
-                "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
-            );
-        }
+        Some(id) => check_shard_id(&mut v, id, "shardId"),
     }
     let position = match request.get("StartingPosition") {
         None | Some(Value::Null) => {
@@ -169,12 +158,7 @@ pub(crate) fn subscribe(
                 ),
             }
             if let Some(sequence) = str_field(position, "SequenceNumber")? {
-                v.check(
-                    sequence.bytes().all(|b| b.is_ascii_digit()) && !sequence.is_empty(),
-                    sequence,
-                    "startingPosition.sequenceNumber",
-                    "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
-                );
+                check_sequence_number(&mut v, sequence, "startingPosition.sequenceNumber");
             }
             Some(position)
         }
