@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+pub mod etcd;
 pub mod memory;
 
 use std::future::Future;

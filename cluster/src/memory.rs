@@ -237,8 +237,13 @@ impl Coordinator for MemoryCoordinator {
         if !state.fence_holds(fence) {
             return ready(Ok(false));
         }
-        let lease = state.keys.get(key).and_then(|kv| kv.lease);
-        state.put(key, value, lease);
+        // As etcd: a put without a lease detaches the key from any lease it had.
+        if let Some(lease) = state.keys.get(key).and_then(|kv| kv.lease) {
+            if let Some(lease) = state.leases.get_mut(&lease) {
+                lease.keys.remove(key);
+            }
+        }
+        state.put(key, value, None);
         ready(Ok(true))
     }
 
