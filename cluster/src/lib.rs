@@ -30,8 +30,17 @@
 //! # }
 //! ```
 
+pub mod controller;
 pub mod etcd;
+pub mod keys;
 pub mod memory;
+pub mod mirror;
+pub mod node;
+pub mod session;
+
+pub use keys::{NodeInfo, ShardKey, StreamShards};
+pub use node::{ClusterNode, NodeConfig, Ownership, ShardHost};
+pub use session::SessionTimes;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -114,8 +123,13 @@ pub trait Coordinator: Send + Sync {
     fn list(&self, prefix: &str) -> CoordinatorFuture<'_, Vec<KeyValue>>;
     /// Puts `key` only while `fence.key` still exists at `fence.epoch`; whether it was put.
     fn put_fenced(&self, fence: &Fence, key: &str, value: Vec<u8>) -> CoordinatorFuture<'_, bool>;
+    /// Deletes `key` only while `fence.key` still exists at `fence.epoch`; whether it was
+    /// there to delete.
+    fn delete_fenced(&self, fence: &Fence, key: &str) -> CoordinatorFuture<'_, bool>;
     /// Deletes `fence.key` if it is still held at `fence.epoch` (a graceful release).
-    fn release(&self, fence: &Fence) -> CoordinatorFuture<'_, bool>;
+    fn release(&self, fence: &Fence) -> CoordinatorFuture<'_, bool> {
+        self.delete_fenced(fence, &fence.key)
+    }
     /// The changes under `prefix` from now on.
     fn watch(
         &self,

@@ -238,21 +238,21 @@ impl Coordinator for MemoryCoordinator {
             return ready(Ok(false));
         }
         // As etcd: a put without a lease detaches the key from any lease it had.
-        if let Some(lease) = state.keys.get(key).and_then(|kv| kv.lease) {
-            if let Some(lease) = state.leases.get_mut(&lease) {
-                lease.keys.remove(key);
-            }
+        if let Some(lease) = state.keys.get(key).and_then(|kv| kv.lease)
+            && let Some(lease) = state.leases.get_mut(&lease)
+        {
+            lease.keys.remove(key);
         }
         state.put(key, value, None);
         ready(Ok(true))
     }
 
-    fn release(&self, fence: &Fence) -> CoordinatorFuture<'_, bool> {
+    fn delete_fenced(&self, fence: &Fence, key: &str) -> CoordinatorFuture<'_, bool> {
         let mut state = self.state();
-        if !state.fence_holds(fence) {
+        if !state.fence_holds(fence) || !state.keys.contains_key(key) {
             return ready(Ok(false));
         }
-        state.delete(&fence.key);
+        state.delete(key);
         ready(Ok(true))
     }
 

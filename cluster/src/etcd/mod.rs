@@ -417,16 +417,23 @@ impl Coordinator for EtcdCoordinator {
         Box::pin(async move { Ok(self.txn(txn).await?.succeeded) })
     }
 
-    fn release(&self, fence: &Fence) -> CoordinatorFuture<'_, bool> {
+    fn delete_fenced(&self, fence: &Fence, key: &str) -> CoordinatorFuture<'_, bool> {
         let txn = TxnRequest {
             compare: vec![create_revision_is(&fence.key, fence.epoch)],
             success: vec![op(Request::DeleteRange(DeleteRangeRequest {
-                key: fence.key.as_bytes().to_vec(),
+                key: key.as_bytes().to_vec(),
                 range_end: Vec::new(),
             }))],
             failure: Vec::new(),
         };
-        Box::pin(async move { Ok(self.txn(txn).await?.succeeded) })
+        Box::pin(async move {
+            let answer = self.txn(txn).await?;
+            let deleted = answer
+                .responses
+                .iter()
+                .any(|r| matches!(&r.response, Some(Response::DeleteRange(d)) if d.deleted > 0));
+            Ok(answer.succeeded && deleted)
+        })
     }
 
     fn watch(&self, prefix: &str) -> CoordinatorFuture<'_, UnboundedReceiver<WatchEvent>> {
@@ -473,7 +480,7 @@ mod tests {
 
     #[test]
     fn addresses_name_what_is_wrong() {
-        let err = EtcdCoordinator::from_url("http://127.0.0.1:2379").unwrap_err();
+        let err = EtcdCoordinator::from_url("http://127.0.0.1:2379").expect_err("not etcd://");
         assert!(err.to_string().contains("etcd://host:port"), "{err}");
     }
 }

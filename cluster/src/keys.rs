@@ -1,0 +1,85 @@
+//! Where the cluster's state lives in etcd: every key under `/sluice/v1/`.
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `nodes/{node}` | [`NodeInfo`] JSON, under the node's lease | the node |
+//! | `controller` | the controller's node id, under its lease | the elected node |
+//! | `streams/{stream}` | [`StreamShards`] JSON | whoever creates or reshards the stream |
+//! | `assign/{stream}/{shard}` | the node id the shard should live on | the controller, fenced |
+//! | `owner/{stream}/{shard}` | the owning node id, under its lease; its create revision is the owner's epoch | the owner |
+//! | `manifest/{stream}/{shard}` | what the shard's owners have committed, fenced by the owner key | the owner |
+
+use serde::{Deserialize, Serialize};
+
+pub const ROOT: &str = "/sluice/v1/";
+pub const NODES: &str = "/sluice/v1/nodes/";
+pub const CONTROLLER: &str = "/sluice/v1/controller";
+pub const STREAMS: &str = "/sluice/v1/streams/";
+pub const ASSIGN: &str = "/sluice/v1/assign/";
+pub const OWNER: &str = "/sluice/v1/owner/";
+pub const MANIFEST: &str = "/sluice/v1/manifest/";
+
+/// One shard of one stream: the unit that is assigned, owned and moved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardKey {
+    pub stream: String,
+    pub shard: u32,
+}
+
+impl ShardKey {
+    pub fn new(stream: impl Into<String>, shard: u32) -> Self {
+        Self {
+            stream: stream.into(),
+            shard,
+        }
+    }
+
+    /// `{prefix}{stream}/{shard}`; the shard is zero-padded so keys sort in shard order.
+    pub fn key(&self, prefix: &str) -> String {
+        format!("{prefix}{}/{:06}", self.stream, self.shard)
+    }
+
+    /// The shard a key under `prefix` names, if it names one.
+    pub fn parse(prefix: &str, key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(prefix)?;
+        let (stream, shard) = rest.rsplit_once('/')?;
+        Some(Self::new(stream, shard.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for ShardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/shardId-{:012}", self.stream, self.shard)
+    }
+}
+
+/// What a node tells the others about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeInfo {
+    /// Where its Kinesis-compatible HTTP API answers (`host:port`).
+    pub kinesis: String,
+    /// Where its Flight endpoint answers (`host:port`).
+    pub flight: String,
+}
+
+/// The shards of a stream that are to be owned: its open shards (closed ones take no writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StreamShards {
+    pub shards: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_keys_round_trip_and_sort_by_shard() {
+        let key = ShardKey::new("orders/eu", 7);
+        let text = key.key(OWNER);
+        assert_eq!(text, "/sluice/v1/owner/orders/eu/000007");
+        assert_eq!(ShardKey::parse(OWNER, &text), Some(key));
+        assert!(ShardKey::new("s", 9).key(ASSIGN) < ShardKey::new("s", 10).key(ASSIGN));
+        assert_eq!(ShardKey::parse(OWNER, "/sluice/v1/owner/orders"), None);
+        assert_eq!(ShardKey::parse(ASSIGN, "/sluice/v1/owner/s/000001"), None);
+    }
+}
