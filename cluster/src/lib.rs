@@ -37,6 +37,7 @@ pub mod memory;
 pub mod mirror;
 pub mod node;
 pub mod session;
+pub mod shard_log;
 
 pub use keys::{NodeInfo, ShardKey, StreamShards};
 pub use node::{ClusterNode, NodeConfig, Ownership, ShardHost};

@@ -1,0 +1,399 @@
+//! A shard's log in object storage: what `durability = 'shared'` acknowledges against.
+//!
+//! The owner of a shard numbers records, groups those that arrive together (one group commit
+//! every [`LogOptions::commit_every`], or sooner when [`LogOptions::max_bytes`] are waiting),
+//! writes each group as one [`chunk`] object created with `PutMode::Create` (never
+//! overwritten), and acknowledges the group once the object exists and its session is still
+//! live. Groups are written one at a time, in order, so an acknowledged record's chunk and
+//! every chunk before it are in storage: any node can rebuild the shard from them.
+//!
+//! **Epochs and the manifest.** The manifest (etcd, `manifest/{stream}/{shard}`) lists where
+//! each owner's epoch began: `[{epoch, first_seq}, …]`. A new owner, once it has claimed the
+//! shard, reads the manifest, lists the chunks, and follows them from the start: a chunk
+//! counts only if it was written by the epoch that owned its first sequence number, and only
+//! while the chain stays contiguous. Where the chain ends is where its own epoch begins: it
+//! appends `{its epoch, next_seq}` to the manifest with a put fenced by its owner key, and only
+//! then writes. A zombie — an old owner still writing after it lost the shard — can still
+//! create chunk objects, but under its old epoch at sequence numbers the manifest gives to the
+//! new one, so nobody ever reads them; and it never acknowledges them, since its session
+//! stopped being live before its lease could expire ([`crate::session`]).
+//!
+//! Sequence numbers keep increasing across owners: each continues from where the chain ends.
+//!
+//! Not yet done here: merging small chunks into segments, deleting chunks past retention, and
+//! keeping the manifest's list of epochs short.
+
+pub mod chunk;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use chunk::LogRecord;
+
+use crate::keys::{self, ShardKey};
+use crate::{Coordinator, CoordinatorError, Fence, Revision};
+
+/// Why the shard log refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("this node no longer owns {0}; send the request again (it goes to the new owner)")]
+    NotOwner(String),
+    #[error("object storage: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// Where one owner's epoch began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStart {
+    pub epoch: Revision,
+    pub first_seq: u64,
+}
+
+/// The shard's manifest, kept in etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub epochs: Vec<EpochStart>,
+}
+
+impl Manifest {
+    /// The epoch whose chunks hold `seq`.
+    fn owner_of(&self, seq: u64) -> Option<Revision> {
+        self.epochs
+            .iter()
+            .rev()
+            .find(|start| start.first_seq <= seq)
+            .map(|start| start.epoch)
+    }
+}
+
+/// How the log groups and writes.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// The longest a record waits for others to share its chunk.
+    pub commit_every: Duration,
+    /// A chunk is written as soon as this many bytes of data wait.
+    pub max_bytes: usize,
+}
+
+impl Default for LogOptions {
+    /// 50 ms or 4 MiB, whichever comes first.
+    fn default() -> Self {
+        Self {
+            commit_every: Duration::from_millis(50),
+            max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The shared durable tier: an object store and the prefix under which shards' logs live.
+#[derive(Debug, Clone)]
+pub struct SharedStorage {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+}
+
+/// What a new owner found: the records from where it asked, and the next sequence number.
+#[derive(Debug)]
+pub struct Recovered {
+    pub records: Vec<LogRecord>,
+    pub next_seq: u64,
+}
+
+/// Whether the owner may still acknowledge (its session is live and the shard still its own).
+pub type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A record to log.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub partition_key: String,
+    pub data: Vec<u8>,
+    pub arrival_ms: i64,
+}
+
+/// Where one logged record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged {
+    pub seq: u64,
+    pub arrival_ms: i64,
+}
+
+/// A caller waiting for its records' sequence numbers.
+type Reply = oneshot::Sender<Result<Vec<Logged>>>;
+
+struct Pending {
+    records: Vec<NewRecord>,
+    reply: Reply,
+}
+
+/// The owner's handle on a shard's log; dropping it stops its writer.
+pub struct ShardLog {
+    shard: ShardKey,
+    queue: mpsc::Sender<Pending>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ShardLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ShardLog {
+    /// Opens `shard` for its new owner (holding `fence`): rebuilds the chain of chunks,
+    /// returns the records from `from_seq` on, and commits where this epoch begins.
+    pub async fn open(
+        coordinator: &dyn Coordinator,
+        storage: &SharedStorage,
+        shard: &ShardKey,
+        fence: &Fence,
+        from_seq: u64,
+        options: LogOptions,
+        live: Liveness,
+    ) -> Result<(Self, Recovered)> {
+        let store = storage.store.clone();
+        let manifest_key = shard.key(keys::MANIFEST);
+        let mut manifest: Manifest = match coordinator.get(&manifest_key).await? {
+            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| {
+                LogError::Corrupt(format!("the manifest of {shard} cannot be read: {e}"))
+            })?,
+            None => Manifest::default(),
+        };
+        let folder = chunk::shard_folder(&storage.prefix, shard);
+        let recovered = recover(store.as_ref(), &folder, &manifest, from_seq).await?;
+        if manifest.epochs.last().map(|e| e.epoch) != Some(fence.epoch) {
+            manifest.epochs.push(EpochStart {
+                epoch: fence.epoch,
+                first_seq: recovered.next_seq,
+            });
+            let value = serde_json::to_vec(&manifest).unwrap_or_default();
+            if !coordinator.put_fenced(fence, &manifest_key, value).await? {
+                return Err(LogError::NotOwner(shard.to_string()));
+            }
+        }
+        let (queue, pending) = mpsc::channel(1024);
+        let writer = Writer {
+            store,
+            folder,
+            shard: shard.clone(),
+            epoch: fence.epoch,
+            next_seq: recovered.next_seq,
+            last_arrival_ms: recovered.records.last().map_or(i64::MIN, |r| r.arrival_ms),
+            options,
+            live,
+        };
+        let task = tokio::spawn(writer.run(pending));
+        Ok((
+            Self {
+                shard: shard.clone(),
+                queue,
+                task,
+            },
+            recovered,
+        ))
+    }
+
+    /// Logs `records` in order; their sequence numbers once they are durable in object storage.
+    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Logged>> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || LogError::NotOwner(self.shard.to_string());
+        self.queue
+            .send(Pending { records, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Follows the chain of chunks valid by `manifest`; the records from `from_seq` on.
+async fn recover(
+    store: &dyn ObjectStore,
+    folder: &Path,
+    manifest: &Manifest,
+    from_seq: u64,
+) -> Result<Recovered> {
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(folder))
+        .try_collect()
+        .await
+        .map_err(|e| LogError::Storage(format!("cannot list {folder}: {e}")))?;
+    let mut chunks: Vec<(u64, Revision, Path)> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let (first, epoch) = chunk::parse_chunk_name(meta.location.filename()?)?;
+            Some((first, epoch, meta.location))
+        })
+        .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
+        .collect();
+    chunks.sort_by_key(|(first, _, _)| *first);
+    let mut next = manifest.epochs.first().map_or(0, |e| e.first_seq);
+    let mut records = Vec::new();
+    for (i, (first, _, path)) in chunks.iter().enumerate() {
+        if *first != next {
+            // A chunk after a gap was never acknowledged (chunks are written in order).
+            log::warn!("{path}: expected a chunk from {next}; the chain ends there");
+            break;
+        }
+        let successor = chunks.get(i + 1).map(|(f, _, _)| *f);
+        if successor.is_some_and(|s| s <= from_seq) {
+            // Wholly before what the caller asked for: its length is its successor's start.
+            next = successor.unwrap_or(next);
+            continue;
+        }
+        let bytes = store
+            .get(path)
+            .await
+            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?
+            .bytes()
+            .await
+            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?;
+        let chunk = chunk::decode(bytes).map_err(|e| LogError::Corrupt(format!("{path}: {e}")))?;
+        if chunk
+            .iter()
+            .enumerate()
+            .any(|(at, r)| r.seq != first + at as u64)
+        {
+            return Err(LogError::Corrupt(format!(
+                "{path}: sequence numbers do not follow from {first}"
+            )));
+        }
+        next = first + chunk.len() as u64;
+        records.extend(chunk.into_iter().filter(|r| r.seq >= from_seq));
+    }
+    Ok(Recovered {
+        records,
+        next_seq: next,
+    })
+}
+
+struct Writer {
+    store: Arc<dyn ObjectStore>,
+    folder: Path,
+    shard: ShardKey,
+    epoch: Revision,
+    next_seq: u64,
+    last_arrival_ms: i64,
+    options: LogOptions,
+    live: Liveness,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
+        while let Some(first) = queue.recv().await {
+            let mut group = vec![first];
+            let mut bytes: usize = group[0].records.iter().map(|r| r.data.len()).sum();
+            let deadline = Instant::now() + self.options.commit_every;
+            while bytes < self.options.max_bytes {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(more)) => {
+                        bytes += more.records.iter().map(|r| r.data.len()).sum::<usize>();
+                        group.push(more);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if let Err(err) = self.commit(group).await {
+                // Whether the chunk landed is unknown: nothing more is written in this epoch.
+                // The owner gives the shard up and whoever opens it next reads what is there.
+                log::error!("{}: {err}; the log stops taking writes", self.shard);
+                queue.close();
+                while let Some(pending) = queue.recv().await {
+                    let _ = pending.reply.send(Err(err.clone()));
+                }
+                return;
+            }
+        }
+    }
+
+    async fn commit(&mut self, group: Vec<Pending>) -> Result<()> {
+        let first_seq = self.next_seq;
+        let mut records = Vec::new();
+        let mut answers = Vec::with_capacity(group.len());
+        for pending in group {
+            let mut logged = Vec::with_capacity(pending.records.len());
+            for record in pending.records {
+                // Arrival times never go backwards within a shard.
+                self.last_arrival_ms = self.last_arrival_ms.max(record.arrival_ms);
+                let seq = first_seq + records.len() as u64;
+                logged.push(Logged {
+                    seq,
+                    arrival_ms: self.last_arrival_ms,
+                });
+                records.push(LogRecord {
+                    seq,
+                    arrival_ms: self.last_arrival_ms,
+                    partition_key: record.partition_key,
+                    data: record.data,
+                });
+            }
+            answers.push((pending.reply, logged));
+        }
+        if records.is_empty() {
+            for (reply, logged) in answers {
+                let _ = reply.send(Ok(logged));
+            }
+            return Ok(());
+        }
+        let not_owner = || LogError::NotOwner(self.shard.to_string());
+        let refuse = |answers: Vec<(Reply, Vec<Logged>)>, err: &LogError| {
+            for (reply, _) in answers {
+                let _ = reply.send(Err(err.clone()));
+            }
+        };
+        if !(self.live)() {
+            let err = not_owner();
+            refuse(answers, &err);
+            return Err(err);
+        }
+        let body = match chunk::encode(&records) {
+            Ok(body) => body,
+            Err(e) => {
+                let err = LogError::Storage(format!("cannot encode a chunk: {e}"));
+                refuse(answers, &err);
+                return Err(err);
+            }
+        };
+        let path = chunk::chunk_path(&self.folder, first_seq, self.epoch);
+        let put = self
+            .store
+            .put_opts(
+                &path,
+                PutPayload::from(body),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                },
+            )
+            .await;
+        if let Err(e) = put {
+            let err = LogError::Storage(format!("cannot write {path}: {e}"));
+            refuse(answers, &err);
+            return Err(err);
+        }
+        // Acknowledged only while the session is certainly alive: past its deadline another
+        // node may already own the shard and not have seen this chunk.
+        if !(self.live)() {
+            let err = not_owner();
+            refuse(answers, &err);
+            return Err(err);
+        }
+        self.next_seq = first_seq + records.len() as u64;
+        for (reply, logged) in answers {
+            let _ = reply.send(Ok(logged));
+        }
+        Ok(())
+    }
+}

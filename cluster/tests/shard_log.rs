@@ -1,0 +1,311 @@
+//! The shared durable tier: a shard's log in object storage, handed from owner to owner.
+//!
+//! Each test plays owners one after another (claiming the owner key, opening the log, writing),
+//! including a zombie that keeps writing after it lost the shard, and checks what the next
+//! owner rebuilds: every acknowledged record, once, in order, with sequence numbers that go on
+//! increasing. One test runs on a real S3 server (s3s-fs on 127.0.0.1) so `PutMode::Create`
+//! is the S3 conditional put, not the in-memory store's.
+
+#[path = "../../tests/support/s3_server.rs"]
+mod s3_server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sluice_cluster::memory::MemoryCoordinator;
+use sluice_cluster::shard_log::{
+    LogError, LogOptions, Manifest, NewRecord, ShardLog, SharedStorage, chunk,
+};
+use sluice_cluster::{Claim, Coordinator, Fence, ShardKey, keys};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn record(i: usize) -> NewRecord {
+    NewRecord {
+        partition_key: format!("key-{i}"),
+        data: format!("{{\"n\":{i}}}").into_bytes(),
+        // A year ago: the log keeps whatever arrival time its writer gives.
+        arrival_ms: 1_733_500_000_000 + i as i64,
+    }
+}
+
+/// Claims the shard for a new owner (its own lease) and returns the fence and the lease.
+async fn claim(
+    etcd: &MemoryCoordinator,
+    shard: &ShardKey,
+    node: &str,
+) -> Result<(Fence, sluice_cluster::LeaseId), Box<dyn std::error::Error>> {
+    let lease = etcd.grant(Duration::from_secs(10)).await?;
+    let key = shard.key(keys::OWNER);
+    match etcd
+        .create(&key, node.as_bytes().to_vec(), Some(lease))
+        .await?
+    {
+        Claim::Won(epoch) => Ok((Fence { key, epoch }, lease)),
+        Claim::Held(kv) => Err(format!("held by {kv:?}").into()),
+    }
+}
+
+fn always() -> sluice_cluster::shard_log::Liveness {
+    Arc::new(|| true)
+}
+
+async fn chunks(store: &dyn ObjectStore) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let listed: Vec<_> = store.list(None).try_collect().await?;
+    let mut names: Vec<String> = listed.into_iter().map(|m| m.location.to_string()).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Owner after owner, with a zombie between them: `storage` is in memory or on S3.
+async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
+    let etcd = MemoryCoordinator::new();
+    let shard = ShardKey::new("orders", 2);
+    let options = LogOptions::default();
+
+    // n1 owns the shard first and logs 100 records from 10 concurrent writers.
+    let (fence1, lease1) = claim(&etcd, &shard, "n1").await?;
+    let n1_live = Arc::new(AtomicBool::new(true));
+    let live = n1_live.clone();
+    let (log1, recovered) = ShardLog::open(
+        &etcd,
+        &storage,
+        &shard,
+        &fence1,
+        0,
+        options,
+        Arc::new(move || live.load(Ordering::SeqCst)),
+    )
+    .await?;
+    assert_eq!((recovered.records.len(), recovered.next_seq), (0, 0));
+    let log1 = Arc::new(log1);
+    let mut writers = Vec::new();
+    for w in 0..10 {
+        let log = log1.clone();
+        writers.push(tokio::spawn(async move {
+            log.append((0..10).map(|i| record(w * 10 + i)).collect())
+                .await
+        }));
+    }
+    let mut seqs = Vec::new();
+    for writer in writers {
+        let logged = writer.await??;
+        // One call's records are numbered together and in order.
+        assert!(logged.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        seqs.extend(logged.iter().map(|l| l.seq));
+    }
+    seqs.sort();
+    assert_eq!(seqs, (0..100).collect::<Vec<u64>>());
+    let written = chunks(storage.store.as_ref()).await?;
+    assert!(
+        written.len() < 10,
+        "concurrent appends share chunks (group commit): {written:?}"
+    );
+
+    // n1 is cut off: past its session's deadline it refuses to acknowledge, saying why.
+    n1_live.store(false, Ordering::SeqCst);
+    let refused = log1.append(vec![record(100)]).await;
+    assert!(
+        matches!(&refused, Err(LogError::NotOwner(s)) if s.contains("orders/shardId-000000000002")),
+        "{refused:?}"
+    );
+    // Its lease expires; n2 claims at a higher epoch and rebuilds all 100 records.
+    etcd.revoke(lease1).await?;
+    let (fence2, _) = claim(&etcd, &shard, "n2").await?;
+    assert!(fence2.epoch > fence1.epoch);
+    let (log2, recovered) =
+        ShardLog::open(&etcd, &storage, &shard, &fence2, 0, options, always()).await?;
+    assert_eq!(recovered.next_seq, 100);
+    let data: Vec<Vec<u8>> = recovered.records.iter().map(|r| r.data.clone()).collect();
+    assert_eq!(data.len(), 100);
+    assert!(
+        recovered
+            .records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == i as u64)
+    );
+    assert_eq!(recovered.records[0].arrival_ms, 1_733_500_000_000);
+
+    // A zombie: n1's upload that was in flight lands now, under its old epoch, at the
+    // sequence numbers n2 continues from. n2 writes on.
+    let zombie = chunk::encode(&[chunk::LogRecord {
+        seq: 100,
+        arrival_ms: 0,
+        partition_key: "zombie".into(),
+        data: b"never acknowledged".to_vec(),
+    }])?;
+    let folder = chunk::shard_folder(&storage.prefix, &shard);
+    storage
+        .store
+        .put(
+            &chunk::chunk_path(&folder, 100, fence1.epoch),
+            PutPayload::from(zombie),
+        )
+        .await?;
+    let logged = log2.append((100..150).map(record).collect()).await?;
+    assert_eq!(logged.first().map(|l| l.seq), Some(100));
+    drop(log2);
+
+    // n3 takes over (n2 handed off): 150 records, none of them the zombie's.
+    etcd.release(&fence2).await?;
+    let (fence3, _) = claim(&etcd, &shard, "n3").await?;
+    let (_log3, recovered) =
+        ShardLog::open(&etcd, &storage, &shard, &fence3, 0, options, always()).await?;
+    assert_eq!(recovered.next_seq, 150);
+    assert!(
+        recovered
+            .records
+            .iter()
+            .all(|r| r.partition_key != "zombie")
+    );
+    assert!(
+        recovered
+            .records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == i as u64)
+    );
+    // Asked from 120 on (it holds the rest already), it gets just those.
+    let (fence4, _) = {
+        etcd.release(&fence3).await?;
+        claim(&etcd, &shard, "n4").await?
+    };
+    let (_log4, tail) =
+        ShardLog::open(&etcd, &storage, &shard, &fence4, 120, options, always()).await?;
+    assert_eq!(tail.records.first().map(|r| r.seq), Some(120));
+    assert_eq!((tail.records.len(), tail.next_seq), (30, 150));
+
+    let manifest: Manifest = serde_json::from_slice(
+        &etcd
+            .get(&shard.key(keys::MANIFEST))
+            .await?
+            .ok_or("a manifest")?
+            .value,
+    )?;
+    let starts: Vec<(i64, u64)> = manifest
+        .epochs
+        .iter()
+        .map(|e| (e.epoch, e.first_seq))
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            (fence1.epoch, 0),
+            (fence2.epoch, 100),
+            (fence3.epoch, 150),
+            (fence4.epoch, 150)
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn owners_hand_the_log_on_in_memory() -> TestResult {
+    owners_hand_the_log_on(SharedStorage {
+        store: Arc::new(InMemory::new()),
+        prefix: Path::from("sluice/test"),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn owners_hand_the_log_on_over_s3() -> TestResult {
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir_all(root.path().join("lake"))?;
+    let (server, addr) = s3_server::serve(
+        root.path(),
+        "127.0.0.1:0".parse()?,
+        ("test-key", "test-secret"),
+    )
+    .await?;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(format!("http://{addr}"))
+        .with_allow_http(true)
+        .with_bucket_name("lake")
+        .with_region("us-east-1")
+        .with_access_key_id("test-key")
+        .with_secret_access_key("test-secret")
+        .build()?;
+    let result = owners_hand_the_log_on(SharedStorage {
+        store: Arc::new(store),
+        prefix: Path::from("sluice/prod"),
+    })
+    .await;
+    server.abort();
+    result
+}
+
+#[tokio::test]
+async fn a_stale_owner_cannot_open_the_log() -> TestResult {
+    let etcd = MemoryCoordinator::new();
+    let storage = SharedStorage {
+        store: Arc::new(InMemory::new()),
+        prefix: Path::from("p"),
+    };
+    let shard = ShardKey::new("s", 0);
+    let (fence1, lease1) = claim(&etcd, &shard, "n1").await?;
+    etcd.revoke(lease1).await?;
+    let (_fence2, _) = claim(&etcd, &shard, "n2").await?;
+    let opened = ShardLog::open(
+        &etcd,
+        &storage,
+        &shard,
+        &fence1,
+        0,
+        LogOptions::default(),
+        always(),
+    )
+    .await;
+    assert!(
+        matches!(opened, Err(LogError::NotOwner(_))),
+        "{:?}",
+        opened.err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> TestResult {
+    let etcd = MemoryCoordinator::new();
+    let store = Arc::new(InMemory::new());
+    let storage = SharedStorage {
+        store: store.clone(),
+        prefix: Path::from("p"),
+    };
+    let shard = ShardKey::new("s", 0);
+    let (fence, _) = claim(&etcd, &shard, "n1").await?;
+    let (log, _) = ShardLog::open(
+        &etcd,
+        &storage,
+        &shard,
+        &fence,
+        0,
+        LogOptions::default(),
+        always(),
+    )
+    .await?;
+    log.append(vec![record(0)]).await?;
+    // Something already sits where the next chunk goes: the create fails, as it would if a
+    // write's answer had been lost and the object were there after all.
+    let folder = chunk::shard_folder(&storage.prefix, &shard);
+    store
+        .put(
+            &chunk::chunk_path(&folder, 1, fence.epoch),
+            PutPayload::from_static(b"x"),
+        )
+        .await?;
+    let failed = log.append(vec![record(1)]).await;
+    assert!(
+        matches!(&failed, Err(LogError::Storage(m)) if m.contains("cannot write")),
+        "{failed:?}"
+    );
+    let after = log.append(vec![record(2)]).await;
+    assert!(after.is_err(), "{after:?}");
+    Ok(())
+}
