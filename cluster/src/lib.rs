@@ -1,9 +1,24 @@
-//! Cluster coordination for Sluice (issue 19, in progress): the one seam through which nodes
-//! agree on who owns what. etcd is the only consensus ([`Coordinator`] is shaped on its API:
-//! leases, keys with create and modification revisions, compare-and-put transactions,
-//! watches); [`memory::MemoryCoordinator`] implements the same contract in one process, on
-//! tokio's clock, so the owner and controller state machines built on it can be tested
-//! deterministically with a paused clock.
+//! Cluster coordination for Sluice (issue 19, in progress): how several nodes share streams
+//! through etcd and object storage. etcd is the only consensus. [`Coordinator`] is shaped on
+//! its API (leases, keys with create and modification revisions, compare-and-put transactions,
+//! watches) and has two implementations: [`etcd::EtcdCoordinator`] over etcd's v3 gRPC API, and
+//! [`memory::MemoryCoordinator`], the same contract in one process on tokio's clock, so the
+//! state machines built on it are tested deterministically with a paused clock.
+//!
+//! The parts, bottom up:
+//! - [`keys`]: the key layout under `/sluice/v1/`.
+//! - [`session`]: a node's lease, renewed by its own task, and the local deadline at which the
+//!   node stops writing, before the lease could expire.
+//! - [`mirror`]: the node's watched copy of the keys, the shard map it routes by.
+//! - [`controller`]: which node each shard should live on (KCL 3 style, dampened).
+//! - [`node`]: [`ClusterNode`] ties them together: registers, elects the controller, claims
+//!   assigned shards at an epoch, hands them off gracefully; [`Ownership`] answers the data
+//!   path's "may I write this shard now?".
+//! - [`shard_log`]: the shared durable tier, a shard's log as chunks in object storage with
+//!   a per-shard manifest of epochs in etcd, rebuilt by each new owner.
+//!
+//! Not wired into `sluice serve` yet: the server does not start a node, forward requests to
+//! owners, or log `durability = 'shared'` streams here.
 //!
 //! Leases are not locks. A key created under a lease carries a cluster-wide increasing
 //! `create_revision`: the holder's **epoch**. Every durable side effect of an owner is made

@@ -88,12 +88,17 @@ async fn leases_expire_unless_kept_alive_and_watchers_see_it(c: &dyn Coordinator
     c.create("/sluice/v1/nodes/left", b"b".to_vec(), Some(left))
         .await?;
     c.create("/sluice/v1/other", b"c".to_vec(), None).await?;
-    // etcd checks expiry on its own schedule (up to about a second late): give it time.
-    for _ in 0..8 {
+    // etcd raises TTLs under 1.5 s to that and checks expiry on its own schedule (up to about
+    // a second late): give it time, renewing the kept lease meanwhile.
+    let mut listed = Vec::new();
+    for _ in 0..25 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         c.keep_alive(kept).await?;
+        listed = c.list(prefix).await?.into_iter().map(|kv| kv.key).collect();
+        if listed.len() == 1 {
+            break;
+        }
     }
-    let listed: Vec<String> = c.list(prefix).await?.into_iter().map(|kv| kv.key).collect();
     assert_eq!(listed, ["/sluice/v1/nodes/kept"]);
 
     let mut seen = Vec::new();

@@ -56,11 +56,19 @@ fn find_or_unpack() -> Result<PathBuf, String> {
     );
     let download = root.join("download");
     fs::create_dir_all(&download).map_err(|e| e.to_string())?;
-    let fetched = Command::new("apt-get")
-        .args(["download", "etcd-server"])
-        .current_dir(&download)
-        .output()
-        .map_err(|e| format!("cannot run apt-get (install etcd, or set SLUICE_ETCD): {e}"))?;
+    let fetch = || {
+        Command::new("apt-get")
+            .args(["download", "etcd-server"])
+            .current_dir(&download)
+            .output()
+            .map_err(|e| format!("cannot run apt-get (install etcd, or set SLUICE_ETCD): {e}"))
+    };
+    let mut fetched = fetch()?;
+    if !fetched.status.success() {
+        // Package lists not fetched yet on this machine: fetch them (works as root) and retry.
+        let _ = Command::new("apt-get").args(["update", "-qq"]).output();
+        fetched = fetch()?;
+    }
     if !fetched.status.success() {
         return Err(format!(
             "`apt-get download etcd-server` failed (install etcd, or set SLUICE_ETCD): {}",

@@ -116,13 +116,7 @@ impl EtcdCoordinator {
             .map(tonic::Response::into_inner)
             .map_err(status_error)
         };
-        tokio::time::timeout(CALL_TIMEOUT, call)
-            .await
-            .map_err(|_| {
-                CoordinatorError::Unavailable(format!(
-                    "etcd did not answer {path} within {CALL_TIMEOUT:?}"
-                ))
-            })?
+        within(&format!("answer {path}"), call).await
     }
 
     async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse> {
@@ -160,13 +154,7 @@ impl EtcdCoordinator {
                 )),
             }
         };
-        tokio::time::timeout(CALL_TIMEOUT, call)
-            .await
-            .map_err(|_| {
-                CoordinatorError::Unavailable(format!(
-                    "etcd did not renew the lease within {CALL_TIMEOUT:?}"
-                ))
-            })?
+        within("renew the lease", call).await
     }
 
     /// One watch stream from `start_revision`: forwards its events until the stream breaks
@@ -236,6 +224,15 @@ impl EtcdCoordinator {
             }
         }
     }
+}
+
+/// `call`, or `Unavailable` saying etcd did not `what` once [`CALL_TIMEOUT`] has passed.
+async fn within<T>(what: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            CoordinatorError::Unavailable(format!("etcd did not {what} within {CALL_TIMEOUT:?}"))
+        })?
 }
 
 /// The end of the key range holding every key that starts with `prefix` (etcd's
