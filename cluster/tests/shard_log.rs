@@ -51,9 +51,9 @@ async fn claim(
     }
 }
 
-fn assert_numbered_from_zero(recovered: &sluice_cluster::shard_log::Recovered) {
+fn assert_numbered_from_one(recovered: &sluice_cluster::shard_log::Recovered) {
     let seqs: Vec<u64> = recovered.records.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (0..recovered.next_seq).collect::<Vec<u64>>());
+    assert_eq!(seqs, (1..recovered.next_seq).collect::<Vec<u64>>());
 }
 
 fn always() -> sluice_cluster::shard_log::Liveness {
@@ -87,7 +87,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         Arc::new(move || live.load(Ordering::SeqCst)),
     )
     .await?;
-    assert_eq!((recovered.records.len(), recovered.next_seq), (0, 0));
+    assert_eq!((recovered.records.len(), recovered.next_seq), (0, 1));
     let log1 = Arc::new(log1);
     let mut writers = Vec::new();
     for w in 0..10 {
@@ -105,7 +105,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         seqs.extend(logged.iter().map(|l| l.seq));
     }
     seqs.sort();
-    assert_eq!(seqs, (0..100).collect::<Vec<u64>>());
+    assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
     let written = chunks(storage.store.as_ref()).await?;
     assert!(
         written.len() < 10,
@@ -125,16 +125,16 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     assert!(fence2.epoch > fence1.epoch);
     let (log2, recovered) =
         ShardLog::open(&etcd, &storage, &shard, &fence2, 0, options, always()).await?;
-    assert_eq!(recovered.next_seq, 100);
+    assert_eq!(recovered.next_seq, 101);
     let data: Vec<Vec<u8>> = recovered.records.iter().map(|r| r.data.clone()).collect();
     assert_eq!(data.len(), 100);
-    assert_numbered_from_zero(&recovered);
+    assert_numbered_from_one(&recovered);
     assert_eq!(recovered.records[0].arrival_ms, 1_733_500_000_000);
 
     // A zombie: n1's upload that was in flight lands now, under its old epoch, at the
     // sequence numbers n2 continues from. n2 writes on.
     let zombie = chunk::encode(&[chunk::LogRecord {
-        seq: 100,
+        seq: 101,
         arrival_ms: 0,
         partition_key: "zombie".into(),
         data: b"never acknowledged".to_vec(),
@@ -143,12 +143,12 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     storage
         .store
         .put(
-            &chunk::chunk_path(&folder, 100, fence1.epoch),
+            &chunk::chunk_path(&folder, 101, fence1.epoch),
             PutPayload::from(zombie),
         )
         .await?;
     let logged = log2.append((100..150).map(record).collect()).await?;
-    assert_eq!(logged.first().map(|l| l.seq), Some(100));
+    assert_eq!(logged.first().map(|l| l.seq), Some(101));
     drop(log2);
 
     // n3 takes over (n2 handed off): 150 records, none of them the zombie's.
@@ -156,23 +156,23 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     let (fence3, _) = claim(&etcd, &shard, "n3").await?;
     let (_log3, recovered) =
         ShardLog::open(&etcd, &storage, &shard, &fence3, 0, options, always()).await?;
-    assert_eq!(recovered.next_seq, 150);
+    assert_eq!(recovered.next_seq, 151);
     assert!(
         recovered
             .records
             .iter()
             .all(|r| r.partition_key != "zombie")
     );
-    assert_numbered_from_zero(&recovered);
-    // Asked from 120 on (it holds the rest already), it gets just those.
+    assert_numbered_from_one(&recovered);
+    // Asked from 121 on (it holds the rest already), it gets just those.
     let (fence4, _) = {
         etcd.release(&fence3).await?;
         claim(&etcd, &shard, "n4").await?
     };
     let (_log4, tail) =
-        ShardLog::open(&etcd, &storage, &shard, &fence4, 120, options, always()).await?;
-    assert_eq!(tail.records.first().map(|r| r.seq), Some(120));
-    assert_eq!((tail.records.len(), tail.next_seq), (30, 150));
+        ShardLog::open(&etcd, &storage, &shard, &fence4, 121, options, always()).await?;
+    assert_eq!(tail.records.first().map(|r| r.seq), Some(121));
+    assert_eq!((tail.records.len(), tail.next_seq), (30, 151));
 
     let manifest: Manifest = serde_json::from_slice(
         &etcd
@@ -189,10 +189,10 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     assert_eq!(
         starts,
         [
-            (fence1.epoch, 0),
-            (fence2.epoch, 100),
-            (fence3.epoch, 150),
-            (fence4.epoch, 150)
+            (fence1.epoch, 1),
+            (fence2.epoch, 101),
+            (fence3.epoch, 151),
+            (fence4.epoch, 151)
         ]
     );
     Ok(())
@@ -289,7 +289,7 @@ async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> 
     let folder = chunk::shard_folder(&storage.prefix, &shard);
     store
         .put(
-            &chunk::chunk_path(&folder, 1, fence.epoch),
+            &chunk::chunk_path(&folder, 2, fence.epoch),
             PutPayload::from_static(b"x"),
         )
         .await?;

@@ -41,6 +41,9 @@ pub use chunk::LogRecord;
 use crate::keys::{self, ShardKey};
 use crate::{Coordinator, CoordinatorError, Fence, Revision};
 
+/// The first record of a shard is numbered 1, as the engine numbers them.
+pub const FIRST_SEQ: u64 = 1;
+
 /// Why the shard log refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
@@ -239,7 +242,7 @@ async fn recover(
         .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
         .collect();
     chunks.sort_by_key(|(first, _, _)| *first);
-    let mut next = manifest.epochs.first().map_or(0, |e| e.first_seq);
+    let mut next = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
     let mut records = Vec::new();
     for (i, (first, _, path)) in chunks.iter().enumerate() {
         if *first != next {

@@ -9,6 +9,7 @@
 //! appends share one `fsync` (group commit, see [`crate::wal`]).
 
 mod commits;
+mod numbered;
 pub mod reshard;
 pub mod shard;
 
@@ -35,6 +36,7 @@ use crate::sequence::{format_sequence_number, shard_id};
 use crate::wal::{GroupCommit, WalEntry, WalRecord, WriteAheadLog};
 use crate::{Durability, EngineOptions};
 pub use commits::COMMIT_SHARD;
+pub use numbered::NumberedRecord;
 pub use reshard::{MAX_OPEN_SHARDS, Reshard};
 pub use shard::{Chunk, Shard, ShardStats};
 
