@@ -62,10 +62,13 @@ pub struct NodeInfo {
     pub flight: String,
 }
 
-/// The shards of a stream that are to be owned: its open shards (closed ones take no writes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// A stream as the cluster knows it: the shards that are to be owned (its open shards;
+/// closed ones take no writes), and its definition, from which every node makes its copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct StreamShards {
     pub shards: Vec<u32>,
+    #[serde(default)]
+    pub definition: serde_json::Value,
 }
 
 #[cfg(test)]

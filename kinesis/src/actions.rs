@@ -118,6 +118,11 @@ fn run(
         "AddTagsToStream" => add_tags(engine, request),
         "RemoveTagsFromStream" => remove_tags(engine, request),
         "ListTagsForStream" => list_tags(engine, request),
+        "SplitShard" | "MergeShards" | "UpdateShardCount" if services.placement.is_some() => {
+            Err(ApiError::invalid(format!(
+                "{action} is not supported when Sluice runs as a cluster yet: streams keep the shards they were created with"
+            )))
+        }
         "SplitShard" => split_shard(engine, request),
         "MergeShards" => merge_shards(engine, request),
         "UpdateShardCount" => update_shard_count(engine, request),
@@ -399,9 +404,23 @@ fn create_stream(services: &Services, request: &Map<String, Value>) -> Result<Va
     if on_demand {
         settings::check_on_demand_limit(engine)?;
     }
+    if on_demand && services.placement.is_some() {
+        return Err(ApiError::invalid(
+            "ON_DEMAND streams are not supported when Sluice runs as a cluster yet: give a ShardCount (PROVISIONED)",
+        ));
+    }
     let stream = engine.create_stream(StreamSpec::raw(name, shards as u32), false)?;
     if on_demand {
         settings::set_on_demand(services, &stream, true)?;
+    }
+    if let Some(placement) = &services.placement
+        && let Err(reason) = placement.stream_created(&stream)
+    {
+        // Not known to the cluster: not created at all.
+        let _ = engine.drop_stream(stream.name(), true);
+        return Err(ApiError::internal(format!(
+            "the stream could not be registered with the cluster: {reason}"
+        )));
     }
     Ok(json!({}))
 }
@@ -438,6 +457,11 @@ fn delete_stream(services: &Services, request: &Map<String, Value>) -> Result<Va
         }
         other => other.into(),
     })?;
+    if let Some(placement) = &services.placement
+        && let Err(reason) = placement.stream_deleted(&name)
+    {
+        log::error!("stream {name} was deleted here but the cluster was not told: {reason}");
+    }
     Ok(json!({}))
 }
 
@@ -679,7 +703,7 @@ fn key_of<'a>(
     Ok(key)
 }
 
-fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128>, ApiError> {
+pub(crate) fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128>, ApiError> {
     match value.and_then(Value::as_str) {
         None => Ok(None),
         Some(text) => text.parse::<u128>().map(Some).map_err(|_| {
@@ -692,7 +716,7 @@ fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128>, ApiError
 
 /// The open shards' hash-key ranges now, to route records for throttling (the engine routes
 /// the append itself). Taken once per request.
-fn open_ranges(stream: &Stream) -> Vec<(HashKeyRange, u32)> {
+pub(crate) fn open_ranges(stream: &Stream) -> Vec<(HashKeyRange, u32)> {
     stream
         .open_shards()
         .iter()
@@ -701,7 +725,7 @@ fn open_ranges(stream: &Stream) -> Vec<(HashKeyRange, u32)> {
 }
 
 /// The open shard (of `ranges`) `record` routes to.
-fn shard_for(ranges: &[(HashKeyRange, u32)], record: &RecordRef<'_>) -> u32 {
+pub(crate) fn shard_for(ranges: &[(HashKeyRange, u32)], record: &RecordRef<'_>) -> u32 {
     let key = record
         .explicit_hash_key
         .unwrap_or_else(|| sluice_engine::routing::hash_key(record.partition_key));
@@ -745,7 +769,7 @@ fn put_record(services: &Arc<Services>, request: &Map<String, Value>) -> Result<
             return Err(rate_exceeded(&stream, shard));
         }
     }
-    let put = stream.append_refs(&[record])?;
+    let put = crate::cluster::append(services, &stream, &[record])?;
     let put = put
         .first()
         .ok_or_else(|| ApiError::internal("nothing was appended"))?;
@@ -844,7 +868,7 @@ fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result
         .map(|(record, _)| *record)
         .collect();
     // One append: every accepted entry lands or, if the engine fails, every entry reports it.
-    let mut puts = match stream.append_refs(&accepted) {
+    let mut puts = match crate::cluster::append(services, &stream, &accepted) {
         Ok(puts) => {
             let mut by_shard: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
             for (put, record) in puts.iter().zip(&accepted) {
@@ -953,6 +977,13 @@ impl IteratorToken {
             stream: next()?.to_string(),
         })
     }
+}
+
+/// The stream and shard a shard iterator reads, if it is one of ours.
+pub(crate) fn iterator_place(token: &str) -> Option<(String, u32)> {
+    IteratorToken::decode(token)
+        .ok()
+        .map(|t| (t.stream, t.shard))
 }
 
 fn get_shard_iterator(engine: &Engine, request: &Map<String, Value>) -> Result<Value, ApiError> {

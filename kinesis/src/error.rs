@@ -45,6 +45,29 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The kind a Kinesis `__type` names (another node's answer, passed on as its own).
+    pub fn from_type_name(name: &str) -> Option<Self> {
+        [
+            Self::ResourceNotFound,
+            Self::ResourceInUse,
+            Self::InvalidArgument,
+            Self::Validation,
+            Self::ExpiredIterator,
+            Self::LimitExceeded,
+            Self::Serialization,
+            Self::UnknownOperation,
+            Self::MissingAuthenticationToken,
+            Self::UnrecognizedClient,
+            Self::InvalidSignature,
+            Self::IncompleteSignature,
+            Self::ProvisionedThroughputExceeded,
+            Self::PayloadTooLarge,
+            Self::InternalFailure,
+        ]
+        .into_iter()
+        .find(|kind| kind.type_name() == name)
+    }
+
     /// The name AWS SDKs match on.
     pub fn type_name(self) -> &'static str {
         match self {

@@ -27,6 +27,7 @@
 //! `ROWTIME`, …), and records put here feed pumps and delivery streams like any other.
 
 pub mod actions;
+pub mod cluster;
 pub mod consumers;
 pub mod error;
 pub mod eventstream;
@@ -77,6 +78,9 @@ pub struct KinesisOptions {
     /// Other AWS JSON APIs answered on the same port, by `X-Amz-Target` prefix, with the same
     /// signature checks and error envelopes.
     pub services: Vec<Arc<dyn JsonService>>,
+    /// The cluster this node belongs to, if any: requests for shards other nodes own go to
+    /// them, and records for shards owned here go through the shared log.
+    pub placement: Option<Arc<dyn cluster::ShardPlacement>>,
 }
 
 /// An error of a [`JsonService`]: its `__type`, HTTP status and message.
@@ -118,6 +122,7 @@ pub(crate) struct Services {
     pub(crate) stream_files_lock: parking_lot::Mutex<()>,
     pub(crate) subscriptions: subscribe::Subscriptions,
     pub(crate) on_demand: settings::OnDemand,
+    pub(crate) placement: Option<Arc<dyn cluster::ShardPlacement>>,
 }
 
 #[derive(Clone)]
@@ -138,6 +143,7 @@ pub fn router(engine: Engine, options: KinesisOptions) -> Router {
             stream_files_lock: parking_lot::Mutex::new(()),
             subscriptions: subscribe::Subscriptions::default(),
             on_demand: settings::OnDemand::default(),
+            placement: options.placement,
         }),
     };
     Router::new()
@@ -468,6 +474,9 @@ async fn answer(
     };
     shapes::check(action, &request)?;
     sigv4::verify(&services.auth, method, uri, headers, body)?;
+    if let Some(answered) = cluster::route(services, action, &request, headers).await {
+        return answered.map(Answer::Value);
+    }
     if matches!(action, "PutRecord" | "PutRecords") {
         let Ok(Ok(_slot)) = tokio::time::timeout(WRITE_WAIT, services.write_slots.acquire()).await
         else {

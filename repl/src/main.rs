@@ -193,6 +193,24 @@ struct ServeArgs {
     /// ProvisionedThroughputExceededException beyond them.
     #[arg(long)]
     kinesis_shard_limits: bool,
+
+    /// Join a cluster whose nodes share streams through this etcd
+    /// (etcd://host:port[,host:port…]); needs --node-id and --storage.
+    #[arg(long, requires_all = ["node_id", "storage"])]
+    cluster: Option<String>,
+
+    /// This node's name in the cluster, unique among its nodes.
+    #[arg(long, requires = "cluster")]
+    node_id: Option<String>,
+
+    /// The cluster's shared durable storage: s3://bucket/prefix (endpoint, region and keys from
+    /// the usual AWS variables) or file:///path (a folder every node reaches).
+    #[arg(long, requires = "cluster")]
+    storage: Option<String>,
+
+    /// The host or address other nodes reach this one at (default: the --bind address).
+    #[arg(long, requires = "cluster")]
+    advertise: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -364,6 +382,18 @@ async fn run_server(args: &Args, serve: &ServeArgs) -> Result<(), String> {
         auth,
         tls,
         kinesis_shard_limits: serve.kinesis_shard_limits,
+        cluster: serve
+            .cluster
+            .as_ref()
+            .map(|etcd| sluice_server::cluster::ClusterConfig {
+                etcd: etcd.clone(),
+                node_id: serve.node_id.clone().unwrap_or_default(),
+                storage: serve.storage.clone().unwrap_or_default(),
+                advertise: serve
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| serve.bind.to_string()),
+            }),
     };
     let server = Server::bind(session, config)
         .await

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod analytics;
+pub mod cluster;
 pub mod firehose;
 
 use std::future::Future;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// Enforce Kinesis's per-shard throughput limits.
     pub kinesis_shard_limits: bool,
+    /// Run as one node of a cluster (`--cluster`).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             auth: Authorizer::open(),
             tls: None,
             kinesis_shard_limits: false,
+            cluster: None,
         }
     }
 }
@@ -86,6 +90,7 @@ pub struct Server {
     flight_addr: SocketAddr,
     kinesis_addr: SocketAddr,
     secure: bool,
+    cluster: Option<cluster::ClusterMember>,
 }
 
 impl Server {
@@ -116,10 +121,20 @@ impl Server {
         if let Some(apps) = session.applications() {
             services.push(Arc::new(analytics::AnalyticsApi(Arc::clone(apps))));
         }
+        let placement = match &config.cluster {
+            Some(cluster) => Some(
+                cluster::ClusterMember::placement(cluster, session.engine().clone())
+                    .map_err(ServerError::Setup)?,
+            ),
+            None => None,
+        };
         let kinesis_options = KinesisOptions {
             auth: config.auth,
             shard_limits: config.kinesis_shard_limits.then(ShardLimits::kinesis),
             services,
+            placement: placement
+                .clone()
+                .map(|p| p as Arc<dyn sluice_kinesis::cluster::ShardPlacement>),
         };
         let addr = SocketAddr::new(config.bind, config.kinesis_port);
         let kinesis = KinesisServer::bind(session.engine().clone(), addr, kinesis_options)
@@ -128,6 +143,17 @@ impl Server {
         let kinesis_addr = kinesis
             .local_addr()
             .map_err(|e| ServerError::Setup(e.to_string()))?;
+        // The node joins once both ports are known, so others can reach it at once.
+        let cluster = match (config.cluster, placement) {
+            (Some(cluster), Some(placement)) => {
+                let info = sluice_cluster::NodeInfo {
+                    kinesis: format!("{}:{}", cluster.advertise, kinesis_addr.port()),
+                    flight: format!("{}:{}", cluster.advertise, flight_addr.port()),
+                };
+                Some(cluster::ClusterMember::start(&cluster, placement, info))
+            }
+            _ => None,
+        };
         Ok(Self {
             session,
             flight,
@@ -135,6 +161,7 @@ impl Server {
             flight_addr,
             kinesis_addr,
             secure,
+            cluster,
         })
     }
 
@@ -168,6 +195,18 @@ impl Server {
         let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
+        // A cluster node hands its shards off as soon as it is told to stop, while it still
+        // answers the requests forwarded to it.
+        let cluster = self.cluster;
+        let leaving = {
+            let stopped = stopped.clone();
+            tokio::spawn(async move {
+                if let Some(cluster) = cluster {
+                    wait(stopped).await;
+                    cluster.leave().await;
+                }
+            })
+        };
         let kinesis_task = tokio::spawn(self.kinesis.serve(wait(stopped.clone())));
         let flight = self
             .flight
@@ -186,6 +225,7 @@ impl Server {
             api: "Kinesis API",
             message,
         });
+        let _ = leaving.await;
         // Pumps stop and delivery streams settle, then every shard's tail is sealed, so the next
         // start has no write-ahead log to replay.
         let session = self.session;

@@ -11,6 +11,17 @@ use std::process::{Child, Command, Stdio};
 /// A server process, killed with SIGKILL when dropped.
 pub struct Server(Child);
 
+impl Server {
+    /// Stops the server as `kill` (SIGTERM) would and waits for it to exit.
+    pub fn terminate(&mut self) -> std::io::Result<()> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status()?;
+        self.0.wait().map(|_| ())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();

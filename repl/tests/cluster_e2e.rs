@@ -1,0 +1,108 @@
+//! Three `sluice serve --cluster` processes on 127.0.0.1 sharing a stream through a real etcd
+//! and a real S3 server (s3s-fs), driven with boto3 (`tests/e2e/cluster.py`): any node answers
+//! any request; a node killed with SIGKILL has its shards taken over by the others, which go on
+//! numbering where it stopped, and every record acknowledged before or after is read back
+//! exactly once, in order, through every surviving node; a node stopped with SIGTERM hands its
+//! shards off and the last node serves them all.
+
+mod common;
+#[path = "../../tests/support/etcd.rs"]
+mod etcd;
+#[path = "../../tests/support/s3_server.rs"]
+mod s3_server;
+
+use std::path::Path;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const S3_KEY: &str = "lake-key";
+const S3_SECRET: &str = "lake-secret";
+
+fn node(
+    data: &Path,
+    s3: std::net::SocketAddr,
+    etcd: &str,
+    id: &str,
+) -> Result<(common::server::Server, String), Box<dyn std::error::Error>> {
+    let cluster = format!("etcd://{etcd}");
+    let (server, _flight, kinesis) = common::server::serve_with(
+        env!("CARGO_BIN_EXE_sluice").as_ref(),
+        data,
+        s3,
+        (S3_KEY, S3_SECRET),
+        &[
+            "--cluster",
+            &cluster,
+            "--node-id",
+            id,
+            "--storage",
+            "s3://lake/cluster",
+            "--advertise",
+            "127.0.0.1",
+        ],
+    )?;
+    Ok((server, kinesis))
+}
+
+fn write(
+    state: &Path,
+    first: usize,
+    count: usize,
+    endpoints: &[&String],
+) -> Result<String, String> {
+    let mut args = vec![
+        "write".to_string(),
+        state.display().to_string(),
+        first.to_string(),
+        count.to_string(),
+    ];
+    args.extend(endpoints.iter().map(|e| e.to_string()));
+    common::server::python_script("cluster.py", &args)
+}
+
+fn check(state: &Path, endpoints: &[&String]) -> Result<String, String> {
+    let mut args = vec!["check".to_string(), state.display().to_string()];
+    args.extend(endpoints.iter().map(|e| e.to_string()));
+    common::server::python_script("cluster.py", &args)
+}
+
+#[test]
+fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("s3");
+    std::fs::create_dir_all(root.join("lake"))?;
+    // The S3 server runs on its own runtime while this thread drives the processes.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (s3, s3_addr) = runtime.block_on(s3_server::serve(
+        &root,
+        "127.0.0.1:0".parse()?,
+        (S3_KEY, S3_SECRET),
+    ))?;
+    let etcd = etcd::EtcdServer::start();
+    let (n1, e1) = node(&dir.path().join("n1"), s3_addr, &etcd.endpoint, "n1")?;
+    let (n2, e2) = node(&dir.path().join("n2"), s3_addr, &etcd.endpoint, "n2")?;
+    let (mut n3, e3) = node(&dir.path().join("n3"), s3_addr, &etcd.endpoint, "n3")?;
+    let state = dir.path().join("acknowledged.jsonl");
+
+    let out = write(&state, 0, 120, &[&e1, &e2, &e3])?;
+    assert!(out.contains("acknowledged: 120"), "{out}");
+    check(&state, &[&e1, &e2, &e3])?;
+
+    // kill -9 one node: its shards move; nothing acknowledged is lost, writes go on.
+    drop(n2);
+    let out = write(&state, 120, 120, &[&e1, &e3])?;
+    assert!(out.contains("acknowledged: 120"), "{out}");
+    eprintln!("after kill -9 of n2: {}", out.trim().replace('\n', "; "));
+    let out = check(&state, &[&e1, &e3])?;
+    assert!(out.contains("cluster: ok"), "{out}");
+
+    // A graceful stop hands n3's shards to n1.
+    n3.terminate()?;
+    let out = write(&state, 240, 60, &[&e1])?;
+    eprintln!("after SIGTERM of n3: {}", out.trim().replace('\n', "; "));
+    let out = check(&state, &[&e1])?;
+    assert!(out.contains("cluster: ok"), "{out}");
+    drop(n1);
+    s3.abort();
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! `sluice serve --cluster`: this server as one node of several sharing streams through etcd
+//! and object storage.
+//!
+//! [`ClusterMember::join`] connects to etcd, starts the node ([`sluice_cluster::ClusterNode`]:
+//! session, controller, shard ownership) and keeps the local engine's streams in step with the
+//! cluster's (`streams/` in etcd). [`NodeShards`] is both what the node tells about shards it
+//! gains and loses ([`ShardHost`]) and what the Kinesis API asks ([`ShardPlacement`]):
+//! - a shard this node comes to own is opened from the shared log: the records earlier owners
+//!   logged that the local engine lacks are appended to it with their own sequence numbers, so
+//!   iterators and sequence numbers handed out by any owner stay valid;
+//! - a put for a shard owned here is logged to object storage (group-committed) and only then
+//!   appended locally and acknowledged (`durability = 'shared'`: losing this node loses nothing
+//!   acknowledged);
+//! - requests for shards owned elsewhere are forwarded by the Kinesis API to the owner.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::path::Path;
+use parking_lot::Mutex;
+use sluice_cluster::etcd::EtcdCoordinator;
+use sluice_cluster::node::HostFuture;
+use sluice_cluster::shard_log::{LogOptions, Logged, NewRecord, ShardLog, SharedStorage};
+use sluice_cluster::{
+    ClusterNode, Coordinator, Fence, NodeConfig, NodeInfo, Ownership, ShardHost, ShardKey,
+    StreamShards, WatchEvent, keys,
+};
+use sluice_engine::{
+    Engine, NumberedRecord, PutResult, RecordRef, Stream, StreamDefinition, StreamSpec,
+};
+use sluice_kinesis::cluster::{Placement, ShardPlacement};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// What `--cluster`, `--node-id`, `--storage` and `--advertise` say.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `etcd://host:port[,host:port…]`.
+    pub etcd: String,
+    /// Unique in the cluster.
+    pub node_id: String,
+    /// The shared durable tier: `s3://bucket/prefix` (endpoint, region and keys from the usual
+    /// AWS variables) or `file:///path` (a folder every node can reach).
+    pub storage: String,
+    /// The host other nodes reach this one at.
+    pub advertise: String,
+}
+
+/// Opens the object store a `--storage` URL names.
+pub fn open_storage(url: &str) -> Result<SharedStorage, String> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("`{url}` names no bucket: write s3://bucket/prefix"));
+        }
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| format!("cannot use {url}: {e}"))?;
+        return Ok(SharedStorage {
+            store: Arc::new(store),
+            prefix: Path::from(prefix.trim_matches('/')),
+        });
+    }
+    if let Some(folder) = url.strip_prefix("file://") {
+        std::fs::create_dir_all(folder).map_err(|e| format!("cannot create {folder}: {e}"))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(folder)
+            .map_err(|e| format!("cannot use {url}: {e}"))?;
+        return Ok(SharedStorage {
+            store: Arc::new(store) as Arc<dyn ObjectStore>,
+            prefix: Path::from(""),
+        });
+    }
+    Err(format!(
+        "`{url}` is not a storage address: write s3://bucket/prefix or file:///path"
+    ))
+}
+
+/// This node's shards: the logs of those it owns, and the way to the others.
+pub struct NodeShards {
+    node_id: String,
+    engine: Engine,
+    coordinator: Arc<dyn Coordinator>,
+    storage: SharedStorage,
+    logs: Mutex<HashMap<ShardKey, Arc<ShardLog>>>,
+    ownership: OnceLock<Ownership>,
+}
+
+impl std::fmt::Debug for NodeShards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeShards")
+            .field("node_id", &self.node_id)
+            .field("open", &self.logs.lock().len())
+            .finish()
+    }
+}
+
+impl NodeShards {
+    /// The local stream `name`, created from the cluster's definition if this node lacks it.
+    async fn local_stream(&self, name: &str) -> Result<Arc<Stream>, String> {
+        if let Ok(stream) = self.engine.stream(name) {
+            return Ok(stream);
+        }
+        let key = format!("{}{name}", keys::STREAMS);
+        let entry = self
+            .coordinator
+            .get(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
+        create_local(&self.engine, &entry.value).await
+    }
+
+    fn log(&self, shard: &ShardKey) -> Option<Arc<ShardLog>> {
+        self.logs.lock().get(shard).cloned()
+    }
+}
+
+/// Creates the local copy of a stream from its cluster entry (a [`StreamShards`] whose
+/// definition is the engine's).
+async fn create_local(engine: &Engine, entry: &[u8]) -> Result<Arc<Stream>, String> {
+    let entry: StreamShards =
+        serde_json::from_slice(entry).map_err(|e| format!("a stream entry in etcd: {e}"))?;
+    let definition: StreamDefinition = serde_json::from_value(entry.definition)
+        .map_err(|e| format!("a stream definition in etcd: {e}"))?;
+    let spec = StreamSpec {
+        name: definition.name.clone(),
+        columns: definition.user_schema().map_err(|e| e.to_string())?,
+        format: definition.format,
+        shards: definition.shards.len() as u32,
+        partition_key: definition.partition_key.clone(),
+        retention_hours: definition.retention_hours,
+        watermark: definition.watermark.clone(),
+        source: None,
+    };
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.create_stream(spec, true))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+impl ShardHost for NodeShards {
+    fn open<'a>(&'a self, shard: &'a ShardKey, fence: &'a Fence) -> HostFuture<'a> {
+        Box::pin(async move {
+            let stream = self.local_stream(&shard.stream).await?;
+            let index = shard.shard;
+            let from = stream
+                .shard(index)
+                .map(|s| s.next_seq())
+                .ok_or_else(|| format!("stream {} has no shard {index}", shard.stream))?;
+            let ownership = self.ownership.get().cloned();
+            let (key, epoch) = (shard.clone(), fence.epoch);
+            let live = Arc::new(move || {
+                ownership
+                    .as_ref()
+                    .and_then(|o| o.fence(&key))
+                    .is_some_and(|f| f.epoch == epoch)
+            });
+            let (log, recovered) = ShardLog::open(
+                self.coordinator.as_ref(),
+                &self.storage,
+                shard,
+                fence,
+                from,
+                LogOptions::default(),
+                live,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            // What earlier owners logged that this node does not hold yet.
+            let imported = recovered.records.len();
+            tokio::task::spawn_blocking(move || {
+                let records: Vec<NumberedRecord<'_>> = recovered
+                    .records
+                    .iter()
+                    .map(|r| NumberedRecord {
+                        seq: r.seq,
+                        arrival_ms: r.arrival_ms,
+                        partition_key: &r.partition_key,
+                        data: &r.data,
+                    })
+                    .collect();
+                stream.append_numbered(index, &records)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            if imported > 0 {
+                log::info!("{shard}: took {imported} records over from the shared log");
+            }
+            self.logs.lock().insert(shard.clone(), Arc::new(log));
+            Ok(())
+        })
+    }
+
+    fn close<'a>(&'a self, shard: &'a ShardKey, _fence: &'a Fence) -> HostFuture<'a> {
+        // Everything acknowledged is in the shared log already.
+        self.logs.lock().remove(shard);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn lost(&self, shard: &ShardKey) {
+        self.logs.lock().remove(shard);
+    }
+}
+
+impl ShardPlacement for NodeShards {
+    fn place(&self, stream: &str, shard: u32) -> Placement {
+        let key = ShardKey::new(stream, shard);
+        let Some(ownership) = self.ownership.get() else {
+            return Placement::Moving;
+        };
+        if ownership.fence(&key).is_some() && self.logs.lock().contains_key(&key) {
+            return Placement::Local;
+        }
+        match ownership.owner(&key) {
+            Some((node, info)) if node != self.node_id && !info.kinesis.is_empty() => {
+                Placement::Remote(info.kinesis)
+            }
+            _ => Placement::Moving,
+        }
+    }
+
+    fn append(
+        &self,
+        stream: &Stream,
+        shard: u32,
+        records: &[RecordRef<'_>],
+    ) -> Result<Vec<PutResult>, String> {
+        let key = ShardKey::new(stream.name(), shard);
+        let log = self
+            .log(&key)
+            .ok_or_else(|| format!("{key} is not owned by this node any more; retry"))?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let new: Vec<NewRecord> = records
+            .iter()
+            .map(|r| NewRecord {
+                partition_key: r.partition_key.to_string(),
+                data: r.data.to_vec(),
+                arrival_ms: r.arrival_ms.unwrap_or(now),
+            })
+            .collect();
+        let logged: Vec<Logged> = Handle::current()
+            .block_on(log.append(new))
+            .map_err(|e| e.to_string())?;
+        let numbered: Vec<NumberedRecord<'_>> = records
+            .iter()
+            .zip(&logged)
+            .map(|(r, l)| NumberedRecord {
+                seq: l.seq,
+                arrival_ms: l.arrival_ms,
+                partition_key: r.partition_key,
+                data: r.data,
+            })
+            .collect();
+        stream
+            .append_numbered(shard, &numbered)
+            .map_err(|e| format!("{key}: logged to shared storage but not appended here: {e}"))?;
+        Ok(logged
+            .iter()
+            .map(|l| PutResult {
+                shard_index: shard,
+                seq: l.seq,
+            })
+            .collect())
+    }
+
+    fn stream_created(&self, stream: &Stream) -> Result<(), String> {
+        let entry = StreamShards {
+            shards: stream.open_shards().iter().map(|s| s.index()).collect(),
+            definition: serde_json::to_value(stream.definition()).map_err(|e| e.to_string())?,
+        };
+        let key = format!("{}{}", keys::STREAMS, stream.name());
+        let value = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+        match Handle::current()
+            .block_on(self.coordinator.create(&key, value, None))
+            .map_err(|e| e.to_string())?
+        {
+            sluice_cluster::Claim::Won(_) => Ok(()),
+            sluice_cluster::Claim::Held(_) => Err(format!(
+                "another node created a stream named {} at the same time",
+                stream.name()
+            )),
+        }
+    }
+
+    fn stream_deleted(&self, name: &str) -> Result<(), String> {
+        let key = format!("{}{name}", keys::STREAMS);
+        Handle::current().block_on(async {
+            let Some(entry) = self
+                .coordinator
+                .get(&key)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            let fence = Fence {
+                key: key.clone(),
+                epoch: entry.create_revision,
+            };
+            self.coordinator
+                .release(&fence)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// This server's membership in the cluster.
+pub struct ClusterMember {
+    node: ClusterNode,
+    shards: Arc<NodeShards>,
+    sync: JoinHandle<()>,
+}
+
+impl ClusterMember {
+    /// Connects to etcd and the shared storage; the node joins once started with
+    /// [`ClusterMember::start`].
+    pub fn placement(config: &ClusterConfig, engine: Engine) -> Result<Arc<NodeShards>, String> {
+        let coordinator: Arc<dyn Coordinator> =
+            Arc::new(EtcdCoordinator::from_url(&config.etcd).map_err(|e| e.to_string())?);
+        let storage = open_storage(&config.storage)?;
+        Ok(Arc::new(NodeShards {
+            node_id: config.node_id.clone(),
+            engine,
+            coordinator,
+            storage,
+            logs: Mutex::new(HashMap::new()),
+            ownership: OnceLock::new(),
+        }))
+    }
+
+    /// Starts the node: it registers with the Kinesis and Flight addresses others reach it at,
+    /// keeps the local streams in step with the cluster's, and takes the shards assigned to it.
+    pub fn start(config: &ClusterConfig, shards: Arc<NodeShards>, info: NodeInfo) -> Self {
+        let node = ClusterNode::start(
+            shards.coordinator.clone(),
+            NodeConfig::new(config.node_id.clone(), info),
+            shards.clone(),
+        );
+        let _ = shards.ownership.set(node.ownership().clone());
+        let sync = tokio::spawn(sync_streams(shards.clone()));
+        Self { node, shards, sync }
+    }
+
+    /// Leaves the cluster gracefully: every shard handed off.
+    pub async fn leave(self) {
+        self.sync.abort();
+        self.node.leave().await;
+        drop(self.shards);
+    }
+}
+
+/// Keeps the local engine's streams in step with the cluster's: creates those defined there,
+/// drops those deleted there.
+async fn sync_streams(shards: Arc<NodeShards>) {
+    loop {
+        let watch = shards.coordinator.watch(keys::STREAMS).await;
+        let listed = shards.coordinator.list(keys::STREAMS).await;
+        let (mut events, listed) = match (watch, listed) {
+            (Ok(events), Ok(listed)) => (events, listed),
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("cannot read the cluster's streams: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for kv in listed {
+            ensure_local(&shards.engine, &kv.value).await;
+        }
+        while let Some(event) = events.recv().await {
+            match event {
+                WatchEvent::Put(kv) => ensure_local(&shards.engine, &kv.value).await,
+                WatchEvent::Delete { key, .. } => {
+                    let Some(name) = key.strip_prefix(keys::STREAMS).map(str::to_string) else {
+                        continue;
+                    };
+                    let engine = shards.engine.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if engine.stream(&name).is_ok()
+                            && let Err(e) = engine.drop_stream(&name, true)
+                        {
+                            log::warn!("cannot drop stream {name}, deleted in the cluster: {e}");
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+async fn ensure_local(engine: &Engine, entry: &[u8]) {
+    if let Err(e) = create_local(engine, entry).await {
+        log::warn!("cannot create a stream defined in the cluster: {e}");
+    }
+}

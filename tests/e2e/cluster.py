@@ -1,0 +1,152 @@
+"""Three `sluice serve --cluster` nodes driven with boto3, as a producer and a consumer would:
+any node answers any request (requests for a shard another node owns are forwarded to it).
+
+Usage:
+  cluster.py write STATE_FILE FIRST N ENDPOINT...
+      creates stream `orders` (6 shards) through the first endpoint if STATE_FILE does not
+      exist yet, waits until every endpoint knows it, then puts N records (numbered from FIRST)
+      round-robin through the endpoints, half with PutRecord and half with PutRecords; every
+      acknowledged record (data, shard, sequence number) is appended to STATE_FILE. Records
+      refused while a shard moves are retried until acknowledged (within 30 s each); the
+      longest wait is printed as `longest wait: S s`.
+  cluster.py check STATE_FILE ENDPOINT...
+      reads every shard from TRIM_HORIZON through each endpoint and checks that every
+      acknowledged record is there exactly once, at the sequence number it was acknowledged
+      with, in increasing sequence order per shard.
+"""
+
+import json
+import sys
+import time
+
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from aws_clients import check, client, shard_records, wait_for
+
+STREAM = "orders"
+
+
+def clients(endpoints):
+    return [client("kinesis", e) for e in endpoints]
+
+
+def retrying(call, what):
+    """`call()` until it is acknowledged; the answer and how long it took."""
+    started = time.time()
+    while True:
+        try:
+            return call(), time.time() - started
+        except (ClientError, EndpointConnectionError) as e:
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", "connection")
+            if code not in ("InternalFailure", "connection", "ServiceUnavailable"):
+                raise
+            if time.time() - started > 30:
+                raise AssertionError(f"{what} not acknowledged within 30 s: {e}")
+            time.sleep(0.1)
+
+
+def write(state_file, first, count, endpoints):
+    nodes = clients(endpoints)
+    try:
+        open(state_file).close()
+    except FileNotFoundError:
+        nodes[0].create_stream(StreamName=STREAM, ShardCount=6)
+        open(state_file, "w").close()
+    for node in nodes:
+        wait_for(
+            "every node to know the stream",
+            lambda: node.describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"][
+                "OpenShardCount"
+            ]
+            == 6,
+        )
+    acked = []
+    longest = 0.0
+    n = first
+    while n < first + count:
+        node = nodes[n % len(nodes)]
+        if n % 2 == 0:
+            data = f"record-{n}".encode()
+            answer, waited = retrying(
+                lambda: node.put_record(StreamName=STREAM, PartitionKey=f"key-{n}", Data=data),
+                f"record {n}",
+            )
+            acked.append({"data": data.decode(), "shard": answer["ShardId"], "seq": answer["SequenceNumber"]})
+            longest = max(longest, waited)
+            n += 1
+        else:
+            batch = list(range(n, min(n + 10, first + count)))
+            pending = {i: f"record-{i}".encode() for i in batch}
+            started = time.time()
+            while pending:
+                items = sorted(pending.items())
+                try:
+                    answer = node.put_records(
+                        StreamName=STREAM,
+                        Records=[{"PartitionKey": f"key-{i}", "Data": d} for i, d in items],
+                    )
+                except (ClientError, EndpointConnectionError):
+                    answer = None
+                if answer:
+                    for (i, d), result in zip(items, answer["Records"]):
+                        if "SequenceNumber" in result:
+                            acked.append({"data": d.decode(), "shard": result["ShardId"], "seq": result["SequenceNumber"]})
+                            del pending[i]
+                        else:
+                            check(result["ErrorCode"] == "InternalFailure", result)
+                if pending:
+                    check(time.time() - started < 30, f"records {sorted(pending)} not acknowledged within 30 s")
+                    time.sleep(0.1)
+            longest = max(longest, time.time() - started)
+            n = batch[-1] + 1
+    with open(state_file, "a") as f:
+        for a in acked:
+            f.write(json.dumps(a) + "\n")
+    print(f"acknowledged: {len(acked)}")
+    print(f"longest wait: {longest:.2f} s")
+
+
+def read_all(kinesis):
+    """Every record of the stream with its shard and sequence number, shard by shard."""
+    got = []
+    for shard in kinesis.list_shards(StreamName=STREAM)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=STREAM, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page, _ = retrying(lambda: kinesis.get_records(ShardIterator=iterator, Limit=10000), "a read")
+            got.extend(
+                {"data": r["Data"].decode(), "shard": shard["ShardId"], "seq": r["SequenceNumber"]}
+                for r in page["Records"]
+            )
+            if not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+    return got
+
+
+def check_all(state_file, endpoints):
+    acked = [json.loads(line) for line in open(state_file) if line.strip()]
+    for endpoint, kinesis in zip(endpoints, clients(endpoints)):
+        got = read_all(kinesis)
+        by_data = {}
+        for r in got:
+            check(r["data"] not in by_data, f"{endpoint}: {r['data']} read twice")
+            by_data[r["data"]] = r
+        for a in acked:
+            check(a["data"] in by_data, f"{endpoint}: acknowledged {a} was not read back")
+            check(by_data[a["data"]] == a, f"{endpoint}: {a} read back as {by_data[a['data']]}")
+        shards = {}
+        for r in got:
+            shards.setdefault(r["shard"], []).append(int(r["seq"]))
+        for shard, seqs in shards.items():
+            check(seqs == sorted(seqs), f"{endpoint}: {shard} out of order")
+        print(f"{endpoint}: {len(acked)} acknowledged records read back exactly once, in order")
+    print("cluster: ok")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "write":
+        write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
+    else:
+        check_all(sys.argv[2], sys.argv[3:])
