@@ -44,8 +44,9 @@ pub trait ShardHost: Send + Sync + 'static {
     /// sequence numbers from what earlier owners committed). Writes are accepted once this
     /// returns `Ok`; an `Err` gives the shard up so it can be tried again.
     fn open<'a>(&'a self, shard: &'a ShardKey, fence: &'a Fence) -> HostFuture<'a>;
-    /// A planned handoff: writes have stopped; make everything acknowledged durable where the
-    /// next owner will find it.
+    /// A planned handoff: stop taking writes, finish (acknowledge or refuse) those under way,
+    /// and make everything acknowledged durable where the next owner will find it. The shard
+    /// is still this node's while this runs.
     fn close<'a>(&'a self, shard: &'a ShardKey, fence: &'a Fence) -> HostFuture<'a>;
     /// The shard was lost without a handoff (the session expired): forget it.
     fn lost(&self, shard: &ShardKey);
@@ -522,19 +523,21 @@ impl Node {
         view.controller = false;
     }
 
-    /// Stops writes to `shard`, has the host close it, then releases it to its next owner.
+    /// Has the host close `shard` (stopping its writes), then releases it to its next owner.
     async fn hand_off(&mut self, shard: &ShardKey) -> crate::Result<()> {
         let Some(&epoch) = self.owned.get(shard) else {
             return Ok(());
         };
-        self.ownership.view.write().open.remove(shard);
         let fence = Fence {
             key: shard.key(keys::OWNER),
             epoch,
         };
+        // The host stops taking writes and finishes those under way while the shard is still
+        // this node's (so they can be acknowledged); only then does the fence go.
         if let Err(reason) = self.host.close(shard, &fence).await {
             log::warn!("node {} could not close {shard}: {reason}", self.config.id);
         }
+        self.ownership.view.write().open.remove(shard);
         self.owned.remove(shard);
         self.coordinator.release(&fence).await?;
         log::info!("node {} handed {shard} off", self.config.id);

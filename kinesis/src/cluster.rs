@@ -28,8 +28,13 @@ use crate::{Services, TARGET_PREFIX, actions};
 
 /// Marks a request one node sent on to another.
 pub const FORWARDED_HEADER: &str = "x-sluice-forwarded";
-/// The longest a forwarded request may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a forwarded request may take. Longer than an owner's own writes take when
+/// storage answers (so an answer is not lost on the way back), short enough that a request
+/// caught by a partition is retried soon, by then most likely at the shard's new owner.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
+/// The longest connecting to another node may take: a node cut off answers nothing, and the
+/// caller should hear "retry" while its shards move, not wait out a TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where a shard's requests are answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +263,12 @@ fn access_key(headers: &HeaderMap) -> Option<&str> {
 fn client() -> &'static Client<HttpConnector, Full<bytes::Bytes>> {
     static CLIENT: std::sync::OnceLock<Client<HttpConnector, Full<bytes::Bytes>>> =
         std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new()).build(connector)
+    })
 }
 
 /// Sends `action` to the node at `addr` and returns its answer as its own.

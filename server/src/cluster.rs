@@ -55,8 +55,18 @@ pub fn open_storage(url: &str) -> Result<SharedStorage, String> {
         if bucket.is_empty() {
             return Err(format!("`{url}` names no bucket: write s3://bucket/prefix"));
         }
+        // A shard's writes wait on these requests: one that hangs (a connection left dead by
+        // a partition) fails within seconds, and the shard's log is opened again.
+        // (Set as configuration, which keeps what the environment set, such as AWS_ALLOW_HTTP.)
+        use object_store::ClientConfigKey;
+        use object_store::aws::AmazonS3ConfigKey;
         let store = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "5s")
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "2s",
+            )
             .build()
             .map_err(|e| format!("cannot use {url}: {e}"))?;
         return Ok(SharedStorage {
@@ -116,6 +126,78 @@ impl NodeShards {
     fn log(&self, shard: &ShardKey) -> Option<Arc<ShardLog>> {
         self.logs.lock().get(shard).cloned()
     }
+
+    /// Opens `shard`'s log for this node, still its owner, appending locally what the log
+    /// holds beyond the local copy; the log, now the shard's.
+    async fn open_log(
+        &self,
+        stream: Arc<Stream>,
+        shard: &ShardKey,
+        fence: &Fence,
+    ) -> Result<Arc<ShardLog>, String> {
+        let index = shard.shard;
+        let from = stream
+            .shard(index)
+            .map(|s| s.next_seq())
+            .ok_or_else(|| format!("stream {} has no shard {index}", shard.stream))?;
+        let ownership = self.ownership.get().cloned();
+        let (key, epoch) = (shard.clone(), fence.epoch);
+        let live = Arc::new(move || {
+            ownership
+                .as_ref()
+                .and_then(|o| o.fence(&key))
+                .is_some_and(|f| f.epoch == epoch)
+        });
+        let (log, recovered) = ShardLog::open(
+            self.coordinator.as_ref(),
+            &self.storage,
+            shard,
+            fence,
+            from,
+            LogOptions::default(),
+            live,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        // What earlier owners (or this one, before a failed write) logged that this node does
+        // not hold yet.
+        let imported = recovered.records.len();
+        tokio::task::spawn_blocking(move || {
+            let records: Vec<NumberedRecord<'_>> = recovered
+                .records
+                .iter()
+                .map(|r| NumberedRecord {
+                    seq: r.seq,
+                    arrival_ms: r.arrival_ms,
+                    partition_key: &r.partition_key,
+                    data: &r.data,
+                })
+                .collect();
+            stream.append_numbered(index, &records)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if imported > 0 {
+            log::info!("{shard}: took {imported} records over from the shared log");
+        }
+        let log = Arc::new(log);
+        self.logs.lock().insert(shard.clone(), Arc::clone(&log));
+        Ok(log)
+    }
+
+    async fn reopen(&self, stream: &Stream, shard: &ShardKey) -> Result<Arc<ShardLog>, String> {
+        let fence = self
+            .ownership
+            .get()
+            .and_then(|o| o.fence(shard))
+            .ok_or_else(|| format!("{shard} is not owned by this node any more; retry"))?;
+        let stream = self
+            .engine
+            .stream(stream.name())
+            .map_err(|e| e.to_string())?;
+        self.open_log(stream, shard, &fence).await
+    }
 }
 
 /// Creates the local copy of a stream from its cluster entry (a [`StreamShards`] whose
@@ -146,60 +228,20 @@ impl ShardHost for NodeShards {
     fn open<'a>(&'a self, shard: &'a ShardKey, fence: &'a Fence) -> HostFuture<'a> {
         Box::pin(async move {
             let stream = self.local_stream(&shard.stream).await?;
-            let index = shard.shard;
-            let from = stream
-                .shard(index)
-                .map(|s| s.next_seq())
-                .ok_or_else(|| format!("stream {} has no shard {index}", shard.stream))?;
-            let ownership = self.ownership.get().cloned();
-            let (key, epoch) = (shard.clone(), fence.epoch);
-            let live = Arc::new(move || {
-                ownership
-                    .as_ref()
-                    .and_then(|o| o.fence(&key))
-                    .is_some_and(|f| f.epoch == epoch)
-            });
-            let (log, recovered) = ShardLog::open(
-                self.coordinator.as_ref(),
-                &self.storage,
-                shard,
-                fence,
-                from,
-                LogOptions::default(),
-                live,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            // What earlier owners logged that this node does not hold yet.
-            let imported = recovered.records.len();
-            tokio::task::spawn_blocking(move || {
-                let records: Vec<NumberedRecord<'_>> = recovered
-                    .records
-                    .iter()
-                    .map(|r| NumberedRecord {
-                        seq: r.seq,
-                        arrival_ms: r.arrival_ms,
-                        partition_key: &r.partition_key,
-                        data: &r.data,
-                    })
-                    .collect();
-                stream.append_numbered(index, &records)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-            if imported > 0 {
-                log::info!("{shard}: took {imported} records over from the shared log");
-            }
-            self.logs.lock().insert(shard.clone(), Arc::new(log));
-            Ok(())
+            self.open_log(stream, shard, fence).await.map(|_| ())
         })
     }
 
     fn close<'a>(&'a self, shard: &'a ShardKey, _fence: &'a Fence) -> HostFuture<'a> {
-        // Everything acknowledged is in the shared log already.
-        self.logs.lock().remove(shard);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(async move {
+            // Everything acknowledged is in the shared log already; what is being uploaded
+            // finishes (acknowledged or certainly not written) before the next owner opens it.
+            let log = self.logs.lock().remove(shard);
+            if let Some(log) = log {
+                log.close().await;
+            }
+            Ok(())
+        })
     }
 
     fn lost(&self, shard: &ShardKey) {
@@ -231,9 +273,14 @@ impl ShardPlacement for NodeShards {
         records: &[RecordRef<'_>],
     ) -> Result<Vec<PutResult>, String> {
         let key = ShardKey::new(stream.name(), shard);
-        let log = self
+        let mut log = self
             .log(&key)
             .ok_or_else(|| format!("{key} is not owned by this node any more; retry"))?;
+        if log.is_stopped() {
+            // A write failed (whether its chunk landed is unknown): open the log again under
+            // the same epoch, which takes over whatever did land, then go on.
+            log = Handle::current().block_on(self.reopen(stream, &key))?;
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let new: Vec<NewRecord> = records
             .iter()
@@ -276,10 +323,12 @@ impl ShardPlacement for NodeShards {
         let key = format!("{}{}", keys::STREAMS, stream.name());
         let value = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
         match Handle::current()
-            .block_on(self.coordinator.create(&key, value, None))
+            .block_on(self.coordinator.create(&key, value.clone(), None))
             .map_err(|e| e.to_string())?
         {
             sluice_cluster::Claim::Won(_) => Ok(()),
+            // Our own write, seen again by a retry on another etcd member.
+            sluice_cluster::Claim::Held(held) if held.value == value => Ok(()),
             sluice_cluster::Claim::Held(_) => Err(format!(
                 "another node created a stream named {} at the same time",
                 stream.name()

@@ -9,10 +9,13 @@ Usage:
       acknowledged record (data, shard, sequence number) is appended to STATE_FILE. Records
       refused while a shard moves are retried until acknowledged (within 30 s each); the
       longest wait is printed as `longest wait: S s`.
+  cluster.py probe STATE_FILE SINCE LABEL ENDPOINT...
+      puts one record into each shard, retrying until acknowledged, and prints how long after
+      SINCE (Unix time) every shard took writes.
   cluster.py check STATE_FILE ENDPOINT...
       reads every shard from TRIM_HORIZON through each endpoint and checks that every
-      acknowledged record is there exactly once, at the sequence number it was acknowledged
-      with, in increasing sequence order per shard.
+      acknowledged record is there, at the sequence number it was acknowledged with, in
+      increasing sequence order per shard, and only once unless its put had to be retried.
 """
 
 import json
@@ -31,17 +34,21 @@ def clients(endpoints):
 
 
 def retrying(call, what):
-    """`call()` until it is acknowledged; the answer and how long it took."""
+    """`call()` until it is acknowledged; the answer and how long it took (zero when the first
+    attempt was acknowledged)."""
     started = time.time()
+    failed = False
     while True:
         try:
-            return call(), time.time() - started
+            answer = call()
+            return answer, (time.time() - started) if failed else 0.0
         except (ClientError, EndpointConnectionError) as e:
             code = getattr(e, "response", {}).get("Error", {}).get("Code", "connection")
             if code not in ("InternalFailure", "connection", "ServiceUnavailable"):
                 raise
             if time.time() - started > 30:
                 raise AssertionError(f"{what} not acknowledged within 30 s: {e}")
+            failed = True
             time.sleep(0.1)
 
 
@@ -52,14 +59,15 @@ def write(state_file, first, count, endpoints):
     except FileNotFoundError:
         nodes[0].create_stream(StreamName=STREAM, ShardCount=6)
         open(state_file, "w").close()
+    def knows_the_stream(node):
+        try:
+            summary = node.describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"]
+            return summary["OpenShardCount"] == 6
+        except ClientError:
+            return False
+
     for node in nodes:
-        wait_for(
-            "every node to know the stream",
-            lambda: node.describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"][
-                "OpenShardCount"
-            ]
-            == 6,
-        )
+        wait_for("every node to know the stream", lambda: knows_the_stream(node))
     acked = []
     longest = 0.0
     n = first
@@ -71,12 +79,13 @@ def write(state_file, first, count, endpoints):
                 lambda: node.put_record(StreamName=STREAM, PartitionKey=f"key-{n}", Data=data),
                 f"record {n}",
             )
-            acked.append({"data": data.decode(), "shard": answer["ShardId"], "seq": answer["SequenceNumber"]})
+            acked.append({"data": data.decode(), "shard": answer["ShardId"], "seq": answer["SequenceNumber"], "retried": waited > 0})
             longest = max(longest, waited)
             n += 1
         else:
             batch = list(range(n, min(n + 10, first + count)))
             pending = {i: f"record-{i}".encode() for i in batch}
+            retried = set()
             started = time.time()
             while pending:
                 items = sorted(pending.items())
@@ -90,20 +99,47 @@ def write(state_file, first, count, endpoints):
                 if answer:
                     for (i, d), result in zip(items, answer["Records"]):
                         if "SequenceNumber" in result:
-                            acked.append({"data": d.decode(), "shard": result["ShardId"], "seq": result["SequenceNumber"]})
+                            acked.append({"data": d.decode(), "shard": result["ShardId"], "seq": result["SequenceNumber"], "retried": i in retried})
                             del pending[i]
                         else:
                             check(result["ErrorCode"] == "InternalFailure", result)
+                            retried.add(i)
+                else:
+                    retried.update(pending)
                 if pending:
                     check(time.time() - started < 30, f"records {sorted(pending)} not acknowledged within 30 s")
                     time.sleep(0.1)
-            longest = max(longest, time.time() - started)
+            if retried:
+                longest = max(longest, time.time() - started)
             n = batch[-1] + 1
     with open(state_file, "a") as f:
         for a in acked:
             f.write(json.dumps(a) + "\n")
     print(f"acknowledged: {len(acked)}")
     print(f"longest wait: {longest:.2f} s")
+
+
+def probe(state_file, since, label, endpoints):
+    """One record into each of the 6 shards (by explicit hash key), each retried until
+    acknowledged: prints how long after `since` (a Unix time) every shard took writes."""
+    nodes = clients(endpoints)
+    step = (1 << 128) // 6
+    acked = []
+    for shard in range(6):
+        data = f"probe-{label}-{shard}".encode()
+        node = nodes[shard % len(nodes)]
+        answer, waited = retrying(
+            lambda: node.put_record(
+                StreamName=STREAM, PartitionKey="probe", ExplicitHashKey=str(step * shard), Data=data
+            ),
+            f"a probe of shard {shard}",
+        )
+        check(answer["ShardId"] == f"shardId-{shard:012d}", answer)
+        acked.append({"data": data.decode(), "shard": answer["ShardId"], "seq": answer["SequenceNumber"], "retried": waited > 0})
+    with open(state_file, "a") as f:
+        for a in acked:
+            f.write(json.dumps(a) + "\n")
+    print(f"every shard took writes {time.time() - since:.2f} s after")
 
 
 def read_all(kinesis):
@@ -126,27 +162,40 @@ def read_all(kinesis):
 
 
 def check_all(state_file, endpoints):
+    """Every acknowledged record is read back at the sequence number it was acknowledged with,
+    once; a record whose put was retried after an error may also be there a second time (its
+    first attempt was written but not acknowledged: a producer's retry duplicates it, as on
+    Kinesis). Per shard, sequence numbers increase."""
     acked = [json.loads(line) for line in open(state_file) if line.strip()]
+    retried = {a["data"] for a in acked if a.get("retried")}
     for endpoint, kinesis in zip(endpoints, clients(endpoints)):
         got = read_all(kinesis)
-        by_data = {}
+        copies = {}
         for r in got:
-            check(r["data"] not in by_data, f"{endpoint}: {r['data']} read twice")
-            by_data[r["data"]] = r
+            copies.setdefault(r["data"], []).append(r)
+        duplicated = 0
+        for data, found in copies.items():
+            if len(found) > 1:
+                check(data in retried, f"{endpoint}: {data} read {len(found)} times but was never retried: {found}")
+                check(len(found) == 2, f"{endpoint}: {data} read {len(found)} times: {found}")
+                duplicated += 1
         for a in acked:
-            check(a["data"] in by_data, f"{endpoint}: acknowledged {a} was not read back")
-            check(by_data[a["data"]] == a, f"{endpoint}: {a} read back as {by_data[a['data']]}")
+            mine = {k: a[k] for k in ("data", "shard", "seq")}
+            check(a["data"] in copies, f"{endpoint}: acknowledged {mine} was not read back")
+            check(mine in copies[a["data"]], f"{endpoint}: {mine} read back as {copies[a['data']]}")
         shards = {}
         for r in got:
             shards.setdefault(r["shard"], []).append(int(r["seq"]))
         for shard, seqs in shards.items():
-            check(seqs == sorted(seqs), f"{endpoint}: {shard} out of order")
-        print(f"{endpoint}: {len(acked)} acknowledged records read back exactly once, in order")
+            check(seqs == sorted(seqs) and len(set(seqs)) == len(seqs), f"{endpoint}: {shard} out of order")
+        print(f"{endpoint}: {len(acked)} acknowledged records read back; {duplicated} retried records also written by an unacknowledged attempt")
     print("cluster: ok")
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "write":
         write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
+    elif sys.argv[1] == "probe":
+        probe(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5:])
     else:
         check_all(sys.argv[2], sys.argv[3:])

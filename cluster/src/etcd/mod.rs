@@ -12,6 +12,8 @@
 
 mod proto;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,10 +39,23 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a broken watch waits before it tries again.
 const WATCH_RETRY: Duration = Duration::from_millis(200);
 
-/// A connection to an etcd cluster.
+/// A connection to an etcd cluster: one channel per member. A call goes to the member that
+/// last answered and moves on to the next when a member does not answer within
+/// [`TRY_TIMEOUT`] (a member cut off from the others, or from us, answers nothing, and a lease
+/// must not run out while we wait on it); a keep-alive goes to every member at once.
 #[derive(Clone, Debug)]
 pub struct EtcdCoordinator {
-    channel: Channel,
+    members: Arc<[Channel]>,
+    preferred: Arc<AtomicUsize>,
+}
+
+/// How long one member may take to answer before the call tries the next.
+pub const TRY_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// Whether a failed call may succeed on another member (the member is down, cut off, or has
+/// no leader), rather than being etcd's answer.
+fn try_another(err: &CoordinatorError) -> bool {
+    matches!(err, CoordinatorError::Unavailable(m) if !m.contains("lease not found"))
 }
 
 impl EtcdCoordinator {
@@ -77,7 +92,8 @@ impl EtcdCoordinator {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            channel: Channel::balance_list(endpoints.into_iter()),
+            members: endpoints.iter().map(Endpoint::connect_lazy).collect(),
+            preferred: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -98,23 +114,39 @@ impl EtcdCoordinator {
 
     async fn unary<Req, Resp>(&self, path: &'static str, request: Req) -> Result<Resp>
     where
-        Req: prost::Message + Send + Sync + 'static,
+        Req: prost::Message + Clone + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
         let call = async {
-            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-            grpc.ready().await.map_err(|e| {
-                CoordinatorError::Unavailable(format!("etcd is not reachable: {e}"))
-            })?;
-            let codec = ProstCodec::<Req, Resp>::default();
-            grpc.unary(
-                tonic::Request::new(request),
-                PathAndQuery::from_static(path),
-                codec,
-            )
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(status_error)
+            let first = self.preferred.load(Ordering::Relaxed);
+            let mut last = None;
+            for attempt in 0..self.members.len() {
+                let at = (first + attempt) % self.members.len();
+                // The last member left to try gets what remains of the call's time.
+                let patience = if attempt + 1 == self.members.len() {
+                    CALL_TIMEOUT
+                } else {
+                    TRY_TIMEOUT
+                };
+                let tried = tokio::time::timeout(
+                    patience,
+                    unary_on(self.members[at].clone(), path, request.clone()),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CoordinatorError::Unavailable(format!(
+                        "etcd member {at} did not answer {path} within {patience:?}"
+                    )))
+                });
+                match tried {
+                    Err(err) if try_another(&err) => last = Some(err),
+                    answered => {
+                        self.preferred.store(at, Ordering::Relaxed);
+                        return answered;
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| CoordinatorError::Unavailable("no etcd members".into())))
         };
         within(&format!("answer {path}"), call).await
     }
@@ -128,33 +160,39 @@ impl EtcdCoordinator {
             .await
     }
 
+    /// Renews `lease` through every member at once: renewed if any renews it, gone if any
+    /// says so and none renews it.
     async fn keep_alive_once(&self, lease: LeaseId) -> Result<()> {
+        let mut tries: futures::stream::FuturesUnordered<_> = self
+            .members
+            .iter()
+            .map(|member| keep_alive_on(member.clone(), lease))
+            .collect();
+        let mut last = None;
         let call = async {
-            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-            grpc.ready().await.map_err(|e| {
-                CoordinatorError::Unavailable(format!("etcd is not reachable: {e}"))
-            })?;
-            let codec = ProstCodec::<LeaseKeepAliveRequest, LeaseKeepAliveResponse>::default();
-            let requests =
-                futures::stream::once(std::future::ready(LeaseKeepAliveRequest { id: lease.0 }));
-            let mut answers = grpc
-                .streaming(
-                    tonic::Request::new(requests),
-                    PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive"),
-                    codec,
-                )
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match answers.message().await.map_err(status_error)? {
-                Some(answer) if answer.ttl > 0 => Ok(()),
-                Some(_) => Err(CoordinatorError::LeaseExpired(lease)),
-                None => Err(CoordinatorError::Unavailable(
-                    "etcd ended a lease keep-alive without an answer".into(),
-                )),
+            while let Some(answer) = tries.next().await {
+                match answer.map_err(|e| lease_error(lease, e)) {
+                    Ok(()) => return Ok(()),
+                    Err(err @ CoordinatorError::LeaseExpired(_)) => last = Some(err),
+                    Err(err) => {
+                        if !matches!(last, Some(CoordinatorError::LeaseExpired(_))) {
+                            last = Some(err);
+                        }
+                    }
+                }
             }
+            Err(last
+                .clone()
+                .unwrap_or_else(|| CoordinatorError::Unavailable("no etcd members".into())))
         };
-        within("renew the lease", call).await
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(last.unwrap_or_else(|| {
+                CoordinatorError::Unavailable(format!(
+                    "no etcd member renewed the lease within {CALL_TIMEOUT:?}"
+                ))
+            })),
+        }
     }
 
     /// One watch stream from `start_revision`: forwards its events until the stream breaks
@@ -162,12 +200,14 @@ impl EtcdCoordinator {
     /// gone (`Ok(None)`). Returns the next revision to resume from.
     async fn watch_once(
         &self,
+        member: usize,
         prefix: &[u8],
         start_revision: i64,
         tx: &UnboundedSender<WatchEvent>,
     ) -> std::result::Result<Option<i64>, (i64, String)> {
         let mut next = start_revision;
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        let channel = self.members[member % self.members.len()].clone();
+        let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.map_err(|e| (next, e.to_string()))?;
         let create = WatchRequest {
             request: Some(WatchRequestUnion::Create(WatchCreateRequest {
@@ -181,9 +221,16 @@ impl EtcdCoordinator {
         let requests =
             futures::stream::once(std::future::ready(create)).chain(futures::stream::pending());
         let codec = ProstCodec::<WatchRequest, WatchResponse>::default();
+        // A member that loses its leader (cut off from the others) cancels the watch rather
+        // than going quiet: then it is resumed on another member.
+        let mut request = tonic::Request::new(requests);
+        request.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
         let mut answers = grpc
             .streaming(
-                tonic::Request::new(requests),
+                request,
                 PathAndQuery::from_static("/etcdserverpb.Watch/Watch"),
                 codec,
             )
@@ -200,9 +247,15 @@ impl EtcdCoordinator {
                 Ok(None) => return Err((next, "etcd ended the watch".into())),
                 Err(status) => return Err((next, status.to_string())),
             };
-            if answer.canceled || answer.compact_revision > 0 {
+            if answer.compact_revision > 0 {
                 // Compacted past where we resume: the watcher must list again.
                 return Ok(None);
+            }
+            if answer.canceled {
+                return Err((
+                    next,
+                    format!("etcd cancelled the watch: {}", answer.cancel_reason),
+                ));
             }
             if answer.created && next == 0 {
                 next = answer.header.as_ref().map_or(0, |h| h.revision) + 1;
@@ -223,6 +276,53 @@ impl EtcdCoordinator {
                 }
             }
         }
+    }
+}
+
+/// One unary call on one member.
+async fn unary_on<Req, Resp>(channel: Channel, path: &'static str, request: Req) -> Result<Resp>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| CoordinatorError::Unavailable(format!("etcd is not reachable: {e}")))?;
+    let codec = ProstCodec::<Req, Resp>::default();
+    grpc.unary(
+        tonic::Request::new(request),
+        PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(status_error)
+}
+
+/// One keep-alive on one member.
+async fn keep_alive_on(channel: Channel, lease: LeaseId) -> Result<()> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| CoordinatorError::Unavailable(format!("etcd is not reachable: {e}")))?;
+    let codec = ProstCodec::<LeaseKeepAliveRequest, LeaseKeepAliveResponse>::default();
+    let requests = futures::stream::once(std::future::ready(LeaseKeepAliveRequest { id: lease.0 }));
+    let mut answers = grpc
+        .streaming(
+            tonic::Request::new(requests),
+            PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive"),
+            codec,
+        )
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match answers.message().await.map_err(status_error)? {
+        Some(answer) if answer.ttl > 0 => Ok(()),
+        Some(_) => Err(CoordinatorError::LeaseExpired(lease)),
+        None => Err(CoordinatorError::Unavailable(
+            "etcd ended a lease keep-alive without an answer".into(),
+        )),
     }
 }
 
@@ -444,12 +544,14 @@ impl Coordinator for EtcdCoordinator {
             let etcd = self.clone();
             tokio::spawn(async move {
                 let mut start = start;
+                let mut member = etcd.preferred.load(Ordering::Relaxed);
                 loop {
-                    match etcd.watch_once(&prefix, start, &tx).await {
+                    match etcd.watch_once(member, &prefix, start, &tx).await {
                         Ok(_) => return,
                         Err((next, reason)) => {
                             log::debug!("etcd watch broke ({reason}); resuming at {next}");
                             start = next;
+                            member += 1;
                             tokio::select! {
                                 () = tokio::time::sleep(WATCH_RETRY) => {}
                                 () = tx.closed() => return,

@@ -147,6 +147,7 @@ pub struct ShardLog {
     shard: ShardKey,
     queue: mpsc::Sender<Pending>,
     task: JoinHandle<()>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for ShardLog {
@@ -188,7 +189,9 @@ impl ShardLog {
             }
         }
         let (queue, pending) = mpsc::channel(1024);
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = Writer {
+            closing: Arc::clone(&closing),
             store,
             folder,
             shard: shard.clone(),
@@ -204,9 +207,24 @@ impl ShardLog {
                 shard: shard.clone(),
                 queue,
                 task,
+                closing,
             },
             recovered,
         ))
+    }
+
+    /// A planned handoff: refuses what has not started uploading and waits for the upload in
+    /// flight, so that every write either was acknowledged or certainly left no chunk.
+    pub async fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Answered once the writer reaches it: after any upload in flight.
+        let _ = self.append(Vec::new()).await;
+    }
+
+    /// Whether the log stopped taking writes (a write failed, or the owner lost the shard).
+    pub fn is_stopped(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Logs `records` in order; their sequence numbers once they are durable in object storage.
@@ -283,6 +301,7 @@ async fn recover(
 }
 
 struct Writer {
+    closing: Arc<std::sync::atomic::AtomicBool>,
     store: Arc<dyn ObjectStore>,
     folder: Path,
     shard: ShardKey,
@@ -356,7 +375,7 @@ impl Writer {
                 let _ = reply.send(Err(err.clone()));
             }
         };
-        if !(self.live)() {
+        if !(self.live)() || self.closing.load(std::sync::atomic::Ordering::SeqCst) {
             let err = not_owner();
             refuse(answers, &err);
             return Err(err);
