@@ -1,4 +1,4 @@
-//! Cluster coordination for Sluice (issue 19, in progress): how several nodes share streams
+//! Cluster coordination for Sluice: how several nodes share streams
 //! through etcd and object storage. etcd is the only consensus. [`Coordinator`] is shaped on
 //! its API (leases, keys with create and modification revisions, compare-and-put transactions,
 //! watches) and has two implementations: [`etcd::EtcdCoordinator`] over etcd's v3 gRPC API, and
@@ -17,8 +17,10 @@
 //! - [`shard_log`]: the shared durable tier, a shard's log as chunks in object storage with
 //!   a per-shard manifest of epochs in etcd, rebuilt by each new owner.
 //!
-//! Not wired into `sluice serve` yet: the server does not start a node, forward requests to
-//! owners, or log `durability = 'shared'` streams here.
+//! `sluice serve --cluster` (the `sluice-server` crate's `cluster` module) runs a
+//! [`ClusterNode`] whose [`ShardHost`] opens shards from the [`shard_log`] into the local
+//! engine, and the Kinesis API forwards requests for shards owned elsewhere
+//! (`docs/cluster.md`).
 //!
 //! Leases are not locks. A key created under a lease carries a cluster-wide increasing
 //! `create_revision`: the holder's **epoch**. Every durable side effect of an owner is made

@@ -138,6 +138,29 @@ fn destination(
             let id = actions::str_field(request, "ShardId")?.unwrap_or_default();
             (name, actions::shard_index(&stream, id)?)
         }
+        "SubscribeToShard" => {
+            // Not forwarded (an event stream): a subscription to a shard owned elsewhere is
+            // refused, naming the node to subscribe at.
+            let arn = actions::str_field(request, "ConsumerARN")?.unwrap_or_default();
+            // arn:aws:kinesis:<region>:<account>:stream/<name>/consumer/<consumer>:<created>
+            let Some(name) = arn
+                .split_once(":stream/")
+                .and_then(|(_, rest)| rest.split_once("/consumer/"))
+                .map(|(name, _)| name.to_string())
+            else {
+                return Ok(None);
+            };
+            let stream = actions::find_stream(&services.engine, &name)?;
+            let id = actions::str_field(request, "ShardId")?.unwrap_or_default();
+            let shard = actions::shard_index(&stream, id)?;
+            return match placement.place(&name, shard) {
+                Placement::Local => Ok(None),
+                Placement::Remote(addr) => Err(ApiError::invalid(format!(
+                    "shard {id} of stream {name} is served by the node at {addr}: send SubscribeToShard there (subscriptions are not forwarded between nodes yet)"
+                ))),
+                Placement::Moving => Err(moving(&name, shard)),
+            };
+        }
         "GetRecords" => {
             let token = actions::str_field(request, "ShardIterator")?.unwrap_or_default();
             match actions::iterator_place(token) {
