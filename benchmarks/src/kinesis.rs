@@ -114,6 +114,15 @@ pub(crate) fn start_sluice(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> Result<(std::process::Child, String), BoxError> {
+    start_sluice_env(dir, extra, &[])
+}
+
+/// [`start_sluice`] with `env` set over the placeholder S3 settings.
+pub(crate) fn start_sluice_env(
+    dir: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Result<(std::process::Child, String), BoxError> {
     use std::io::BufRead;
     let exe = std::env::current_exe()?;
     let sluice = exe.with_file_name("sluice");
@@ -137,6 +146,7 @@ pub(crate) fn start_sluice(
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_REGION", "us-east-1")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().ok_or("sluice serve has no stdout")?;

@@ -15,6 +15,7 @@
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- firehose [--seconds S] [--clients C]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- agent [--mb MiB]
 //! cargo run -p sluice-benchmarks --profile release-nonlto -- fanout [--seconds S]
+//! cargo run -p sluice-benchmarks --profile release-nonlto -- cluster [--records PUTS] [--seconds S] [--clients C]
 //! ```
 //!
 //! `ingest` appends N (default 10 million) ~100-byte JSON records to a 4-shard stream through
@@ -23,6 +24,7 @@
 //! RecordBatch with no routing at all. It reports records per CPU-second (per core), the ratio to
 //! the baseline, and memory per million retained records.
 
+mod cluster;
 mod delivery;
 mod durability;
 mod fanout;
@@ -183,6 +185,17 @@ fn main() {
             };
             if let Err(e) = kinesis::kinesis(&kinesis) {
                 eprintln!("kinesis benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok((command, args)) if command == "cluster" => {
+            let cluster = cluster::ClusterArgs {
+                puts: args.records.unwrap_or(1000),
+                seconds: args.seconds.unwrap_or(5),
+                clients: args.clients,
+            };
+            if let Err(e) = cluster::cluster(&cluster) {
+                eprintln!("cluster benchmark failed: {e}");
                 std::process::exit(1);
             }
         }

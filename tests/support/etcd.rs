@@ -34,9 +34,18 @@ fn find_or_unpack() -> Result<PathBuf, String> {
     }) {
         return Ok(found);
     }
+    // A test binary is `<target>/<profile>/deps/<name>`; any other binary (a benchmark)
+    // `<target>/<profile>/<name>`.
     let target = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .and_then(|exe| {
+            let in_deps = exe
+                .parent()
+                .is_some_and(|p| p.file_name().is_some_and(|n| n == "deps"));
+            exe.ancestors()
+                .nth(if in_deps { 3 } else { 2 })
+                .map(Path::to_path_buf)
+        })
         .unwrap_or_else(|| PathBuf::from("target"));
     let root = target.join("etcd-server");
     let binary = root.join("usr/bin/etcd");

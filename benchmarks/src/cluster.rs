@@ -1,0 +1,284 @@
+//! Several nodes beside one (`sluice-bench cluster`): what sharing streams through etcd and
+//! object storage costs, and how fast a lost node's shards move. Everything runs on this
+//! machine, on 127.0.0.1: an etcd (the tests' one: `SLUICE_ETCD`, `PATH`, or the package the
+//! test suite unpacked under the target folder), an S3 server (s3s-fs, in this process), and
+//! `sluice serve` processes built with the same profile as this binary.
+//!
+//! Figures, each beside its baseline from the same run:
+//! - PutRecord latency (one record at a time, p50/p99): one node acknowledging after its local
+//!   fsync (the default) — the baseline — beside a cluster node acknowledging once the record is
+//!   in object storage (`shared`), at the shard's owner and at another node (forwarded);
+//! - PutRecords throughput: three nodes (clients spread over them) beside one node, on the same
+//!   2 cores (this shows the overhead, not scaling);
+//! - failover: from `kill -9` of the node owning a shard until that shard takes a write through
+//!   another node (target under 10 s, aim 3 s).
+
+#[path = "../../tests/support/etcd.rs"]
+mod etcd;
+#[path = "../../tests/support/s3_server.rs"]
+mod s3_server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_cluster::Coordinator;
+
+use crate::kinesis::{Client, put_records_body, start_sluice, start_sluice_env};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What to run.
+pub struct ClusterArgs {
+    /// PutRecord calls per latency figure.
+    pub puts: usize,
+    /// Seconds of PutRecords per throughput figure.
+    pub seconds: u64,
+    /// Concurrent PutRecords clients per throughput figure.
+    pub clients: usize,
+}
+
+const S3_KEY: &str = "bench-key";
+const S3_SECRET: &str = "bench-secret";
+const STREAM: &str = "bench";
+const SHARDS: u32 = 6;
+
+pub fn cluster(args: &ClusterArgs) -> Result<(), BoxError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+struct Node {
+    child: std::process::Child,
+    client: Client,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(endpoint: &str) -> Result<Client, BoxError> {
+    Ok(Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?,
+        endpoint: endpoint.to_string(),
+    })
+}
+
+fn start_node(
+    dir: &std::path::Path,
+    etcd: &str,
+    s3: std::net::SocketAddr,
+    id: &str,
+) -> Result<Node, BoxError> {
+    let cluster = format!("etcd://{etcd}");
+    let (child, endpoint) = start_sluice_with_s3(
+        &dir.join(id),
+        s3,
+        &[
+            "--cluster",
+            &cluster,
+            "--node-id",
+            id,
+            "--storage",
+            "s3://lake/bench",
+            "--advertise",
+            "127.0.0.1",
+        ],
+    )?;
+    Ok(Node {
+        child,
+        client: client(&endpoint)?,
+    })
+}
+
+fn start_sluice_with_s3(
+    dir: &std::path::Path,
+    s3: std::net::SocketAddr,
+    extra: &[&str],
+) -> Result<(std::process::Child, String), BoxError> {
+    start_sluice_env(
+        dir,
+        extra,
+        &[
+            ("AWS_ENDPOINT_URL", format!("http://{s3}")),
+            ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
+        ],
+    )
+}
+
+/// The explicit hash key that routes to `shard` of a stream of [`SHARDS`] shards.
+fn hash_key_of(shard: u32) -> String {
+    ((u128::MAX / SHARDS as u128 + 1) * shard as u128).to_string()
+}
+
+async fn create_stream(client: &Client) -> Result<(), BoxError> {
+    client
+        .call(
+            "CreateStream",
+            json!({"StreamName": STREAM, "ShardCount": SHARDS}).to_string(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// One PutRecord to `shard`, retried while the shard moves; how long until acknowledged.
+async fn put_to(
+    client: &Client,
+    shard: u32,
+    n: usize,
+    patience: Duration,
+) -> Result<Duration, BoxError> {
+    let body = json!({
+        "StreamName": STREAM,
+        "PartitionKey": format!("k{n}"),
+        "ExplicitHashKey": hash_key_of(shard),
+        "Data": "eyJuIjoxfQ==",
+    })
+    .to_string();
+    let started = Instant::now();
+    loop {
+        match client.call("PutRecord", body.clone()).await {
+            Ok(_) => return Ok(started.elapsed()),
+            Err(_) if started.elapsed() < patience => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits until every node answers PutRecord for every shard (stream known, shards owned).
+async fn wait_writable(nodes: &[&Client]) -> Result<(), BoxError> {
+    for node in nodes {
+        for shard in 0..SHARDS {
+            put_to(node, shard, 0, Duration::from_secs(30)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// p50 and p99 of `puts` sequential PutRecord calls to `shard` through `client`, in ms.
+async fn latency(client: &Client, shard: u32, puts: usize) -> Result<(f64, f64), BoxError> {
+    let mut took = Vec::with_capacity(puts);
+    for n in 0..puts {
+        took.push(put_to(client, shard, n, Duration::ZERO).await?);
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+    Ok((at(0.50).as_secs_f64() * 1e3, at(0.99).as_secs_f64() * 1e3))
+}
+
+/// Records acknowledged per second by `clients` PutRecords loops spread over `nodes`.
+async fn throughput(nodes: &[&Client], clients: usize, seconds: u64) -> Result<f64, BoxError> {
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client(&nodes[c % nodes.len()].endpoint)?;
+        let acknowledged = Arc::clone(&acknowledged);
+        let (body, _) = put_records_body(STREAM, c);
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let out = client.call("PutRecords", body.clone()).await?;
+                let failed = out["FailedRecordCount"].as_u64().unwrap_or(0);
+                let sent = out["Records"].as_array().map_or(0, Vec::len) as u64;
+                acknowledged.fetch_add(sent - failed, Ordering::Relaxed);
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(acknowledged.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("s3");
+    std::fs::create_dir_all(root.join("lake"))?;
+    let (s3, s3_addr) = s3_server::serve(&root, "127.0.0.1:0".parse()?, (S3_KEY, S3_SECRET))
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // The baseline: one node, its default durability (acknowledged after the local fsync).
+    let (local_child, local_endpoint) = start_sluice(&dir.path().join("single"), &[])?;
+    let single = Node {
+        child: local_child,
+        client: client(&local_endpoint)?,
+    };
+    create_stream(&single.client).await?;
+    wait_writable(&[&single.client]).await?;
+    let (local_p50, local_p99) = latency(&single.client, 0, args.puts).await?;
+    let single_rate = throughput(&[&single.client], args.clients, args.seconds).await?;
+    drop(single);
+
+    // Three nodes sharing the stream through etcd and S3.
+    let server = etcd::EtcdServer::start();
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| start_node(dir.path(), &server.endpoint, s3_addr, id))
+        .collect::<Result<_, _>>()?;
+    create_stream(&nodes[0].client).await?;
+    let clients: Vec<&Client> = nodes.iter().map(|n| &n.client).collect();
+    wait_writable(&clients).await?;
+    // Which node owns shard 0, by etcd.
+    let coordinator = sluice_cluster::etcd::EtcdCoordinator::connect(&[&server.endpoint])?;
+    let owner_key = sluice_cluster::ShardKey::new(STREAM, 0).key(sluice_cluster::keys::OWNER);
+    let owner = coordinator
+        .get(&owner_key)
+        .await?
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .ok_or("nobody owns shard 0")?;
+    let owner_at: usize = owner.trim_start_matches('n').parse::<usize>()? - 1;
+    let other_at = (owner_at + 1) % nodes.len();
+    let (owner_p50, owner_p99) = latency(&nodes[owner_at].client, 0, args.puts).await?;
+    let (other_p50, other_p99) = latency(&nodes[other_at].client, 0, args.puts).await?;
+    let cluster_rate = throughput(&clients, args.clients, args.seconds).await?;
+
+    // kill -9 of shard 0's owner: until shard 0 takes a write through another node.
+    let mut nodes = nodes;
+    let killed = nodes.remove(owner_at);
+    let survivor = client(&nodes[0].client.endpoint)?;
+    let started = Instant::now();
+    drop(killed);
+    put_to(&survivor, 0, 1, Duration::from_secs(30)).await?;
+    let failover = started.elapsed();
+    drop(nodes);
+    s3.abort();
+
+    println!(
+        "PutRecord latency, one record at a time ({} calls each):",
+        args.puts
+    );
+    println!(
+        "  one node, local fsync (baseline)        p50 {local_p50:>7.2} ms   p99 {local_p99:>7.2} ms"
+    );
+    println!(
+        "  cluster, shared (S3), at the owner      p50 {owner_p50:>7.2} ms   p99 {owner_p99:>7.2} ms"
+    );
+    println!(
+        "  cluster, shared (S3), forwarded         p50 {other_p50:>7.2} ms   p99 {other_p99:>7.2} ms"
+    );
+    println!(
+        "PutRecords throughput ({} clients, {} s): one node {single_rate:>9.0} records/s; three nodes {cluster_rate:>9.0} records/s ({:.2}x)",
+        args.clients,
+        args.seconds,
+        cluster_rate / single_rate
+    );
+    println!(
+        "Failover: kill -9 of a shard's owner until the shard took a write elsewhere: {:.2} s (target under 10 s, aim 3 s)",
+        failover.as_secs_f64()
+    );
+    Ok(())
+}
