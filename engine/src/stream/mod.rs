@@ -656,40 +656,57 @@ impl Stream {
             if let Some((writer, data)) = commit {
                 self.commits.lock().set(writer, data);
             }
-            // Reported before the records become visible, so a reader that sees a record
-            // can already find its error report. The records are logged by now, so nothing
-            // may fail their append any more (their sequence numbers would be handed out
-            // again): a report that cannot be written is logged instead.
-            if let Err(e) = self.report_failures(std::mem::take(&mut failures)) {
-                log::error!(
-                    "stream '{}': could not report records that did not decode: {e}",
-                    self.definition.name
-                );
-            }
-            let mut due = false;
-            for (position, batch) in chunks {
-                let shard = &set.all[position];
-                if let Some(chunk) = shard::Chunk::resident(batch) {
-                    shard.push_tail(chunk.appended_at(now));
-                }
-                due |= shard.tail_is_due(
-                    self.runtime.seal_rows,
-                    self.runtime.seal_bytes,
-                    self.runtime.seal_after,
-                );
-            }
-            self.appends.send_modify(|n| *n += 1);
-            // The records are in the log: a seal that fails now does not fail their append.
-            if due && let Err(e) = self.seal_locked(&mut wal, false) {
-                log::error!(
-                    "stream '{}': sealing failed, the records stay in the write-ahead log: {e}",
-                    self.definition.name
-                );
-            }
+            self.publish_logged(
+                &mut wal,
+                std::mem::take(&mut failures),
+                chunks
+                    .into_iter()
+                    .map(|(position, batch)| (&*set.all[position], batch)),
+                now,
+            );
         }
         // Acknowledged only once durable: one fsync covers every append waiting here.
         self.group_commit.wait(durable_at)?;
         Ok(results)
+    }
+
+    /// What every append does once its frame is in the write-ahead log, under the append lock:
+    /// reports the records that did not decode (before the records become visible, so a
+    /// reader that sees a record can already find its report), makes the records visible in
+    /// their shards' tails, wakes followers, and seals the tails that are due. Nothing here may
+    /// fail the append — the records are logged and their sequence numbers taken — so a report
+    /// or seal that fails is logged instead.
+    fn publish_logged<'a>(
+        &self,
+        wal: &mut WriteAheadLog,
+        failures: Vec<DecodeFailure>,
+        chunks: impl IntoIterator<Item = (&'a Shard, RecordBatch)>,
+        now: i64,
+    ) {
+        if let Err(e) = self.report_failures(failures) {
+            log::error!(
+                "stream '{}': could not report records that did not decode: {e}",
+                self.definition.name
+            );
+        }
+        let mut due = false;
+        for (shard, batch) in chunks {
+            if let Some(chunk) = shard::Chunk::resident(batch) {
+                shard.push_tail(chunk.appended_at(now));
+            }
+            due |= shard.tail_is_due(
+                self.runtime.seal_rows,
+                self.runtime.seal_bytes,
+                self.runtime.seal_after,
+            );
+        }
+        self.appends.send_modify(|n| *n += 1);
+        if due && let Err(e) = self.seal_locked(wal, false) {
+            log::error!(
+                "stream '{}': sealing failed, the records stay in the write-ahead log: {e}",
+                self.definition.name
+            );
+        }
     }
 
     /// Builds a stored batch for a run of numbered records of one shard, with the records that

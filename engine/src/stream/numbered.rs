@@ -4,7 +4,7 @@
 //! The same write-ahead log, tail and group commit as [`Stream::append`]; only the numbering
 //! is the caller's.
 
-use super::{DecodeFailure, Numbered, Stream, shard};
+use super::{DecodeFailure, Numbered, Stream};
 use crate::error::{Error, Result};
 use crate::stream::DATA_CONVERSION_ERROR;
 use crate::wal::WalEntry;
@@ -98,28 +98,8 @@ impl Stream {
                 })
                 .collect();
             durable_at = wal.write(&entries)?;
-            if let Err(e) = self.report_failures(failures) {
-                log::error!(
-                    "stream '{}': could not report records that did not decode: {e}",
-                    self.definition.name
-                );
-            }
             let now = self.runtime.clock.now_millis();
-            if let Some(chunk) = shard::Chunk::resident(batch) {
-                shard.push_tail(chunk.appended_at(now));
-            }
-            let due = shard.tail_is_due(
-                self.runtime.seal_rows,
-                self.runtime.seal_bytes,
-                self.runtime.seal_after,
-            );
-            self.appends.send_modify(|n| *n += 1);
-            if due && let Err(e) = self.seal_locked(&mut wal, false) {
-                log::error!(
-                    "stream '{}': sealing failed, the records stay in the write-ahead log: {e}",
-                    self.definition.name
-                );
-            }
+            self.publish_logged(&mut wal, failures, [(&**shard, batch)], now);
             appended = run.len();
         }
         self.group_commit.wait(durable_at)?;
