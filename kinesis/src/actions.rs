@@ -882,7 +882,11 @@ fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result
             puts.into_iter()
         }
         Err(e) => {
-            log::error!("PutRecords into '{}' failed: {e}", stream.name());
+            if e.kind == ErrorKind::ShardMoving {
+                log::debug!("PutRecords into '{}': {e}", stream.name());
+            } else {
+                log::error!("PutRecords into '{}' failed: {e}", stream.name());
+            }
             return Ok(json!({
                 "FailedRecordCount": records.len(),
                 "Records": records.iter().map(|_| json!({

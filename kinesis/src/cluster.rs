@@ -67,7 +67,7 @@ pub trait ShardPlacement: Send + Sync + std::fmt::Debug {
 
 fn moving(stream: &str, shard: u32) -> ApiError {
     ApiError::new(
-        ErrorKind::InternalFailure,
+        ErrorKind::ShardMoving,
         format!(
             "shard {} of stream {stream} is moving between nodes; retry shortly",
             sluice_engine::sequence::shard_id(shard)
@@ -106,7 +106,7 @@ pub(crate) fn append(
         let part: Vec<RecordRef<'_>> = members.iter().map(|&i| records[i]).collect();
         let puts = placement
             .append(stream, shard, &part)
-            .map_err(|reason| ApiError::new(ErrorKind::InternalFailure, reason))?;
+            .map_err(|reason| ApiError::new(ErrorKind::ShardMoving, reason))?;
         for (i, put) in members.into_iter().zip(puts) {
             results[i] = put;
         }
@@ -239,7 +239,7 @@ async fn spread_put_records(
         let answer = match to.as_deref() {
             None => actions::dispatch(services, "PutRecords", part).await,
             Some("") => Err(ApiError::new(
-                ErrorKind::InternalFailure,
+                ErrorKind::ShardMoving,
                 format!("shards of stream {name} are moving between nodes; retry shortly"),
             )),
             Some(addr) => forward(services, addr, "PutRecords", &part, headers).await,
@@ -335,7 +335,7 @@ async fn forward(
     }
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::new(
-            ErrorKind::InternalFailure,
+            ErrorKind::ShardMoving,
             format!("the node owning this shard ({addr}) did not answer: {e}; retry shortly"),
         )
     };

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     ProvisionedThroughputExceeded,
     PayloadTooLarge,
     InternalFailure,
+    /// A shard moving between nodes of a cluster: answered as `InternalFailure` (which the
+    /// SDKs retry), but expected, so not logged as a failure of this node.
+    ShardMoving,
     /// An error of another API served on the same port ([`crate::JsonService`]), in that
     /// API's own vocabulary.
     Service {
@@ -85,7 +88,7 @@ impl ErrorKind {
             Self::IncompleteSignature => "IncompleteSignatureException",
             Self::ProvisionedThroughputExceeded => "ProvisionedThroughputExceededException",
             Self::PayloadTooLarge => "RequestEntityTooLargeException",
-            Self::InternalFailure => "InternalFailure",
+            Self::InternalFailure | Self::ShardMoving => "InternalFailure",
             Self::Service { type_name, .. } => type_name,
         }
     }
@@ -93,7 +96,7 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InternalFailure => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InternalFailure | Self::ShardMoving => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MissingAuthenticationToken => StatusCode::FORBIDDEN,
             Self::Service { status, .. } => {
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST)
