@@ -868,13 +868,23 @@ fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result
         .map(|(record, _)| *record)
         .collect();
     // One append: every accepted entry lands or, if the engine fails, every entry reports it.
-    let mut puts = match crate::cluster::append(services, &stream, &accepted) {
+    // One append (per shard in a cluster): every accepted entry lands or reports why not. A
+    // shard that failed does not fail the others', which did land (a retry would duplicate them).
+    let mut puts = match crate::cluster::append_each(services, &stream, &accepted) {
         Ok(puts) => {
             let mut by_shard: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
             for (put, record) in puts.iter().zip(&accepted) {
-                let counts = by_shard.entry(put.shard_index).or_default();
-                counts.0 += 1;
-                counts.1 += record.data.len() as u64;
+                match put {
+                    Ok(put) => {
+                        let counts = by_shard.entry(put.shard_index).or_default();
+                        counts.0 += 1;
+                        counts.1 += record.data.len() as u64;
+                    }
+                    Err(e) if e.kind == ErrorKind::ShardMoving => {
+                        log::debug!("PutRecords into '{}': {e}", stream.name());
+                    }
+                    Err(e) => log::error!("PutRecords into '{}' failed: {e}", stream.name()),
+                }
             }
             for (shard, (count, bytes)) in by_shard {
                 services.metrics.put(stream.name(), shard, count, bytes);
@@ -882,11 +892,7 @@ fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result
             puts.into_iter()
         }
         Err(e) => {
-            if e.kind == ErrorKind::ShardMoving {
-                log::debug!("PutRecords into '{}': {e}", stream.name());
-            } else {
-                log::error!("PutRecords into '{}' failed: {e}", stream.name());
-            }
+            log::error!("PutRecords into '{}' failed: {e}", stream.name());
             return Ok(json!({
                 "FailedRecordCount": records.len(),
                 "Records": records.iter().map(|_| json!({
@@ -897,7 +903,6 @@ fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result
             }));
         }
     };
-    let failed = refused.iter().filter(|r| r.is_some()).count();
     let written: usize = accepted
         .iter()
         .map(|r| r.data.len() + r.partition_key.len())
@@ -905,22 +910,27 @@ fn put_records(services: &Arc<Services>, request: &Map<String, Value>) -> Result
     let encryption = services
         .on_demand
         .observe(services, &stream, accepted.len(), written);
+    let failure = |kind: ErrorKind, message: &str| json!({"ErrorCode": kind.type_name(), "ErrorMessage": message});
     let results: Vec<Value> = refused
         .into_iter()
         .map(|refusal| match refusal {
-            Some(error) => json!({
-                "ErrorCode": error.kind.type_name(),
-                "ErrorMessage": error.message,
-            }),
+            Some(error) => failure(error.kind, &error.message),
             None => match puts.next() {
-                Some(p) => json!({"ShardId": p.shard_id(), "SequenceNumber": p.sequence_number()}),
-                None => json!({
-                    "ErrorCode": "InternalFailure",
-                    "ErrorMessage": "Internal service failure: the record was not appended",
-                }),
+                Some(Ok(p)) => {
+                    json!({"ShardId": p.shard_id(), "SequenceNumber": p.sequence_number()})
+                }
+                Some(Err(error)) => failure(error.kind, &error.message),
+                None => failure(
+                    ErrorKind::InternalFailure,
+                    "Internal service failure: the record was not appended",
+                ),
             },
         })
         .collect();
+    let failed = results
+        .iter()
+        .filter(|r| r.get("ErrorCode").is_some())
+        .count();
     Ok(json!({
         "FailedRecordCount": failed,
         "Records": results,

@@ -75,14 +75,27 @@ fn moving(stream: &str, shard: u32) -> ApiError {
     )
 }
 
-/// Appends `records` of `stream`, through the cluster when there is one.
+/// Appends `records` of `stream`, through the cluster when there is one; all or nothing.
 pub(crate) fn append(
     services: &Services,
     stream: &Stream,
     records: &[RecordRef<'_>],
 ) -> Result<Vec<PutResult>, ApiError> {
+    append_each(services, stream, records)?
+        .into_iter()
+        .collect()
+}
+
+/// Appends `records` of `stream`, through the cluster when there is one: where each landed, or
+/// why it did not. In a cluster each shard's records are appended on their own, so a shard that
+/// is moving fails only its own records (the others landed, and must not be sent again).
+pub(crate) fn append_each(
+    services: &Services,
+    stream: &Stream,
+    records: &[RecordRef<'_>],
+) -> Result<Vec<Result<PutResult, ApiError>>, ApiError> {
     let Some(placement) = &services.placement else {
-        return Ok(stream.append_refs(records)?);
+        return Ok(stream.append_refs(records)?.into_iter().map(Ok).collect());
     };
     let ranges = actions::open_ranges(stream);
     let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -92,23 +105,29 @@ pub(crate) fn append(
             .or_default()
             .push(i);
     }
-    let mut results = vec![
-        PutResult {
-            shard_index: 0,
-            seq: 0
-        };
-        records.len()
-    ];
+    let mut results: Vec<Result<PutResult, ApiError>> = (0..records.len())
+        .map(|_| Err(ApiError::internal("the record was not appended")))
+        .collect();
     for (shard, members) in by_shard {
-        if placement.place(stream.name(), shard) != Placement::Local {
-            return Err(moving(stream.name(), shard));
-        }
-        let part: Vec<RecordRef<'_>> = members.iter().map(|&i| records[i]).collect();
-        let puts = placement
-            .append(stream, shard, &part)
-            .map_err(|reason| ApiError::new(ErrorKind::ShardMoving, reason))?;
-        for (i, put) in members.into_iter().zip(puts) {
-            results[i] = put;
+        let puts = if placement.place(stream.name(), shard) == Placement::Local {
+            let part: Vec<RecordRef<'_>> = members.iter().map(|&i| records[i]).collect();
+            placement
+                .append(stream, shard, &part)
+                .map_err(|reason| ApiError::new(ErrorKind::ShardMoving, reason))
+        } else {
+            Err(moving(stream.name(), shard))
+        };
+        match puts {
+            Ok(puts) => {
+                for (&i, put) in members.iter().zip(puts) {
+                    results[i] = Ok(put);
+                }
+            }
+            Err(error) => {
+                for &i in &members {
+                    results[i] = Err(error.clone());
+                }
+            }
         }
     }
     Ok(results)

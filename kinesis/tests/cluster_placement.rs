@@ -1,0 +1,170 @@
+//! The Kinesis API as one node of a cluster, against a placement whose answers the test sets:
+//! records for shards owned here go through its `append`; a PutRecords whose shards are partly
+//! moving lands the records of the shards owned here and fails only the others (so a producer
+//! retrying the failed entries duplicates nothing); a single PutRecord for a moving shard is
+//! answered InternalFailure; resharding is refused, saying why.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use sluice_engine::{Engine, EngineOptions, PutResult, RecordRef, Stream};
+use sluice_kinesis::cluster::{Placement, ShardPlacement};
+use sluice_kinesis::{KinesisOptions, router};
+use tower::ServiceExt;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Owns the shards listed; the others are moving. Appends straight to the engine, counting.
+#[derive(Debug, Default)]
+struct FixedPlacement {
+    owned: Vec<u32>,
+    appended: Mutex<Vec<u32>>,
+    registered: Mutex<Vec<String>>,
+}
+
+impl ShardPlacement for FixedPlacement {
+    fn place(&self, _stream: &str, shard: u32) -> Placement {
+        if self.owned.contains(&shard) {
+            Placement::Local
+        } else {
+            Placement::Moving
+        }
+    }
+
+    fn append(
+        &self,
+        stream: &Stream,
+        shard: u32,
+        records: &[RecordRef<'_>],
+    ) -> Result<Vec<PutResult>, String> {
+        self.appended
+            .lock()
+            .extend(std::iter::repeat_n(shard, records.len()));
+        stream.append_refs(records).map_err(|e| e.to_string())
+    }
+
+    fn stream_created(&self, stream: &Stream) -> Result<(), String> {
+        self.registered.lock().push(stream.name().to_string());
+        Ok(())
+    }
+
+    fn stream_deleted(&self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    action: &str,
+    body: Value,
+) -> Result<(u16, Value), Box<dyn std::error::Error>> {
+    let request = Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("x-amz-target", format!("Kinesis_20131202.{action}"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .header("x-amz-date", "20260101T000000Z")
+        .body(Body::from(body.to_string()))?;
+    let response = app.clone().oneshot(request).await?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    let value = if bytes.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&bytes)?
+    };
+    Ok((status, value))
+}
+
+/// The explicit hash key of shard `shard` of 2.
+fn hash_key(shard: u32) -> String {
+    ((u128::MAX / 2 + 1) * shard as u128).to_string()
+}
+
+#[tokio::test]
+async fn records_of_moving_shards_fail_alone_and_the_rest_land_through_the_placement() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(EngineOptions::new(dir.path()).with_background(false))?;
+    let placement = Arc::new(FixedPlacement {
+        owned: vec![0],
+        ..FixedPlacement::default()
+    });
+    let app = router(
+        engine.clone(),
+        KinesisOptions {
+            placement: Some(placement.clone() as Arc<dyn ShardPlacement>),
+            ..KinesisOptions::default()
+        },
+    );
+    let (status, _) = call(
+        &app,
+        "CreateStream",
+        json!({"StreamName": "s", "ShardCount": 2}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(*placement.registered.lock(), ["s"]);
+
+    let entries: Vec<Value> = (0..4)
+        .map(|i| json!({"PartitionKey": "k", "ExplicitHashKey": hash_key(i % 2), "Data": "eA=="}))
+        .collect();
+    let (status, answer) = call(
+        &app,
+        "PutRecords",
+        json!({"StreamName": "s", "Records": entries}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(answer["FailedRecordCount"], 2, "{answer}");
+    let records = answer["Records"].as_array().ok_or("records")?;
+    for (i, record) in records.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(record["ShardId"], "shardId-000000000000", "{record}");
+        } else {
+            assert_eq!(record["ErrorCode"], "InternalFailure", "{record}");
+            let message = record["ErrorMessage"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("moving between nodes; retry shortly"),
+                "{message}"
+            );
+        }
+    }
+    // Only shard 0's records went through the placement, and only they are in the stream.
+    assert_eq!(*placement.appended.lock(), [0, 0]);
+    assert_eq!(engine.stream("s")?.shard(1).map(|s| s.next_seq()), Some(1));
+
+    let (status, answer) = call(
+        &app,
+        "PutRecord",
+        json!({"StreamName": "s", "PartitionKey": "k", "ExplicitHashKey": hash_key(1), "Data": "eA=="}),
+    )
+    .await?;
+    assert_eq!(
+        (status, answer["__type"].as_str()),
+        (500, Some("InternalFailure")),
+        "{answer}"
+    );
+
+    let (status, answer) = call(
+        &app,
+        "SplitShard",
+        json!({"StreamName": "s", "ShardToSplit": "shardId-000000000000", "NewStartingHashKey": "1"}),
+    )
+    .await?;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not supported when Sluice runs as a cluster"),
+        "{message}"
+    );
+    Ok(())
+}
