@@ -606,6 +606,13 @@ impl Engine {
     }
 
     /// The stream called `name`, if there is one.
+    /// The stream whose full name (its namespace included, as [`Stream::name`] gives it) is
+    /// `full_name`, whatever namespace this handle is for: a reader that follows a stream of
+    /// another namespace (an application reading its input) finds it again by its name.
+    pub fn stream_by_full_name(&self, full_name: &str) -> Option<Arc<Stream>> {
+        self.inner.streams.read().get(full_name).cloned()
+    }
+
     pub fn try_stream(&self, name: &str) -> Option<Arc<Stream>> {
         self.inner
             .streams

@@ -239,7 +239,10 @@ impl PumpCursor {
         let caught_up = self.caught_up.lock();
         // Every shard of every stream read, including shards a reshard opened since.
         streams.into_iter().all(|name| {
-            let Some(stream) = engine.try_stream(&name) else {
+            // By full name: an application's feeds are checked through its namespace's handle,
+            // and read streams of the default namespace (before, such a stream was not found
+            // there and counted as caught up, so FLUSH could return before the feeds ran).
+            let Some(stream) = engine.stream_by_full_name(&name) else {
                 return true;
             };
             stream.shards().iter().all(|shard| {

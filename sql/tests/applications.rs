@@ -866,7 +866,7 @@ async fn input_parallelism_spreads_shards_over_in_app_streams() -> TestResult {
     let first = count(query(&session, r#"SELECT * FROM wide."SOURCE_SQL_STREAM_001""#).await?);
     let second = count(query(&session, r#"SELECT * FROM wide."SOURCE_SQL_STREAM_002""#).await?);
     // Every record in exactly one of the two, each fed by its own shards.
-    assert_eq!(first + second, 80);
+    assert_eq!(first + second, 80, "{first} + {second}");
     assert!(first > 0 && second > 0, "{first} + {second}");
     let detail = call(
         applications,
