@@ -166,6 +166,34 @@ async fn wait_writable(nodes: &[&Client]) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Waits until every shard is owned by the node it is assigned to and the nodes own two each.
+async fn wait_settled(coordinator: &dyn Coordinator) -> Result<(), BoxError> {
+    let started = Instant::now();
+    loop {
+        let owners = coordinator.list(sluice_cluster::keys::OWNER).await?;
+        let assigned = coordinator.list(sluice_cluster::keys::ASSIGN).await?;
+        let mut per_node: std::collections::BTreeMap<Vec<u8>, usize> = Default::default();
+        for owner in &owners {
+            *per_node.entry(owner.value.clone()).or_default() += 1;
+        }
+        let matches = owners.len() == SHARDS as usize
+            && assigned.len() == SHARDS as usize
+            && owners
+                .iter()
+                .zip(&assigned)
+                .all(|(o, a)| o.value == a.value);
+        if matches && per_node.len() == 3 && per_node.values().all(|&n| n == 2) {
+            // Let the last owner finish opening.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the cluster did not settle within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// p50 and p99 of `puts` sequential PutRecord calls to `shard` through `client`, in ms.
 async fn latency(client: &Client, shard: u32, puts: usize) -> Result<(f64, f64), BoxError> {
     let mut took = Vec::with_capacity(puts);
@@ -232,8 +260,10 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
     create_stream(&nodes[0].client).await?;
     let clients: Vec<&Client> = nodes.iter().map(|n| &n.client).collect();
     wait_writable(&clients).await?;
-    // Which node owns shard 0, by etcd.
+    // Measured once the controller has settled the shards (two per node), not while it moves
+    // them.
     let coordinator = sluice_cluster::etcd::EtcdCoordinator::connect(&[&server.endpoint])?;
+    wait_settled(&coordinator).await?;
     let owner_key = sluice_cluster::ShardKey::new(STREAM, 0).key(sluice_cluster::keys::OWNER);
     let owner = coordinator
         .get(&owner_key)
@@ -242,8 +272,12 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
         .ok_or("nobody owns shard 0")?;
     let owner_at: usize = owner.trim_start_matches('n').parse::<usize>()? - 1;
     let other_at = (owner_at + 1) % nodes.len();
-    let (owner_p50, owner_p99) = latency(&nodes[owner_at].client, 0, args.puts).await?;
-    let (other_p50, other_p99) = latency(&nodes[other_at].client, 0, args.puts).await?;
+    let (owner_p50, owner_p99) = latency(&nodes[owner_at].client, 0, args.puts)
+        .await
+        .map_err(|e| format!("at the owner ({owner}): {e}"))?;
+    let (other_p50, other_p99) = latency(&nodes[other_at].client, 0, args.puts)
+        .await
+        .map_err(|e| format!("forwarded: {e}"))?;
     let cluster_rate = throughput(&clients, args.clients, args.seconds).await?;
 
     // kill -9 of shard 0's owner: until shard 0 takes a write through another node.

@@ -56,6 +56,10 @@ fn assert_numbered_from_one(recovered: &sluice_cluster::shard_log::Recovered) {
     assert_eq!(seqs, (1..recovered.next_seq).collect::<Vec<u64>>());
 }
 
+fn nothing() -> sluice_cluster::shard_log::Apply {
+    Arc::new(|_| Ok(()))
+}
+
 fn always() -> sluice_cluster::shard_log::Liveness {
     Arc::new(|| true)
 }
@@ -85,6 +89,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         0,
         options,
         Arc::new(move || live.load(Ordering::SeqCst)),
+        nothing(),
     )
     .await?;
     assert_eq!((recovered.records.len(), recovered.next_seq), (0, 1));
@@ -123,8 +128,17 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     etcd.revoke(lease1).await?;
     let (fence2, _) = claim(&etcd, &shard, "n2").await?;
     assert!(fence2.epoch > fence1.epoch);
-    let (log2, recovered) =
-        ShardLog::open(&etcd, &storage, &shard, &fence2, 0, options, always()).await?;
+    let (log2, recovered) = ShardLog::open(
+        &etcd,
+        &storage,
+        &shard,
+        &fence2,
+        0,
+        options,
+        always(),
+        nothing(),
+    )
+    .await?;
     assert_eq!(recovered.next_seq, 101);
     let data: Vec<Vec<u8>> = recovered.records.iter().map(|r| r.data.clone()).collect();
     assert_eq!(data.len(), 100);
@@ -154,8 +168,17 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     // n3 takes over (n2 handed off): 150 records, none of them the zombie's.
     etcd.release(&fence2).await?;
     let (fence3, _) = claim(&etcd, &shard, "n3").await?;
-    let (_log3, recovered) =
-        ShardLog::open(&etcd, &storage, &shard, &fence3, 0, options, always()).await?;
+    let (_log3, recovered) = ShardLog::open(
+        &etcd,
+        &storage,
+        &shard,
+        &fence3,
+        0,
+        options,
+        always(),
+        nothing(),
+    )
+    .await?;
     assert_eq!(recovered.next_seq, 151);
     assert!(
         recovered
@@ -169,8 +192,17 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         etcd.release(&fence3).await?;
         claim(&etcd, &shard, "n4").await?
     };
-    let (_log4, tail) =
-        ShardLog::open(&etcd, &storage, &shard, &fence4, 121, options, always()).await?;
+    let (_log4, tail) = ShardLog::open(
+        &etcd,
+        &storage,
+        &shard,
+        &fence4,
+        121,
+        options,
+        always(),
+        nothing(),
+    )
+    .await?;
     assert_eq!(tail.records.first().map(|r| r.seq), Some(121));
     assert_eq!((tail.records.len(), tail.next_seq), (30, 151));
 
@@ -253,6 +285,7 @@ async fn a_stale_owner_cannot_open_the_log() -> TestResult {
         0,
         LogOptions::default(),
         always(),
+        nothing(),
     )
     .await;
     assert!(
@@ -281,6 +314,7 @@ async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> 
         0,
         LogOptions::default(),
         always(),
+        nothing(),
     )
     .await?;
     log.append(vec![record(0)]).await?;

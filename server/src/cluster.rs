@@ -22,7 +22,9 @@ use object_store::path::Path;
 use parking_lot::Mutex;
 use sluice_cluster::etcd::EtcdCoordinator;
 use sluice_cluster::node::HostFuture;
-use sluice_cluster::shard_log::{LogOptions, Logged, NewRecord, ShardLog, SharedStorage};
+use sluice_cluster::shard_log::{
+    LogOptions, LogRecord, Logged, NewRecord, ShardLog, SharedStorage,
+};
 use sluice_cluster::{
     ClusterNode, Coordinator, Fence, NodeConfig, NodeInfo, Ownership, ShardHost, ShardKey,
     StreamShards, WatchEvent, keys,
@@ -148,6 +150,22 @@ impl NodeShards {
                 .and_then(|o| o.fence(&key))
                 .is_some_and(|f| f.epoch == epoch)
         });
+        let applied_to = Arc::clone(&stream);
+        let apply = Arc::new(move |records: &[LogRecord]| {
+            let numbered: Vec<NumberedRecord<'_>> = records
+                .iter()
+                .map(|r| NumberedRecord {
+                    seq: r.seq,
+                    arrival_ms: r.arrival_ms,
+                    partition_key: &r.partition_key,
+                    data: &r.data,
+                })
+                .collect();
+            applied_to
+                .append_numbered(index, &numbered)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
         let (log, recovered) = ShardLog::open(
             self.coordinator.as_ref(),
             &self.storage,
@@ -156,6 +174,7 @@ impl NodeShards {
             from,
             LogOptions::default(),
             live,
+            apply,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -290,22 +309,10 @@ impl ShardPlacement for NodeShards {
                 arrival_ms: r.arrival_ms.unwrap_or(now),
             })
             .collect();
+        // Durable in shared storage and appended here (in log order) once this returns.
         let logged: Vec<Logged> = Handle::current()
             .block_on(log.append(new))
             .map_err(|e| e.to_string())?;
-        let numbered: Vec<NumberedRecord<'_>> = records
-            .iter()
-            .zip(&logged)
-            .map(|(r, l)| NumberedRecord {
-                seq: l.seq,
-                arrival_ms: l.arrival_ms,
-                partition_key: r.partition_key,
-                data: r.data,
-            })
-            .collect();
-        stream
-            .append_numbered(shard, &numbered)
-            .map_err(|e| format!("{key}: logged to shared storage but not appended here: {e}"))?;
         Ok(logged
             .iter()
             .map(|l| PutResult {

@@ -119,6 +119,11 @@ pub struct Recovered {
 /// Whether the owner may still acknowledge (its session is live and the shard still its own).
 pub type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// What the owner does with each group once it is durable, before it is acknowledged: append
+/// it to its local copy. Called in log order, one group at a time, on a blocking thread; an
+/// error stops the log (the owner opens it again, which appends what is missing).
+pub type Apply = Arc<dyn Fn(&[LogRecord]) -> Result<(), String> + Send + Sync>;
+
 /// A record to log.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -159,6 +164,7 @@ impl Drop for ShardLog {
 impl ShardLog {
     /// Opens `shard` for its new owner (holding `fence`): rebuilds the chain of chunks,
     /// returns the records from `from_seq` on, and commits where this epoch begins.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         coordinator: &dyn Coordinator,
         storage: &SharedStorage,
@@ -167,6 +173,7 @@ impl ShardLog {
         from_seq: u64,
         options: LogOptions,
         live: Liveness,
+        apply: Apply,
     ) -> Result<(Self, Recovered)> {
         let store = storage.store.clone();
         let manifest_key = shard.key(keys::MANIFEST);
@@ -191,6 +198,7 @@ impl ShardLog {
         let (queue, pending) = mpsc::channel(1024);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = Writer {
+            apply,
             closing: Arc::clone(&closing),
             store,
             folder,
@@ -301,6 +309,7 @@ async fn recover(
 }
 
 struct Writer {
+    apply: Apply,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Arc<dyn ObjectStore>,
     folder: Path,
@@ -413,6 +422,19 @@ impl Writer {
             return Err(err);
         }
         self.next_seq = first_seq + records.len() as u64;
+        // Applied here, in log order, so the owner's copy never sees a later group first.
+        let apply = Arc::clone(&self.apply);
+        let applied = tokio::task::spawn_blocking(move || apply(&records))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|applied| applied);
+        if let Err(reason) = applied {
+            let err = LogError::Storage(format!(
+                "logged to shared storage but not applied here: {reason}"
+            ));
+            refuse(answers, &err);
+            return Err(err);
+        }
         for (reply, logged) in answers {
             let _ = reply.send(Ok(logged));
         }
