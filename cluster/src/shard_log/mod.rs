@@ -28,7 +28,7 @@ pub mod chunk;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -268,6 +268,35 @@ async fn recover(
         .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
         .collect();
     chunks.sort_by_key(|(first, _, _)| *first);
+    // The chunks to read: those not wholly before `from_seq` (a chunk's length is where its
+    // successor starts). Read many at a time: a shard written one record per commit has as
+    // many chunks as records, and a new owner must not take minutes to open it.
+    let wanted: Vec<usize> = (0..chunks.len())
+        .filter(|&i| {
+            chunks
+                .get(i + 1)
+                .is_none_or(|(next, _, _)| *next > from_seq)
+        })
+        .collect();
+    let mut fetched: std::collections::HashMap<usize, Vec<LogRecord>> =
+        futures::stream::iter(wanted.into_iter().map(|i| {
+            let path = chunks[i].2.clone();
+            async move {
+                let bytes = store
+                    .get(&path)
+                    .await
+                    .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?
+                    .bytes()
+                    .await
+                    .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?;
+                let chunk =
+                    chunk::decode(bytes).map_err(|e| LogError::Corrupt(format!("{path}: {e}")))?;
+                Ok::<_, LogError>((i, chunk))
+            }
+        }))
+        .buffer_unordered(READ_AHEAD)
+        .try_collect()
+        .await?;
     let mut next = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
     let mut records = Vec::new();
     for (i, (first, _, path)) in chunks.iter().enumerate() {
@@ -276,20 +305,11 @@ async fn recover(
             log::warn!("{path}: expected a chunk from {next}; the chain ends there");
             break;
         }
-        let successor = chunks.get(i + 1).map(|(f, _, _)| *f);
-        if successor.is_some_and(|s| s <= from_seq) {
+        let Some(chunk) = fetched.remove(&i) else {
             // Wholly before what the caller asked for: its length is its successor's start.
-            next = successor.unwrap_or(next);
+            next = chunks.get(i + 1).map_or(next, |(f, _, _)| *f);
             continue;
-        }
-        let bytes = store
-            .get(path)
-            .await
-            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?
-            .bytes()
-            .await
-            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?;
-        let chunk = chunk::decode(bytes).map_err(|e| LogError::Corrupt(format!("{path}: {e}")))?;
+        };
         if chunk
             .iter()
             .enumerate()
@@ -307,6 +327,9 @@ async fn recover(
         next_seq: next,
     })
 }
+
+/// How many chunks a new owner reads at once.
+const READ_AHEAD: usize = 32;
 
 struct Writer {
     apply: Apply,
