@@ -151,21 +151,8 @@ impl NodeShards {
                 .is_some_and(|f| f.epoch == epoch)
         });
         let applied_to = Arc::clone(&stream);
-        let apply = Arc::new(move |records: &[LogRecord]| {
-            let numbered: Vec<NumberedRecord<'_>> = records
-                .iter()
-                .map(|r| NumberedRecord {
-                    seq: r.seq,
-                    arrival_ms: r.arrival_ms,
-                    partition_key: &r.partition_key,
-                    data: &r.data,
-                })
-                .collect();
-            applied_to
-                .append_numbered(index, &numbered)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
+        let apply =
+            Arc::new(move |records: &[LogRecord]| append_logged(&applied_to, index, records));
         let (log, recovered) = ShardLog::open(
             self.coordinator.as_ref(),
             &self.storage,
@@ -181,22 +168,9 @@ impl NodeShards {
         // What earlier owners (or this one, before a failed write) logged that this node does
         // not hold yet.
         let imported = recovered.records.len();
-        tokio::task::spawn_blocking(move || {
-            let records: Vec<NumberedRecord<'_>> = recovered
-                .records
-                .iter()
-                .map(|r| NumberedRecord {
-                    seq: r.seq,
-                    arrival_ms: r.arrival_ms,
-                    partition_key: &r.partition_key,
-                    data: &r.data,
-                })
-                .collect();
-            stream.append_numbered(index, &records)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || append_logged(&stream, index, &recovered.records))
+            .await
+            .map_err(|e| e.to_string())??;
         if imported > 0 {
             log::info!("{shard}: took {imported} records over from the shared log");
         }
@@ -217,6 +191,23 @@ impl NodeShards {
             .map_err(|e| e.to_string())?;
         self.open_log(stream, shard, &fence).await
     }
+}
+
+/// Appends records of shard `index` as the shared log numbered them to the local copy.
+fn append_logged(stream: &Stream, index: u32, records: &[LogRecord]) -> Result<(), String> {
+    let numbered: Vec<NumberedRecord<'_>> = records
+        .iter()
+        .map(|r| NumberedRecord {
+            seq: r.seq,
+            arrival_ms: r.arrival_ms,
+            partition_key: &r.partition_key,
+            data: &r.data,
+        })
+        .collect();
+    stream
+        .append_numbered(index, &numbered)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Creates the local copy of a stream from its cluster entry (a [`StreamShards`] whose
