@@ -270,6 +270,7 @@ async fn shards_spread_over_the_nodes_and_a_crashed_nodes_move_within_its_lease(
             assert_eq!(&after[shard], nodes);
         }
     }
+    // After the six first opens, only n2's two shards were opened again.
     let reopened: Vec<String> = cluster.journal().into_iter().skip(6).collect();
     assert_eq!(reopened.len(), 2, "{reopened:?}");
 }

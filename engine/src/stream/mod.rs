@@ -246,6 +246,21 @@ struct Numbered<'a> {
     data: &'a [u8],
 }
 
+impl Numbered<'_> {
+    /// The report of this record of shard `shard_index`, which did not decode.
+    fn failure(&self, shard_index: u32, reason: String) -> DecodeFailure {
+        DecodeFailure {
+            shard_index,
+            seq: self.seq,
+            name: DATA_CONVERSION_ERROR,
+            reason,
+            data_rowtime_ms: Some(self.arrival_ms),
+            data: Some(self.data.to_vec()),
+            pump: None,
+        }
+    }
+}
+
 impl Stream {
     /// Opens (or creates) the stream's files under `dir`, recovering sealed segments and
     /// replaying the write-ahead log.
@@ -623,17 +638,11 @@ impl Stream {
                     Some(columns) => (self.build_decoded_batch(&run, columns, members)?, vec![]),
                     None => self.build_batch(shard.index, &run)?,
                 };
-                for (offset, reason) in errors {
-                    failures.push(DecodeFailure {
-                        shard_index: shard.index,
-                        seq: run[offset].seq,
-                        name: DATA_CONVERSION_ERROR,
-                        reason,
-                        data_rowtime_ms: Some(run[offset].arrival_ms),
-                        data: Some(run[offset].data.to_vec()),
-                        pump: None,
-                    });
-                }
+                failures.extend(
+                    errors
+                        .into_iter()
+                        .map(|(offset, reason)| run[offset].failure(shard.index, reason)),
+                );
                 for (n, &i) in run.iter().zip(members) {
                     results[i] = PutResult {
                         shard_index: shard.index,

@@ -6,7 +6,6 @@
 
 use super::{DecodeFailure, Numbered, Stream};
 use crate::error::{Error, Result};
-use crate::stream::DATA_CONVERSION_ERROR;
 use crate::wal::WalEntry;
 
 /// A record with the sequence number and arrival time it was given.
@@ -77,15 +76,7 @@ impl Stream {
             let (batch, errors) = self.build_batch(shard_index, &run)?;
             let failures: Vec<DecodeFailure> = errors
                 .into_iter()
-                .map(|(offset, reason)| DecodeFailure {
-                    shard_index,
-                    seq: run[offset].seq,
-                    name: DATA_CONVERSION_ERROR,
-                    reason,
-                    data_rowtime_ms: Some(run[offset].arrival_ms),
-                    data: Some(run[offset].data.to_vec()),
-                    pump: None,
-                })
+                .map(|(offset, reason)| run[offset].failure(shard_index, reason))
                 .collect();
             let entries: Vec<WalEntry<'_>> = run
                 .iter()
