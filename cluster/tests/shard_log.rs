@@ -18,6 +18,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sluice_cluster::memory::MemoryCoordinator;
+use sluice_cluster::shard_log::follow::Follower;
 use sluice_cluster::shard_log::{
     LogError, LogOptions, Manifest, NewRecord, ShardLog, SharedStorage, chunk,
 };
@@ -54,6 +55,32 @@ async fn claim(
 fn assert_numbered_from_one(recovered: &sluice_cluster::shard_log::Recovered) {
     let seqs: Vec<u64> = recovered.records.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..recovered.next_seq).collect::<Vec<u64>>());
+}
+
+/// What a node that follows the shard afresh reads from `next_seq` on.
+async fn read_settled(
+    etcd: &MemoryCoordinator,
+    storage: &SharedStorage,
+    shard: &ShardKey,
+    next_seq: u64,
+) -> Result<Vec<chunk::LogRecord>, LogError> {
+    Follower::new(shard.clone())
+        .read(etcd, storage, next_seq)
+        .await
+}
+
+fn seqs_of(records: &[chunk::LogRecord]) -> std::ops::RangeInclusive<u64> {
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let range = match (seqs.first(), seqs.last()) {
+        (Some(&first), Some(&last)) => first..=last,
+        _ => 1..=0,
+    };
+    assert_eq!(
+        seqs,
+        range.clone().collect::<Vec<u64>>(),
+        "in order, once each"
+    );
+    range
 }
 
 fn nothing() -> sluice_cluster::shard_log::Apply {
@@ -116,6 +143,21 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         written.len() < 10,
         "concurrent appends share chunks (group commit): {written:?}"
     );
+    // Another node follows the shard: from the start, from the end (nothing), and from inside
+    // a chunk.
+    assert_eq!(
+        seqs_of(&read_settled(&etcd, &storage, &shard, 1).await?),
+        1..=100
+    );
+    assert!(read_settled(&etcd, &storage, &shard, 101).await?.is_empty());
+    assert_eq!(
+        seqs_of(&read_settled(&etcd, &storage, &shard, 57).await?),
+        57..=100
+    );
+    // A follower that goes on reading, from where it got to.
+    let mut follower = Follower::new(shard.clone());
+    assert_eq!(seqs_of(&follower.read(&etcd, &storage, 1).await?), 1..=100);
+    assert!(follower.read(&etcd, &storage, 101).await?.is_empty());
 
     // n1 is cut off: past its session's deadline it refuses to acknowledge, saying why.
     n1_live.store(false, Ordering::SeqCst);
@@ -126,8 +168,16 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     );
     // Its lease expires; n2 claims at a higher epoch and rebuilds all 100 records.
     etcd.revoke(lease1).await?;
+    // Nobody owns the shard: whoever claims it next lists these chunks, so they are settled.
+    assert_eq!(
+        seqs_of(&read_settled(&etcd, &storage, &shard, 1).await?),
+        1..=100
+    );
     let (fence2, _) = claim(&etcd, &shard, "n2").await?;
     assert!(fence2.epoch > fence1.epoch);
+    // n2 has claimed it but not said where its epoch begins: a chunk of n1's landing now
+    // could be one n2 never reads, so a follower waits.
+    assert!(read_settled(&etcd, &storage, &shard, 1).await?.is_empty());
     let (log2, recovered) = ShardLog::open(
         &etcd,
         &storage,
@@ -163,6 +213,13 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         .await?;
     let logged = log2.append((100..150).map(record).collect()).await?;
     assert_eq!(logged.first().map(|l| l.seq), Some(101));
+    // A follower reads n2's records after n1's, and never the zombie's.
+    let followed = read_settled(&etcd, &storage, &shard, 1).await?;
+    assert_eq!(seqs_of(&followed), 1..=150);
+    assert!(followed.iter().all(|r| r.partition_key != "zombie"));
+    let followed = follower.read(&etcd, &storage, 101).await?;
+    assert_eq!(seqs_of(&followed), 101..=150);
+    assert_eq!(followed[0].partition_key, "key-100");
     drop(log2);
 
     // n3 takes over (n2 handed off): 150 records, none of them the zombie's.

@@ -59,6 +59,14 @@ pub enum Error {
 
     #[error("{0}")]
     Retry(String),
+
+    #[error(
+        "stream '{0}' is shared by the cluster and its records are numbered by each shard's owner: \
+         write it through the Kinesis API (PutRecord, PutRecords) on any node. SQL INSERT, Flight \
+         DoPut, pumps and delivery do not write into shared streams yet; write into a stream \
+         created with SQL (kept by this node) instead"
+    )]
+    SharedStream(String),
 }
 
 /// What kind of failure an engine error is: the one classification every protocol maps from
@@ -92,7 +100,7 @@ impl Error {
         match self {
             Error::StreamNotFound(_) | Error::ShardNotFound { .. } => ErrorClass::NotFound,
             Error::StreamAlreadyExists(_) => ErrorClass::AlreadyExists,
-            Error::ShardClosed { .. } => ErrorClass::InUse,
+            Error::ShardClosed { .. } | Error::SharedStream(_) => ErrorClass::InUse,
             Error::LimitExceeded(_) => ErrorClass::LimitExceeded,
             Error::InvalidArgument(_)
             | Error::RecordTooLarge { .. }

@@ -94,7 +94,8 @@ pub(crate) fn append_each(
     stream: &Stream,
     records: &[RecordRef<'_>],
 ) -> Result<Vec<Result<PutResult, ApiError>>, ApiError> {
-    let Some(placement) = &services.placement else {
+    let Some(placement) = services.placement.as_ref().filter(|_| stream.is_shared()) else {
+        // One node, or a stream this node keeps for itself (created with SQL).
         return Ok(stream.append_refs(records)?.into_iter().map(Ok).collect());
     };
     let ranges = actions::open_ranges(stream);
@@ -170,6 +171,9 @@ fn destination(
                 return Ok(None);
             };
             let stream = actions::find_stream(&services.engine, &name)?;
+            if !stream.is_shared() {
+                return Ok(None);
+            }
             let id = actions::str_field(request, "ShardId")?.unwrap_or_default();
             let shard = actions::shard_index(&stream, id)?;
             return match placement.place(&name, shard) {
@@ -189,6 +193,14 @@ fn destination(
         }
         _ => return Ok(None),
     };
+    // A stream this node keeps for itself (created with SQL) is answered here.
+    if services
+        .engine
+        .try_stream(&stream)
+        .is_some_and(|s| !s.is_shared())
+    {
+        return Ok(None);
+    }
     match placement.place(&stream, shard) {
         Placement::Local => Ok(None),
         Placement::Remote(addr) => Ok(Some(addr)),
@@ -227,6 +239,9 @@ async fn spread_put_records(
     // Anything malformed is answered by the ordinary path, with its ordinary errors.
     let name = actions::stream_name(request).ok()?;
     let stream = actions::find_stream(&services.engine, &name).ok()?;
+    if !stream.is_shared() {
+        return None;
+    }
     let entries = request.get("Records")?.as_array()?;
     let ranges = actions::open_ranges(&stream);
     let mut parts: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();

@@ -3,7 +3,8 @@
 //! any request; a node killed with SIGKILL has its shards taken over by the others, which go on
 //! numbering where it stopped, and every record acknowledged before or after is read back
 //! exactly once, in order, through every surviving node; a node stopped with SIGTERM hands its
-//! shards off and the last node serves them all.
+//! shards off and the last node serves them all. Flight SQL through every node reads every
+//! acknowledged record too: each node follows the shards it does not own from the shared log.
 
 mod common;
 #[path = "../../tests/support/etcd.rs"]
@@ -23,9 +24,9 @@ fn node(
     s3: std::net::SocketAddr,
     etcd: &str,
     id: &str,
-) -> Result<(common::server::Server, String), Box<dyn std::error::Error>> {
+) -> Result<(common::server::Server, Endpoints), Box<dyn std::error::Error>> {
     let cluster = format!("etcd://{etcd}");
-    let (server, _flight, kinesis) = common::server::serve_with(
+    let (server, flight, kinesis) = common::server::serve_with(
         env!("CARGO_BIN_EXE_sluice").as_ref(),
         data,
         s3,
@@ -41,29 +42,36 @@ fn node(
             "127.0.0.1",
         ],
     )?;
-    Ok((server, kinesis))
+    Ok((server, Endpoints { kinesis, flight }))
 }
 
-fn write(
-    state: &Path,
-    first: usize,
-    count: usize,
-    endpoints: &[&String],
-) -> Result<String, String> {
+/// A node's Kinesis API and Flight SQL addresses.
+struct Endpoints {
+    kinesis: String,
+    flight: String,
+}
+
+fn write(state: &Path, first: usize, count: usize, nodes: &[&Endpoints]) -> Result<String, String> {
     let mut args = vec![
         "write".to_string(),
         state.display().to_string(),
         first.to_string(),
         count.to_string(),
     ];
-    args.extend(endpoints.iter().map(|e| e.to_string()));
+    args.extend(nodes.iter().map(|e| e.kinesis.clone()));
     common::server::python_script("cluster.py", &args)
 }
 
-fn check(state: &Path, endpoints: &[&String]) -> Result<String, String> {
+/// Reads everything back through every node, with the Kinesis API and with Flight SQL.
+fn check(state: &Path, nodes: &[&Endpoints]) -> Result<String, String> {
     let mut args = vec!["check".to_string(), state.display().to_string()];
-    args.extend(endpoints.iter().map(|e| e.to_string()));
-    common::server::python_script("cluster.py", &args)
+    args.extend(nodes.iter().map(|e| e.kinesis.clone()));
+    let read = common::server::python_script("cluster.py", &args)?;
+    let mut args = vec!["query".to_string(), state.display().to_string()];
+    args.extend(nodes.iter().map(|e| e.flight.clone()));
+    let queried = common::server::python_script("cluster.py", &args)?;
+    eprintln!("{}", queried.trim());
+    Ok(read + &queried)
 }
 
 #[test]
@@ -86,7 +94,11 @@ fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> T
 
     let out = write(&state, 0, 120, &[&e1, &e2, &e3])?;
     assert!(out.contains("acknowledged: 120"), "{out}");
-    check(&state, &[&e1, &e2, &e3])?;
+    let out = check(&state, &[&e1, &e2, &e3])?;
+    assert!(
+        out.contains("cluster: ok") && out.contains("query: ok"),
+        "{out}"
+    );
 
     // kill -9 one node: its shards move; nothing acknowledged is lost, writes go on.
     drop(n2);
@@ -94,14 +106,20 @@ fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> T
     assert!(out.contains("acknowledged: 120"), "{out}");
     eprintln!("after kill -9 of n2: {}", out.trim().replace('\n', "; "));
     let out = check(&state, &[&e1, &e3])?;
-    assert!(out.contains("cluster: ok"), "{out}");
+    assert!(
+        out.contains("cluster: ok") && out.contains("query: ok"),
+        "{out}"
+    );
 
     // A graceful stop hands n3's shards to n1.
     n3.terminate()?;
     let out = write(&state, 240, 60, &[&e1])?;
     eprintln!("after SIGTERM of n3: {}", out.trim().replace('\n', "; "));
     let out = check(&state, &[&e1])?;
-    assert!(out.contains("cluster: ok"), "{out}");
+    assert!(
+        out.contains("cluster: ok") && out.contains("query: ok"),
+        "{out}"
+    );
     drop(n1);
     s3.abort();
     Ok(())

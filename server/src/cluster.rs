@@ -22,6 +22,7 @@ use object_store::path::Path;
 use parking_lot::Mutex;
 use sluice_cluster::etcd::EtcdCoordinator;
 use sluice_cluster::node::HostFuture;
+use sluice_cluster::shard_log::follow::Follower;
 use sluice_cluster::shard_log::{
     LogOptions, LogRecord, Logged, NewRecord, ShardLog, SharedStorage,
 };
@@ -98,6 +99,8 @@ pub struct NodeShards {
     storage: SharedStorage,
     logs: Mutex<HashMap<ShardKey, Arc<ShardLog>>>,
     ownership: OnceLock<Ownership>,
+    /// The streams the cluster shares (defined in etcd), which this node holds copies of.
+    shared: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for NodeShards {
@@ -122,7 +125,15 @@ impl NodeShards {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
-        create_local(&self.engine, &entry.value).await
+        let stream = create_local(&self.engine, &entry.value).await?;
+        self.mark_shared(&stream);
+        Ok(stream)
+    }
+
+    /// Records that `stream` is the cluster's: its records are numbered by its shards' owners.
+    fn mark_shared(&self, stream: &Stream) {
+        stream.set_shared(true);
+        self.shared.lock().insert(stream.name().to_string());
     }
 
     fn log(&self, shard: &ShardKey) -> Option<Arc<ShardLog>> {
@@ -320,7 +331,7 @@ impl ShardPlacement for NodeShards {
         };
         let key = format!("{}{}", keys::STREAMS, stream.name());
         let value = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-        match Handle::current()
+        let created = match Handle::current()
             .block_on(self.coordinator.create(&key, value.clone(), None))
             .map_err(|e| e.to_string())?
         {
@@ -331,7 +342,11 @@ impl ShardPlacement for NodeShards {
                 "another node created a stream named {} at the same time",
                 stream.name()
             )),
+        };
+        if created.is_ok() {
+            self.mark_shared(stream);
         }
+        created
     }
 
     fn stream_deleted(&self, name: &str) -> Result<(), String> {
@@ -363,6 +378,7 @@ pub struct ClusterMember {
     node: ClusterNode,
     shards: Arc<NodeShards>,
     sync: JoinHandle<()>,
+    follow: JoinHandle<()>,
 }
 
 impl ClusterMember {
@@ -379,6 +395,7 @@ impl ClusterMember {
             storage,
             logs: Mutex::new(HashMap::new()),
             ownership: OnceLock::new(),
+            shared: Mutex::new(Default::default()),
         }))
     }
 
@@ -392,12 +409,19 @@ impl ClusterMember {
         );
         let _ = shards.ownership.set(node.ownership().clone());
         let sync = tokio::spawn(sync_streams(shards.clone()));
-        Self { node, shards, sync }
+        let follow = tokio::spawn(follow_shards(shards.clone()));
+        Self {
+            node,
+            shards,
+            sync,
+            follow,
+        }
     }
 
     /// Leaves the cluster gracefully: every shard handed off.
     pub async fn leave(self) {
         self.sync.abort();
+        self.follow.abort();
         self.node.leave().await;
         drop(self.shards);
     }
@@ -418,15 +442,16 @@ async fn sync_streams(shards: Arc<NodeShards>) {
             }
         };
         for kv in listed {
-            ensure_local(&shards.engine, &kv.value).await;
+            ensure_local(&shards, &kv.value).await;
         }
         while let Some(event) = events.recv().await {
             match event {
-                WatchEvent::Put(kv) => ensure_local(&shards.engine, &kv.value).await,
+                WatchEvent::Put(kv) => ensure_local(&shards, &kv.value).await,
                 WatchEvent::Delete { key, .. } => {
                     let Some(name) = key.strip_prefix(keys::STREAMS).map(str::to_string) else {
                         continue;
                     };
+                    shards.shared.lock().remove(&name);
                     let engine = shards.engine.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         if engine.stream(&name).is_ok()
@@ -442,8 +467,87 @@ async fn sync_streams(shards: Arc<NodeShards>) {
     }
 }
 
-async fn ensure_local(engine: &Engine, entry: &[u8]) {
-    if let Err(e) = create_local(engine, entry).await {
-        log::warn!("cannot create a stream defined in the cluster: {e}");
+async fn ensure_local(shards: &NodeShards, entry: &[u8]) {
+    match create_local(&shards.engine, entry).await {
+        Ok(stream) => shards.mark_shared(&stream),
+        Err(e) => log::warn!("cannot create a stream defined in the cluster: {e}"),
     }
+}
+
+/// How often a node looks for what other nodes logged to the shards it does not own.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps this node's copies of the shards it does not own up to date from their shared logs,
+/// so queries and pumps here read every record, whichever node took it: every
+/// [`FOLLOW_EVERY`], each such shard's new settled chunks are appended with their own sequence
+/// numbers and arrival times.
+async fn follow_shards(shards: Arc<NodeShards>) {
+    let mut followers: HashMap<ShardKey, (Follower, Option<String>)> = HashMap::new();
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let names: Vec<String> = shards.shared.lock().iter().cloned().collect();
+        let mut wanted: Vec<(Arc<Stream>, ShardKey)> = Vec::new();
+        for name in names {
+            let Some(stream) = shards.engine.try_stream(&name) else {
+                continue;
+            };
+            // A stream object replaced since (ALTER) is marked again.
+            stream.set_shared(true);
+            for shard in stream.open_shards() {
+                let key = ShardKey::new(&name, shard.index());
+                if shards.log(&key).is_none() {
+                    wanted.push((Arc::clone(&stream), key));
+                }
+            }
+        }
+        followers.retain(|key, _| wanted.iter().any(|(_, k)| k == key));
+        let reads = wanted.into_iter().map(|(stream, key)| {
+            let (mut follower, last_error) = followers
+                .remove(&key)
+                .unwrap_or_else(|| (Follower::new(key.clone()), None));
+            let shards = Arc::clone(&shards);
+            async move {
+                let result = follow_once(&shards, &mut follower, stream).await;
+                (follower, last_error, result)
+            }
+        });
+        for (follower, last_error, result) in futures::future::join_all(reads).await {
+            let error = match result {
+                Ok(()) => None,
+                Err(e) => {
+                    // Said once per new reason, not every tick.
+                    if last_error.as_ref() != Some(&e) {
+                        log::warn!("cannot follow {}: {e}", follower.shard());
+                    }
+                    Some(e)
+                }
+            };
+            followers.insert(follower.shard().clone(), (follower, error));
+        }
+    }
+}
+
+/// Appends to the local copy of one shard what its owners logged since.
+async fn follow_once(
+    shards: &NodeShards,
+    follower: &mut Follower,
+    stream: Arc<Stream>,
+) -> Result<(), String> {
+    let index = follower.shard().shard;
+    let next = stream
+        .shard(index)
+        .map(|s| s.next_seq())
+        .ok_or_else(|| format!("no shard {index}"))?;
+    let records = follower
+        .read(shards.coordinator.as_ref(), &shards.storage, next)
+        .await
+        .map_err(|e| e.to_string())?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || append_logged(&stream, index, &records))
+        .await
+        .map_err(|e| e.to_string())?
 }

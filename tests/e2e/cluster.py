@@ -16,6 +16,10 @@ Usage:
       reads every shard from TRIM_HORIZON through each endpoint and checks that every
       acknowledged record is there, at the sequence number it was acknowledged with, in
       increasing sequence order per shard, and only once unless its put had to be retried.
+  cluster.py query STATE_FILE FLIGHT_URL...
+      queries the stream with Flight SQL (ADBC) through each node and checks the same of the
+      rows: every node reads every shard (the ones it does not own from the shared log, a
+      moment after their owners logged them), so each waits up to 15 s for all of them.
 """
 
 import json
@@ -192,10 +196,62 @@ def check_all(state_file, endpoints):
     print("cluster: ok")
 
 
+def query(state_file, urls):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    acked = [json.loads(line) for line in open(state_file) if line.strip()]
+    retried = {a["data"] for a in acked if a.get("retried")}
+    sql = (
+        f"SELECT arrow_cast(_data, 'Utf8') AS data, _shard_id AS shard, _sequence_number AS seq "
+        f"FROM {STREAM} ORDER BY _shard_id, _sequence_number"
+    )
+    for url in urls:
+        started = time.time()
+        while True:
+            with flight_sql.connect(url, db_kwargs={"username": "test", "password": "test"}) as conn:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    rows = cur.fetch_arrow_table().to_pylist()
+            got = {(r["data"], r["shard"], r["seq"]) for r in rows}
+            missing = [a for a in acked if (a["data"], a["shard"], a["seq"]) not in got]
+            if not missing:
+                break
+            check(
+                time.time() - started < 15,
+                f"{url}: {len(missing)} of {len(acked)} acknowledged records not read by SQL within 15 s, e.g. {missing[:3]}",
+            )
+            time.sleep(0.2)
+        copies = {}
+        for r in rows:
+            copies.setdefault(r["data"], []).append(r)
+        for data, found in copies.items():
+            check(len(found) == 1 or (data in retried and len(found) == 2), f"{url}: {data} read {len(found)} times: {found}")
+        seen = set()
+        for r in rows:
+            check((r["shard"], r["seq"]) not in seen, f"{url}: {r['shard']} {r['seq']} read twice")
+            seen.add((r["shard"], r["seq"]))
+        print(f"{url}: SQL read all {len(acked)} acknowledged records after {time.time() - started:.2f} s")
+        # Records of a shared stream are numbered by its shards' owners: SQL INSERT is refused,
+        # saying how to write it instead, and leaves nothing behind.
+        with flight_sql.connect(url, db_kwargs={"username": "test", "password": "test"}) as conn:
+            with conn.cursor() as cur:
+                try:
+                    cur.execute(f"INSERT INTO {STREAM} (_partition_key, _data) VALUES ('k', 'inserted')")
+                    refused = None
+                except Exception as e:  # the driver's own error type
+                    refused = str(e)
+                check(refused and "shared by the cluster" in refused and "PutRecord" in refused, f"{url}: INSERT into a shared stream: {refused}")
+                cur.execute(f"SELECT count(*) AS n FROM {STREAM} WHERE arrow_cast(_data, 'Utf8') = 'inserted'")
+                check(cur.fetch_arrow_table().to_pylist() == [{"n": 0}], f"{url}: a refused INSERT left a record")
+    print("query: ok")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "write":
         write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     elif sys.argv[1] == "probe":
         probe(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5:])
+    elif sys.argv[1] == "query":
+        query(sys.argv[2], sys.argv[3:])
     else:
         check_all(sys.argv[2], sys.argv[3:])

@@ -24,6 +24,7 @@
 //! keeping the manifest's list of epochs short.
 
 pub mod chunk;
+pub mod follow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,12 +178,7 @@ impl ShardLog {
     ) -> Result<(Self, Recovered)> {
         let store = storage.store.clone();
         let manifest_key = shard.key(keys::MANIFEST);
-        let mut manifest: Manifest = match coordinator.get(&manifest_key).await? {
-            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| {
-                LogError::Corrupt(format!("the manifest of {shard} cannot be read: {e}"))
-            })?,
-            None => Manifest::default(),
-        };
+        let mut manifest = read_manifest(coordinator, shard).await?;
         let folder = chunk::shard_folder(&storage.prefix, shard);
         let recovered = recover(store.as_ref(), &folder, &manifest, from_seq).await?;
         if manifest.epochs.last().map(|e| e.epoch) != Some(fence.epoch) {
@@ -254,20 +250,23 @@ async fn recover(
     manifest: &Manifest,
     from_seq: u64,
 ) -> Result<Recovered> {
-    let listed: Vec<object_store::ObjectMeta> = store
-        .list(Some(folder))
-        .try_collect()
-        .await
-        .map_err(|e| LogError::Storage(format!("cannot list {folder}: {e}")))?;
-    let mut chunks: Vec<(u64, Revision, Path)> = listed
+    let chunks: Vec<(u64, Revision, Path)> = list_chunks(store, folder, None)
+        .await?
         .into_iter()
-        .filter_map(|meta| {
-            let (first, epoch) = chunk::parse_chunk_name(meta.location.filename()?)?;
-            Some((first, epoch, meta.location))
-        })
         .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
         .collect();
-    chunks.sort_by_key(|(first, _, _)| *first);
+    let start = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
+    read_chain(store, &chunks, start, from_seq).await
+}
+
+/// Reads the chain that `chunks` (valid, in sequence order) make from sequence number `start`
+/// until the first gap; the records from `from_seq` on, and where the chain ends.
+async fn read_chain(
+    store: &dyn ObjectStore,
+    chunks: &[(u64, Revision, Path)],
+    start: u64,
+    from_seq: u64,
+) -> Result<Recovered> {
     // The chunks to read: those not wholly before `from_seq` (a chunk's length is where its
     // successor starts). Read many at a time: a shard written one record per commit has as
     // many chunks as records, and a new owner must not take minutes to open it.
@@ -278,26 +277,12 @@ async fn recover(
                 .is_none_or(|(next, _, _)| *next > from_seq)
         })
         .collect();
-    let mut fetched: std::collections::HashMap<usize, Vec<LogRecord>> =
-        futures::stream::iter(wanted.into_iter().map(|i| {
-            let path = chunks[i].2.clone();
-            async move {
-                let bytes = store
-                    .get(&path)
-                    .await
-                    .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?
-                    .bytes()
-                    .await
-                    .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?;
-                let chunk =
-                    chunk::decode(bytes).map_err(|e| LogError::Corrupt(format!("{path}: {e}")))?;
-                Ok::<_, LogError>((i, chunk))
-            }
-        }))
-        .buffer_unordered(READ_AHEAD)
-        .try_collect()
-        .await?;
-    let mut next = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
+    let paths: Vec<(usize, Path)> = wanted
+        .into_iter()
+        .map(|i| (i, chunks[i].2.clone()))
+        .collect();
+    let mut fetched = fetch(store, paths).await?;
+    let mut next = start;
     let mut records = Vec::new();
     for (i, (first, _, path)) in chunks.iter().enumerate() {
         if *first != next {
@@ -310,15 +295,7 @@ async fn recover(
             next = chunks.get(i + 1).map_or(next, |(f, _, _)| *f);
             continue;
         };
-        if chunk
-            .iter()
-            .enumerate()
-            .any(|(at, r)| r.seq != first + at as u64)
-        {
-            return Err(LogError::Corrupt(format!(
-                "{path}: sequence numbers do not follow from {first}"
-            )));
-        }
+        check_numbering(path, *first, &chunk)?;
         next = first + chunk.len() as u64;
         records.extend(chunk.into_iter().filter(|r| r.seq >= from_seq));
     }
@@ -328,8 +305,78 @@ async fn recover(
     })
 }
 
+/// The chunks in `folder` (after `offset`, if given): first sequence number, epoch and path,
+/// in sequence order.
+async fn list_chunks(
+    store: &dyn ObjectStore,
+    folder: &Path,
+    offset: Option<&Path>,
+) -> Result<Vec<(u64, Revision, Path)>> {
+    let listing = match offset {
+        Some(offset) => store.list_with_offset(Some(folder), offset),
+        None => store.list(Some(folder)),
+    };
+    let listed: Vec<object_store::ObjectMeta> = listing
+        .try_collect()
+        .await
+        .map_err(|e| LogError::Storage(format!("cannot list {folder}: {e}")))?;
+    let mut chunks: Vec<(u64, Revision, Path)> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let (first, epoch) = chunk::parse_chunk_name(meta.location.filename()?)?;
+            Some((first, epoch, meta.location))
+        })
+        .collect();
+    chunks.sort_by_key(|(first, _, _)| *first);
+    Ok(chunks)
+}
+
+/// The shard's manifest as etcd holds it now.
+async fn read_manifest(coordinator: &dyn Coordinator, shard: &ShardKey) -> Result<Manifest> {
+    match coordinator.get(&shard.key(keys::MANIFEST)).await? {
+        Some(kv) => serde_json::from_slice(&kv.value)
+            .map_err(|e| LogError::Corrupt(format!("the manifest of {shard} cannot be read: {e}"))),
+        None => Ok(Manifest::default()),
+    }
+}
+
 /// How many chunks a new owner reads at once.
 const READ_AHEAD: usize = 32;
+
+/// Reads and decodes the chunks at `paths`, [`READ_AHEAD`] at a time; each under its key.
+async fn fetch<K: Eq + std::hash::Hash + Send + 'static>(
+    store: &dyn ObjectStore,
+    paths: Vec<(K, Path)>,
+) -> Result<std::collections::HashMap<K, Vec<LogRecord>>> {
+    futures::stream::iter(paths.into_iter().map(|(key, path)| async move {
+        let bytes = store
+            .get(&path)
+            .await
+            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?
+            .bytes()
+            .await
+            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?;
+        let chunk = chunk::decode(bytes).map_err(|e| LogError::Corrupt(format!("{path}: {e}")))?;
+        Ok::<_, LogError>((key, chunk))
+    }))
+    .buffer_unordered(READ_AHEAD)
+    .try_collect()
+    .await
+}
+
+/// Checks that `chunk`, read from `path`, numbers its records on from `first`.
+fn check_numbering(path: &Path, first: u64, chunk: &[LogRecord]) -> Result<()> {
+    if chunk
+        .iter()
+        .enumerate()
+        .any(|(at, r)| r.seq != first + at as u64)
+    {
+        return Err(LogError::Corrupt(format!(
+            "{path}: sequence numbers do not follow from {first}"
+        )));
+    }
+    Ok(())
+}
 
 struct Writer {
     apply: Apply,

@@ -203,6 +203,9 @@ pub struct Stream {
     errors: Option<Arc<Stream>>,
     /// Counts appends, so tailing readers can wait for new records instead of polling.
     appends: tokio::sync::watch::Sender<u64>,
+    /// Set when a cluster numbers this stream's records ([`Stream::set_shared`]): only
+    /// [`Stream::append_numbered`] may write it.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 /// Segments are merged only if their newest records arrived within this long of each other,
@@ -315,6 +318,7 @@ impl Stream {
             runtime,
             errors,
             appends: tokio::sync::watch::Sender::new(0),
+            shared: std::sync::atomic::AtomicBool::new(false),
             retention_hours,
         });
         stream.replay(replay.records)?;
@@ -547,12 +551,29 @@ impl Stream {
         Ok(())
     }
 
+    /// Marks this stream as one a cluster shares: its shards' owners number its records in
+    /// their shared logs and append them with [`Stream::append_numbered`], so every other way
+    /// of appending is refused ([`Error::SharedStream`]) — a record numbered here would take a
+    /// sequence number the shard's owner gives to another.
+    pub fn set_shared(&self, shared: bool) {
+        self.shared
+            .store(shared, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a cluster shares this stream ([`Stream::set_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn append_inner(
         &self,
         records: &[RecordRef<'_>],
         columns: Option<&RecordBatch>,
         commit: Option<(&str, &[u8])>,
     ) -> Result<Vec<PutResult>> {
+        if self.is_shared() {
+            return Err(Error::SharedStream(self.definition.name.clone()));
+        }
         for (index, record) in records.iter().enumerate() {
             if record.data.len() > MAX_RECORD_BYTES {
                 return Err(Error::RecordTooLarge {

@@ -1,0 +1,101 @@
+//! Reading a shard one does not own: every node keeps a copy of every shard by following the
+//! shards' logs in object storage, so a query (or a pump) on any node reads every record its
+//! owners logged, a moment after they did.
+//!
+//! A follower may take a chunk only once no later owner can disown it. Chunks of an epoch that
+//! a later epoch closed (the manifest says where the next one began) are settled. Chunks of the
+//! manifest's last epoch are settled too if, *after they were listed*, that epoch still owned
+//! the shard, or nobody did: a next owner claims the shard later still, so it lists them and
+//! continues after them. Otherwise — a new owner has claimed the shard and may not have
+//! committed where its epoch begins — the follower takes only the closed epochs' chunks and
+//! waits: the last epoch's latest chunk may be a zombie's, which the new owner never read.
+
+use object_store::path::Path;
+
+use super::{
+    FIRST_SEQ, LogRecord, Manifest, Result, SharedStorage, chunk, list_chunks, read_chain,
+    read_manifest,
+};
+use crate::keys::{self, ShardKey};
+use crate::{Coordinator, Revision};
+
+/// A node's reader of one shard's log, which it does not own.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    shard: ShardKey,
+    /// A sequence number known to begin a chunk (where the last read ended).
+    chunk_starts_at: Option<u64>,
+}
+
+impl Follower {
+    pub fn new(shard: ShardKey) -> Self {
+        Self {
+            shard,
+            chunk_starts_at: None,
+        }
+    }
+
+    pub fn shard(&self) -> &ShardKey {
+        &self.shard
+    }
+
+    /// The records of the shard's log from `next_seq` on that no owner can disown any more, in
+    /// order (empty if there are none yet). Cheap when there is nothing new and `next_seq` is
+    /// where the last read ended: one listing of the chunks from `next_seq` on, nothing asked
+    /// of etcd.
+    pub async fn read(
+        &mut self,
+        coordinator: &dyn Coordinator,
+        storage: &SharedStorage,
+        next_seq: u64,
+    ) -> Result<Vec<LogRecord>> {
+        let store = storage.store.as_ref();
+        let folder = chunk::shard_folder(&storage.prefix, &self.shard);
+        let read = if self.chunk_starts_at == Some(next_seq) {
+            // Chunks whose first sequence number is `next_seq` or more: their names sort after
+            // the name of any chunk starting at `next_seq - 1`, whatever its epoch.
+            let offset = chunk::chunk_path(&folder, next_seq.saturating_sub(1), Revision::MAX);
+            let listed = list_chunks(store, &folder, Some(&offset)).await?;
+            if listed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (chunks, _) = settled(coordinator, &self.shard, listed).await?;
+            read_chain(store, &chunks, next_seq, next_seq).await?
+        } else {
+            // Where `next_seq` falls is not known (the first read, or the copy was filled some
+            // other way): follow the whole chain.
+            let listed = list_chunks(store, &folder, None).await?;
+            let (chunks, manifest) = settled(coordinator, &self.shard, listed).await?;
+            let start = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
+            read_chain(store, &chunks, start, next_seq).await?
+        };
+        if read.next_seq >= next_seq {
+            self.chunk_starts_at = Some(read.next_seq);
+        }
+        Ok(read.records)
+    }
+}
+
+/// The chunks of `listed` that no owner can disown any more, judged by the owner key and the
+/// manifest as they are now (after the listing); and the manifest.
+async fn settled(
+    coordinator: &dyn Coordinator,
+    shard: &ShardKey,
+    listed: Vec<(u64, Revision, Path)>,
+) -> Result<(Vec<(u64, Revision, Path)>, Manifest)> {
+    // The owner first, then the manifest: a manifest read later cannot be older.
+    let owner = coordinator
+        .get(&shard.key(keys::OWNER))
+        .await?
+        .map(|kv| kv.create_revision);
+    let manifest = read_manifest(coordinator, shard).await?;
+    let last = manifest.epochs.last().map(|e| e.epoch);
+    let chunks = listed
+        .into_iter()
+        .filter(|(first, epoch, _)| {
+            manifest.owner_of(*first) == Some(*epoch)
+                && (Some(*epoch) != last || owner.is_none() || owner == Some(*epoch))
+        })
+        .collect();
+    Ok((chunks, manifest))
+}
