@@ -404,6 +404,12 @@ async fn forward(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let kind = ErrorKind::from_type_name(type_name).unwrap_or(ErrorKind::InternalFailure);
+    let kind = match ErrorKind::from_type_name(type_name) {
+        // Answered `InternalFailure` all the same, but not logged again here: the owner logged
+        // it if it was a failure, and a shard moving is none.
+        Some(ErrorKind::InternalFailure) => ErrorKind::ShardMoving,
+        Some(kind) => kind,
+        None => ErrorKind::InternalFailure,
+    };
     Err(ApiError::new(kind, message))
 }

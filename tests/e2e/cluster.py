@@ -208,7 +208,7 @@ def query(state_file, urls):
     for url in urls:
         started = time.time()
         while True:
-            with flight_sql.connect(url, db_kwargs={"username": "test", "password": "test"}) as conn:
+            with flight_sql.connect(url, db_kwargs={"username": "test", "password": "test"}, autocommit=True) as conn:
                 with conn.cursor() as cur:
                     cur.execute(sql)
                     rows = cur.fetch_arrow_table().to_pylist()
@@ -233,7 +233,7 @@ def query(state_file, urls):
         print(f"{url}: SQL read all {len(acked)} acknowledged records after {time.time() - started:.2f} s")
         # Records of a shared stream are numbered by its shards' owners: SQL INSERT is refused,
         # saying how to write it instead, and leaves nothing behind.
-        with flight_sql.connect(url, db_kwargs={"username": "test", "password": "test"}) as conn:
+        with flight_sql.connect(url, db_kwargs={"username": "test", "password": "test"}, autocommit=True) as conn:
             with conn.cursor() as cur:
                 try:
                     cur.execute(f"INSERT INTO {STREAM} (_partition_key, _data) VALUES ('k', 'inserted')")
