@@ -51,14 +51,15 @@ pub enum Placement {
 pub trait ShardPlacement: Send + Sync + std::fmt::Debug {
     /// Where `shard` of `stream` is answered now.
     fn place(&self, stream: &str, shard: u32) -> Placement;
-    /// Appends `records` (all routed to `shard`, owned here) durably: the shared log first,
-    /// which numbers them, then the engine. Blocking.
+    /// Appends each part's records (all routed to its shard, owned here) durably: the shared
+    /// log first, which numbers them, then the engine. The parts go to their shards' logs at
+    /// once, so a call spanning shards waits for one group commit, not one per shard; each
+    /// part's outcome, in order. Blocking.
     fn append(
         &self,
         stream: &Stream,
-        shard: u32,
-        records: &[RecordRef<'_>],
-    ) -> Result<Vec<PutResult>, String>;
+        parts: &[(u32, Vec<RecordRef<'_>>)],
+    ) -> Vec<Result<Vec<PutResult>, String>>;
     /// A stream was created through this node: make it known to the others. Blocking.
     fn stream_created(&self, stream: &Stream) -> Result<(), String>;
     /// A stream was deleted through this node. Blocking.
@@ -109,23 +110,33 @@ pub(crate) fn append_each(
     let mut results: Vec<Result<PutResult, ApiError>> = (0..records.len())
         .map(|_| Err(ApiError::internal("the record was not appended")))
         .collect();
+    // This node's shards are appended together; the others are moving (or were forwarded).
+    let mut local: Vec<(u32, Vec<usize>)> = Vec::new();
     for (shard, members) in by_shard {
-        let puts = if placement.place(stream.name(), shard) == Placement::Local {
-            let part: Vec<RecordRef<'_>> = members.iter().map(|&i| records[i]).collect();
-            placement
-                .append(stream, shard, &part)
-                .map_err(|reason| ApiError::new(ErrorKind::ShardMoving, reason))
+        if placement.place(stream.name(), shard) == Placement::Local {
+            local.push((shard, members));
         } else {
-            Err(moving(stream.name(), shard))
-        };
-        match puts {
+            let error = moving(stream.name(), shard);
+            for &i in &members {
+                results[i] = Err(error.clone());
+            }
+        }
+    }
+    let parts: Vec<(u32, Vec<RecordRef<'_>>)> = local
+        .iter()
+        .map(|(shard, members)| (*shard, members.iter().map(|&i| records[i]).collect()))
+        .collect();
+    let outcomes = placement.append(stream, &parts);
+    for ((_, members), outcome) in local.iter().zip(outcomes) {
+        match outcome {
             Ok(puts) => {
                 for (&i, put) in members.iter().zip(puts) {
                     results[i] = Ok(put);
                 }
             }
-            Err(error) => {
-                for &i in &members {
+            Err(reason) => {
+                let error = ApiError::new(ErrorKind::ShardMoving, reason);
+                for &i in members {
                     results[i] = Err(error.clone());
                 }
             }
@@ -264,20 +275,28 @@ async fn spread_put_records(
     }
     let mut results: Vec<Value> = vec![Value::Null; entries.len()];
     let mut encryption = Value::from("NONE");
-    for (to, members) in parts {
+    // Every owner's part at once: the call waits for the slowest owner's group commit, not
+    // for each in turn.
+    let answers = futures::future::join_all(parts.iter().map(|(to, members)| {
         let mut part = request.clone();
         part.insert(
             "Records".into(),
             Value::Array(members.iter().map(|&i| entries[i].clone()).collect()),
         );
-        let answer = match to.as_deref() {
-            None => actions::dispatch(services, "PutRecords", part).await,
-            Some("") => Err(ApiError::new(
-                ErrorKind::ShardMoving,
-                format!("shards of stream {name} are moving between nodes; retry shortly"),
-            )),
-            Some(addr) => forward(services, addr, "PutRecords", &part, headers).await,
-        };
+        let name = &name;
+        async move {
+            match to.as_deref() {
+                None => actions::dispatch(services, "PutRecords", part).await,
+                Some("") => Err(ApiError::new(
+                    ErrorKind::ShardMoving,
+                    format!("shards of stream {name} are moving between nodes; retry shortly"),
+                )),
+                Some(addr) => forward(services, addr, "PutRecords", &part, headers).await,
+            }
+        }
+    }))
+    .await;
+    for ((_, members), answer) in parts.iter().zip(answers) {
         let answered = answer
             .as_ref()
             .ok()

@@ -11,7 +11,7 @@ use axum::http::Request;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use sluice_engine::{Engine, EngineOptions, PutResult, RecordRef, Stream};
+use sluice_engine::{Engine, EngineOptions, NumberedRecord, PutResult, RecordRef, Stream};
 use sluice_kinesis::cluster::{Placement, ShardPlacement};
 use sluice_kinesis::{KinesisOptions, router};
 use tower::ServiceExt;
@@ -38,16 +38,42 @@ impl ShardPlacement for FixedPlacement {
     fn append(
         &self,
         stream: &Stream,
-        shard: u32,
-        records: &[RecordRef<'_>],
-    ) -> Result<Vec<PutResult>, String> {
-        self.appended
-            .lock()
-            .extend(std::iter::repeat_n(shard, records.len()));
-        stream.append_refs(records).map_err(|e| e.to_string())
+        parts: &[(u32, Vec<RecordRef<'_>>)],
+    ) -> Vec<Result<Vec<PutResult>, String>> {
+        parts
+            .iter()
+            .map(|(shard, records)| {
+                self.appended
+                    .lock()
+                    .extend(std::iter::repeat_n(*shard, records.len()));
+                // Numbered here, as a shard's owner numbers its log.
+                let next = stream.shard(*shard).ok_or("no such shard")?.next_seq();
+                let numbered: Vec<NumberedRecord<'_>> = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| NumberedRecord {
+                        seq: next + i as u64,
+                        arrival_ms: 1_733_500_000_000,
+                        partition_key: r.partition_key,
+                        data: r.data,
+                    })
+                    .collect();
+                stream
+                    .append_numbered(*shard, &numbered)
+                    .map_err(|e| e.to_string())?;
+                Ok(numbered
+                    .iter()
+                    .map(|n| PutResult {
+                        shard_index: *shard,
+                        seq: n.seq,
+                    })
+                    .collect())
+            })
+            .collect()
     }
 
     fn stream_created(&self, stream: &Stream) -> Result<(), String> {
+        stream.set_shared(true);
         self.registered.lock().push(stream.name().to_string());
         Ok(())
     }
@@ -141,6 +167,15 @@ async fn records_of_moving_shards_fail_alone_and_the_rest_land_through_the_place
     // Only shard 0's records went through the placement, and only they are in the stream.
     assert_eq!(*placement.appended.lock(), [0, 0]);
     assert_eq!(engine.stream("s")?.shard(1).map(|s| s.next_seq()), Some(1));
+    // Nothing else may number a shared stream's records: they belong to the owners' logs.
+    let refused = engine
+        .stream("s")?
+        .append(&[sluice_engine::PutRecord::new("k", b"x".to_vec())]);
+    assert!(
+        matches!(&refused, Err(sluice_engine::Error::SharedStream(name)) if name == "s"),
+        "{refused:?}"
+    );
+    assert_eq!(engine.stream("s")?.shard(0).map(|s| s.next_seq()), Some(3));
 
     let (status, answer) = call(
         &app,
@@ -165,6 +200,48 @@ async fn records_of_moving_shards_fail_alone_and_the_rest_land_through_the_place
     assert!(
         message.contains("not supported when Sluice runs as a cluster"),
         "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_the_node_keeps_for_itself_is_answered_here() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(EngineOptions::new(dir.path()).with_background(false))?;
+    // Created on this node alone (as SQL creates streams), not through the cluster.
+    engine.create_stream(sluice_engine::StreamSpec::raw("local", 2), false)?;
+    let placement = Arc::new(FixedPlacement::default());
+    let app = router(
+        engine.clone(),
+        KinesisOptions {
+            placement: Some(placement.clone() as Arc<dyn ShardPlacement>),
+            ..KinesisOptions::default()
+        },
+    );
+    for action in ["PutRecord", "PutRecords"] {
+        let body = match action {
+            "PutRecord" => {
+                json!({"StreamName": "local", "PartitionKey": "k", "ExplicitHashKey": hash_key(1), "Data": "eA=="})
+            }
+            _ => {
+                json!({"StreamName": "local", "Records": [{"PartitionKey": "k", "ExplicitHashKey": hash_key(1), "Data": "eA=="}]})
+            }
+        };
+        let (status, answer) = call(&app, action, body).await?;
+        assert_eq!(status, 200, "{action}: {answer}");
+        assert_eq!(
+            answer
+                .get("FailedRecordCount")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            0
+        );
+    }
+    // Neither placed nor refused as moving: this node owns no shard of the cluster.
+    assert!(placement.appended.lock().is_empty());
+    assert_eq!(
+        engine.stream("local")?.shard(1).map(|s| s.next_seq()),
+        Some(3)
     );
     Ok(())
 }

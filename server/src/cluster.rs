@@ -101,6 +101,7 @@ pub struct NodeShards {
     ownership: OnceLock<Ownership>,
     /// The streams the cluster shares (defined in etcd), which this node holds copies of.
     shared: Mutex<std::collections::BTreeSet<String>>,
+    reopening: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for NodeShards {
@@ -190,7 +191,40 @@ impl NodeShards {
         Ok(log)
     }
 
+    /// Logs `records` of this node's `shard`: their sequence numbers once they are durable in
+    /// shared storage and appended here.
+    async fn append_part(
+        &self,
+        stream: &Stream,
+        shard: u32,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<PutResult>, String> {
+        let key = ShardKey::new(stream.name(), shard);
+        let mut log = self
+            .log(&key)
+            .ok_or_else(|| format!("{key} is not owned by this node any more; retry"))?;
+        if log.is_stopped() {
+            // A write failed (whether its chunk landed is unknown): open the log again under
+            // the same epoch, which takes over whatever did land, then go on.
+            log = self.reopen(stream, &key).await?;
+        }
+        let logged: Vec<Logged> = log.append(records).await.map_err(|e| e.to_string())?;
+        Ok(logged
+            .iter()
+            .map(|l| PutResult {
+                shard_index: shard,
+                seq: l.seq,
+            })
+            .collect())
+    }
+
     async fn reopen(&self, stream: &Stream, shard: &ShardKey) -> Result<Arc<ShardLog>, String> {
+        // One reopening at a time: calls that found the same stopped log take the one the
+        // first of them opened, rather than each opening another writer.
+        let _one = self.reopening.lock().await;
+        if let Some(log) = self.log(shard).filter(|log| !log.is_stopped()) {
+            return Ok(log);
+        }
         let fence = self
             .ownership
             .get()
@@ -290,38 +324,23 @@ impl ShardPlacement for NodeShards {
     fn append(
         &self,
         stream: &Stream,
-        shard: u32,
-        records: &[RecordRef<'_>],
-    ) -> Result<Vec<PutResult>, String> {
-        let key = ShardKey::new(stream.name(), shard);
-        let mut log = self
-            .log(&key)
-            .ok_or_else(|| format!("{key} is not owned by this node any more; retry"))?;
-        if log.is_stopped() {
-            // A write failed (whether its chunk landed is unknown): open the log again under
-            // the same epoch, which takes over whatever did land, then go on.
-            log = Handle::current().block_on(self.reopen(stream, &key))?;
-        }
+        parts: &[(u32, Vec<RecordRef<'_>>)],
+    ) -> Vec<Result<Vec<PutResult>, String>> {
         let now = chrono::Utc::now().timestamp_millis();
-        let new: Vec<NewRecord> = records
-            .iter()
-            .map(|r| NewRecord {
-                partition_key: r.partition_key.to_string(),
-                data: r.data.to_vec(),
-                arrival_ms: r.arrival_ms.unwrap_or(now),
-            })
-            .collect();
-        // Durable in shared storage and appended here (in log order) once this returns.
-        let logged: Vec<Logged> = Handle::current()
-            .block_on(log.append(new))
-            .map_err(|e| e.to_string())?;
-        Ok(logged
-            .iter()
-            .map(|l| PutResult {
-                shard_index: shard,
-                seq: l.seq,
-            })
-            .collect())
+        // Every part goes to its shard's log at once; each is durable in shared storage and
+        // appended here (in log order) once its future completes.
+        let appends = parts.iter().map(|(shard, records)| {
+            let new: Vec<NewRecord> = records
+                .iter()
+                .map(|r| NewRecord {
+                    partition_key: r.partition_key.to_string(),
+                    data: r.data.to_vec(),
+                    arrival_ms: r.arrival_ms.unwrap_or(now),
+                })
+                .collect();
+            self.append_part(stream, *shard, new)
+        });
+        Handle::current().block_on(futures::future::join_all(appends))
     }
 
     fn stream_created(&self, stream: &Stream) -> Result<(), String> {
@@ -396,6 +415,7 @@ impl ClusterMember {
             logs: Mutex::new(HashMap::new()),
             ownership: OnceLock::new(),
             shared: Mutex::new(Default::default()),
+            reopening: tokio::sync::Mutex::new(()),
         }))
     }
 
