@@ -75,6 +75,6 @@ pub use format::StreamFormat;
 pub use reader::{ShardIterator, ShardRead, StartPosition, StreamReader};
 pub use schema::PublicProjector;
 pub use stream::{
-    COMMIT_SHARD, Chunk, DATA_CONVERSION_ERROR, ErrorReport, MAX_OPEN_SHARDS, NumberedRecord,
-    PutRecord, PutResult, RecordRef, Reshard, Shard, ShardStats, Stream,
+    COMMIT_SHARD, CatchUp, Chunk, DATA_CONVERSION_ERROR, ErrorReport, MAX_OPEN_SHARDS,
+    NumberedRecord, PutRecord, PutResult, RecordRef, Reshard, Shard, ShardStats, Stream,
 };

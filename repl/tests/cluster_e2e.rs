@@ -74,6 +74,13 @@ fn check(state: &Path, nodes: &[&Endpoints]) -> Result<String, String> {
     Ok(read + &queried)
 }
 
+/// Puts through one node and queries at once through the next.
+fn fresh(state: &Path, nodes: &[&Endpoints]) -> Result<String, String> {
+    let mut args = vec!["fresh".to_string(), state.display().to_string()];
+    args.extend(nodes.iter().map(|e| format!("{},{}", e.kinesis, e.flight)));
+    common::server::python_script("cluster.py", &args)
+}
+
 #[test]
 fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -105,6 +112,8 @@ fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> T
     let out = write(&state, 120, 120, &[&e1, &e3])?;
     assert!(out.contains("acknowledged: 120"), "{out}");
     eprintln!("after kill -9 of n2: {}", out.trim().replace('\n', "; "));
+    let out = fresh(&state, &[&e1, &e3])?;
+    assert!(out.contains("fresh: ok"), "{out}");
     let out = check(&state, &[&e1, &e3])?;
     assert!(
         out.contains("cluster: ok") && out.contains("query: ok"),

@@ -102,6 +102,10 @@ pub struct NodeShards {
     /// The streams the cluster shares (defined in etcd), which this node holds copies of.
     shared: Mutex<std::collections::BTreeSet<String>>,
     reopening: tokio::sync::Mutex<()>,
+    /// The readers of the shards this node follows.
+    followers: Mutex<HashMap<ShardKey, FollowingSlot>>,
+    /// This node's shards themselves, for what streams call back (weak: streams outlive it).
+    me: std::sync::Weak<NodeShards>,
 }
 
 impl std::fmt::Debug for NodeShards {
@@ -129,12 +133,6 @@ impl NodeShards {
         let stream = create_local(&self.engine, &entry.value).await?;
         self.mark_shared(&stream);
         Ok(stream)
-    }
-
-    /// Records that `stream` is the cluster's: its records are numbered by its shards' owners.
-    fn mark_shared(&self, stream: &Stream) {
-        stream.set_shared(true);
-        self.shared.lock().insert(stream.name().to_string());
     }
 
     fn log(&self, shard: &ShardKey) -> Option<Arc<ShardLog>> {
@@ -407,7 +405,8 @@ impl ClusterMember {
         let coordinator: Arc<dyn Coordinator> =
             Arc::new(EtcdCoordinator::from_url(&config.etcd).map_err(|e| e.to_string())?);
         let storage = open_storage(&config.storage)?;
-        Ok(Arc::new(NodeShards {
+        Ok(Arc::new_cyclic(|me| NodeShards {
+            me: me.clone(),
             node_id: config.node_id.clone(),
             engine,
             coordinator,
@@ -416,6 +415,7 @@ impl ClusterMember {
             ownership: OnceLock::new(),
             shared: Mutex::new(Default::default()),
             reopening: tokio::sync::Mutex::new(()),
+            followers: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -497,12 +497,122 @@ async fn ensure_local(shards: &NodeShards, entry: &[u8]) {
 /// How often a node looks for what other nodes logged to the shards it does not own.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
+/// The longest a query waits for its node to take in what other nodes acknowledged; past it,
+/// the query reads what the node has.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(2);
+
+/// Following one shard this node does not own: the reader, and the last reason it failed.
+struct Following {
+    follower: Follower,
+    last_error: Option<String>,
+}
+
+type FollowingSlot = Arc<tokio::sync::Mutex<Following>>;
+
+impl NodeShards {
+    /// Records that `stream` is the cluster's: its records are numbered by its shards' owners,
+    /// and a query over it first takes in what they logged.
+    fn mark_shared(&self, stream: &Stream) {
+        stream.set_shared(true);
+        let node = self.me.clone();
+        let name = stream.name().to_string();
+        stream.set_catch_up(Arc::new(move || {
+            let node = node.clone();
+            let name = name.clone();
+            Box::pin(async move {
+                if let Some(node) = node.upgrade()
+                    && tokio::time::timeout(CATCH_UP_WITHIN, node.catch_up(&name))
+                        .await
+                        .is_err()
+                {
+                    log::warn!(
+                        "a query over {name} reads what this node has: other nodes' records did \
+                         not arrive within {} s",
+                        CATCH_UP_WITHIN.as_secs()
+                    );
+                }
+            })
+        }));
+        self.shared.lock().insert(stream.name().to_string());
+    }
+
+    /// The shards of `name` this node does not own, with their local stream.
+    fn followed(&self, name: &str) -> Vec<(Arc<Stream>, ShardKey)> {
+        let Some(stream) = self.engine.try_stream(name) else {
+            return Vec::new();
+        };
+        stream
+            .open_shards()
+            .iter()
+            .map(|shard| ShardKey::new(name, shard.index()))
+            .filter(|key| self.log(key).is_none())
+            .map(|key| (Arc::clone(&stream), key))
+            .collect()
+    }
+
+    fn following(&self, key: &ShardKey) -> FollowingSlot {
+        Arc::clone(self.followers.lock().entry(key.clone()).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(Following {
+                follower: Follower::new(key.clone()),
+                last_error: None,
+            }))
+        }))
+    }
+
+    /// Appends to the local copy of one shard what its owners logged since; one reader of a
+    /// shard at a time.
+    async fn follow_once(&self, stream: Arc<Stream>, key: &ShardKey) {
+        let slot = self.following(key);
+        let mut following = slot.lock().await;
+        let result = self.read_into(&mut following.follower, stream).await;
+        match result {
+            Ok(()) => following.last_error = None,
+            Err(e) => {
+                // Said once per new reason, not every tick.
+                if following.last_error.as_ref() != Some(&e) {
+                    log::warn!("cannot follow {key}: {e}");
+                }
+                following.last_error = Some(e);
+            }
+        }
+    }
+
+    async fn read_into(&self, follower: &mut Follower, stream: Arc<Stream>) -> Result<(), String> {
+        let index = follower.shard().shard;
+        let next = stream
+            .shard(index)
+            .map(|s| s.next_seq())
+            .ok_or_else(|| format!("no shard {index}"))?;
+        let records = follower
+            .read(self.coordinator.as_ref(), &self.storage, next)
+            .await
+            .map_err(|e| e.to_string())?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || append_logged(&stream, index, &records))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Takes in, for every shard of stream `name` this node does not own, what its owners
+    /// logged until now.
+    async fn catch_up(&self, name: &str) {
+        let shards = self.followed(name);
+        futures::future::join_all(
+            shards
+                .iter()
+                .map(|(stream, key)| self.follow_once(Arc::clone(stream), key)),
+        )
+        .await;
+    }
+}
+
 /// Keeps this node's copies of the shards it does not own up to date from their shared logs,
 /// so queries and pumps here read every record, whichever node took it: every
 /// [`FOLLOW_EVERY`], each such shard's new settled chunks are appended with their own sequence
 /// numbers and arrival times.
 async fn follow_shards(shards: Arc<NodeShards>) {
-    let mut followers: HashMap<ShardKey, (Follower, Option<String>)> = HashMap::new();
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -510,64 +620,23 @@ async fn follow_shards(shards: Arc<NodeShards>) {
         let names: Vec<String> = shards.shared.lock().iter().cloned().collect();
         let mut wanted: Vec<(Arc<Stream>, ShardKey)> = Vec::new();
         for name in names {
-            let Some(stream) = shards.engine.try_stream(&name) else {
-                continue;
-            };
-            // A stream object replaced since (ALTER) is marked again.
-            stream.set_shared(true);
-            for shard in stream.open_shards() {
-                let key = ShardKey::new(&name, shard.index());
-                if shards.log(&key).is_none() {
-                    wanted.push((Arc::clone(&stream), key));
-                }
+            if let Some(stream) = shards.engine.try_stream(&name)
+                && !stream.is_shared()
+            {
+                // A stream object replaced since (ALTER) is marked again.
+                shards.mark_shared(&stream);
             }
+            wanted.extend(shards.followed(&name));
         }
-        followers.retain(|key, _| wanted.iter().any(|(_, k)| k == key));
-        let reads = wanted.into_iter().map(|(stream, key)| {
-            let (mut follower, last_error) = followers
-                .remove(&key)
-                .unwrap_or_else(|| (Follower::new(key.clone()), None));
-            let shards = Arc::clone(&shards);
-            async move {
-                let result = follow_once(&shards, &mut follower, stream).await;
-                (follower, last_error, result)
-            }
-        });
-        for (follower, last_error, result) in futures::future::join_all(reads).await {
-            let error = match result {
-                Ok(()) => None,
-                Err(e) => {
-                    // Said once per new reason, not every tick.
-                    if last_error.as_ref() != Some(&e) {
-                        log::warn!("cannot follow {}: {e}", follower.shard());
-                    }
-                    Some(e)
-                }
-            };
-            followers.insert(follower.shard().clone(), (follower, error));
-        }
+        shards
+            .followers
+            .lock()
+            .retain(|key, _| wanted.iter().any(|(_, k)| k == key));
+        futures::future::join_all(
+            wanted
+                .iter()
+                .map(|(stream, key)| shards.follow_once(Arc::clone(stream), key)),
+        )
+        .await;
     }
-}
-
-/// Appends to the local copy of one shard what its owners logged since.
-async fn follow_once(
-    shards: &NodeShards,
-    follower: &mut Follower,
-    stream: Arc<Stream>,
-) -> Result<(), String> {
-    let index = follower.shard().shard;
-    let next = stream
-        .shard(index)
-        .map(|s| s.next_seq())
-        .ok_or_else(|| format!("no shard {index}"))?;
-    let records = follower
-        .read(shards.coordinator.as_ref(), &shards.storage, next)
-        .await
-        .map_err(|e| e.to_string())?;
-    if records.is_empty() {
-        return Ok(());
-    }
-    tokio::task::spawn_blocking(move || append_logged(&stream, index, &records))
-        .await
-        .map_err(|e| e.to_string())?
 }

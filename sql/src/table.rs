@@ -69,6 +69,9 @@ impl TableProvider for StreamTable {
             Some(columns) => Arc::new(self.stream.public_schema().project(columns)?),
             None => Arc::clone(self.stream.public_schema()),
         };
+        // A cluster node's copy first takes in what other nodes acknowledged, so the query
+        // sees every record acknowledged before it began.
+        self.stream.catch_up().await;
         snapshot_scan(&self.stream, columns, None, schema, None)
     }
 

@@ -20,6 +20,10 @@ Usage:
       queries the stream with Flight SQL (ADBC) through each node and checks the same of the
       rows: every node reads every shard (the ones it does not own from the shared log, a
       moment after their owners logged them), so each waits up to 15 s for all of them.
+  cluster.py fresh STATE_FILE KINESIS_URL,FLIGHT_URL...
+      read-your-writes across nodes: puts a record into each shard through one node and at
+      once queries for it with Flight SQL through the next node, which must find it on the
+      first try (a query takes in what other nodes acknowledged before it began).
 """
 
 import json
@@ -246,11 +250,51 @@ def query(state_file, urls):
     print("query: ok")
 
 
+def fresh(state_file, pairs):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    nodes = [(client("kinesis", k), f) for k, f in (p.split(",") for p in pairs)]
+    conns = [flight_sql.connect(f, db_kwargs={"username": "test", "password": "test"}, autocommit=True) for _, f in nodes]
+    step = (1 << 128) // 6
+    acked = []
+    try:
+        for i in range(12):
+            writer, _ = nodes[i % len(nodes)]
+            reader = conns[(i + 1) % len(nodes)]
+            data = f"fresh-{time.time_ns()}-{i}"
+            answer, waited = retrying(
+                lambda: writer.put_record(
+                    StreamName=STREAM, PartitionKey="fresh", ExplicitHashKey=str(step * (i % 6)), Data=data.encode()
+                ),
+                f"fresh record {i}",
+            )
+            acked.append({"data": data, "shard": answer["ShardId"], "seq": answer["SequenceNumber"], "retried": waited > 0})
+            with reader.cursor() as cur:
+                cur.execute(
+                    f"SELECT _shard_id AS shard, _sequence_number AS seq FROM {STREAM} "
+                    f"WHERE arrow_cast(_data, 'Utf8') = '{data}'"
+                )
+                rows = cur.fetch_arrow_table().to_pylist()
+            check(
+                rows == [{"shard": answer["ShardId"], "seq": answer["SequenceNumber"]}],
+                f"record {i} acknowledged at {answer['ShardId']} {answer['SequenceNumber']} but a query through the next node at once read {rows}",
+            )
+    finally:
+        for conn in conns:
+            conn.close()
+    with open(state_file, "a") as f:
+        for a in acked:
+            f.write(json.dumps(a) + "\n")
+    print(f"fresh: ok ({len(acked)} records read through another node straight after their put)")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "write":
         write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     elif sys.argv[1] == "probe":
         probe(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5:])
+    elif sys.argv[1] == "fresh":
+        fresh(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "query":
         query(sys.argv[2], sys.argv[3:])
     else:

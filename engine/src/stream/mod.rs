@@ -206,7 +206,27 @@ pub struct Stream {
     /// Set when a cluster numbers this stream's records ([`Stream::set_shared`]): only
     /// [`Stream::append_numbered`] may write it.
     shared: std::sync::atomic::AtomicBool,
+    /// What brings this copy up to date before a query reads it ([`Stream::set_catch_up`]).
+    catch_up: CatchUpSlot,
 }
+
+#[derive(Default)]
+struct CatchUpSlot(RwLock<Option<CatchUp>>);
+
+impl std::fmt::Debug for CatchUpSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.read().is_some() {
+            "CatchUp(set)"
+        } else {
+            "CatchUp(none)"
+        })
+    }
+}
+
+/// Brings a copy of a stream up to date with records taken elsewhere (a cluster node's copy of
+/// shards other nodes own); completes once it has, or has given up.
+pub type CatchUp =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Segments are merged only if their newest records arrived within this long of each other,
 /// so a merged segment does not keep expired records much past the retention period.
@@ -319,6 +339,7 @@ impl Stream {
             errors,
             appends: tokio::sync::watch::Sender::new(0),
             shared: std::sync::atomic::AtomicBool::new(false),
+            catch_up: CatchUpSlot::default(),
             retention_hours,
         });
         stream.replay(replay.records)?;
@@ -558,6 +579,21 @@ impl Stream {
     pub fn set_shared(&self, shared: bool) {
         self.shared
             .store(shared, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Sets what [`Stream::catch_up`] runs: a cluster node reads what other nodes logged to the
+    /// shards they own, so that a query sees every record acknowledged before it began.
+    pub fn set_catch_up(&self, catch_up: CatchUp) {
+        *self.catch_up.0.write() = Some(catch_up);
+    }
+
+    /// Brings this copy up to date with records taken elsewhere, if it is a copy of that kind
+    /// (immediately otherwise). A query over the stream awaits this before it reads.
+    pub async fn catch_up(&self) {
+        let catch_up = self.catch_up.0.read().clone();
+        if let Some(catch_up) = catch_up {
+            catch_up().await;
+        }
     }
 
     /// Whether a cluster shares this stream ([`Stream::set_shared`]).
