@@ -7,7 +7,8 @@
 //! Figures, each beside its baseline from the same run:
 //! - PutRecord latency (one record at a time, p50/p99): one node acknowledging after its local
 //!   fsync (the default) — the baseline — beside a cluster node acknowledging once the record is
-//!   in object storage (`shared`), at the shard's owner and at another node (forwarded);
+//!   in object storage (`shared`), at the shard's owner and at another node (forwarded); then
+//!   with the puts 100 ms apart, so each finds its shard idle;
 //! - PutRecords throughput: three nodes (clients spread over them) beside one node, on the same
 //!   2 cores (this shows the overhead, not scaling);
 //! - failover: from `kill -9` of the node owning a shard until that shard takes a write through
@@ -43,6 +44,9 @@ const S3_KEY: &str = "bench-key";
 const S3_SECRET: &str = "bench-secret";
 const STREAM: &str = "bench";
 const SHARDS: u32 = 6;
+/// Puts spaced out so the shard is idle (past its group-commit window) at each one.
+const IDLE_PUTS: usize = 100;
+const IDLE_GAP: Duration = Duration::from_millis(100);
 
 pub fn cluster(args: &ClusterArgs) -> Result<(), BoxError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -196,9 +200,21 @@ async fn wait_settled(coordinator: &dyn Coordinator) -> Result<(), BoxError> {
 
 /// p50 and p99 of `puts` sequential PutRecord calls to `shard` through `client`, in ms.
 async fn latency(client: &Client, shard: u32, puts: usize) -> Result<(f64, f64), BoxError> {
+    spaced_latency(client, shard, puts, Duration::ZERO).await
+}
+
+/// [`latency`] with `gap` between one answer and the next call (a producer that puts now and
+/// then, to a shard otherwise idle).
+async fn spaced_latency(
+    client: &Client,
+    shard: u32,
+    puts: usize,
+    gap: Duration,
+) -> Result<(f64, f64), BoxError> {
     let mut took = Vec::with_capacity(puts);
     for n in 0..puts {
         took.push(put_to(client, shard, n, Duration::ZERO).await?);
+        tokio::time::sleep(gap).await;
     }
     took.sort();
     let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
@@ -248,6 +264,8 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
     create_stream(&single.client).await?;
     wait_writable(&[&single.client]).await?;
     let (local_p50, local_p99) = latency(&single.client, 0, args.puts).await?;
+    let (local_idle_p50, local_idle_p99) =
+        spaced_latency(&single.client, 0, IDLE_PUTS, IDLE_GAP).await?;
     let single_rate = throughput(&[&single.client], args.clients, args.seconds).await?;
     drop(single);
 
@@ -278,6 +296,9 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
     let (other_p50, other_p99) = latency(&nodes[other_at].client, 0, args.puts)
         .await
         .map_err(|e| format!("forwarded: {e}"))?;
+    let (idle_p50, idle_p99) = spaced_latency(&nodes[owner_at].client, 0, IDLE_PUTS, IDLE_GAP)
+        .await
+        .map_err(|e| format!("at the owner, spaced: {e}"))?;
     let cluster_rate = throughput(&clients, args.clients, args.seconds).await?;
 
     // kill -9 of shard 0's owner: until shard 0 takes a write through another node.
@@ -303,6 +324,16 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
     );
     println!(
         "  cluster, shared (S3), forwarded         p50 {other_p50:>7.2} ms   p99 {other_p99:>7.2} ms"
+    );
+    println!(
+        "PutRecord latency, one record every {} ms ({IDLE_PUTS} calls each):",
+        IDLE_GAP.as_millis()
+    );
+    println!(
+        "  one node, local fsync (baseline)        p50 {local_idle_p50:>7.2} ms   p99 {local_idle_p99:>7.2} ms"
+    );
+    println!(
+        "  cluster, shared (S3), at the owner      p50 {idle_p50:>7.2} ms   p99 {idle_p99:>7.2} ms"
     );
     println!(
         "PutRecords throughput ({} clients, {} s): one node {single_rate:>9.0} records/s; three nodes {cluster_rate:>9.0} records/s ({:.2}x)",

@@ -393,3 +393,44 @@ async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> 
     assert!(after.is_err(), "{after:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idle_shard_writes_at_once_and_a_busy_one_at_most_once_a_window() -> TestResult {
+    let etcd = MemoryCoordinator::new();
+    let storage = SharedStorage {
+        store: Arc::new(InMemory::new()),
+        prefix: Path::from("p"),
+    };
+    let shard = ShardKey::new("s", 0);
+    let (fence, _) = claim(&etcd, &shard, "n1").await?;
+    let window = Duration::from_secs(3);
+    let (log, _) = ShardLog::open(
+        &etcd,
+        &storage,
+        &shard,
+        &fence,
+        0,
+        LogOptions {
+            commit_every: window,
+            ..LogOptions::default()
+        },
+        always(),
+        nothing(),
+    )
+    .await?;
+    let log = Arc::new(log);
+    // Idle: written without waiting for the window.
+    let started = std::time::Instant::now();
+    log.append(vec![record(0)]).await?;
+    assert!(started.elapsed() < window / 2, "{:?}", started.elapsed());
+    // Busy: the next two wait until a window after the first chunk began, and share a chunk.
+    let (a, b) = tokio::join!(log.append(vec![record(1)]), log.append(vec![record(2)]));
+    assert_eq!((a?[0].seq.min(b?[0].seq)), 2);
+    assert!(
+        started.elapsed() >= window - Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(chunks(storage.store.as_ref()).await?.len(), 2);
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! A shard's log in object storage: what `durability = 'shared'` acknowledges against.
 //!
-//! The owner of a shard numbers records, groups those that arrive together (one group commit
-//! every [`LogOptions::commit_every`], or sooner when [`LogOptions::max_bytes`] are waiting),
+//! The owner of a shard numbers records, groups those that arrive together (at most one group
+//! commit per [`LogOptions::commit_every`]: at once when the shard has been idle that long,
+//! else when the window passes, or sooner when [`LogOptions::max_bytes`] are waiting),
 //! writes each group as one [`chunk`] object created with `PutMode::Create` (never
 //! overwritten), and acknowledges the group once the object exists and its session is still
 //! live. Groups are written one at a time, in order, so an acknowledged record's chunk and
@@ -87,7 +88,10 @@ impl Manifest {
 /// How the log groups and writes.
 #[derive(Debug, Clone, Copy)]
 pub struct LogOptions {
-    /// The longest a record waits for others to share its chunk.
+    /// A shard writes at most one chunk per this interval: a record put to a shard that has
+    /// not written for that long is written at once; under load, records wait for the window
+    /// to pass and share a chunk (so a shard costs at most 1 / `commit_every` object writes a
+    /// second).
     pub commit_every: Duration,
     /// A chunk is written as soon as this many bytes of data wait.
     pub max_bytes: usize,
@@ -404,10 +408,15 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
+        // When the last chunk began: a shard writes at most one chunk per `commit_every`.
+        let mut last_chunk: Option<Instant> = None;
         while let Some(first) = queue.recv().await {
             let mut group = vec![first];
             let mut bytes: usize = group[0].records.iter().map(|r| r.data.len()).sum();
-            let deadline = Instant::now() + self.options.commit_every;
+            // An idle shard writes at once (with whatever else is already waiting); a busy one
+            // gathers what arrives until a window after its last chunk began.
+            let now = Instant::now();
+            let deadline = last_chunk.map_or(now, |at| (at + self.options.commit_every).max(now));
             while bytes < self.options.max_bytes {
                 match tokio::time::timeout_at(deadline, queue.recv()).await {
                     Ok(Some(more)) => {
@@ -417,6 +426,7 @@ impl Writer {
                     Ok(None) | Err(_) => break,
                 }
             }
+            last_chunk = Some(Instant::now());
             if let Err(err) = self.commit(group).await {
                 // Whether the chunk landed is unknown: nothing more is written in this epoch.
                 // The owner gives the shard up and whoever opens it next reads what is there.
