@@ -7,7 +7,7 @@
 //! | `streams/{stream}` | [`StreamShards`] JSON | whoever creates or reshards the stream |
 //! | `assign/{stream}/{shard}` | the node id the shard should live on | the controller, fenced |
 //! | `owner/{stream}/{shard}` | the owning node id, under its lease; its create revision is the owner's epoch | the owner |
-//! | `manifest/{stream}/{shard}` | what the shard's owners have committed, fenced by the owner key | the owner |
+//! | `manifest/{stream}@{incarnation}/{shard}` | what the shard's owners have committed, fenced by the owner key ([`crate::shard_log::LogKey`]) | the owner |
 
 use serde::{Deserialize, Serialize};
 

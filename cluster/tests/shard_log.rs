@@ -20,11 +20,16 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sluice_cluster::memory::MemoryCoordinator;
 use sluice_cluster::shard_log::follow::Follower;
 use sluice_cluster::shard_log::{
-    LogError, LogOptions, Manifest, NewRecord, ShardLog, SharedStorage, chunk,
+    LogError, LogKey, LogOptions, Manifest, NewRecord, ShardLog, SharedStorage, chunk,
 };
 use sluice_cluster::{Claim, Coordinator, Fence, ShardKey, keys};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The log of `shard` in the stream's incarnation the tests use.
+fn log_of(shard: &ShardKey) -> LogKey {
+    LogKey::new(shard.clone(), 7)
+}
 
 fn record(i: usize) -> NewRecord {
     NewRecord {
@@ -64,7 +69,7 @@ async fn read_settled(
     shard: &ShardKey,
     next_seq: u64,
 ) -> Result<Vec<chunk::LogRecord>, LogError> {
-    Follower::new(shard.clone())
+    Follower::new(log_of(&shard))
         .read(etcd, storage, next_seq)
         .await
 }
@@ -111,7 +116,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     let (log1, recovered) = ShardLog::open(
         &etcd,
         &storage,
-        &shard,
+        &log_of(&shard),
         &fence1,
         0,
         options,
@@ -155,7 +160,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         57..=100
     );
     // A follower that goes on reading, from where it got to.
-    let mut follower = Follower::new(shard.clone());
+    let mut follower = Follower::new(log_of(&shard));
     assert_eq!(seqs_of(&follower.read(&etcd, &storage, 1).await?), 1..=100);
     assert!(follower.read(&etcd, &storage, 101).await?.is_empty());
 
@@ -181,7 +186,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     let (log2, recovered) = ShardLog::open(
         &etcd,
         &storage,
-        &shard,
+        &log_of(&shard),
         &fence2,
         0,
         options,
@@ -203,7 +208,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         partition_key: "zombie".into(),
         data: b"never acknowledged".to_vec(),
     }])?;
-    let folder = chunk::shard_folder(&storage.prefix, &shard);
+    let folder = log_of(&shard).folder(&storage.prefix);
     storage
         .store
         .put(
@@ -228,7 +233,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     let (_log3, recovered) = ShardLog::open(
         &etcd,
         &storage,
-        &shard,
+        &log_of(&shard),
         &fence3,
         0,
         options,
@@ -252,7 +257,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     let (_log4, tail) = ShardLog::open(
         &etcd,
         &storage,
-        &shard,
+        &log_of(&shard),
         &fence4,
         121,
         options,
@@ -265,7 +270,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
 
     let manifest: Manifest = serde_json::from_slice(
         &etcd
-            .get(&shard.key(keys::MANIFEST))
+            .get(&log_of(&shard).manifest_key())
             .await?
             .ok_or("a manifest")?
             .value,
@@ -337,7 +342,7 @@ async fn a_stale_owner_cannot_open_the_log() -> TestResult {
     let opened = ShardLog::open(
         &etcd,
         &storage,
-        &shard,
+        &log_of(&shard),
         &fence1,
         0,
         LogOptions::default(),
@@ -366,7 +371,7 @@ async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> 
     let (log, _) = ShardLog::open(
         &etcd,
         &storage,
-        &shard,
+        &log_of(&shard),
         &fence,
         0,
         LogOptions::default(),
@@ -377,7 +382,7 @@ async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> 
     log.append(vec![record(0)]).await?;
     // Something already sits where the next chunk goes: the create fails, as it would if a
     // write's answer had been lost and the object were there after all.
-    let folder = chunk::shard_folder(&storage.prefix, &shard);
+    let folder = log_of(&shard).folder(&storage.prefix);
     store
         .put(
             &chunk::chunk_path(&folder, 2, fence.epoch),
@@ -407,7 +412,7 @@ async fn an_idle_shard_writes_at_once_and_a_busy_one_at_most_once_a_window() -> 
     let (log, _) = ShardLog::open(
         &etcd,
         &storage,
-        &shard,
+        &log_of(&shard),
         &fence,
         0,
         LogOptions {
@@ -432,5 +437,68 @@ async fn an_idle_shard_writes_at_once_and_a_busy_one_at_most_once_a_window() -> 
         started.elapsed()
     );
     assert_eq!(chunks(storage.store.as_ref()).await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_created_again_under_its_name_starts_a_new_log() -> TestResult {
+    let etcd = MemoryCoordinator::new();
+    let storage = SharedStorage {
+        store: Arc::new(InMemory::new()),
+        prefix: Path::from("p"),
+    };
+    let shard = ShardKey::new("orders", 0);
+    let (fence, lease) = claim(&etcd, &shard, "n1").await?;
+    let first_epoch = fence.epoch;
+    let (log, _) = ShardLog::open(
+        &etcd,
+        &storage,
+        &LogKey::new(shard.clone(), 7),
+        &fence,
+        0,
+        LogOptions::default(),
+        always(),
+        nothing(),
+    )
+    .await?;
+    log.append((0..5).map(record).collect()).await?;
+    drop(log);
+    // Deleted, then created again (another create revision of its `streams/` key): the new
+    // incarnation's shard begins at 1 with nothing in it, and a follower reads nothing.
+    etcd.revoke(lease).await?;
+    let (fence, _) = claim(&etcd, &shard, "n2").await?;
+    let second_epoch = fence.epoch;
+    let again = LogKey::new(shard.clone(), 42);
+    let (log, recovered) = ShardLog::open(
+        &etcd,
+        &storage,
+        &again,
+        &fence,
+        0,
+        LogOptions::default(),
+        always(),
+        nothing(),
+    )
+    .await?;
+    assert_eq!((recovered.records.len(), recovered.next_seq), (0, 1));
+    assert_eq!(log.append(vec![record(9)]).await?[0].seq, 1);
+    let followed = Follower::new(again).read(&etcd, &storage, 1).await?;
+    assert_eq!(
+        followed
+            .iter()
+            .map(|r| r.partition_key.as_str())
+            .collect::<Vec<_>>(),
+        ["key-9"]
+    );
+    // Each incarnation's chunks live in a folder of its own.
+    let names = chunks(storage.store.as_ref()).await?;
+    assert_eq!(
+        names,
+        [
+            format!("p/orders@42/000000/00000000000000000001-{second_epoch:020}.arrow"),
+            format!("p/orders@7/000000/00000000000000000001-{first_epoch:020}.arrow"),
+        ],
+        "{names:?}"
+    );
     Ok(())
 }

@@ -120,9 +120,22 @@ fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> T
         "{out}"
     );
 
+    // Deleted and created again under its name: the new stream starts empty, numbered from
+    // the start, on every node.
+    let mut args = vec!["recreate".to_string(), state.display().to_string()];
+    args.extend([&e1, &e3].iter().map(|e| e.kinesis.clone()));
+    common::server::python_script("cluster.py", &args)?;
+    let out = write(&state, 1000, 60, &[&e1, &e3])?;
+    assert!(out.contains("acknowledged: 60"), "{out}");
+    let out = check(&state, &[&e1, &e3])?;
+    assert!(
+        out.contains("cluster: ok") && out.contains("query: ok"),
+        "{out}"
+    );
+
     // A graceful stop hands n3's shards to n1.
     n3.terminate()?;
-    let out = write(&state, 240, 60, &[&e1])?;
+    let out = write(&state, 1060, 60, &[&e1])?;
     eprintln!("after SIGTERM of n3: {}", out.trim().replace('\n', "; "));
     let out = check(&state, &[&e1])?;
     assert!(

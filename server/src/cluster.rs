@@ -24,11 +24,11 @@ use sluice_cluster::etcd::EtcdCoordinator;
 use sluice_cluster::node::HostFuture;
 use sluice_cluster::shard_log::follow::Follower;
 use sluice_cluster::shard_log::{
-    LogOptions, LogRecord, Logged, NewRecord, ShardLog, SharedStorage,
+    LogKey, LogOptions, LogRecord, Logged, NewRecord, ShardLog, SharedStorage,
 };
 use sluice_cluster::{
-    ClusterNode, Coordinator, Fence, NodeConfig, NodeInfo, Ownership, ShardHost, ShardKey,
-    StreamShards, WatchEvent, keys,
+    ClusterNode, Coordinator, Fence, NodeConfig, NodeInfo, Ownership, Revision, ShardHost,
+    ShardKey, StreamShards, WatchEvent, keys,
 };
 use sluice_engine::{
     Engine, NumberedRecord, PutResult, RecordRef, Stream, StreamDefinition, StreamSpec,
@@ -97,13 +97,17 @@ pub struct NodeShards {
     engine: Engine,
     coordinator: Arc<dyn Coordinator>,
     storage: SharedStorage,
-    logs: Mutex<HashMap<ShardKey, Arc<ShardLog>>>,
+    /// The logs of the shards this node owns, each with the incarnation of its stream.
+    logs: Mutex<HashMap<ShardKey, (Revision, Arc<ShardLog>)>>,
+    /// Each shared stream's incarnation: the create revision of its `streams/` key (a stream
+    /// deleted and created again under its name is another, with logs of its own).
+    incarnations: Mutex<HashMap<String, Revision>>,
     ownership: OnceLock<Ownership>,
     /// The streams the cluster shares (defined in etcd), which this node holds copies of.
     shared: Mutex<std::collections::BTreeSet<String>>,
     reopening: tokio::sync::Mutex<()>,
     /// The readers of the shards this node follows.
-    followers: Mutex<HashMap<ShardKey, FollowingSlot>>,
+    followers: Mutex<HashMap<LogKey, FollowingSlot>>,
     /// This node's shards themselves, for what streams call back (weak: streams outlive it).
     me: std::sync::Weak<NodeShards>,
 }
@@ -131,12 +135,32 @@ impl NodeShards {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
         let stream = create_local(&self.engine, &entry.value).await?;
+        self.incarnations
+            .lock()
+            .insert(name.to_string(), entry.create_revision);
         self.mark_shared(&stream);
         Ok(stream)
     }
 
-    fn log(&self, shard: &ShardKey) -> Option<Arc<ShardLog>> {
+    fn log(&self, shard: &ShardKey) -> Option<(Revision, Arc<ShardLog>)> {
         self.logs.lock().get(shard).cloned()
+    }
+
+    /// The incarnation of stream `name` now.
+    async fn incarnation(&self, name: &str) -> Result<Revision, String> {
+        if let Some(&known) = self.incarnations.lock().get(name) {
+            return Ok(known);
+        }
+        let entry = self
+            .coordinator
+            .get(&format!("{}{name}", keys::STREAMS))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
+        self.incarnations
+            .lock()
+            .insert(name.to_string(), entry.create_revision);
+        Ok(entry.create_revision)
     }
 
     /// Opens `shard`'s log for this node, still its owner, appending locally what the log
@@ -160,13 +184,14 @@ impl NodeShards {
                 .and_then(|o| o.fence(&key))
                 .is_some_and(|f| f.epoch == epoch)
         });
+        let incarnation = self.incarnation(&shard.stream).await?;
         let applied_to = Arc::clone(&stream);
         let apply =
             Arc::new(move |records: &[LogRecord]| append_logged(&applied_to, index, records));
         let (log, recovered) = ShardLog::open(
             self.coordinator.as_ref(),
             &self.storage,
-            shard,
+            &LogKey::new(shard.clone(), incarnation),
             fence,
             from,
             LogOptions::default(),
@@ -185,7 +210,9 @@ impl NodeShards {
             log::info!("{shard}: took {imported} records over from the shared log");
         }
         let log = Arc::new(log);
-        self.logs.lock().insert(shard.clone(), Arc::clone(&log));
+        self.logs
+            .lock()
+            .insert(shard.clone(), (incarnation, Arc::clone(&log)));
         Ok(log)
     }
 
@@ -198,12 +225,13 @@ impl NodeShards {
         records: Vec<NewRecord>,
     ) -> Result<Vec<PutResult>, String> {
         let key = ShardKey::new(stream.name(), shard);
-        let mut log = self
+        let (incarnation, mut log) = self
             .log(&key)
             .ok_or_else(|| format!("{key} is not owned by this node any more; retry"))?;
-        if log.is_stopped() {
-            // A write failed (whether its chunk landed is unknown): open the log again under
-            // the same epoch, which takes over whatever did land, then go on.
+        if log.is_stopped() || incarnation != self.incarnation(stream.name()).await? {
+            // A write failed (whether its chunk landed is unknown), or the stream was deleted
+            // and created again: open the log again under the same epoch — which takes over
+            // whatever did land — or the new incarnation's, then go on.
             log = self.reopen(stream, &key).await?;
         }
         let logged: Vec<Logged> = log.append(records).await.map_err(|e| e.to_string())?;
@@ -220,7 +248,11 @@ impl NodeShards {
         // One reopening at a time: calls that found the same stopped log take the one the
         // first of them opened, rather than each opening another writer.
         let _one = self.reopening.lock().await;
-        if let Some(log) = self.log(shard).filter(|log| !log.is_stopped()) {
+        let current = self.incarnation(&shard.stream).await?;
+        if let Some((incarnation, log)) = self.log(shard)
+            && incarnation == current
+            && !log.is_stopped()
+        {
             return Ok(log);
         }
         let fence = self
@@ -290,7 +322,7 @@ impl ShardHost for NodeShards {
             // Everything acknowledged is in the shared log already; what is being uploaded
             // finishes (acknowledged or certainly not written) before the next owner opens it.
             let log = self.logs.lock().remove(shard);
-            if let Some(log) = log {
+            if let Some((_, log)) = log {
                 log.close().await;
             }
             Ok(())
@@ -352,18 +384,20 @@ impl ShardPlacement for NodeShards {
             .block_on(self.coordinator.create(&key, value.clone(), None))
             .map_err(|e| e.to_string())?
         {
-            sluice_cluster::Claim::Won(_) => Ok(()),
+            sluice_cluster::Claim::Won(revision) => Ok(revision),
             // Our own write, seen again by a retry on another etcd member.
-            sluice_cluster::Claim::Held(held) if held.value == value => Ok(()),
+            sluice_cluster::Claim::Held(held) if held.value == value => Ok(held.create_revision),
             sluice_cluster::Claim::Held(_) => Err(format!(
                 "another node created a stream named {} at the same time",
                 stream.name()
             )),
         };
-        if created.is_ok() {
-            self.mark_shared(stream);
-        }
-        created
+        let revision = created?;
+        self.incarnations
+            .lock()
+            .insert(stream.name().to_string(), revision);
+        self.mark_shared(stream);
+        Ok(())
     }
 
     fn stream_deleted(&self, name: &str) -> Result<(), String> {
@@ -412,6 +446,7 @@ impl ClusterMember {
             coordinator,
             storage,
             logs: Mutex::new(HashMap::new()),
+            incarnations: Mutex::new(HashMap::new()),
             ownership: OnceLock::new(),
             shared: Mutex::new(Default::default()),
             reopening: tokio::sync::Mutex::new(()),
@@ -462,16 +497,17 @@ async fn sync_streams(shards: Arc<NodeShards>) {
             }
         };
         for kv in listed {
-            ensure_local(&shards, &kv.value).await;
+            ensure_local(&shards, &kv).await;
         }
         while let Some(event) = events.recv().await {
             match event {
-                WatchEvent::Put(kv) => ensure_local(&shards, &kv.value).await,
+                WatchEvent::Put(kv) => ensure_local(&shards, &kv).await,
                 WatchEvent::Delete { key, .. } => {
                     let Some(name) = key.strip_prefix(keys::STREAMS).map(str::to_string) else {
                         continue;
                     };
                     shards.shared.lock().remove(&name);
+                    shards.incarnations.lock().remove(&name);
                     let engine = shards.engine.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         if engine.stream(&name).is_ok()
@@ -487,8 +523,15 @@ async fn sync_streams(shards: Arc<NodeShards>) {
     }
 }
 
-async fn ensure_local(shards: &NodeShards, entry: &[u8]) {
-    match create_local(&shards.engine, entry).await {
+async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
+    let Some(name) = entry.key.strip_prefix(keys::STREAMS) else {
+        return;
+    };
+    shards
+        .incarnations
+        .lock()
+        .insert(name.to_string(), entry.create_revision);
+    match create_local(&shards.engine, &entry.value).await {
         Ok(stream) => shards.mark_shared(&stream),
         Err(e) => log::warn!("cannot create a stream defined in the cluster: {e}"),
     }
@@ -536,9 +579,12 @@ impl NodeShards {
         self.shared.lock().insert(stream.name().to_string());
     }
 
-    /// The shards of `name` this node does not own, with their local stream.
-    fn followed(&self, name: &str) -> Vec<(Arc<Stream>, ShardKey)> {
+    /// The logs of the shards of `name` this node does not own, with their local stream.
+    fn followed(&self, name: &str) -> Vec<(Arc<Stream>, LogKey)> {
         let Some(stream) = self.engine.try_stream(name) else {
+            return Vec::new();
+        };
+        let Some(&incarnation) = self.incarnations.lock().get(name) else {
             return Vec::new();
         };
         stream
@@ -546,11 +592,11 @@ impl NodeShards {
             .iter()
             .map(|shard| ShardKey::new(name, shard.index()))
             .filter(|key| self.log(key).is_none())
-            .map(|key| (Arc::clone(&stream), key))
+            .map(|key| (Arc::clone(&stream), LogKey::new(key, incarnation)))
             .collect()
     }
 
-    fn following(&self, key: &ShardKey) -> FollowingSlot {
+    fn following(&self, key: &LogKey) -> FollowingSlot {
         Arc::clone(self.followers.lock().entry(key.clone()).or_insert_with(|| {
             Arc::new(tokio::sync::Mutex::new(Following {
                 follower: Follower::new(key.clone()),
@@ -561,7 +607,7 @@ impl NodeShards {
 
     /// Appends to the local copy of one shard what its owners logged since; one reader of a
     /// shard at a time.
-    async fn follow_once(&self, stream: Arc<Stream>, key: &ShardKey) {
+    async fn follow_once(&self, stream: Arc<Stream>, key: &LogKey) {
         let slot = self.following(key);
         let mut following = slot.lock().await;
         let result = self.read_into(&mut following.follower, stream).await;
@@ -570,7 +616,7 @@ impl NodeShards {
             Err(e) => {
                 // Said once per new reason, not every tick.
                 if following.last_error.as_ref() != Some(&e) {
-                    log::warn!("cannot follow {key}: {e}");
+                    log::warn!("cannot follow {}: {e}", key.shard);
                 }
                 following.last_error = Some(e);
             }
@@ -618,7 +664,7 @@ async fn follow_shards(shards: Arc<NodeShards>) {
     loop {
         tick.tick().await;
         let names: Vec<String> = shards.shared.lock().iter().cloned().collect();
-        let mut wanted: Vec<(Arc<Stream>, ShardKey)> = Vec::new();
+        let mut wanted: Vec<(Arc<Stream>, LogKey)> = Vec::new();
         for name in names {
             if let Some(stream) = shards.engine.try_stream(&name)
                 && !stream.is_shared()

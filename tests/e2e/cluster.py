@@ -20,6 +20,9 @@ Usage:
       queries the stream with Flight SQL (ADBC) through each node and checks the same of the
       rows: every node reads every shard (the ones it does not own from the shared log, a
       moment after their owners logged them), so each waits up to 15 s for all of them.
+  cluster.py recreate STATE_FILE ENDPOINT...
+      deletes stream `orders` through the first endpoint, waits until no node knows it, creates
+      it again and empties STATE_FILE: the new stream must hold none of the old one's records.
   cluster.py fresh STATE_FILE KINESIS_URL,FLIGHT_URL...
       read-your-writes across nodes: puts a record into each shard through one node and at
       once queries for it with Flight SQL through the next node, which must find it on the
@@ -187,6 +190,9 @@ def check_all(state_file, endpoints):
                 check(data in retried, f"{endpoint}: {data} read {len(found)} times but was never retried: {found}")
                 check(len(found) == 2, f"{endpoint}: {data} read {len(found)} times: {found}")
                 duplicated += 1
+        known = {a["data"] for a in acked}
+        unknown = [r for r in got if r["data"] not in known]
+        check(not unknown, f"{endpoint}: read records that were never put: {unknown[:3]}")
         for a in acked:
             mine = {k: a[k] for k in ("data", "shard", "seq")}
             check(a["data"] in copies, f"{endpoint}: acknowledged {mine} was not read back")
@@ -250,6 +256,24 @@ def query(state_file, urls):
     print("query: ok")
 
 
+def recreate(state_file, endpoints):
+    nodes = clients(endpoints)
+    nodes[0].delete_stream(StreamName=STREAM)
+
+    def gone(node):
+        try:
+            node.describe_stream_summary(StreamName=STREAM)
+            return False
+        except ClientError as e:
+            return e.response["Error"]["Code"] == "ResourceNotFoundException"
+
+    for node in nodes:
+        wait_for("every node to forget the stream", lambda: gone(node))
+    nodes[0].create_stream(StreamName=STREAM, ShardCount=6)
+    open(state_file, "w").close()
+    print("recreated")
+
+
 def fresh(state_file, pairs):
     import adbc_driver_flightsql.dbapi as flight_sql
 
@@ -293,6 +317,8 @@ if __name__ == "__main__":
         write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     elif sys.argv[1] == "probe":
         probe(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5:])
+    elif sys.argv[1] == "recreate":
+        recreate(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "fresh":
         fresh(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "query":

@@ -13,7 +13,7 @@
 use object_store::path::Path;
 
 use super::{
-    FIRST_SEQ, LogRecord, Manifest, Result, SharedStorage, chunk, list_chunks, read_chain,
+    FIRST_SEQ, LogKey, LogRecord, Manifest, Result, SharedStorage, chunk, list_chunks, read_chain,
     read_manifest,
 };
 use crate::keys::{self, ShardKey};
@@ -22,21 +22,25 @@ use crate::{Coordinator, Revision};
 /// A node's reader of one shard's log, which it does not own.
 #[derive(Debug, Clone)]
 pub struct Follower {
-    shard: ShardKey,
+    log: LogKey,
     /// A sequence number known to begin a chunk (where the last read ended).
     chunk_starts_at: Option<u64>,
 }
 
 impl Follower {
-    pub fn new(shard: ShardKey) -> Self {
+    pub fn new(log: LogKey) -> Self {
         Self {
-            shard,
+            log,
             chunk_starts_at: None,
         }
     }
 
     pub fn shard(&self) -> &ShardKey {
-        &self.shard
+        &self.log.shard
+    }
+
+    pub fn log(&self) -> &LogKey {
+        &self.log
     }
 
     /// The records of the shard's log from `next_seq` on that no owner can disown any more, in
@@ -50,7 +54,7 @@ impl Follower {
         next_seq: u64,
     ) -> Result<Vec<LogRecord>> {
         let store = storage.store.as_ref();
-        let folder = chunk::shard_folder(&storage.prefix, &self.shard);
+        let folder = self.log.folder(&storage.prefix);
         let read = if self.chunk_starts_at == Some(next_seq) {
             // Chunks whose first sequence number is `next_seq` or more: their names sort after
             // the name of any chunk starting at `next_seq - 1`, whatever its epoch.
@@ -59,13 +63,13 @@ impl Follower {
             if listed.is_empty() {
                 return Ok(Vec::new());
             }
-            let (chunks, _) = settled(coordinator, &self.shard, listed).await?;
+            let (chunks, _) = settled(coordinator, &self.log, listed).await?;
             read_chain(store, &chunks, next_seq, next_seq).await?
         } else {
             // Where `next_seq` falls is not known (the first read, or the copy was filled some
             // other way): follow the whole chain.
             let listed = list_chunks(store, &folder, None).await?;
-            let (chunks, manifest) = settled(coordinator, &self.shard, listed).await?;
+            let (chunks, manifest) = settled(coordinator, &self.log, listed).await?;
             let start = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
             read_chain(store, &chunks, start, next_seq).await?
         };
@@ -80,15 +84,15 @@ impl Follower {
 /// manifest as they are now (after the listing); and the manifest.
 async fn settled(
     coordinator: &dyn Coordinator,
-    shard: &ShardKey,
+    log: &LogKey,
     listed: Vec<(u64, Revision, Path)>,
 ) -> Result<(Vec<(u64, Revision, Path)>, Manifest)> {
     // The owner first, then the manifest: a manifest read later cannot be older.
     let owner = coordinator
-        .get(&shard.key(keys::OWNER))
+        .get(&log.shard.key(keys::OWNER))
         .await?
         .map(|kv| kv.create_revision);
-    let manifest = read_manifest(coordinator, shard).await?;
+    let manifest = read_manifest(coordinator, log).await?;
     let last = manifest.epochs.last().map(|e| e.epoch);
     let chunks = listed
         .into_iter()

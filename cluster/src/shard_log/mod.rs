@@ -8,7 +8,8 @@
 //! live. Groups are written one at a time, in order, so an acknowledged record's chunk and
 //! every chunk before it are in storage: any node can rebuild the shard from them.
 //!
-//! **Epochs and the manifest.** The manifest (etcd, `manifest/{stream}/{shard}`) lists where
+//! **Epochs and the manifest.** The manifest (etcd, `manifest/{stream}@{incarnation}/{shard}`,
+//! [`LogKey`]) lists where
 //! each owner's epoch began: `[{epoch, first_seq}, …]`. A new owner, once it has claimed the
 //! shard, reads the manifest, lists the chunks, and follows them from the start: a chunk
 //! counts only if it was written by the epoch that owned its first sequence number, and only
@@ -66,6 +67,39 @@ pub type Result<T, E = LogError> = std::result::Result<T, E>;
 pub struct EpochStart {
     pub epoch: Revision,
     pub first_seq: u64,
+}
+
+/// Which log: a shard of one incarnation of its stream. A stream deleted and created again
+/// under the same name is another incarnation (the create revision of its `streams/` key), so
+/// its shards start new logs rather than continuing the old ones.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LogKey {
+    pub shard: ShardKey,
+    pub incarnation: Revision,
+}
+
+impl LogKey {
+    pub fn new(shard: ShardKey, incarnation: Revision) -> Self {
+        Self { shard, incarnation }
+    }
+
+    /// The shard as the log names it: `{stream}@{incarnation}` (stream names cannot hold `@`).
+    fn named(&self) -> ShardKey {
+        ShardKey::new(
+            format!("{}@{}", self.shard.stream, self.incarnation),
+            self.shard.shard,
+        )
+    }
+
+    /// Its manifest's key: `manifest/{stream}@{incarnation}/{shard}`.
+    pub fn manifest_key(&self) -> String {
+        self.named().key(keys::MANIFEST)
+    }
+
+    /// Where its chunks live: `{prefix}/{stream}@{incarnation}/{shard:06}/`.
+    pub fn folder(&self, prefix: &Path) -> Path {
+        chunk::shard_folder(prefix, &self.named())
+    }
 }
 
 /// The shard's manifest, kept in etcd.
@@ -167,13 +201,13 @@ impl Drop for ShardLog {
 }
 
 impl ShardLog {
-    /// Opens `shard` for its new owner (holding `fence`): rebuilds the chain of chunks,
+    /// Opens `log` for its shard's new owner (holding `fence`): rebuilds the chain of chunks,
     /// returns the records from `from_seq` on, and commits where this epoch begins.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         coordinator: &dyn Coordinator,
         storage: &SharedStorage,
-        shard: &ShardKey,
+        log: &LogKey,
         fence: &Fence,
         from_seq: u64,
         options: LogOptions,
@@ -181,9 +215,10 @@ impl ShardLog {
         apply: Apply,
     ) -> Result<(Self, Recovered)> {
         let store = storage.store.clone();
-        let manifest_key = shard.key(keys::MANIFEST);
-        let mut manifest = read_manifest(coordinator, shard).await?;
-        let folder = chunk::shard_folder(&storage.prefix, shard);
+        let shard = &log.shard;
+        let manifest_key = log.manifest_key();
+        let mut manifest = read_manifest(coordinator, log).await?;
+        let folder = log.folder(&storage.prefix);
         let recovered = recover(store.as_ref(), &folder, &manifest, from_seq).await?;
         if manifest.epochs.last().map(|e| e.epoch) != Some(fence.epoch) {
             manifest.epochs.push(EpochStart {
@@ -347,8 +382,9 @@ async fn list_chunks(
 }
 
 /// The shard's manifest as etcd holds it now.
-async fn read_manifest(coordinator: &dyn Coordinator, shard: &ShardKey) -> Result<Manifest> {
-    match coordinator.get(&shard.key(keys::MANIFEST)).await? {
+async fn read_manifest(coordinator: &dyn Coordinator, log: &LogKey) -> Result<Manifest> {
+    let shard = &log.shard;
+    match coordinator.get(&log.manifest_key()).await? {
         Some(kv) => serde_json::from_slice(&kv.value)
             .map_err(|e| LogError::Corrupt(format!("the manifest of {shard} cannot be read: {e}"))),
         None => Ok(Manifest::default()),
