@@ -69,7 +69,7 @@ async fn read_settled(
     shard: &ShardKey,
     next_seq: u64,
 ) -> Result<Vec<chunk::LogRecord>, LogError> {
-    Follower::new(log_of(&shard))
+    Follower::new(log_of(shard))
         .read(etcd, storage, next_seq)
         .await
 }
@@ -78,7 +78,7 @@ fn seqs_of(records: &[chunk::LogRecord]) -> std::ops::RangeInclusive<u64> {
     let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
     let range = match (seqs.first(), seqs.last()) {
         (Some(&first), Some(&last)) => first..=last,
-        _ => 1..=0,
+        _ => panic!("expected records, read none"),
     };
     assert_eq!(
         seqs,
