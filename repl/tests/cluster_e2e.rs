@@ -81,6 +81,30 @@ fn fresh(state: &Path, nodes: &[&Endpoints]) -> Result<String, String> {
     common::server::python_script("cluster.py", &args)
 }
 
+/// The streams' log folders (`{stream}@{incarnation}`) under `logs` that hold any chunk.
+fn folders_with_chunks(logs: &Path) -> std::io::Result<Vec<String>> {
+    let mut holding = Vec::new();
+    for entry in std::fs::read_dir(logs)? {
+        let entry = entry?;
+        let mut stack = vec![entry.path()];
+        let mut chunks = 0;
+        while let Some(dir) = stack.pop() {
+            for inner in std::fs::read_dir(&dir)? {
+                let path = inner?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "arrow") {
+                    chunks += 1;
+                }
+            }
+        }
+        if chunks > 0 {
+            holding.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(holding)
+}
+
 #[test]
 fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -132,6 +156,20 @@ fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> T
         out.contains("cluster: ok") && out.contains("query: ok"),
         "{out}"
     );
+    // The deleted stream's chunks are removed from object storage; the new one's stay.
+    let logs = root.join("lake").join("cluster");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let holding = folders_with_chunks(&logs)?;
+        if holding.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chunks of {holding:?} after the first incarnation was deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     // A graceful stop hands n3's shards to n1.
     n3.terminate()?;

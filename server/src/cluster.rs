@@ -415,12 +415,57 @@ impl ShardPlacement for NodeShards {
                 key: key.clone(),
                 epoch: entry.create_revision,
             };
-            self.coordinator
+            let released = self
+                .coordinator
                 .release(&fence)
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            if released {
+                // Nobody reads the deleted incarnation's logs any more: they go, in the
+                // background (a chunk a late writer adds afterwards stays behind).
+                let shards: Vec<u32> = serde_json::from_slice::<StreamShards>(&entry.value)
+                    .map(|e| e.shards)
+                    .unwrap_or_default();
+                let logs = shards
+                    .into_iter()
+                    .map(|shard| LogKey::new(ShardKey::new(name, shard), entry.create_revision))
+                    .collect();
+                tokio::spawn(remove_logs(
+                    Arc::clone(&self.coordinator),
+                    self.storage.clone(),
+                    logs,
+                ));
+            }
+            Ok(())
         })
+    }
+}
+
+/// Deletes the chunks and manifests of `logs` (of a deleted stream).
+async fn remove_logs(coordinator: Arc<dyn Coordinator>, storage: SharedStorage, logs: Vec<LogKey>) {
+    use futures::{StreamExt, TryStreamExt};
+    for log in logs {
+        let folder = log.folder(&storage.prefix);
+        let listed = storage
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let deleted: Vec<_> = storage.store.delete_stream(listed).collect().await;
+        if let Some(Err(e)) = deleted.into_iter().find(Result::is_err) {
+            log::warn!("cannot delete the log of {} (deleted): {e}", log.shard);
+            continue;
+        }
+        let manifest = log.manifest_key();
+        if let Ok(Some(kv)) = coordinator.get(&manifest).await {
+            let fence = Fence {
+                key: manifest,
+                epoch: kv.create_revision,
+            };
+            if let Err(e) = coordinator.release(&fence).await {
+                log::warn!("cannot delete the manifest of {} (deleted): {e}", log.shard);
+            }
+        }
     }
 }
 
