@@ -502,3 +502,74 @@ async fn a_stream_created_again_under_its_name_starts_a_new_log() -> TestResult 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_owner_holding_the_records_lists_only_from_the_recorded_base() -> TestResult {
+    let etcd = MemoryCoordinator::new();
+    let storage = SharedStorage {
+        store: Arc::new(InMemory::new()),
+        prefix: Path::from("p"),
+    };
+    let shard = ShardKey::new("s", 0);
+    let (fence1, lease1) = claim(&etcd, &shard, "n1").await?;
+    let (log1, _) = ShardLog::open(
+        &etcd,
+        &storage,
+        &log_of(&shard),
+        &fence1,
+        0,
+        LogOptions::default(),
+        always(),
+        nothing(),
+    )
+    .await?;
+    for i in 0..3 {
+        log1.append((i * 10..i * 10 + 10).map(record).collect())
+            .await?;
+    }
+    // n1 records where its chain ends (31) as the manifest's base, then writes on.
+    assert!(log1.commit_base(&etcd, &fence1).await?);
+    log1.append((30..40).map(record).collect()).await?;
+    drop(log1);
+    let manifest: Manifest = serde_json::from_slice(
+        &etcd
+            .get(&log_of(&shard).manifest_key())
+            .await?
+            .ok_or("a manifest")?
+            .value,
+    )?;
+    assert_eq!(manifest.base, 31);
+
+    // The chunks before the base are gone from storage (as merged or expired ones will be): a
+    // new owner that holds records 1..=30 does not need them, and reads 31..=40.
+    let folder = log_of(&shard).folder(&storage.prefix);
+    for first in [1, 11, 21] {
+        let path = chunk::chunk_path(&folder, first, fence1.epoch);
+        storage.store.delete(&path).await?;
+    }
+    etcd.revoke(lease1).await?;
+    let (fence2, _) = claim(&etcd, &shard, "n2").await?;
+    let (log2, recovered) = ShardLog::open(
+        &etcd,
+        &storage,
+        &log_of(&shard),
+        &fence2,
+        31,
+        LogOptions::default(),
+        always(),
+        nothing(),
+    )
+    .await?;
+    assert_eq!(recovered.next_seq, 41);
+    assert_eq!(
+        recovered.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (31..=40).collect::<Vec<u64>>()
+    );
+    // A follower that holds records up to the base reads on from there too.
+    assert_eq!(
+        seqs_of(&read_settled(&etcd, &storage, &shard, 31).await?),
+        31..=40
+    );
+    assert_eq!(log2.append(vec![record(40)]).await?[0].seq, 41);
+    Ok(())
+}

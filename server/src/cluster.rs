@@ -585,6 +585,10 @@ async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
 /// How often a node looks for what other nodes logged to the shards it does not own.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
+/// How often an owner records in each shard's manifest where its chain ends, so that whoever
+/// takes the shard over next lists only the chunks after it.
+const BASE_EVERY: Duration = Duration::from_secs(60);
+
 /// The longest a query waits for its node to take in what other nodes acknowledged; past it,
 /// the query reads what the node has.
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(2);
@@ -686,6 +690,24 @@ impl NodeShards {
             .map_err(|e| e.to_string())?
     }
 
+    /// Records, for every shard this node owns, where its chain of chunks ends now.
+    async fn commit_bases(&self) {
+        let owned: Vec<(ShardKey, Arc<ShardLog>)> = self
+            .logs
+            .lock()
+            .iter()
+            .map(|(key, (_, log))| (key.clone(), Arc::clone(log)))
+            .collect();
+        for (key, log) in owned {
+            let Some(fence) = self.ownership.get().and_then(|o| o.fence(&key)) else {
+                continue;
+            };
+            if let Err(e) = log.commit_base(self.coordinator.as_ref(), &fence).await {
+                log::warn!("cannot record where {key}'s log ends: {e}");
+            }
+        }
+    }
+
     /// Takes in, for every shard of stream `name` this node does not own, what its owners
     /// logged until now.
     async fn catch_up(&self, name: &str) {
@@ -706,8 +728,13 @@ impl NodeShards {
 async fn follow_shards(shards: Arc<NodeShards>) {
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut based = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        if based.elapsed() >= BASE_EVERY {
+            based = tokio::time::Instant::now();
+            shards.commit_bases().await;
+        }
         let names: Vec<String> = shards.shared.lock().iter().cloned().collect();
         let mut wanted: Vec<(Arc<Stream>, LogKey)> = Vec::new();
         for name in names {

@@ -67,10 +67,15 @@ impl Follower {
             read_chain(store, &chunks, next_seq, next_seq).await?
         } else {
             // Where `next_seq` falls is not known (the first read, or the copy was filled some
-            // other way): follow the whole chain.
-            let listed = list_chunks(store, &folder, None).await?;
-            let (chunks, manifest) = settled(coordinator, &self.log, listed).await?;
-            let start = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
+            // other way): follow the chain from the manifest's listing start if this copy
+            // holds everything before it, else from the beginning.
+            let start = read_manifest(coordinator, &self.log)
+                .await?
+                .listing_start(next_seq);
+            let offset =
+                (start > FIRST_SEQ).then(|| chunk::chunk_path(&folder, start - 1, Revision::MAX));
+            let listed = list_chunks(store, &folder, offset.as_ref()).await?;
+            let (chunks, _) = settled(coordinator, &self.log, listed).await?;
             read_chain(store, &chunks, start, next_seq).await?
         };
         if read.next_seq >= next_seq {

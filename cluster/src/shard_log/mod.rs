@@ -106,9 +106,30 @@ impl LogKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub epochs: Vec<EpochStart>,
+    /// A sequence number where a chunk of the chain begins (or the chain ended), every chunk
+    /// before it settled: an owner records it now and then ([`ShardLog::commit_base`]) so that
+    /// a new owner that holds the records before it lists only the chunks from there on.
+    #[serde(default)]
+    pub base: u64,
 }
 
 impl Manifest {
+    /// Where a listing of the chain may begin for a reader that holds every record before
+    /// `holding`: the latest boundary the manifest knows (an epoch's start, or the base; each
+    /// begins a chunk or ends the chain, everything before it settled) at or before `holding`,
+    /// else the chain's start.
+    pub(crate) fn listing_start(&self, holding: u64) -> u64 {
+        let first = self.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
+        self.epochs
+            .iter()
+            .map(|e| e.first_seq)
+            .chain((self.base > 0).then_some(self.base))
+            .filter(|&at| at <= holding)
+            .max()
+            .unwrap_or(first)
+            .max(first)
+    }
+
     /// The epoch whose chunks hold `seq`.
     fn owner_of(&self, seq: u64) -> Option<Revision> {
         self.epochs
@@ -189,6 +210,9 @@ struct Pending {
 /// The owner's handle on a shard's log; dropping it stops its writer.
 pub struct ShardLog {
     shard: ShardKey,
+    manifest_key: String,
+    /// Where the chain of acknowledged chunks ends now (a chunk boundary).
+    end: Arc<std::sync::atomic::AtomicU64>,
     queue: mpsc::Sender<Pending>,
     task: JoinHandle<()>,
     closing: Arc<std::sync::atomic::AtomicBool>,
@@ -230,9 +254,11 @@ impl ShardLog {
                 return Err(LogError::NotOwner(shard.to_string()));
             }
         }
+        let end = Arc::new(std::sync::atomic::AtomicU64::new(recovered.next_seq));
         let (queue, pending) = mpsc::channel(1024);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = Writer {
+            end: Arc::clone(&end),
             apply,
             closing: Arc::clone(&closing),
             store,
@@ -248,6 +274,8 @@ impl ShardLog {
         Ok((
             Self {
                 shard: shard.clone(),
+                manifest_key,
+                end,
                 queue,
                 task,
                 closing,
@@ -263,6 +291,30 @@ impl ShardLog {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // Answered once the writer reaches it: after any upload in flight.
         let _ = self.append(Vec::new()).await;
+    }
+
+    /// Records in the manifest (a put fenced by the owner's key) where the chain of
+    /// acknowledged chunks ends now, as its base: a new owner then lists only the chunks from
+    /// there. Cheap enough for once a minute, not for every write; whether it was recorded.
+    pub async fn commit_base(&self, coordinator: &dyn Coordinator, fence: &Fence) -> Result<bool> {
+        let end = self.end.load(std::sync::atomic::Ordering::Acquire);
+        let Some(kv) = coordinator.get(&self.manifest_key).await? else {
+            return Ok(false);
+        };
+        let mut manifest: Manifest = serde_json::from_slice(&kv.value).map_err(|e| {
+            LogError::Corrupt(format!(
+                "the manifest of {} cannot be read: {e}",
+                self.shard
+            ))
+        })?;
+        if manifest.base >= end {
+            return Ok(true);
+        }
+        manifest.base = end;
+        let value = serde_json::to_vec(&manifest).unwrap_or_default();
+        Ok(coordinator
+            .put_fenced(fence, &self.manifest_key, value)
+            .await?)
     }
 
     /// Whether the log stopped taking writes (a write failed, or the owner lost the shard).
@@ -289,12 +341,15 @@ async fn recover(
     manifest: &Manifest,
     from_seq: u64,
 ) -> Result<Recovered> {
-    let chunks: Vec<(u64, Revision, Path)> = list_chunks(store, folder, None)
+    // A new owner that holds everything before the manifest's listing start reads only the
+    // chunks from there: taking a long-written shard over does not list all its history.
+    let start = manifest.listing_start(from_seq);
+    let offset = (start > FIRST_SEQ).then(|| chunk::chunk_path(folder, start - 1, Revision::MAX));
+    let chunks: Vec<(u64, Revision, Path)> = list_chunks(store, folder, offset.as_ref())
         .await?
         .into_iter()
         .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
         .collect();
-    let start = manifest.epochs.first().map_or(FIRST_SEQ, |e| e.first_seq);
     let recovered = read_chain(store, &chunks, start, from_seq).await?;
     if let Some((first, epoch, path)) = chunks.iter().find(|c| c.0 > recovered.next_seq) {
         log::warn!(
@@ -430,6 +485,7 @@ fn check_numbering(path: &Path, first: u64, chunk: &[LogRecord]) -> Result<()> {
 }
 
 struct Writer {
+    end: Arc<std::sync::atomic::AtomicU64>,
     apply: Apply,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Arc<dyn ObjectStore>,
@@ -562,6 +618,8 @@ impl Writer {
             refuse(answers, &err);
             return Err(err);
         }
+        self.end
+            .store(self.next_seq, std::sync::atomic::Ordering::Release);
         for (reply, logged) in answers {
             let _ = reply.send(Ok(logged));
         }
