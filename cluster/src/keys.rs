@@ -7,6 +7,7 @@
 //! | `streams/{stream}` | [`StreamShards`] JSON | whoever creates or reshards the stream |
 //! | `assign/{stream}/{shard}` | the node id the shard should live on | the controller, fenced |
 //! | `owner/{stream}/{shard}` | the owning node id, under its lease; its create revision is the owner's epoch | the owner |
+//! | `consumers/{stream}@{incarnation}/{consumer}` | a registered enhanced fan-out consumer (JSON) | the node that registered it |
 //! | `manifest/{stream}@{incarnation}/{shard}` | what the shard's owners have committed, fenced by the owner key ([`crate::shard_log::LogKey`]) | the owner |
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ pub const STREAMS: &str = "/sluice/v1/streams/";
 pub const ASSIGN: &str = "/sluice/v1/assign/";
 pub const OWNER: &str = "/sluice/v1/owner/";
 pub const MANIFEST: &str = "/sluice/v1/manifest/";
+pub const CONSUMERS: &str = "/sluice/v1/consumers/";
 
 /// One shard of one stream: the unit that is assigned, owned and moved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -97,7 +97,7 @@ fn run(
         "CreateStream" => create_stream(services, request),
         "DeleteStream" => delete_stream(services, request),
         "DescribeStream" => describe_stream(engine, request),
-        "DescribeStreamSummary" => describe_stream_summary(engine, request),
+        "DescribeStreamSummary" => describe_stream_summary(services, request),
         "ListStreams" => list_streams(engine, request),
         "UpdateStreamMode" => settings::update_stream_mode(services, request),
         "DescribeLimits" => settings::describe_limits(services),
@@ -436,7 +436,7 @@ fn delete_stream(services: &Services, request: &Map<String, Value>) -> Result<Va
         request.get("EnforceConsumerDeletion"),
         Some(Value::Bool(true))
     );
-    let registered = consumers::consumers(&stream)?;
+    let registered = consumers::consumers(services, &stream)?;
     if !registered.is_empty() && !enforce {
         return Err(ApiError::new(
             ErrorKind::ResourceInUse,
@@ -532,10 +532,10 @@ fn describe_stream(engine: &Engine, request: &Map<String, Value>) -> Result<Valu
 }
 
 fn describe_stream_summary(
-    engine: &Engine,
+    services: &Services,
     request: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
-    let stream = stream(engine, request)?;
+    let stream = stream(&services.engine, request)?;
     let name = stream.name();
     let mut summary = json!({
         "StreamName": name,
@@ -544,7 +544,7 @@ fn describe_stream_summary(
         "RetentionPeriodHours": stream.retention_hours(),
         "StreamCreationTimestamp": created_seconds(&stream),
         "OpenShardCount": stream.open_shards().len(),
-        "ConsumerCount": consumers::consumers(&stream)?.len(),
+        "ConsumerCount": consumers::consumers(services, &stream)?.len(),
     });
     settings::load(&stream)?.describe(&mut summary);
     Ok(json!({ "StreamDescriptionSummary": summary }))

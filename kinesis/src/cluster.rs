@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value, json};
 use sluice_engine::{PutResult, RecordRef, Stream};
 
+use crate::consumers::Consumer;
 use crate::error::{ApiError, ErrorKind, REGION};
 use crate::{Services, TARGET_PREFIX, actions};
 
@@ -64,6 +65,14 @@ pub trait ShardPlacement: Send + Sync + std::fmt::Debug {
     fn stream_created(&self, stream: &Stream) -> Result<(), String>;
     /// A stream was deleted through this node. Blocking.
     fn stream_deleted(&self, name: &str) -> Result<(), String>;
+    /// The enhanced fan-out consumers registered for `stream` (one the cluster shares), which
+    /// the cluster keeps so that every node knows them. Blocking.
+    fn consumers(&self, stream: &Stream) -> Result<Vec<Consumer>, String>;
+    /// Registers `consumer` for `stream`; `false` if one of that name is registered already.
+    /// Blocking.
+    fn add_consumer(&self, stream: &Stream, consumer: &Consumer) -> Result<bool, String>;
+    /// Deregisters `consumer` of `stream`. Blocking.
+    fn remove_consumer(&self, stream: &Stream, consumer: &Consumer) -> Result<(), String>;
 }
 
 fn moving(stream: &str, shard: u32) -> ApiError {
@@ -169,32 +178,9 @@ fn destination(
             let id = actions::str_field(request, "ShardId")?.unwrap_or_default();
             (name, actions::shard_index(&stream, id)?)
         }
-        "SubscribeToShard" => {
-            // Not forwarded (an event stream): a subscription to a shard owned elsewhere is
-            // refused, naming the node to subscribe at.
-            let arn = actions::str_field(request, "ConsumerARN")?.unwrap_or_default();
-            // arn:aws:kinesis:<region>:<account>:stream/<name>/consumer/<consumer>:<created>
-            let Some(name) = arn
-                .split_once(":stream/")
-                .and_then(|(_, rest)| rest.split_once("/consumer/"))
-                .map(|(name, _)| name.to_string())
-            else {
-                return Ok(None);
-            };
-            let stream = actions::find_stream(&services.engine, &name)?;
-            if !stream.is_shared() {
-                return Ok(None);
-            }
-            let id = actions::str_field(request, "ShardId")?.unwrap_or_default();
-            let shard = actions::shard_index(&stream, id)?;
-            return match placement.place(&name, shard) {
-                Placement::Local => Ok(None),
-                Placement::Remote(addr) => Err(ApiError::invalid(format!(
-                    "shard {id} of stream {name} is served by the node at {addr}: send SubscribeToShard there (subscriptions are not forwarded between nodes yet)"
-                ))),
-                Placement::Moving => Err(moving(&name, shard)),
-            };
-        }
+        // Not forwarded (an event stream): any node serves a subscription from its own copy
+        // of the shard, which follows the owner's log.
+        "SubscribeToShard" => return Ok(None),
         "GetRecords" => {
             let token = actions::str_field(request, "ShardIterator")?.unwrap_or_default();
             match actions::iterator_place(token) {

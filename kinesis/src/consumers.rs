@@ -54,10 +54,23 @@ struct ConsumerFile {
 }
 
 /// The consumers of `stream`.
-pub fn consumers(stream: &Stream) -> Result<Vec<Consumer>, ApiError> {
+/// The consumers registered for `stream`: kept by the cluster for a stream it shares, else in
+/// the stream's folder.
+pub(crate) fn consumers(services: &Services, stream: &Stream) -> Result<Vec<Consumer>, ApiError> {
+    if let Some(placement) = shared(services, stream) {
+        return placement.consumers(stream).map_err(ApiError::internal);
+    }
     let file: ConsumerFile =
         sluice_engine::read_json_or_default(&stream.dir().join(FILE), "the stream's consumers")?;
     Ok(file.consumers)
+}
+
+/// The cluster, if it keeps `stream`'s consumers.
+fn shared<'a>(
+    services: &'a Services,
+    stream: &Stream,
+) -> Option<&'a dyn crate::cluster::ShardPlacement> {
+    services.placement.as_deref().filter(|_| stream.is_shared())
 }
 
 fn save(stream: &Stream, consumers: Vec<Consumer>) -> Result<(), ApiError> {
@@ -133,15 +146,18 @@ pub(crate) fn register(
         return Err(stream_not_found(request));
     };
     let _guard = services.stream_files_lock.lock();
-    let mut all = consumers(&stream)?;
-    if all.iter().any(|c| c.name == name) {
-        return Err(ApiError::new(
+    let mut all = consumers(services, &stream)?;
+    let exists = || {
+        ApiError::new(
             ErrorKind::ResourceInUse,
             format!(
                 "Consumer {name} under stream {} already exists for account {ACCOUNT}.",
                 stream.name()
             ),
-        ));
+        )
+    };
+    if all.iter().any(|c| c.name == name) {
+        return Err(exists());
     }
     if all.len() >= MAX_CONSUMERS {
         return Err(ApiError::new(
@@ -158,16 +174,30 @@ pub(crate) fn register(
         arn: format!("{}/consumer/{name}:{}", arn(stream.name()), now / 1000),
         created_ms: now,
     };
-    all.push(consumer.clone());
-    save(&stream, all)?;
+    match shared(services, &stream) {
+        // Created once in the cluster: of two nodes registering the name at once, one wins.
+        Some(placement) => {
+            if !placement
+                .add_consumer(&stream, &consumer)
+                .map_err(ApiError::internal)?
+            {
+                return Err(exists());
+            }
+        }
+        None => {
+            all.push(consumer.clone());
+            save(&stream, all)?;
+        }
+    }
     Ok(json!({ "Consumer": consumer.json(now) }))
 }
 
 /// The stream and consumer a request names: `ConsumerARN`, or `StreamARN` and `ConsumerName`.
 pub(crate) fn find(
-    engine: &Engine,
+    services: &Services,
     request: &Map<String, Value>,
 ) -> Result<(Arc<Stream>, Consumer), ApiError> {
+    let engine = &services.engine;
     let mut v = Validation::default();
     let consumer_arn = str_field(request, "ConsumerARN")?;
     let stream_arn = str_field(request, "StreamARN")?;
@@ -207,7 +237,7 @@ pub(crate) fn find(
     let stream = engine
         .try_stream(&stream_name)
         .ok_or_else(|| consumer_not_found(&described))?;
-    let consumer = consumers(&stream)?
+    let consumer = consumers(services, &stream)?
         .into_iter()
         .find(|c| {
             if by_arn {
@@ -263,7 +293,7 @@ pub(crate) fn describe(
     services: &Services,
     request: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
-    let (stream, consumer) = find(&services.engine, request)?;
+    let (stream, consumer) = find(services, request)?;
     let mut description = consumer.json(services.engine.clock().now_millis());
     description["StreamARN"] = Value::String(arn(stream.name()));
     Ok(json!({ "ConsumerDescription": description }))
@@ -273,10 +303,14 @@ pub(crate) fn deregister(
     services: &Services,
     request: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
-    let (stream, consumer) = find(&services.engine, request)?;
-    {
+    let (stream, consumer) = find(services, request)?;
+    if let Some(placement) = shared(services, &stream) {
+        placement
+            .remove_consumer(&stream, &consumer)
+            .map_err(ApiError::internal)?;
+    } else {
         let _guard = services.stream_files_lock.lock();
-        let all = consumers(&stream)?
+        let all = consumers(services, &stream)?
             .into_iter()
             .filter(|c| c.arn != consumer.arn)
             .collect();
@@ -312,7 +346,7 @@ pub(crate) fn list(services: &Services, request: &Map<String, Value>) -> Result<
         return Err(stream_not_found(request));
     };
     let now = engine.clock().now_millis();
-    let all = consumers(&stream)?;
+    let all = consumers(services, &stream)?;
     let start = match token {
         None => 0,
         Some(token) => token

@@ -172,7 +172,7 @@ pub(crate) fn subscribe(
     let (Some(shard_text), Some(position)) = (shard_text, position) else {
         return Err(ApiError::internal("checked above"));
     };
-    let (stream, consumer) = consumers::find(engine, request)?;
+    let (stream, consumer) = consumers::find(services, request)?;
     if consumer.status(engine.clock().now_millis()) != "ACTIVE" {
         return Err(ApiError::new(
             ErrorKind::ResourceInUse,

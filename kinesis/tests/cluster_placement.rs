@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use sluice_engine::{Engine, EngineOptions, NumberedRecord, PutResult, RecordRef, Stream};
 use sluice_kinesis::cluster::{Placement, ShardPlacement};
+use sluice_kinesis::consumers::Consumer;
 use sluice_kinesis::{KinesisOptions, router};
 use tower::ServiceExt;
 
@@ -24,6 +25,8 @@ struct FixedPlacement {
     owned: Vec<u32>,
     appended: Mutex<Vec<u32>>,
     registered: Mutex<Vec<String>>,
+    /// The consumers the cluster keeps.
+    consumers: Mutex<Vec<Consumer>>,
 }
 
 impl ShardPlacement for FixedPlacement {
@@ -79,6 +82,24 @@ impl ShardPlacement for FixedPlacement {
     }
 
     fn stream_deleted(&self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn consumers(&self, _stream: &Stream) -> Result<Vec<Consumer>, String> {
+        Ok(self.consumers.lock().clone())
+    }
+
+    fn add_consumer(&self, _stream: &Stream, consumer: &Consumer) -> Result<bool, String> {
+        let mut consumers = self.consumers.lock();
+        if consumers.iter().any(|c| c.name == consumer.name) {
+            return Ok(false);
+        }
+        consumers.push(consumer.clone());
+        Ok(true)
+    }
+
+    fn remove_consumer(&self, _stream: &Stream, consumer: &Consumer) -> Result<(), String> {
+        self.consumers.lock().retain(|c| c.name != consumer.name);
         Ok(())
     }
 }
@@ -243,5 +264,88 @@ async fn a_stream_the_node_keeps_for_itself_is_answered_here() -> TestResult {
         engine.stream("local")?.shard(1).map(|s| s.next_seq()),
         Some(3)
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_shared_streams_consumers_are_kept_by_the_cluster_and_any_node_serves_subscriptions()
+-> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(EngineOptions::new(dir.path()).with_background(false))?;
+    let placement = Arc::new(FixedPlacement {
+        owned: vec![0],
+        ..FixedPlacement::default()
+    });
+    let app = router(
+        engine.clone(),
+        KinesisOptions {
+            placement: Some(placement.clone() as Arc<dyn ShardPlacement>),
+            ..KinesisOptions::default()
+        },
+    );
+    let (status, _) = call(
+        &app,
+        "CreateStream",
+        json!({"StreamName": "s", "ShardCount": 2}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let stream_arn = "arn:aws:kinesis:us-east-1:000000000000:stream/s";
+    let (status, answer) = call(
+        &app,
+        "RegisterStreamConsumer",
+        json!({"StreamARN": stream_arn, "ConsumerName": "app"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{answer}");
+    let arn = answer["Consumer"]["ConsumerARN"]
+        .as_str()
+        .ok_or("an ARN")?
+        .to_string();
+    // Kept by the cluster, not in this node's folder; the same name again is refused.
+    assert_eq!(placement.consumers.lock().len(), 1);
+    let (status, answer) = call(
+        &app,
+        "RegisterStreamConsumer",
+        json!({"StreamARN": stream_arn, "ConsumerName": "app"}),
+    )
+    .await?;
+    assert_eq!(
+        (status, answer["__type"].as_str()),
+        (400, Some("ResourceInUseException")),
+        "{answer}"
+    );
+    let (_, summary) = call(&app, "DescribeStreamSummary", json!({"StreamName": "s"})).await?;
+    assert_eq!(summary["StreamDescriptionSummary"]["ConsumerCount"], 1);
+
+    // A subscription to a shard this node does not own is served here, from its copy.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await; // ACTIVE
+    let request = Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("x-amz-target", "Kinesis_20131202.SubscribeToShard")
+        .header("content-type", "application/x-amz-json-1.1")
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .header("x-amz-date", "20260101T000000Z")
+        .body(Body::from(
+            json!({"ConsumerARN": arn, "ShardId": "shardId-000000000001", "StartingPosition": {"Type": "TRIM_HORIZON"}})
+                .to_string(),
+        ))?;
+    // The event stream stays open; its answer's status is enough.
+    let response = app.clone().oneshot(request).await?;
+    assert_eq!(response.status().as_u16(), 200);
+    drop(response);
+
+    let (status, _) = call(
+        &app,
+        "DeregisterStreamConsumer",
+        json!({"ConsumerARN": arn}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert!(placement.consumers.lock().is_empty());
     Ok(())
 }

@@ -125,6 +125,13 @@ fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> T
 
     let out = write(&state, 0, 120, &[&e1, &e2, &e3])?;
     assert!(out.contains("acknowledged: 120"), "{out}");
+    // Read-your-writes across nodes, and a consumer served by nodes that do not own its shards.
+    let out = fresh(&state, &[&e1, &e2, &e3])?;
+    assert!(out.contains("fresh: ok"), "{out}");
+    let mut args = vec!["fanout".to_string(), state.display().to_string()];
+    args.extend([&e1, &e2, &e3].iter().map(|e| e.kinesis.clone()));
+    let out = common::server::python_script("cluster.py", &args)?;
+    assert!(out.contains("fanout: ok"), "{out}");
     let out = check(&state, &[&e1, &e2, &e3])?;
     assert!(
         out.contains("cluster: ok") && out.contains("query: ok"),

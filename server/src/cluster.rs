@@ -34,6 +34,7 @@ use sluice_engine::{
     Engine, NumberedRecord, PutResult, RecordRef, Stream, StreamDefinition, StreamSpec,
 };
 use sluice_kinesis::cluster::{Placement, ShardPlacement};
+use sluice_kinesis::consumers::Consumer;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -144,6 +145,11 @@ impl NodeShards {
 
     fn log(&self, shard: &ShardKey) -> Option<(Revision, Arc<ShardLog>)> {
         self.logs.lock().get(shard).cloned()
+    }
+
+    /// Where the consumers of stream `name` (its incarnation now) are kept in etcd.
+    async fn consumers_prefix(&self, name: &str) -> Result<String, String> {
+        Ok(consumers_prefix(name, self.incarnation(name).await?))
     }
 
     /// The incarnation of stream `name` now.
@@ -400,6 +406,71 @@ impl ShardPlacement for NodeShards {
         Ok(())
     }
 
+    fn consumers(&self, stream: &Stream) -> Result<Vec<Consumer>, String> {
+        Handle::current().block_on(async {
+            let prefix = self.consumers_prefix(stream.name()).await?;
+            let listed = self
+                .coordinator
+                .list(&prefix)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut consumers = listed
+                .iter()
+                .map(|kv| serde_json::from_slice::<Consumer>(&kv.value))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("a consumer in etcd: {e}"))?;
+            consumers.sort_by_key(|c| c.created_ms);
+            Ok(consumers)
+        })
+    }
+
+    fn add_consumer(&self, stream: &Stream, consumer: &Consumer) -> Result<bool, String> {
+        Handle::current().block_on(async {
+            let key = format!(
+                "{}{}",
+                self.consumers_prefix(stream.name()).await?,
+                consumer.name
+            );
+            let value = serde_json::to_vec(consumer).map_err(|e| e.to_string())?;
+            match self
+                .coordinator
+                .create(&key, value.clone(), None)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                sluice_cluster::Claim::Won(_) => Ok(true),
+                // Our own write, seen again by a retry on another etcd member.
+                sluice_cluster::Claim::Held(held) => Ok(held.value == value),
+            }
+        })
+    }
+
+    fn remove_consumer(&self, stream: &Stream, consumer: &Consumer) -> Result<(), String> {
+        Handle::current().block_on(async {
+            let key = format!(
+                "{}{}",
+                self.consumers_prefix(stream.name()).await?,
+                consumer.name
+            );
+            if let Some(kv) = self
+                .coordinator
+                .get(&key)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let fence = Fence {
+                    key,
+                    epoch: kv.create_revision,
+                };
+                self.coordinator
+                    .release(&fence)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
     fn stream_deleted(&self, name: &str) -> Result<(), String> {
         let key = format!("{}{name}", keys::STREAMS);
         Handle::current().block_on(async {
@@ -434,6 +505,7 @@ impl ShardPlacement for NodeShards {
                     Arc::clone(&self.coordinator),
                     self.storage.clone(),
                     logs,
+                    consumers_prefix(name, entry.create_revision),
                 ));
             }
             Ok(())
@@ -441,9 +513,27 @@ impl ShardPlacement for NodeShards {
     }
 }
 
-/// Deletes the chunks and manifests of `logs` (of a deleted stream).
-async fn remove_logs(coordinator: Arc<dyn Coordinator>, storage: SharedStorage, logs: Vec<LogKey>) {
+/// `consumers/{stream}@{incarnation}/`.
+fn consumers_prefix(name: &str, incarnation: Revision) -> String {
+    format!("{}{name}@{incarnation}/", keys::CONSUMERS)
+}
+
+/// Deletes the chunks and manifests of `logs`, and the consumers under `consumers` (of a
+/// deleted stream).
+async fn remove_logs(
+    coordinator: Arc<dyn Coordinator>,
+    storage: SharedStorage,
+    logs: Vec<LogKey>,
+    consumers: String,
+) {
     use futures::{StreamExt, TryStreamExt};
+    for kv in coordinator.list(&consumers).await.unwrap_or_default() {
+        let fence = Fence {
+            key: kv.key,
+            epoch: kv.create_revision,
+        };
+        let _ = coordinator.release(&fence).await;
+    }
     for log in logs {
         let folder = log.folder(&storage.prefix);
         let listed = storage

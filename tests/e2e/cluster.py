@@ -23,6 +23,10 @@ Usage:
   cluster.py recreate STATE_FILE ENDPOINT...
       deletes stream `orders` through the first endpoint, waits until no node knows it, creates
       it again and empties STATE_FILE: the new stream must hold none of the old one's records.
+  cluster.py fanout STATE_FILE ENDPOINT...
+      registers an enhanced fan-out consumer through the first endpoint and subscribes to each
+      shard through another node (any node serves a subscription from its copy of the shard):
+      every acknowledged record of the shard arrives, in order, within 15 s.
   cluster.py fresh STATE_FILE KINESIS_URL,FLIGHT_URL...
       read-your-writes across nodes: puts a record into each shard through one node and at
       once queries for it with Flight SQL through the next node, which must find it on the
@@ -256,6 +260,42 @@ def query(state_file, urls):
     print("query: ok")
 
 
+def fanout(state_file, endpoints):
+    nodes = clients(endpoints)
+    acked = [json.loads(line) for line in open(state_file) if line.strip()]
+    stream_arn = nodes[0].describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"]["StreamARN"]
+    name = f"fan-{time.time_ns()}"
+    arn = nodes[0].register_stream_consumer(StreamARN=stream_arn, ConsumerName=name)["Consumer"]["ConsumerARN"]
+    for node in nodes:
+        # Every node knows the consumer (the cluster keeps it).
+        wait_for(
+            "the consumer to be ACTIVE on every node",
+            lambda: node.describe_stream_consumer(ConsumerARN=arn)["ConsumerDescription"]["ConsumerStatus"] == "ACTIVE",
+        )
+    for shard in range(6):
+        shard_id = f"shardId-{shard:012d}"
+        wanted = [(a["seq"], a["data"]) for a in acked if a["shard"] == shard_id]
+        node = nodes[(shard + 1) % len(nodes)]
+        response, _ = retrying(
+            lambda: node.subscribe_to_shard(ConsumerARN=arn, ShardId=shard_id, StartingPosition={"Type": "TRIM_HORIZON"}),
+            f"a subscription to {shard_id}",
+        )
+        got = []
+        started = time.time()
+        for event in response["EventStream"]:
+            records = event["SubscribeToShardEvent"]["Records"]
+            got.extend((r["SequenceNumber"], r["Data"].decode()) for r in records)
+            if set(wanted) <= set(got) or time.time() - started > 15:
+                break
+        response["EventStream"].close()
+        missing = sorted(set(wanted) - set(got))
+        check(not missing, f"{shard_id} through another node: {len(missing)} acknowledged records not delivered, e.g. {missing[:3]}")
+        seqs = [int(seq) for seq, _ in got]
+        check(seqs == sorted(seqs) and len(set(seqs)) == len(seqs), f"{shard_id}: delivered out of order")
+    nodes[0].deregister_stream_consumer(ConsumerARN=arn)
+    print(f"fanout: ok ({len(acked)} acknowledged records delivered to a consumer through other nodes)")
+
+
 def recreate(state_file, endpoints):
     nodes = clients(endpoints)
     nodes[0].delete_stream(StreamName=STREAM)
@@ -317,6 +357,8 @@ if __name__ == "__main__":
         write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     elif sys.argv[1] == "probe":
         probe(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5:])
+    elif sys.argv[1] == "fanout":
+        fanout(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "recreate":
         recreate(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "fresh":
