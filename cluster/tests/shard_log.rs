@@ -88,6 +88,36 @@ fn seqs_of(records: &[chunk::LogRecord]) -> std::ops::RangeInclusive<u64> {
     range
 }
 
+/// An etcd and an object store, both in memory.
+fn in_memory() -> (MemoryCoordinator, SharedStorage) {
+    let storage = SharedStorage {
+        store: Arc::new(InMemory::new()),
+        prefix: Path::from("p"),
+    };
+    (MemoryCoordinator::new(), storage)
+}
+
+/// Opens `shard`'s log (default options, always live) for the owner holding `fence`.
+async fn open(
+    etcd: &MemoryCoordinator,
+    storage: &SharedStorage,
+    shard: &ShardKey,
+    fence: &Fence,
+    from_seq: u64,
+) -> Result<(ShardLog, sluice_cluster::shard_log::Recovered), LogError> {
+    ShardLog::open(
+        etcd,
+        storage,
+        &log_of(shard),
+        fence,
+        from_seq,
+        LogOptions::default(),
+        always(),
+        nothing(),
+    )
+    .await
+}
+
 fn nothing() -> sluice_cluster::shard_log::Apply {
     Arc::new(|_| Ok(()))
 }
@@ -183,17 +213,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     // n2 has claimed it but not said where its epoch begins: a chunk of n1's landing now
     // could be one n2 never reads, so a follower waits.
     assert!(read_settled(&etcd, &storage, &shard, 1).await?.is_empty());
-    let (log2, recovered) = ShardLog::open(
-        &etcd,
-        &storage,
-        &log_of(&shard),
-        &fence2,
-        0,
-        options,
-        always(),
-        nothing(),
-    )
-    .await?;
+    let (log2, recovered) = open(&etcd, &storage, &shard, &fence2, 0).await?;
     assert_eq!(recovered.next_seq, 101);
     let data: Vec<Vec<u8>> = recovered.records.iter().map(|r| r.data.clone()).collect();
     assert_eq!(data.len(), 100);
@@ -230,17 +250,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     // n3 takes over (n2 handed off): 150 records, none of them the zombie's.
     etcd.release(&fence2).await?;
     let (fence3, _) = claim(&etcd, &shard, "n3").await?;
-    let (_log3, recovered) = ShardLog::open(
-        &etcd,
-        &storage,
-        &log_of(&shard),
-        &fence3,
-        0,
-        options,
-        always(),
-        nothing(),
-    )
-    .await?;
+    let (_log3, recovered) = open(&etcd, &storage, &shard, &fence3, 0).await?;
     assert_eq!(recovered.next_seq, 151);
     assert!(
         recovered
@@ -254,17 +264,7 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
         etcd.release(&fence3).await?;
         claim(&etcd, &shard, "n4").await?
     };
-    let (_log4, tail) = ShardLog::open(
-        &etcd,
-        &storage,
-        &log_of(&shard),
-        &fence4,
-        121,
-        options,
-        always(),
-        nothing(),
-    )
-    .await?;
+    let (_log4, tail) = open(&etcd, &storage, &shard, &fence4, 121).await?;
     assert_eq!(tail.records.first().map(|r| r.seq), Some(121));
     assert_eq!((tail.records.len(), tail.next_seq), (30, 151));
 
@@ -330,26 +330,12 @@ async fn owners_hand_the_log_on_over_s3() -> TestResult {
 
 #[tokio::test]
 async fn a_stale_owner_cannot_open_the_log() -> TestResult {
-    let etcd = MemoryCoordinator::new();
-    let storage = SharedStorage {
-        store: Arc::new(InMemory::new()),
-        prefix: Path::from("p"),
-    };
+    let (etcd, storage) = in_memory();
     let shard = ShardKey::new("s", 0);
     let (fence1, lease1) = claim(&etcd, &shard, "n1").await?;
     etcd.revoke(lease1).await?;
     let (_fence2, _) = claim(&etcd, &shard, "n2").await?;
-    let opened = ShardLog::open(
-        &etcd,
-        &storage,
-        &log_of(&shard),
-        &fence1,
-        0,
-        LogOptions::default(),
-        always(),
-        nothing(),
-    )
-    .await;
+    let opened = open(&etcd, &storage, &shard, &fence1, 0).await;
     assert!(
         matches!(opened, Err(LogError::NotOwner(_))),
         "{:?}",
@@ -368,17 +354,7 @@ async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> 
     };
     let shard = ShardKey::new("s", 0);
     let (fence, _) = claim(&etcd, &shard, "n1").await?;
-    let (log, _) = ShardLog::open(
-        &etcd,
-        &storage,
-        &log_of(&shard),
-        &fence,
-        0,
-        LogOptions::default(),
-        always(),
-        nothing(),
-    )
-    .await?;
+    let (log, _) = open(&etcd, &storage, &shard, &fence, 0).await?;
     log.append(vec![record(0)]).await?;
     // Something already sits where the next chunk goes: the create fails, as it would if a
     // write's answer had been lost and the object were there after all.
@@ -401,11 +377,7 @@ async fn a_failed_write_stops_the_log_and_nothing_after_it_is_acknowledged() -> 
 
 #[tokio::test]
 async fn an_idle_shard_writes_at_once_and_a_busy_one_at_most_once_a_window() -> TestResult {
-    let etcd = MemoryCoordinator::new();
-    let storage = SharedStorage {
-        store: Arc::new(InMemory::new()),
-        prefix: Path::from("p"),
-    };
+    let (etcd, storage) = in_memory();
     let shard = ShardKey::new("s", 0);
     let (fence, _) = claim(&etcd, &shard, "n1").await?;
     let window = Duration::from_secs(3);
@@ -442,25 +414,12 @@ async fn an_idle_shard_writes_at_once_and_a_busy_one_at_most_once_a_window() -> 
 
 #[tokio::test]
 async fn a_stream_created_again_under_its_name_starts_a_new_log() -> TestResult {
-    let etcd = MemoryCoordinator::new();
-    let storage = SharedStorage {
-        store: Arc::new(InMemory::new()),
-        prefix: Path::from("p"),
-    };
+    let (etcd, storage) = in_memory();
     let shard = ShardKey::new("orders", 0);
     let (fence, lease) = claim(&etcd, &shard, "n1").await?;
     let first_epoch = fence.epoch;
-    let (log, _) = ShardLog::open(
-        &etcd,
-        &storage,
-        &LogKey::new(shard.clone(), 7),
-        &fence,
-        0,
-        LogOptions::default(),
-        always(),
-        nothing(),
-    )
-    .await?;
+    // Incarnation 7 (`log_of`).
+    let (log, _) = open(&etcd, &storage, &shard, &fence, 0).await?;
     log.append((0..5).map(record).collect()).await?;
     drop(log);
     // Deleted, then created again (another create revision of its `streams/` key): the new
@@ -505,24 +464,10 @@ async fn a_stream_created_again_under_its_name_starts_a_new_log() -> TestResult 
 
 #[tokio::test]
 async fn a_new_owner_holding_the_records_lists_only_from_the_recorded_base() -> TestResult {
-    let etcd = MemoryCoordinator::new();
-    let storage = SharedStorage {
-        store: Arc::new(InMemory::new()),
-        prefix: Path::from("p"),
-    };
+    let (etcd, storage) = in_memory();
     let shard = ShardKey::new("s", 0);
     let (fence1, lease1) = claim(&etcd, &shard, "n1").await?;
-    let (log1, _) = ShardLog::open(
-        &etcd,
-        &storage,
-        &log_of(&shard),
-        &fence1,
-        0,
-        LogOptions::default(),
-        always(),
-        nothing(),
-    )
-    .await?;
+    let (log1, _) = open(&etcd, &storage, &shard, &fence1, 0).await?;
     for i in 0..3 {
         log1.append((i * 10..i * 10 + 10).map(record).collect())
             .await?;
@@ -549,17 +494,7 @@ async fn a_new_owner_holding_the_records_lists_only_from_the_recorded_base() -> 
     }
     etcd.revoke(lease1).await?;
     let (fence2, _) = claim(&etcd, &shard, "n2").await?;
-    let (log2, recovered) = ShardLog::open(
-        &etcd,
-        &storage,
-        &log_of(&shard),
-        &fence2,
-        31,
-        LogOptions::default(),
-        always(),
-        nothing(),
-    )
-    .await?;
+    let (log2, recovered) = open(&etcd, &storage, &shard, &fence2, 31).await?;
     assert_eq!(recovered.next_seq, 41);
     assert_eq!(
         recovered.records.iter().map(|r| r.seq).collect::<Vec<_>>(),

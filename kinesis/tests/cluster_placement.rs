@@ -136,13 +136,19 @@ fn hash_key(shard: u32) -> String {
     ((u128::MAX / 2 + 1) * shard as u128).to_string()
 }
 
-#[tokio::test]
-async fn records_of_moving_shards_fail_alone_and_the_rest_land_through_the_placement() -> TestResult
-{
+/// A node's Kinesis API on a fresh engine, with a cluster that gives it `owned` shards.
+struct Node {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    placement: Arc<FixedPlacement>,
+    app: axum::Router,
+}
+
+fn node(owned: Vec<u32>) -> Result<Node, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let engine = Engine::open(EngineOptions::new(dir.path()).with_background(false))?;
     let placement = Arc::new(FixedPlacement {
-        owned: vec![0],
+        owned,
         ..FixedPlacement::default()
     });
     let app = router(
@@ -152,13 +158,36 @@ async fn records_of_moving_shards_fail_alone_and_the_rest_land_through_the_place
             ..KinesisOptions::default()
         },
     );
+    Ok(Node {
+        _dir: dir,
+        engine,
+        placement,
+        app,
+    })
+}
+
+/// A node owning shard 0 of stream `s` (2 shards), created through it.
+async fn node_with_stream() -> Result<Node, Box<dyn std::error::Error>> {
+    let node = node(vec![0])?;
     let (status, _) = call(
-        &app,
+        &node.app,
         "CreateStream",
         json!({"StreamName": "s", "ShardCount": 2}),
     )
     .await?;
     assert_eq!(status, 200);
+    Ok(node)
+}
+
+#[tokio::test]
+async fn records_of_moving_shards_fail_alone_and_the_rest_land_through_the_placement() -> TestResult
+{
+    let Node {
+        _dir,
+        engine,
+        placement,
+        app,
+    } = node_with_stream().await?;
     assert_eq!(*placement.registered.lock(), ["s"]);
 
     let entries: Vec<Value> = (0..4)
@@ -227,18 +256,14 @@ async fn records_of_moving_shards_fail_alone_and_the_rest_land_through_the_place
 
 #[tokio::test]
 async fn a_stream_the_node_keeps_for_itself_is_answered_here() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let engine = Engine::open(EngineOptions::new(dir.path()).with_background(false))?;
+    let Node {
+        _dir,
+        engine,
+        placement,
+        app,
+    } = node(vec![])?;
     // Created on this node alone (as SQL creates streams), not through the cluster.
     engine.create_stream(sluice_engine::StreamSpec::raw("local", 2), false)?;
-    let placement = Arc::new(FixedPlacement::default());
-    let app = router(
-        engine.clone(),
-        KinesisOptions {
-            placement: Some(placement.clone() as Arc<dyn ShardPlacement>),
-            ..KinesisOptions::default()
-        },
-    );
     for action in ["PutRecord", "PutRecords"] {
         let body = match action {
             "PutRecord" => {
@@ -270,26 +295,12 @@ async fn a_stream_the_node_keeps_for_itself_is_answered_here() -> TestResult {
 #[tokio::test]
 async fn a_shared_streams_consumers_are_kept_by_the_cluster_and_any_node_serves_subscriptions()
 -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let engine = Engine::open(EngineOptions::new(dir.path()).with_background(false))?;
-    let placement = Arc::new(FixedPlacement {
-        owned: vec![0],
-        ..FixedPlacement::default()
-    });
-    let app = router(
-        engine.clone(),
-        KinesisOptions {
-            placement: Some(placement.clone() as Arc<dyn ShardPlacement>),
-            ..KinesisOptions::default()
-        },
-    );
-    let (status, _) = call(
-        &app,
-        "CreateStream",
-        json!({"StreamName": "s", "ShardCount": 2}),
-    )
-    .await?;
-    assert_eq!(status, 200);
+    let Node {
+        _dir,
+        engine: _,
+        placement,
+        app,
+    } = node_with_stream().await?;
     let stream_arn = "arn:aws:kinesis:us-east-1:000000000000:stream/s";
     let (status, answer) = call(
         &app,
