@@ -687,7 +687,16 @@ const CATCH_UP_WITHIN: Duration = Duration::from_secs(2);
 struct Following {
     follower: Follower,
     last_error: Option<String>,
+    /// Reads in a row that found nothing new: an idle shard is listed less often.
+    idle_reads: u32,
+    /// When the background task next lists the shard (a query's catch-up does not wait).
+    next_read: tokio::time::Instant,
 }
+
+/// The longest an idle shard goes unlisted by the background task: each read that finds
+/// nothing doubles the wait from [`FOLLOW_EVERY`] up to this (listing requests cost money on
+/// S3: a busy shard is listed 5 times a second, an idle one about once in 2 s).
+const IDLE_FOLLOW_AT_MOST: Duration = Duration::from_millis(1600);
 
 type FollowingSlot = Arc<tokio::sync::Mutex<Following>>;
 
@@ -740,18 +749,34 @@ impl NodeShards {
             Arc::new(tokio::sync::Mutex::new(Following {
                 follower: Follower::new(key.clone()),
                 last_error: None,
+                idle_reads: 0,
+                next_read: tokio::time::Instant::now(),
             }))
         }))
     }
 
     /// Appends to the local copy of one shard what its owners logged since; one reader of a
     /// shard at a time.
-    async fn follow_once(&self, stream: Arc<Stream>, key: &LogKey) {
+    async fn follow_once(&self, stream: Arc<Stream>, key: &LogKey, scheduled: bool) {
         let slot = self.following(key);
         let mut following = slot.lock().await;
+        let now = tokio::time::Instant::now();
+        if scheduled && now < following.next_read {
+            return;
+        }
         let result = self.read_into(&mut following.follower, stream).await;
+        let found = matches!(result, Ok(true));
+        following.idle_reads = if found {
+            0
+        } else {
+            following.idle_reads.saturating_add(1)
+        };
+        let wait = FOLLOW_EVERY
+            .saturating_mul(1 << following.idle_reads.min(4))
+            .min(IDLE_FOLLOW_AT_MOST);
+        following.next_read = now + wait;
         match result {
-            Ok(()) => following.last_error = None,
+            Ok(_) => following.last_error = None,
             Err(e) => {
                 // Said once per new reason, not every tick.
                 if following.last_error.as_ref() != Some(&e) {
@@ -762,7 +787,12 @@ impl NodeShards {
         }
     }
 
-    async fn read_into(&self, follower: &mut Follower, stream: Arc<Stream>) -> Result<(), String> {
+    /// Whether it found anything new.
+    async fn read_into(
+        &self,
+        follower: &mut Follower,
+        stream: Arc<Stream>,
+    ) -> Result<bool, String> {
         let index = follower.shard().shard;
         let next = stream
             .shard(index)
@@ -773,11 +803,12 @@ impl NodeShards {
             .await
             .map_err(|e| e.to_string())?;
         if records.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         tokio::task::spawn_blocking(move || append_logged(&stream, index, &records))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())??;
+        Ok(true)
     }
 
     /// Records, for every shard this node owns, where its chain of chunks ends now.
@@ -805,7 +836,7 @@ impl NodeShards {
         futures::future::join_all(
             shards
                 .iter()
-                .map(|(stream, key)| self.follow_once(Arc::clone(stream), key)),
+                .map(|(stream, key)| self.follow_once(Arc::clone(stream), key, false)),
         )
         .await;
     }
@@ -813,8 +844,9 @@ impl NodeShards {
 
 /// Keeps this node's copies of the shards it does not own up to date from their shared logs,
 /// so queries and pumps here read every record, whichever node took it: every
-/// [`FOLLOW_EVERY`], each such shard's new settled chunks are appended with their own sequence
-/// numbers and arrival times.
+/// [`FOLLOW_EVERY`] (less often for a shard that has been idle, up to
+/// [`IDLE_FOLLOW_AT_MOST`]), each such shard's new settled chunks are appended with their own
+/// sequence numbers and arrival times.
 async fn follow_shards(shards: Arc<NodeShards>) {
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -843,7 +875,7 @@ async fn follow_shards(shards: Arc<NodeShards>) {
         futures::future::join_all(
             wanted
                 .iter()
-                .map(|(stream, key)| shards.follow_once(Arc::clone(stream), key)),
+                .map(|(stream, key)| shards.follow_once(Arc::clone(stream), key, true)),
         )
         .await;
     }
