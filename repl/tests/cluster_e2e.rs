@@ -178,15 +178,27 @@ fn three_nodes_share_a_stream_and_a_lost_nodes_shards_move_losing_nothing() -> T
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
-    // A graceful stop hands n3's shards to n1.
-    n3.terminate()?;
-    let out = write(&state, 1060, 60, &[&e1])?;
-    eprintln!("after SIGTERM of n3: {}", out.trim().replace('\n', "; "));
-    let out = check(&state, &[&e1])?;
+    // n2 comes back with its data folder, which holds a copy of the deleted stream: it replaces
+    // that copy with one of the new stream, and serves it like the others.
+    let (n2, e2) = node(&dir.path().join("n2"), s3_addr, &etcd.endpoint, "n2")?;
+    let out = write(&state, 1060, 30, &[&e1, &e2, &e3])?;
+    assert!(out.contains("acknowledged: 30"), "{out}");
+    let out = check(&state, &[&e1, &e2, &e3])?;
     assert!(
         out.contains("cluster: ok") && out.contains("query: ok"),
         "{out}"
     );
+
+    // A graceful stop hands n3's shards to the others.
+    n3.terminate()?;
+    let out = write(&state, 1090, 60, &[&e1, &e2])?;
+    eprintln!("after SIGTERM of n3: {}", out.trim().replace('\n', "; "));
+    let out = check(&state, &[&e1, &e2])?;
+    assert!(
+        out.contains("cluster: ok") && out.contains("query: ok"),
+        "{out}"
+    );
+    drop(n2);
     drop(n1);
     s3.abort();
     Ok(())

@@ -135,7 +135,7 @@ impl NodeShards {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
-        let stream = create_local(&self.engine, &entry.value).await?;
+        let stream = create_local(&self.engine, &entry).await?;
         self.incarnations
             .lock()
             .insert(name.to_string(), entry.create_revision);
@@ -291,11 +291,43 @@ fn append_logged(stream: &Stream, index: u32, records: &[LogRecord]) -> Result<(
         .map_err(|e| e.to_string())
 }
 
-/// Creates the local copy of a stream from its cluster entry (a [`StreamShards`] whose
-/// definition is the engine's).
-async fn create_local(engine: &Engine, entry: &[u8]) -> Result<Arc<Stream>, String> {
+/// Which incarnation of a cluster stream a local copy is (`cluster.json` in the stream's
+/// folder): a stream of that name that lacks it is this node's own (created with SQL), and a
+/// copy of an older incarnation (deleted and created again while this node was away) is
+/// replaced.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct CopyOf {
+    incarnation: Option<Revision>,
+}
+
+const COPY_OF: &str = "cluster.json";
+
+fn copy_of(stream: &Stream) -> Result<Option<Revision>, String> {
+    let marker: CopyOf =
+        sluice_engine::read_json_or_default(&stream.dir().join(COPY_OF), "the cluster copy marker")
+            .map_err(|e| e.to_string())?;
+    Ok(marker.incarnation)
+}
+
+fn mark_copy_of(stream: &Stream, incarnation: Revision) -> Result<(), String> {
+    sluice_engine::write_json_durably(
+        &stream.dir().join(COPY_OF),
+        &CopyOf {
+            incarnation: Some(incarnation),
+        },
+        "the cluster copy marker",
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Creates (or finds) the local copy of a stream from its cluster entry (`streams/{name}`: a
+/// [`StreamShards`] whose definition is the engine's; its create revision the incarnation).
+async fn create_local(
+    engine: &Engine,
+    kv: &sluice_cluster::KeyValue,
+) -> Result<Arc<Stream>, String> {
     let entry: StreamShards =
-        serde_json::from_slice(entry).map_err(|e| format!("a stream entry in etcd: {e}"))?;
+        serde_json::from_slice(&kv.value).map_err(|e| format!("a stream entry in etcd: {e}"))?;
     let definition: StreamDefinition = serde_json::from_value(entry.definition)
         .map_err(|e| format!("a stream definition in etcd: {e}"))?;
     let spec = StreamSpec {
@@ -308,11 +340,38 @@ async fn create_local(engine: &Engine, entry: &[u8]) -> Result<Arc<Stream>, Stri
         watermark: definition.watermark.clone(),
         source: None,
     };
+    let incarnation = kv.create_revision;
     let engine = engine.clone();
-    tokio::task::spawn_blocking(move || engine.create_stream(spec, true))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || {
+        let name = spec.name.clone();
+        if let Some(existing) = engine.try_stream(&name) {
+            match copy_of(&existing)? {
+                Some(of) if of == incarnation => return Ok(existing),
+                Some(older) => {
+                    // Deleted and created again in the cluster while this node was away.
+                    log::info!(
+                        "stream {name}: replacing this node's copy of incarnation {older} with \
+                         one of incarnation {incarnation}"
+                    );
+                    engine.drop_stream(&name, true).map_err(|e| e.to_string())?;
+                }
+                None => {
+                    return Err(format!(
+                        "this node has a stream named {name} of its own (created with SQL), and \
+                         the cluster shares another of that name: the cluster's is not served \
+                         here until this node's is dropped (DROP STREAM {name})"
+                    ));
+                }
+            }
+        }
+        let stream = engine
+            .create_stream(spec, false)
+            .map_err(|e| e.to_string())?;
+        mark_copy_of(&stream, incarnation)?;
+        Ok(stream)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 impl ShardHost for NodeShards {
@@ -399,6 +458,7 @@ impl ShardPlacement for NodeShards {
             )),
         };
         let revision = created?;
+        mark_copy_of(stream, revision)?;
         self.incarnations
             .lock()
             .insert(stream.name().to_string(), revision);
@@ -666,7 +726,7 @@ async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
         .incarnations
         .lock()
         .insert(name.to_string(), entry.create_revision);
-    match create_local(&shards.engine, &entry.value).await {
+    match create_local(&shards.engine, entry).await {
         Ok(stream) => shards.mark_shared(&stream),
         Err(e) => log::warn!("cannot create a stream defined in the cluster: {e}"),
     }
