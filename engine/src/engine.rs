@@ -605,7 +605,6 @@ impl Engine {
             .ok_or_else(|| Error::StreamNotFound(self.local_name(name).to_string()))
     }
 
-    /// The stream called `name`, if there is one.
     /// The stream whose full name (its namespace included, as [`Stream::name`] gives it) is
     /// `full_name`, whatever namespace this handle is for: a reader that follows a stream of
     /// another namespace (an application reading its input) finds it again by its name.
@@ -613,6 +612,7 @@ impl Engine {
         self.inner.streams.read().get(full_name).cloned()
     }
 
+    /// The stream called `name`, if there is one.
     pub fn try_stream(&self, name: &str) -> Option<Arc<Stream>> {
         self.inner
             .streams

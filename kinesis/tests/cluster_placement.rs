@@ -104,12 +104,9 @@ impl ShardPlacement for FixedPlacement {
     }
 }
 
-async fn call(
-    app: &axum::Router,
-    action: &str,
-    body: Value,
-) -> Result<(u16, Value), Box<dyn std::error::Error>> {
-    let request = Request::builder()
+/// A Kinesis API call of `action` with `body`, as an SDK sends it (this server is open).
+fn request(action: &str, body: Value) -> Result<Request<Body>, axum::http::Error> {
+    Request::builder()
         .method("POST")
         .uri("/")
         .header("x-amz-target", format!("Kinesis_20131202.{action}"))
@@ -119,8 +116,15 @@ async fn call(
             "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0",
         )
         .header("x-amz-date", "20260101T000000Z")
-        .body(Body::from(body.to_string()))?;
-    let response = app.clone().oneshot(request).await?;
+        .body(Body::from(body.to_string()))
+}
+
+async fn call(
+    app: &axum::Router,
+    action: &str,
+    body: Value,
+) -> Result<(u16, Value), Box<dyn std::error::Error>> {
+    let response = app.clone().oneshot(request(action, body)?).await?;
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await?.to_bytes();
     let value = if bytes.is_empty() {
@@ -331,20 +335,10 @@ async fn a_shared_streams_consumers_are_kept_by_the_cluster_and_any_node_serves_
 
     // A subscription to a shard this node does not own is served here, from its copy.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await; // ACTIVE
-    let request = Request::builder()
-        .method("POST")
-        .uri("/")
-        .header("x-amz-target", "Kinesis_20131202.SubscribeToShard")
-        .header("content-type", "application/x-amz-json-1.1")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0",
-        )
-        .header("x-amz-date", "20260101T000000Z")
-        .body(Body::from(
-            json!({"ConsumerARN": arn, "ShardId": "shardId-000000000001", "StartingPosition": {"Type": "TRIM_HORIZON"}})
-                .to_string(),
-        ))?;
+    let request = request(
+        "SubscribeToShard",
+        json!({"ConsumerARN": arn, "ShardId": "shardId-000000000001", "StartingPosition": {"Type": "TRIM_HORIZON"}}),
+    )?;
     // The event stream stays open; its answer's status is enough.
     let response = app.clone().oneshot(request).await?;
     assert_eq!(response.status().as_u16(), 200);

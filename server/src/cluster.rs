@@ -100,12 +100,11 @@ pub struct NodeShards {
     storage: SharedStorage,
     /// The logs of the shards this node owns, each with the incarnation of its stream.
     logs: Mutex<HashMap<ShardKey, (Revision, Arc<ShardLog>)>>,
-    /// Each shared stream's incarnation: the create revision of its `streams/` key (a stream
-    /// deleted and created again under its name is another, with logs of its own).
+    /// The streams the cluster shares that this node holds copies of, each with its
+    /// incarnation: the create revision of its `streams/` key (a stream deleted and created
+    /// again under its name is another, with logs of its own).
     incarnations: Mutex<HashMap<String, Revision>>,
     ownership: OnceLock<Ownership>,
-    /// The streams the cluster shares (defined in etcd), which this node holds copies of.
-    shared: Mutex<std::collections::BTreeSet<String>>,
     reopening: tokio::sync::Mutex<()>,
     /// The readers of the shards this node follows.
     followers: Mutex<HashMap<LogKey, FollowingSlot>>,
@@ -136,10 +135,7 @@ impl NodeShards {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
         let stream = create_local(&self.engine, &entry).await?;
-        self.incarnations
-            .lock()
-            .insert(name.to_string(), entry.create_revision);
-        self.mark_shared(&stream);
+        self.mark_shared(&stream, entry.create_revision);
         Ok(stream)
     }
 
@@ -152,7 +148,17 @@ impl NodeShards {
         Ok(consumers_prefix(name, self.incarnation(name).await?))
     }
 
-    /// The incarnation of stream `name` now.
+    /// `consumers/{stream}@{incarnation}/{consumer}`: where a consumer of a shared stream is
+    /// kept.
+    async fn consumer_key(&self, stream: &Stream, consumer: &Consumer) -> Result<String, String> {
+        Ok(format!(
+            "{}{}",
+            self.consumers_prefix(stream.name()).await?,
+            consumer.name
+        ))
+    }
+
+    /// The incarnation of stream `name` now (of this node's copy; etcd's if it has none yet).
     async fn incarnation(&self, name: &str) -> Result<Revision, String> {
         if let Some(&known) = self.incarnations.lock().get(name) {
             return Ok(known);
@@ -163,9 +169,6 @@ impl NodeShards {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
-        self.incarnations
-            .lock()
-            .insert(name.to_string(), entry.create_revision);
         Ok(entry.create_revision)
     }
 
@@ -445,24 +448,22 @@ impl ShardPlacement for NodeShards {
         };
         let key = format!("{}{}", keys::STREAMS, stream.name());
         let value = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-        let created = match Handle::current()
+        let revision = match Handle::current()
             .block_on(self.coordinator.create(&key, value.clone(), None))
             .map_err(|e| e.to_string())?
         {
-            sluice_cluster::Claim::Won(revision) => Ok(revision),
+            sluice_cluster::Claim::Won(revision) => revision,
             // Our own write, seen again by a retry on another etcd member.
-            sluice_cluster::Claim::Held(held) if held.value == value => Ok(held.create_revision),
-            sluice_cluster::Claim::Held(_) => Err(format!(
-                "another node created a stream named {} at the same time",
-                stream.name()
-            )),
+            sluice_cluster::Claim::Held(held) if held.value == value => held.create_revision,
+            sluice_cluster::Claim::Held(_) => {
+                return Err(format!(
+                    "another node created a stream named {} at the same time",
+                    stream.name()
+                ));
+            }
         };
-        let revision = created?;
         mark_copy_of(stream, revision)?;
-        self.incarnations
-            .lock()
-            .insert(stream.name().to_string(), revision);
-        self.mark_shared(stream);
+        self.mark_shared(stream, revision);
         Ok(())
     }
 
@@ -486,11 +487,7 @@ impl ShardPlacement for NodeShards {
 
     fn add_consumer(&self, stream: &Stream, consumer: &Consumer) -> Result<bool, String> {
         Handle::current().block_on(async {
-            let key = format!(
-                "{}{}",
-                self.consumers_prefix(stream.name()).await?,
-                consumer.name
-            );
+            let key = self.consumer_key(stream, consumer).await?;
             let value = serde_json::to_vec(consumer).map_err(|e| e.to_string())?;
             match self
                 .coordinator
@@ -507,11 +504,7 @@ impl ShardPlacement for NodeShards {
 
     fn remove_consumer(&self, stream: &Stream, consumer: &Consumer) -> Result<(), String> {
         Handle::current().block_on(async {
-            let key = format!(
-                "{}{}",
-                self.consumers_prefix(stream.name()).await?,
-                consumer.name
-            );
+            let key = self.consumer_key(stream, consumer).await?;
             if let Some(kv) = self
                 .coordinator
                 .get(&key)
@@ -643,7 +636,6 @@ impl ClusterMember {
             logs: Mutex::new(HashMap::new()),
             incarnations: Mutex::new(HashMap::new()),
             ownership: OnceLock::new(),
-            shared: Mutex::new(Default::default()),
             reopening: tokio::sync::Mutex::new(()),
             followers: Mutex::new(HashMap::new()),
         }))
@@ -701,7 +693,6 @@ async fn sync_streams(shards: Arc<NodeShards>) {
                     let Some(name) = key.strip_prefix(keys::STREAMS).map(str::to_string) else {
                         continue;
                     };
-                    shards.shared.lock().remove(&name);
                     shards.incarnations.lock().remove(&name);
                     let engine = shards.engine.clone();
                     let _ = tokio::task::spawn_blocking(move || {
@@ -719,15 +710,8 @@ async fn sync_streams(shards: Arc<NodeShards>) {
 }
 
 async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
-    let Some(name) = entry.key.strip_prefix(keys::STREAMS) else {
-        return;
-    };
-    shards
-        .incarnations
-        .lock()
-        .insert(name.to_string(), entry.create_revision);
     match create_local(&shards.engine, entry).await {
-        Ok(stream) => shards.mark_shared(&stream),
+        Ok(stream) => shards.mark_shared(&stream, entry.create_revision),
         Err(e) => log::warn!("cannot create a stream defined in the cluster: {e}"),
     }
 }
@@ -761,9 +745,10 @@ const IDLE_FOLLOW_AT_MOST: Duration = Duration::from_millis(1600);
 type FollowingSlot = Arc<tokio::sync::Mutex<Following>>;
 
 impl NodeShards {
-    /// Records that `stream` is the cluster's: its records are numbered by its shards' owners,
-    /// and a query over it first takes in what they logged.
-    fn mark_shared(&self, stream: &Stream) {
+    /// Records that `stream` is this node's copy of the cluster's stream of that name, at
+    /// `incarnation`: its records are numbered by its shards' owners, and a query over it first
+    /// takes in what they logged.
+    fn mark_shared(&self, stream: &Stream, incarnation: Revision) {
         stream.set_shared(true);
         let node = self.me.clone();
         let name = stream.name().to_string();
@@ -784,7 +769,9 @@ impl NodeShards {
                 }
             })
         }));
-        self.shared.lock().insert(stream.name().to_string());
+        self.incarnations
+            .lock()
+            .insert(stream.name().to_string(), incarnation);
     }
 
     /// The logs of the shards of `name` this node does not own, with their local stream.
@@ -917,21 +904,24 @@ async fn follow_shards(shards: Arc<NodeShards>) {
             based = tokio::time::Instant::now();
             shards.commit_bases().await;
         }
-        let names: Vec<String> = shards.shared.lock().iter().cloned().collect();
+        let copies: Vec<(String, Revision)> = shards
+            .incarnations
+            .lock()
+            .iter()
+            .map(|(name, incarnation)| (name.clone(), *incarnation))
+            .collect();
         let mut wanted: Vec<(Arc<Stream>, LogKey)> = Vec::new();
-        for name in names {
+        for (name, incarnation) in copies {
             if let Some(stream) = shards.engine.try_stream(&name)
                 && !stream.is_shared()
             {
                 // A stream object replaced since (ALTER) is marked again.
-                shards.mark_shared(&stream);
+                shards.mark_shared(&stream, incarnation);
             }
             wanted.extend(shards.followed(&name));
         }
-        shards
-            .followers
-            .lock()
-            .retain(|key, _| wanted.iter().any(|(_, k)| k == key));
+        let keys: std::collections::HashSet<&LogKey> = wanted.iter().map(|(_, k)| k).collect();
+        shards.followers.lock().retain(|key, _| keys.contains(key));
         futures::future::join_all(
             wanted
                 .iter()

@@ -12,10 +12,7 @@
 
 use object_store::path::Path;
 
-use super::{
-    FIRST_SEQ, LogKey, LogRecord, Manifest, Result, SharedStorage, chunk, list_chunks, read_chain,
-    read_manifest,
-};
+use super::{LogKey, LogRecord, Result, SharedStorage, list_chunks, read_chain, read_manifest};
 use crate::keys::{self, ShardKey};
 use crate::{Coordinator, Revision};
 
@@ -56,14 +53,11 @@ impl Follower {
         let store = storage.store.as_ref();
         let folder = self.log.folder(&storage.prefix);
         let read = if self.chunk_starts_at == Some(next_seq) {
-            // Chunks whose first sequence number is `next_seq` or more: their names sort after
-            // the name of any chunk starting at `next_seq - 1`, whatever its epoch.
-            let offset = chunk::chunk_path(&folder, next_seq.saturating_sub(1), Revision::MAX);
-            let listed = list_chunks(store, &folder, Some(&offset)).await?;
+            let listed = list_chunks(store, &folder, next_seq).await?;
             if listed.is_empty() {
                 return Ok(Vec::new());
             }
-            let (chunks, _) = settled(coordinator, &self.log, listed).await?;
+            let chunks = settled(coordinator, &self.log, listed).await?;
             read_chain(store, &chunks, next_seq, next_seq).await?
         } else {
             // Where `next_seq` falls is not known (the first read, or the copy was filled some
@@ -72,10 +66,8 @@ impl Follower {
             let start = read_manifest(coordinator, &self.log)
                 .await?
                 .listing_start(next_seq);
-            let offset =
-                (start > FIRST_SEQ).then(|| chunk::chunk_path(&folder, start - 1, Revision::MAX));
-            let listed = list_chunks(store, &folder, offset.as_ref()).await?;
-            let (chunks, _) = settled(coordinator, &self.log, listed).await?;
+            let listed = list_chunks(store, &folder, start).await?;
+            let chunks = settled(coordinator, &self.log, listed).await?;
             read_chain(store, &chunks, start, next_seq).await?
         };
         if read.next_seq >= next_seq {
@@ -91,7 +83,7 @@ async fn settled(
     coordinator: &dyn Coordinator,
     log: &LogKey,
     listed: Vec<(u64, Revision, Path)>,
-) -> Result<(Vec<(u64, Revision, Path)>, Manifest)> {
+) -> Result<Vec<(u64, Revision, Path)>> {
     // The owner first, then the manifest: a manifest read later cannot be older.
     let owner = coordinator
         .get(&log.shard.key(keys::OWNER))
@@ -106,5 +98,5 @@ async fn settled(
                 && (Some(*epoch) != last || owner.is_none() || owner == Some(*epoch))
         })
         .collect();
-    Ok((chunks, manifest))
+    Ok(chunks)
 }

@@ -344,8 +344,7 @@ async fn recover(
     // A new owner that holds everything before the manifest's listing start reads only the
     // chunks from there: taking a long-written shard over does not list all its history.
     let start = manifest.listing_start(from_seq);
-    let offset = (start > FIRST_SEQ).then(|| chunk::chunk_path(folder, start - 1, Revision::MAX));
-    let chunks: Vec<(u64, Revision, Path)> = list_chunks(store, folder, offset.as_ref())
+    let chunks: Vec<(u64, Revision, Path)> = list_chunks(store, folder, start)
         .await?
         .into_iter()
         .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
@@ -410,16 +409,21 @@ async fn read_chain(
     })
 }
 
-/// The chunks in `folder` (after `offset`, if given): first sequence number, epoch and path,
-/// in sequence order.
+/// The chunks in `folder` that begin at sequence number `from` or later: first sequence
+/// number, epoch and path, in sequence order. Only those are listed: their names sort after the
+/// name of any chunk beginning at `from - 1`, whatever its epoch.
 async fn list_chunks(
     store: &dyn ObjectStore,
     folder: &Path,
-    offset: Option<&Path>,
+    from: u64,
 ) -> Result<Vec<(u64, Revision, Path)>> {
-    let listing = match offset {
-        Some(offset) => store.list_with_offset(Some(folder), offset),
-        None => store.list(Some(folder)),
+    let listing = if from > FIRST_SEQ {
+        store.list_with_offset(
+            Some(folder),
+            &chunk::chunk_path(folder, from - 1, Revision::MAX),
+        )
+    } else {
+        store.list(Some(folder))
     };
     let listed: Vec<object_store::ObjectMeta> = listing
         .try_collect()
