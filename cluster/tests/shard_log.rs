@@ -211,9 +211,16 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
     let (fence2, _) = claim(&etcd, &shard, "n2").await?;
     assert!(fence2.epoch > fence1.epoch);
     // n2 has claimed it but not said where its epoch begins: a chunk of n1's landing now
-    // could be one n2 never reads, so a follower waits.
-    assert!(read_settled(&etcd, &storage, &shard, 1).await?.is_empty());
+    // could be one n2 never reads, so a follower waits, and says it does (a query's catch-up
+    // reads again rather than miss records acknowledged before the claim).
+    let mut in_window = Follower::new(log_of(&shard));
+    assert!(in_window.read(&etcd, &storage, 1).await?.is_empty());
+    assert!(in_window.waiting());
+    assert!(!follower.waiting());
     let (log2, recovered) = open(&etcd, &storage, &shard, &fence2, 0).await?;
+    // Once n2 has said where its epoch begins, the held-back chunks are settled.
+    assert_eq!(seqs_of(&in_window.read(&etcd, &storage, 1).await?), 1..=100);
+    assert!(!in_window.waiting());
     assert_eq!(recovered.next_seq, 101);
     let data: Vec<Vec<u8>> = recovered.records.iter().map(|r| r.data.clone()).collect();
     assert_eq!(data.len(), 100);

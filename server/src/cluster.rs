@@ -727,6 +727,9 @@ const BASE_EVERY: Duration = Duration::from_secs(60);
 /// the query reads what the node has.
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(2);
 
+/// How soon a query's catch-up reads a shard again whose last chunks wait for a new owner.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(25);
+
 /// Following one shard this node does not own: the reader, and the last reason it failed.
 struct Following {
     follower: Follower,
@@ -803,13 +806,14 @@ impl NodeShards {
     }
 
     /// Appends to the local copy of one shard what its owners logged since; one reader of a
-    /// shard at a time.
-    async fn follow_once(&self, stream: Arc<Stream>, key: &LogKey, scheduled: bool) {
+    /// shard at a time. Whether it left chunks a new owner has yet to confirm (see
+    /// [`Follower::waiting`]).
+    async fn follow_once(&self, stream: Arc<Stream>, key: &LogKey, scheduled: bool) -> bool {
         let slot = self.following(key);
         let mut following = slot.lock().await;
         let now = tokio::time::Instant::now();
         if scheduled && now < following.next_read {
-            return;
+            return false;
         }
         let result = self.read_into(&mut following.follower, stream).await;
         let found = matches!(result, Ok(true));
@@ -832,6 +836,7 @@ impl NodeShards {
                 following.last_error = Some(e);
             }
         }
+        following.follower.waiting()
     }
 
     /// Whether it found anything new.
@@ -877,15 +882,23 @@ impl NodeShards {
     }
 
     /// Takes in, for every shard of stream `name` this node does not own, what its owners
-    /// logged until now.
+    /// logged until now. A shard changing hands (claimed, its new owner — maybe this node —
+    /// still opening it) holds its last chunks back for a moment; they are read again until
+    /// they are settled or the shard is this node's.
     async fn catch_up(&self, name: &str) {
-        let shards = self.followed(name);
-        futures::future::join_all(
-            shards
-                .iter()
-                .map(|(stream, key)| self.follow_once(Arc::clone(stream), key, false)),
-        )
-        .await;
+        loop {
+            let shards = self.followed(name);
+            let waiting = futures::future::join_all(
+                shards
+                    .iter()
+                    .map(|(stream, key)| self.follow_once(Arc::clone(stream), key, false)),
+            )
+            .await;
+            if !waiting.contains(&true) {
+                return;
+            }
+            tokio::time::sleep(CATCH_UP_RETRY).await;
+        }
     }
 }
 

@@ -22,6 +22,9 @@ pub struct Follower {
     log: LogKey,
     /// A sequence number known to begin a chunk (where the last read ended).
     chunk_starts_at: Option<u64>,
+    /// Whether the last read left chunks that a new owner, which has claimed the shard but not
+    /// said yet where its epoch begins, may still confirm.
+    waiting: bool,
 }
 
 impl Follower {
@@ -29,7 +32,16 @@ impl Follower {
         Self {
             log,
             chunk_starts_at: None,
+            waiting: false,
         }
+    }
+
+    /// Whether the last [`read`](Self::read) held back chunks it listed because a new owner
+    /// has claimed the shard and not yet said where its epoch begins: they are probably
+    /// settled a moment later (once it has), and a reader that must see every acknowledged
+    /// record reads again.
+    pub fn waiting(&self) -> bool {
+        self.waiting
     }
 
     pub fn shard(&self) -> &ShardKey {
@@ -52,12 +64,14 @@ impl Follower {
     ) -> Result<Vec<LogRecord>> {
         let store = storage.store.as_ref();
         let folder = self.log.folder(&storage.prefix);
+        self.waiting = false;
         let read = if self.chunk_starts_at == Some(next_seq) {
             let listed = list_chunks(store, &folder, next_seq).await?;
             if listed.is_empty() {
                 return Ok(Vec::new());
             }
-            let chunks = settled(coordinator, &self.log, listed).await?;
+            let (chunks, waiting) = settled(coordinator, &self.log, listed).await?;
+            self.waiting = waiting;
             read_chain(store, &chunks, next_seq, next_seq).await?
         } else {
             // Where `next_seq` falls is not known (the first read, or the copy was filled some
@@ -67,7 +81,8 @@ impl Follower {
                 .await?
                 .listing_start(next_seq);
             let listed = list_chunks(store, &folder, start).await?;
-            let chunks = settled(coordinator, &self.log, listed).await?;
+            let (chunks, waiting) = settled(coordinator, &self.log, listed).await?;
+            self.waiting = waiting;
             read_chain(store, &chunks, start, next_seq).await?
         };
         if read.next_seq >= next_seq {
@@ -78,12 +93,13 @@ impl Follower {
 }
 
 /// The chunks of `listed` that no owner can disown any more, judged by the owner key and the
-/// manifest as they are now (after the listing); and the manifest.
+/// manifest as they are now (after the listing); and whether any were held back only because
+/// a new owner has not yet said where its epoch begins (rather than disowned for good).
 async fn settled(
     coordinator: &dyn Coordinator,
     log: &LogKey,
     listed: Vec<(u64, Revision, Path)>,
-) -> Result<Vec<(u64, Revision, Path)>> {
+) -> Result<(Vec<(u64, Revision, Path)>, bool)> {
     // The owner first, then the manifest: a manifest read later cannot be older.
     let owner = coordinator
         .get(&log.shard.key(keys::OWNER))
@@ -91,12 +107,10 @@ async fn settled(
         .map(|kv| kv.create_revision);
     let manifest = read_manifest(coordinator, log).await?;
     let last = manifest.epochs.last().map(|e| e.epoch);
-    let chunks = listed
+    let claimed_since = owner.is_some() && owner != last;
+    let (chunks, held): (Vec<_>, Vec<_>) = listed
         .into_iter()
-        .filter(|(first, epoch, _)| {
-            manifest.owner_of(*first) == Some(*epoch)
-                && (Some(*epoch) != last || owner.is_none() || owner == Some(*epoch))
-        })
-        .collect();
-    Ok(chunks)
+        .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
+        .partition(|(_, epoch, _)| Some(*epoch) != last || !claimed_since);
+    Ok((chunks, !held.is_empty()))
 }
