@@ -229,12 +229,15 @@ async fn owners_hand_the_log_on(storage: SharedStorage) -> TestResult {
 
     // A zombie: n1's upload that was in flight lands now, under its old epoch, at the
     // sequence numbers n2 continues from. n2 writes on.
-    let zombie = chunk::encode(&[chunk::LogRecord {
-        seq: 101,
-        arrival_ms: 0,
-        partition_key: "zombie".into(),
-        data: b"never acknowledged".to_vec(),
-    }])?;
+    let zombie = chunk::encode(
+        &[chunk::LogRecord {
+            seq: 101,
+            arrival_ms: 0,
+            partition_key: "zombie".into(),
+            data: b"never acknowledged".to_vec(),
+        }],
+        &chunk::Producers::new(),
+    )?;
     let folder = log_of(&shard).folder(&storage.prefix);
     storage
         .store
@@ -513,5 +516,57 @@ async fn a_new_owner_holding_the_records_lists_only_from_the_recorded_base() -> 
         31..=40
     );
     assert_eq!(log2.append(vec![record(40)]).await?[0].seq, 41);
+    Ok(())
+}
+
+/// A pump moving between nodes sends its last batch again; each shard's log takes a batch of a
+/// writer once, whoever owns the shard by then and wherever its listing of the chain starts.
+#[tokio::test]
+async fn a_numbered_batch_is_taken_once_across_owners() -> TestResult {
+    let (etcd, storage) = in_memory();
+    let shard = ShardKey::new("totals", 1);
+    let batch = |from: usize| (from..from + 3).map(record).collect::<Vec<_>>();
+    let (fence1, lease1) = claim(&etcd, &shard, "n1").await?;
+    let (log1, _) = open(&etcd, &storage, &shard, &fence1, 0).await?;
+    assert_eq!(log1.append_once("pump", 1, batch(0)).await?.len(), 3);
+    // Sent again, or an older batch: not taken; a later one, or another writer's, is.
+    assert!(log1.append_once("pump", 1, batch(0)).await?.is_empty());
+    assert_eq!(log1.append_once("pump", 2, batch(3)).await?.len(), 3);
+    assert!(log1.append_once("pump", 1, batch(0)).await?.is_empty());
+    assert_eq!(log1.append_once("other", 1, batch(6)).await?.len(), 3);
+    // Plain appends are never held back.
+    assert_eq!(log1.append(batch(9)).await?.len(), 3);
+    drop(log1);
+
+    // A new owner reads the writers' batches from the chain's last chunk.
+    etcd.revoke(lease1).await?;
+    let (fence2, lease2) = claim(&etcd, &shard, "n2").await?;
+    let (log2, recovered) = open(&etcd, &storage, &shard, &fence2, 0).await?;
+    assert_eq!(recovered.next_seq, 13);
+    assert_eq!(
+        recovered.producers,
+        chunk::Producers::from([("other".to_string(), 1), ("pump".to_string(), 2)])
+    );
+    assert!(log2.append_once("pump", 2, batch(3)).await?.is_empty());
+    // It writes nothing itself: the next owner, holding every record, lists from where n2's
+    // epoch began (no chunk there), and knows the batches from the manifest.
+    drop(log2);
+    etcd.revoke(lease2).await?;
+    let (fence3, lease3) = claim(&etcd, &shard, "n3").await?;
+    let (log3, recovered) = open(&etcd, &storage, &shard, &fence3, 13).await?;
+    assert!(recovered.records.is_empty());
+    assert!(log3.append_once("pump", 2, batch(3)).await?.is_empty());
+    assert_eq!(log3.append_once("pump", 3, batch(12)).await?[0].seq, 13);
+    // A base recorded at the chain's end carries them too.
+    assert!(log3.commit_base(&etcd, &fence3).await?);
+    drop(log3);
+    etcd.revoke(lease3).await?;
+    let (fence4, _) = claim(&etcd, &shard, "n4").await?;
+    let (log4, recovered) = open(&etcd, &storage, &shard, &fence4, 16).await?;
+    assert!(recovered.records.is_empty());
+    assert_eq!(recovered.producers.get("pump"), Some(&3));
+    assert!(log4.append_once("pump", 3, batch(12)).await?.is_empty());
+    assert!(log4.append_once("other", 1, batch(6)).await?.is_empty());
+    assert_eq!(log4.append_once("pump", 4, batch(15)).await?[0].seq, 16);
     Ok(())
 }

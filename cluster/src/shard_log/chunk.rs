@@ -2,6 +2,12 @@
 //! IPC file (`seq`, `arrival_ms`, `partition_key`, `data`), named so that listing a shard's
 //! folder gives its chunks in sequence order and says which owner wrote each:
 //! `{prefix}/{stream}/{shard:06}/{first_seq:020}-{epoch:020}.arrow`.
+//!
+//! The file's footer also carries, as of the end of the chunk, the last batch the shard took
+//! from each writer that sends its batches once only ([`Producers`], under
+//! [`PRODUCERS_KEY`]), so whoever opens the log next knows them.
+
+use std::collections::BTreeMap;
 
 use std::sync::{Arc, LazyLock};
 
@@ -12,6 +18,20 @@ use arrow::ipc::writer::FileWriter;
 use object_store::path::Path;
 
 use crate::keys::ShardKey;
+
+/// For each writer that sends numbered batches once only (a pump), the number of the last
+/// batch the shard took from it.
+pub type Producers = BTreeMap<String, u64>;
+
+/// The key in a chunk's footer under which its [`Producers`] are kept, as JSON.
+pub const PRODUCERS_KEY: &str = "sluice.producers";
+
+/// A chunk as read back: its records, and the producers' last batches as of its end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chunk {
+    pub records: Vec<LogRecord>,
+    pub producers: Producers,
+}
 
 /// A record as the shard's log keeps it: numbered, timed, with its partition key and blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +74,10 @@ pub fn parse_chunk_name(name: &str) -> Option<(u64, i64)> {
     Some((first.parse().ok()?, epoch.parse().ok()?))
 }
 
-pub fn encode(records: &[LogRecord]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+pub fn encode(
+    records: &[LogRecord],
+    producers: &Producers,
+) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let batch = RecordBatch::try_new(
         SCHEMA.clone(),
         vec![
@@ -71,16 +94,26 @@ pub fn encode(records: &[LogRecord]) -> Result<Vec<u8>, arrow::error::ArrowError
         ],
     )?;
     let mut writer = FileWriter::try_new(Vec::new(), &SCHEMA)?;
+    if !producers.is_empty() {
+        let json = serde_json::to_string(producers)
+            .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+        writer.write_metadata(PRODUCERS_KEY, json);
+    }
     writer.write(&batch)?;
     writer.into_inner()
 }
 
-pub fn decode(bytes: bytes::Bytes) -> Result<Vec<LogRecord>, String> {
+pub fn decode(bytes: bytes::Bytes) -> Result<Chunk, String> {
     let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| format!("not an Arrow IPC file: {e}"))?;
     if reader.schema() != *SCHEMA {
         return Err(format!("unexpected columns {:?}", reader.schema()));
     }
+    let producers = match reader.custom_metadata().get(PRODUCERS_KEY) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| format!("its writers' batch numbers cannot be read: {e}"))?,
+        None => Producers::new(),
+    };
     let mut records = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| e.to_string())?;
@@ -102,7 +135,7 @@ pub fn decode(bytes: bytes::Bytes) -> Result<Vec<LogRecord>, String> {
             });
         }
     }
-    Ok(records)
+    Ok(Chunk { records, producers })
 }
 
 #[cfg(test)]
@@ -125,7 +158,18 @@ mod tests {
                 data: vec![0, 255],
             },
         ];
-        assert_eq!(decode(encode(&records)?.into())?, records);
+        assert_eq!(
+            decode(encode(&records, &Producers::new())?.into())?,
+            Chunk {
+                records: records.clone(),
+                producers: Producers::new()
+            }
+        );
+        let producers = Producers::from([("pump-a".to_string(), 41), ("pump-b".to_string(), 7)]);
+        assert_eq!(
+            decode(encode(&records, &producers)?.into())?.producers,
+            producers
+        );
         let folder = shard_folder(&Path::from("sluice/prod"), &ShardKey::new("orders", 3));
         let a = chunk_path(&folder, 9, 20);
         let b = chunk_path(&folder, 10, 5);

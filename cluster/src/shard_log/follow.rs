@@ -12,7 +12,9 @@
 
 use object_store::path::Path;
 
-use super::{LogKey, LogRecord, Result, SharedStorage, list_chunks, read_chain, read_manifest};
+use super::{
+    LogKey, LogRecord, Producers, Result, SharedStorage, list_chunks, read_chain, read_manifest,
+};
 use crate::keys::{self, ShardKey};
 use crate::{Coordinator, Revision};
 
@@ -72,7 +74,7 @@ impl Follower {
             }
             let (chunks, waiting) = settled(coordinator, &self.log, listed).await?;
             self.waiting = waiting;
-            read_chain(store, &chunks, next_seq, next_seq).await?
+            read_chain(store, &chunks, next_seq, next_seq, Producers::new()).await?
         } else {
             // Where `next_seq` falls is not known (the first read, or the copy was filled some
             // other way): follow the chain from the manifest's listing start if this copy
@@ -83,7 +85,7 @@ impl Follower {
             let listed = list_chunks(store, &folder, start).await?;
             let (chunks, waiting) = settled(coordinator, &self.log, listed).await?;
             self.waiting = waiting;
-            read_chain(store, &chunks, start, next_seq).await?
+            read_chain(store, &chunks, start, next_seq, Producers::new()).await?
         };
         if read.next_seq >= next_seq {
             self.chunk_starts_at = Some(read.next_seq);

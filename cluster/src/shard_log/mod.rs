@@ -22,6 +22,13 @@
 //!
 //! Sequence numbers keep increasing across owners: each continues from where the chain ends.
 //!
+//! **Batches taken once.** A writer that must not repeat itself (a pump moving between nodes
+//! sends its last batch again) numbers its batches and logs them with
+//! [`ShardLog::append_once`]: the log takes batch `k` of a writer only if it took none
+//! numbered `k` or higher before. The last batch of each such writer ([`chunk::Producers`]) is
+//! kept in every chunk's footer, and in the manifest where an epoch begins and at its base, so
+//! a new owner knows it wherever its listing starts.
+//!
 //! Not yet done here: merging small chunks into segments, deleting chunks past retention, and
 //! keeping the manifest's list of epochs short.
 
@@ -39,7 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use chunk::LogRecord;
+pub use chunk::{LogRecord, Producers};
 
 use crate::keys::{self, ShardKey};
 use crate::{Coordinator, CoordinatorError, Fence, Revision};
@@ -63,10 +70,13 @@ pub enum LogError {
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
 
 /// Where one owner's epoch began.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochStart {
     pub epoch: Revision,
     pub first_seq: u64,
+    /// The writers' last batches as of `first_seq`.
+    #[serde(default, skip_serializing_if = "Producers::is_empty")]
+    pub producers: Producers,
 }
 
 /// Which log: a shard of one incarnation of its stream. A stream deleted and created again
@@ -111,6 +121,9 @@ pub struct Manifest {
     /// a new owner that holds the records before it lists only the chunks from there on.
     #[serde(default)]
     pub base: u64,
+    /// The writers' last batches as of `base`.
+    #[serde(default, skip_serializing_if = "Producers::is_empty")]
+    pub base_producers: Producers,
 }
 
 impl Manifest {
@@ -128,6 +141,19 @@ impl Manifest {
             .max()
             .unwrap_or(first)
             .max(first)
+    }
+
+    /// The writers' last batches as of `start`, a boundary [`Manifest::listing_start`] gave.
+    fn producers_at(&self, start: u64) -> Producers {
+        if self.base > 0 && self.base == start {
+            return self.base_producers.clone();
+        }
+        self.epochs
+            .iter()
+            .rev()
+            .find(|e| e.first_seq == start)
+            .map(|e| e.producers.clone())
+            .unwrap_or_default()
     }
 
     /// The epoch whose chunks hold `seq`.
@@ -174,6 +200,8 @@ pub struct SharedStorage {
 pub struct Recovered {
     pub records: Vec<LogRecord>,
     pub next_seq: u64,
+    /// The writers' last batches as of `next_seq`.
+    pub producers: Producers,
 }
 
 /// Whether the owner may still acknowledge (its session is live and the shard still its own).
@@ -204,15 +232,24 @@ type Reply = oneshot::Sender<Result<Vec<Logged>>>;
 
 struct Pending {
     records: Vec<NewRecord>,
+    /// A numbered batch of a writer, taken once only: `(writer, batch)`.
+    once: Option<(String, u64)>,
     reply: Reply,
+}
+
+/// Where the chain of acknowledged chunks ends now (a chunk boundary), and the writers' last
+/// batches there.
+#[derive(Debug, Default)]
+struct Tail {
+    end: u64,
+    producers: Producers,
 }
 
 /// The owner's handle on a shard's log; dropping it stops its writer.
 pub struct ShardLog {
     shard: ShardKey,
     manifest_key: String,
-    /// Where the chain of acknowledged chunks ends now (a chunk boundary).
-    end: Arc<std::sync::atomic::AtomicU64>,
+    tail: Arc<std::sync::Mutex<Tail>>,
     queue: mpsc::Sender<Pending>,
     task: JoinHandle<()>,
     closing: Arc<std::sync::atomic::AtomicBool>,
@@ -248,17 +285,22 @@ impl ShardLog {
             manifest.epochs.push(EpochStart {
                 epoch: fence.epoch,
                 first_seq: recovered.next_seq,
+                producers: recovered.producers.clone(),
             });
             let value = serde_json::to_vec(&manifest).unwrap_or_default();
             if !coordinator.put_fenced(fence, &manifest_key, value).await? {
                 return Err(LogError::NotOwner(shard.to_string()));
             }
         }
-        let end = Arc::new(std::sync::atomic::AtomicU64::new(recovered.next_seq));
+        let tail = Arc::new(std::sync::Mutex::new(Tail {
+            end: recovered.next_seq,
+            producers: recovered.producers.clone(),
+        }));
         let (queue, pending) = mpsc::channel(1024);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = Writer {
-            end: Arc::clone(&end),
+            tail: Arc::clone(&tail),
+            producers: recovered.producers.clone(),
             apply,
             closing: Arc::clone(&closing),
             store,
@@ -275,7 +317,7 @@ impl ShardLog {
             Self {
                 shard: shard.clone(),
                 manifest_key,
-                end,
+                tail,
                 queue,
                 task,
                 closing,
@@ -297,7 +339,10 @@ impl ShardLog {
     /// acknowledged chunks ends now, as its base: a new owner then lists only the chunks from
     /// there. Cheap enough for once a minute, not for every write; whether it was recorded.
     pub async fn commit_base(&self, coordinator: &dyn Coordinator, fence: &Fence) -> Result<bool> {
-        let end = self.end.load(std::sync::atomic::Ordering::Acquire);
+        let (end, producers) = {
+            let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            (tail.end, tail.producers.clone())
+        };
         let Some(kv) = coordinator.get(&self.manifest_key).await? else {
             return Ok(false);
         };
@@ -311,6 +356,7 @@ impl ShardLog {
             return Ok(true);
         }
         manifest.base = end;
+        manifest.base_producers = producers;
         let value = serde_json::to_vec(&manifest).unwrap_or_default();
         Ok(coordinator
             .put_fenced(fence, &self.manifest_key, value)
@@ -324,10 +370,34 @@ impl ShardLog {
 
     /// Logs `records` in order; their sequence numbers once they are durable in object storage.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Logged>> {
+        self.send(records, None).await
+    }
+
+    /// Logs `records`, batch `batch` of `writer`, unless the log took a batch of that writer
+    /// numbered `batch` or higher before: their sequence numbers, or none if it had (the
+    /// batch is in the log already, maybe written by this writer's previous node).
+    pub async fn append_once(
+        &self,
+        writer: &str,
+        batch: u64,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Logged>> {
+        self.send(records, Some((writer.to_string(), batch))).await
+    }
+
+    async fn send(
+        &self,
+        records: Vec<NewRecord>,
+        once: Option<(String, u64)>,
+    ) -> Result<Vec<Logged>> {
         let (reply, answer) = oneshot::channel();
         let gone = || LogError::NotOwner(self.shard.to_string());
         self.queue
-            .send(Pending { records, reply })
+            .send(Pending {
+                records,
+                once,
+                reply,
+            })
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
@@ -349,7 +419,14 @@ async fn recover(
         .into_iter()
         .filter(|(first, epoch, _)| manifest.owner_of(*first) == Some(*epoch))
         .collect();
-    let recovered = read_chain(store, &chunks, start, from_seq).await?;
+    let recovered = read_chain(
+        store,
+        &chunks,
+        start,
+        from_seq,
+        manifest.producers_at(start),
+    )
+    .await?;
     if let Some((first, epoch, path)) = chunks.iter().find(|c| c.0 > recovered.next_seq) {
         log::warn!(
             "{path}: the chain ends at {} (no chunk starts there), so this chunk (from {first}, \
@@ -361,16 +438,19 @@ async fn recover(
 }
 
 /// Reads the chain that `chunks` (valid, in sequence order) make from sequence number `start`
-/// until the first gap; the records from `from_seq` on, and where the chain ends.
+/// (where the writers' last batches were `producers`) until the first gap; the records from
+/// `from_seq` on, where the chain ends, and the writers' last batches there.
 async fn read_chain(
     store: &dyn ObjectStore,
     chunks: &[(u64, Revision, Path)],
     start: u64,
     from_seq: u64,
+    mut producers: Producers,
 ) -> Result<Recovered> {
     // The chunks to read: those not wholly before `from_seq` (a chunk's length is where its
     // successor starts). Read many at a time: a shard written one record per commit has as
-    // many chunks as records, and a new owner must not take minutes to open it.
+    // many chunks as records, and a new owner must not take minutes to open it. The chain's
+    // last chunk is always among them (its successor, if any, begins past the chain's end).
     let wanted: Vec<usize> = (0..chunks.len())
         .filter(|&i| {
             chunks
@@ -399,13 +479,15 @@ async fn read_chain(
             next = chunks.get(i + 1).map_or(next, |(f, _, _)| *f);
             continue;
         };
-        check_numbering(path, *first, &chunk)?;
-        next = first + chunk.len() as u64;
-        records.extend(chunk.into_iter().filter(|r| r.seq >= from_seq));
+        check_numbering(path, *first, &chunk.records)?;
+        next = first + chunk.records.len() as u64;
+        producers = chunk.producers;
+        records.extend(chunk.records.into_iter().filter(|r| r.seq >= from_seq));
     }
     Ok(Recovered {
         records,
         next_seq: next,
+        producers,
     })
 }
 
@@ -457,7 +539,7 @@ const READ_AHEAD: usize = 32;
 async fn fetch<K: Eq + std::hash::Hash + Send + 'static>(
     store: &dyn ObjectStore,
     paths: Vec<(K, Path)>,
-) -> Result<std::collections::HashMap<K, Vec<LogRecord>>> {
+) -> Result<std::collections::HashMap<K, chunk::Chunk>> {
     futures::stream::iter(paths.into_iter().map(|(key, path)| async move {
         let bytes = store
             .get(&path)
@@ -489,7 +571,9 @@ fn check_numbering(path: &Path, first: u64, chunk: &[LogRecord]) -> Result<()> {
 }
 
 struct Writer {
-    end: Arc<std::sync::atomic::AtomicU64>,
+    tail: Arc<std::sync::Mutex<Tail>>,
+    /// The writers' last batches as of `next_seq`.
+    producers: Producers,
     apply: Apply,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Arc<dyn ObjectStore>,
@@ -540,7 +624,16 @@ impl Writer {
         let first_seq = self.next_seq;
         let mut records = Vec::new();
         let mut answers = Vec::with_capacity(group.len());
+        let mut producers = self.producers.clone();
         for pending in group {
+            if let Some((writer, batch)) = pending.once {
+                if producers.get(&writer).is_some_and(|&last| last >= batch) {
+                    // Taken before: answered with no sequence numbers, nothing written.
+                    answers.push((pending.reply, Vec::new()));
+                    continue;
+                }
+                producers.insert(writer, batch);
+            }
             let mut logged = Vec::with_capacity(pending.records.len());
             for record in pending.records {
                 // Arrival times never go backwards within a shard.
@@ -576,7 +669,7 @@ impl Writer {
             refuse(answers, &err);
             return Err(err);
         }
-        let body = match chunk::encode(&records) {
+        let body = match chunk::encode(&records, &producers) {
             Ok(body) => body,
             Err(e) => {
                 let err = LogError::Storage(format!("cannot encode a chunk: {e}"));
@@ -622,8 +715,11 @@ impl Writer {
             refuse(answers, &err);
             return Err(err);
         }
-        self.end
-            .store(self.next_seq, std::sync::atomic::Ordering::Release);
+        *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = Tail {
+            end: self.next_seq,
+            producers: producers.clone(),
+        };
+        self.producers = producers;
         for (reply, logged) in answers {
             let _ = reply.send(Ok(logged));
         }
