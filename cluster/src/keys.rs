@@ -9,6 +9,8 @@
 //! | `owner/{stream}/{shard}` | the owning node id, under its lease; its create revision is the owner's epoch | the owner |
 //! | `consumers/{stream}@{incarnation}/{consumer}` | a registered enhanced fan-out consumer (JSON) | the node that registered it |
 //! | `manifest/{stream}@{incarnation}/{shard}` | what the shard's owners have committed, fenced by the owner key ([`crate::shard_log::LogKey`]) | the owner |
+//! | `pumps/{pump}` | a pump whose output goes into a shared stream ([`PumpSpec`] JSON): leased like a shard, as the unit [`ShardKey::pump`] | the node whose SQL created it |
+//! | `pumplog/{pump}@{incarnation}` | the pump's committed batches, fenced by its unit's owner key ([`crate::pump_log`]) | the pump's owner |
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,12 @@ pub const ASSIGN: &str = "/sluice/v1/assign/";
 pub const OWNER: &str = "/sluice/v1/owner/";
 pub const MANIFEST: &str = "/sluice/v1/manifest/";
 pub const CONSUMERS: &str = "/sluice/v1/consumers/";
+pub const PUMPS: &str = "/sluice/v1/pumps/";
+pub const PUMP_LOGS: &str = "/sluice/v1/pumplog/";
+
+/// What a unit's "stream" begins with when the unit is a pump (stream names in a cluster,
+/// Kinesis's, cannot hold `:`).
+const PUMP_UNIT: &str = "pump:";
 
 /// One shard of one stream: the unit that is assigned, owned and moved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,6 +47,16 @@ impl ShardKey {
     /// `{prefix}{stream}/{shard}`; the shard is zero-padded so keys sort in shard order.
     pub fn key(&self, prefix: &str) -> String {
         format!("{prefix}{}/{:06}", self.stream, self.shard)
+    }
+
+    /// The unit a pump is leased as: assigned, owned and moved like a shard.
+    pub fn pump(name: &str) -> Self {
+        Self::new(format!("{PUMP_UNIT}{name}"), 0)
+    }
+
+    /// The pump this unit is, if it is one rather than a stream's shard.
+    pub fn pump_name(&self) -> Option<&str> {
+        self.stream.strip_prefix(PUMP_UNIT)
     }
 
     /// The shard a key under `prefix` names, if it names one.
@@ -73,6 +91,13 @@ pub struct StreamShards {
     pub definition: serde_json::Value,
 }
 
+/// A pump as the cluster knows it: its statement, and the shared stream it writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PumpSpec {
+    pub sql: String,
+    pub target: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +111,9 @@ mod tests {
         assert!(ShardKey::new("s", 9).key(ASSIGN) < ShardKey::new("s", 10).key(ASSIGN));
         assert_eq!(ShardKey::parse(OWNER, "/sluice/v1/owner/orders"), None);
         assert_eq!(ShardKey::parse(ASSIGN, "/sluice/v1/owner/s/000001"), None);
+        let pump = ShardKey::pump("to_totals");
+        assert_eq!(ShardKey::parse(OWNER, &pump.key(OWNER)), Some(pump.clone()));
+        assert_eq!(pump.pump_name(), Some("to_totals"));
+        assert_eq!(key.pump_name(), None);
     }
 }

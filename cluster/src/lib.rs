@@ -16,6 +16,8 @@
 //!   path's "may I write this shard now?".
 //! - [`shard_log`]: the shared durable tier, a shard's log as chunks in object storage with
 //!   a per-shard manifest of epochs in etcd, rebuilt by each new owner.
+//! - [`pump_log`]: a pump's output batches, committed once under its owner's epoch, which the
+//!   target shards' owners take once each.
 //!
 //! `sluice serve --cluster` (the `sluice-server` crate's `cluster` module) runs a
 //! [`ClusterNode`] whose [`ShardHost`] opens shards from the [`shard_log`] into the local
@@ -53,6 +55,7 @@ pub mod keys;
 pub mod memory;
 pub mod mirror;
 pub mod node;
+pub mod pump_log;
 pub mod session;
 pub mod shard_log;
 

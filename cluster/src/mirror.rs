@@ -93,7 +93,7 @@ impl Mirror {
             .collect()
     }
 
-    /// Every shard that is to be owned, over every stream.
+    /// Every unit that is to be owned: each shard of every stream, and each pump.
     pub fn shards(&self) -> BTreeSet<ShardKey> {
         self.under(keys::STREAMS)
             .filter_map(|kv| {
@@ -107,6 +107,10 @@ impl Mirror {
                 )
             })
             .flatten()
+            .chain(
+                self.under(keys::PUMPS)
+                    .filter_map(|kv| Some(ShardKey::pump(kv.key.strip_prefix(keys::PUMPS)?))),
+            )
             .collect()
     }
 
