@@ -107,7 +107,7 @@ mod tests {
         let key = ShardKey::new("orders/eu", 7);
         let text = key.key(OWNER);
         assert_eq!(text, "/sluice/v1/owner/orders/eu/000007");
-        assert_eq!(ShardKey::parse(OWNER, &text), Some(key));
+        assert_eq!(ShardKey::parse(OWNER, &text), Some(key.clone()));
         assert!(ShardKey::new("s", 9).key(ASSIGN) < ShardKey::new("s", 10).key(ASSIGN));
         assert_eq!(ShardKey::parse(OWNER, "/sluice/v1/owner/orders"), None);
         assert_eq!(ShardKey::parse(ASSIGN, "/sluice/v1/owner/s/000001"), None);
