@@ -716,7 +716,7 @@ pub(crate) fn hash_key_of(value: Option<&Value>, at: &str) -> Result<Option<u128
 
 /// The open shards' hash-key ranges now, to route records for throttling (the engine routes
 /// the append itself). Taken once per request.
-pub(crate) fn open_ranges(stream: &Stream) -> Vec<(HashKeyRange, u32)> {
+pub fn open_ranges(stream: &Stream) -> Vec<(HashKeyRange, u32)> {
     stream
         .open_shards()
         .iter()
@@ -725,7 +725,7 @@ pub(crate) fn open_ranges(stream: &Stream) -> Vec<(HashKeyRange, u32)> {
 }
 
 /// The open shard (of `ranges`) `record` routes to.
-pub(crate) fn shard_for(ranges: &[(HashKeyRange, u32)], record: &RecordRef<'_>) -> u32 {
+pub fn shard_for(ranges: &[(HashKeyRange, u32)], record: &RecordRef<'_>) -> u32 {
     let key = record
         .explicit_hash_key
         .unwrap_or_else(|| sluice_engine::routing::hash_key(record.partition_key));

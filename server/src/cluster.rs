@@ -38,6 +38,8 @@ use sluice_kinesis::consumers::Consumer;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+mod pumps;
+
 /// What `--cluster`, `--node-id`, `--storage` and `--advertise` say.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -108,6 +110,15 @@ pub struct NodeShards {
     reopening: tokio::sync::Mutex<()>,
     /// The readers of the shards this node follows.
     followers: Mutex<HashMap<LogKey, FollowingSlot>>,
+    /// Streams being created through this node's Kinesis API: known to etcd a moment before
+    /// their copy here is marked as the cluster's, which the creating call does itself.
+    creating: Mutex<std::collections::HashSet<String>>,
+    /// The SQL session the cluster's pumps run in (set once the server has one).
+    session: OnceLock<sluice_sql::SluiceSession>,
+    /// The cluster's pumps running here.
+    pumps: Mutex<HashMap<String, pumps::RunningHere>>,
+    /// For each pump log and target shard owned here, the last batch gone through for it.
+    pump_intake: Mutex<HashMap<(sluice_cluster::pump_log::PumpLogKey, u32), u64>>,
     /// This node's shards themselves, for what streams call back (weak: streams outlive it).
     me: std::sync::Weak<NodeShards>,
 }
@@ -137,6 +148,28 @@ impl NodeShards {
         let stream = create_local(&self.engine, &entry).await?;
         self.mark_shared(&stream, entry.create_revision);
         Ok(stream)
+    }
+
+    /// Defines `stream`, just created here, in the cluster (`key`, `value`) and marks this
+    /// node's stream as its copy. Blocking.
+    fn share_created(&self, stream: &Stream, key: &str, value: Vec<u8>) -> Result<(), String> {
+        let revision = match Handle::current()
+            .block_on(self.coordinator.create(key, value.clone(), None))
+            .map_err(|e| e.to_string())?
+        {
+            sluice_cluster::Claim::Won(revision) => revision,
+            // Our own write, seen again by a retry on another etcd member.
+            sluice_cluster::Claim::Held(held) if held.value == value => held.create_revision,
+            sluice_cluster::Claim::Held(_) => {
+                return Err(format!(
+                    "another node created a stream named {} at the same time",
+                    stream.name()
+                ));
+            }
+        };
+        mark_copy_of(stream, revision)?;
+        self.mark_shared(stream, revision);
+        Ok(())
     }
 
     fn log(&self, shard: &ShardKey) -> Option<(Revision, Arc<ShardLog>)> {
@@ -380,6 +413,9 @@ async fn create_local(
 impl ShardHost for NodeShards {
     fn open<'a>(&'a self, shard: &'a ShardKey, fence: &'a Fence) -> HostFuture<'a> {
         Box::pin(async move {
+            if shard.pump_name().is_some() {
+                return self.open_pump(shard, fence).await;
+            }
             let stream = self.local_stream(&shard.stream).await?;
             self.open_log(stream, shard, fence).await.map(|_| ())
         })
@@ -389,6 +425,10 @@ impl ShardHost for NodeShards {
         Box::pin(async move {
             // Everything acknowledged is in the shared log already; what is being uploaded
             // finishes (acknowledged or certainly not written) before the next owner opens it.
+            if shard.pump_name().is_some() {
+                self.close_pump(shard).await;
+                return Ok(());
+            }
             let log = self.logs.lock().remove(shard);
             if let Some((_, log)) = log {
                 log.close().await;
@@ -398,6 +438,14 @@ impl ShardHost for NodeShards {
     }
 
     fn lost(&self, shard: &ShardKey) {
+        if shard.pump_name().is_some() {
+            // Its commits are refused from now on (the fence is gone); stop it soon.
+            if let Some(me) = self.me.upgrade() {
+                let unit = shard.clone();
+                tokio::spawn(async move { me.close_pump(&unit).await });
+            }
+            return;
+        }
         self.logs.lock().remove(shard);
     }
 }
@@ -448,23 +496,10 @@ impl ShardPlacement for NodeShards {
         };
         let key = format!("{}{}", keys::STREAMS, stream.name());
         let value = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-        let revision = match Handle::current()
-            .block_on(self.coordinator.create(&key, value.clone(), None))
-            .map_err(|e| e.to_string())?
-        {
-            sluice_cluster::Claim::Won(revision) => revision,
-            // Our own write, seen again by a retry on another etcd member.
-            sluice_cluster::Claim::Held(held) if held.value == value => held.create_revision,
-            sluice_cluster::Claim::Held(_) => {
-                return Err(format!(
-                    "another node created a stream named {} at the same time",
-                    stream.name()
-                ));
-            }
-        };
-        mark_copy_of(stream, revision)?;
-        self.mark_shared(stream, revision);
-        Ok(())
+        self.creating.lock().insert(stream.name().to_string());
+        let created = self.share_created(stream, &key, value);
+        self.creating.lock().remove(stream.name());
+        created
     }
 
     fn consumers(&self, stream: &Stream) -> Result<Vec<Consumer>, String> {
@@ -618,6 +653,7 @@ pub struct ClusterMember {
     shards: Arc<NodeShards>,
     sync: JoinHandle<()>,
     follow: JoinHandle<()>,
+    pumps: JoinHandle<()>,
 }
 
 impl ClusterMember {
@@ -638,6 +674,10 @@ impl ClusterMember {
             ownership: OnceLock::new(),
             reopening: tokio::sync::Mutex::new(()),
             followers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(std::collections::HashSet::new()),
+            session: OnceLock::new(),
+            pumps: Mutex::new(HashMap::new()),
+            pump_intake: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -652,20 +692,55 @@ impl ClusterMember {
         let _ = shards.ownership.set(node.ownership().clone());
         let sync = tokio::spawn(sync_streams(shards.clone()));
         let follow = tokio::spawn(follow_shards(shards.clone()));
+        let pumps = tokio::spawn(serve_pumps(shards.clone()));
         Self {
             node,
             shards,
             sync,
             follow,
+            pumps,
         }
+    }
+
+    /// Gives the cluster's pumps the SQL `session` to run in, and the session the cluster's
+    /// register of pumps (CREATE PUMP into a shared stream defines it for every node).
+    pub fn attach(shards: &Arc<NodeShards>, session: &sluice_sql::SluiceSession) {
+        let _ = shards.session.set(session.clone());
+        session.set_cluster_pumps(Arc::new(pumps::Register::new(shards)));
     }
 
     /// Leaves the cluster gracefully: every shard handed off.
     pub async fn leave(self) {
         self.sync.abort();
         self.follow.abort();
+        self.pumps.abort();
         self.node.leave().await;
         drop(self.shards);
+    }
+}
+
+/// How often a node takes the cluster's pumps' new batches into the shards it owns.
+const TAKE_PUMP_BATCHES_EVERY: Duration = Duration::from_millis(200);
+
+/// Takes the cluster's pumps' committed batches into the target shards this node owns, and
+/// restarts the pumps running here whose statement was replaced.
+async fn serve_pumps(shards: Arc<NodeShards>) {
+    let mut tick = tokio::time::interval(TAKE_PUMP_BATCHES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let specs = match shards.coordinator.list(keys::PUMPS).await {
+            Ok(specs) => specs,
+            Err(e) => {
+                log::debug!("cannot list the cluster's pumps: {e}");
+                continue;
+            }
+        };
+        if specs.is_empty() {
+            continue;
+        }
+        shards.restart_replaced_pumps(&specs).await;
+        shards.take_pump_batches(&specs).await;
     }
 }
 
@@ -710,6 +785,11 @@ async fn sync_streams(shards: Arc<NodeShards>) {
 }
 
 async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
+    let name = entry.key.strip_prefix(keys::STREAMS).unwrap_or_default();
+    if shards.creating.lock().contains(name) {
+        // Created through this node: the creating call marks its copy.
+        return;
+    }
     match create_local(&shards.engine, entry).await {
         Ok(stream) => shards.mark_shared(&stream, entry.create_revision),
         Err(e) => log::warn!("cannot create a stream defined in the cluster: {e}"),

@@ -128,6 +128,9 @@ impl Server {
             ),
             None => None,
         };
+        if let Some(placement) = &placement {
+            cluster::ClusterMember::attach(placement, &session);
+        }
         let kinesis_options = KinesisOptions {
             auth: config.auth,
             shard_limits: config.kinesis_shard_limits.then(ShardLimits::kinesis),

@@ -2,9 +2,13 @@
 //!
 //! A pump plans its statement in a continuous context whose streams are read through a
 //! [`PumpCursor`], so it resumes where it stopped: after each batch it writes into its target
-//! stream, it saves the positions its source had read when that batch came out (at-least-once:
-//! a crash between the write and the save repeats that batch). Pumps are kept in the engine's
-//! catalog and the ones marked running start again when a session opens the engine.
+//! stream, it saves the positions its source had read when that batch came out, in the same
+//! log frame as the batch (exactly once). Pumps are kept in the engine's catalog and the ones
+//! marked running start again when a session opens the engine.
+//!
+//! In a cluster, a pump whose target is a shared stream is the cluster's: CREATE PUMP hands it
+//! to [`ClusterPumps`], which runs it on one node at a time, writing through a [`PumpOutput`]
+//! that commits each batch once with the positions after it, wherever the pump runs next.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,13 +23,55 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use sluice_engine::{Engine, PumpCheckpoint, PumpDefinition, Stream};
+use sluice_engine::{Engine, PumpCheckpoint, PumpDefinition, PutRecord, Stream};
 
 use crate::continuous::PumpCursor;
 use crate::error::{Error, Result};
 use crate::parser::{SluiceStatement, parse_statements};
 use crate::streaming_planner::{ContinuousPlan, ContinuousPlanner};
 use crate::table::StreamSink;
+
+/// Where a pump's output goes when its target is a stream a cluster shares: each batch is
+/// committed once, with the checkpoint after it, wherever the pump runs.
+#[async_trait::async_trait]
+pub trait PumpOutput: Send + Sync {
+    /// Where the pump resumes: the checkpoint committed with its last batch, if any.
+    fn resume_point(&self) -> Option<PumpCheckpoint>;
+    /// Commits one batch of the pump's output (records encoded for the target) with the
+    /// checkpoint after it. An error stops the pump (another node may own it now).
+    async fn commit(
+        &self,
+        records: Vec<PutRecord>,
+        checkpoint: PumpCheckpoint,
+    ) -> std::result::Result<(), String>;
+}
+
+/// A pump a cluster keeps, as `SHOW PUMPS` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPump {
+    pub name: String,
+    pub sql: String,
+    /// The node running it, if one does.
+    pub node: Option<String>,
+}
+
+/// The cluster's pumps: those writing into streams it shares, defined once for every node.
+#[async_trait::async_trait]
+pub trait ClusterPumps: Send + Sync {
+    /// Keeps pump `name` (its statement checked already), which writes into `target`;
+    /// replaces one of that name only if `or_replace`.
+    async fn create(
+        &self,
+        name: &str,
+        sql: &str,
+        target: &str,
+        or_replace: bool,
+    ) -> std::result::Result<(), String>;
+    /// Drops pump `name`; whether it existed.
+    async fn remove(&self, name: &str) -> std::result::Result<bool, String>;
+    /// Every pump the cluster keeps.
+    async fn list(&self) -> std::result::Result<Vec<ClusterPump>, String>;
+}
 
 /// What a running pump shares with the statements that ask about it.
 #[derive(Debug, Default)]
@@ -117,7 +163,9 @@ impl PumpManager {
             let name = pump.name.clone();
             let task = tokio::spawn(async move {
                 match prepare(&*task_planner, &pump.sql, Arc::clone(&task_progress)).await {
-                    Ok(prepared) => run(task_planner.engine().clone(), pump.name, prepared).await,
+                    Ok(prepared) => {
+                        run(task_planner.engine().clone(), pump.name, prepared, None).await
+                    }
                     Err(e) => {
                         log::error!("pump '{}' could not start: {e}", pump.name);
                         *task_progress.failure.lock() = Some(format!("could not start: {e}"));
@@ -144,11 +192,51 @@ impl PumpManager {
             ..PumpProgress::default()
         });
         let prepared = prepare(planner, sql, Arc::clone(&progress)).await?;
-        let task = tokio::spawn(run(planner.engine().clone(), name.to_string(), prepared));
+        let task = tokio::spawn(run(
+            planner.engine().clone(),
+            name.to_string(),
+            prepared,
+            None,
+        ));
         self.running
             .lock()
             .insert(name.to_string(), RunningPump::new(progress, task));
         Ok(())
+    }
+
+    /// Plans `sql` for pump `name`, a cluster's, and runs it writing through `output`, from
+    /// where `output` says it stopped.
+    pub async fn start_with_output(
+        &self,
+        planner: &dyn ContinuousPlanner,
+        name: &str,
+        sql: &str,
+        output: Arc<dyn PumpOutput>,
+    ) -> Result<()> {
+        let checkpoint = output.resume_point().unwrap_or_default();
+        let progress = Arc::new(PumpProgress {
+            cursor: Arc::new(PumpCursor::resuming(checkpoint).for_pump(name)),
+            ..PumpProgress::default()
+        });
+        let prepared = prepare(planner, sql, Arc::clone(&progress)).await?;
+        let task = tokio::spawn(run(
+            planner.engine().clone(),
+            name.to_string(),
+            prepared,
+            Some(output),
+        ));
+        self.running
+            .lock()
+            .insert(name.to_string(), RunningPump::new(progress, task));
+        Ok(())
+    }
+
+    /// Checks that `sql` plans as a pump (its errors now, as CREATE PUMP reports them),
+    /// without running it.
+    pub async fn check(&self, planner: &dyn ContinuousPlanner, sql: &str) -> Result<()> {
+        prepare(planner, sql, Arc::new(PumpProgress::default()))
+            .await
+            .map(|_| ())
     }
 
     /// Stops pump `name` if it runs, and waits until it has stopped.
@@ -215,17 +303,29 @@ impl PumpManager {
         }
     }
 
-    /// `SHOW PUMPS`: every pump of the catalog with its state and counters.
-    pub fn show(&self, engine: &Engine) -> Result<RecordBatch> {
-        let pumps = engine.pumps();
+    /// `SHOW PUMPS`: every pump of the catalog, then every pump of the cluster's, with its
+    /// state and counters (a cluster's pump counts only on the node running it).
+    pub fn show(&self, engine: &Engine, cluster: &[ClusterPump]) -> Result<RecordBatch> {
+        let pumps: Vec<(String, String, Option<String>)> = engine
+            .pumps()
+            .into_iter()
+            .map(|p| (p.name, p.sql, None))
+            .chain(cluster.iter().map(|p| {
+                let elsewhere = match &p.node {
+                    Some(node) => format!("running on {node}"),
+                    None => "waiting for a node".to_string(),
+                };
+                (p.name.clone(), p.sql.clone(), Some(elsewhere))
+            }))
+            .collect();
         let running = self.running.lock();
         let mut states = Vec::with_capacity(pumps.len());
         let mut rows_in = Vec::with_capacity(pumps.len());
         let mut rows_out = Vec::with_capacity(pumps.len());
         let mut late_rows = Vec::with_capacity(pumps.len());
         let mut watermarks = Vec::with_capacity(pumps.len());
-        for pump in &pumps {
-            let live = running.get(&pump.name);
+        for (name, _, elsewhere) in &pumps {
+            let live = running.get(name);
             let failure = live.and_then(|p| p.progress.failure.lock().clone());
             states.push(match (live, failure) {
                 (_, Some(reason)) => format!("failed: {reason}"),
@@ -237,7 +337,7 @@ impl PumpManager {
                     }
                 }
                 (Some(_), None) => "finished".to_string(),
-                (None, _) => "stopped".to_string(),
+                (None, _) => elsewhere.clone().unwrap_or_else(|| "stopped".to_string()),
             });
             rows_in.push(live.map_or(0, |p| p.progress.cursor.rows_in()));
             rows_out.push(live.map_or(0, |p| p.progress.rows_out.load(Ordering::Relaxed)));
@@ -259,7 +359,7 @@ impl PumpManager {
         ]));
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(
-                pumps.iter().map(|p| p.name.as_str()),
+                pumps.iter().map(|(name, _, _)| name.as_str()),
             )),
             Arc::new(StringArray::from_iter_values(states)),
             Arc::new(UInt64Array::from(rows_in)),
@@ -267,7 +367,7 @@ impl PumpManager {
             Arc::new(UInt64Array::from(late_rows)),
             Arc::new(TimestampMillisecondArray::from(watermarks)),
             Arc::new(StringArray::from_iter_values(
-                pumps.iter().map(|p| crate::parser::one_line(&p.sql)),
+                pumps.iter().map(|(_, sql, _)| crate::parser::one_line(sql)),
             )),
         ];
         Ok(RecordBatch::try_new(schema, columns)?)
@@ -359,6 +459,7 @@ impl PumpManager {
                 target,
                 progress: Arc::clone(&progress),
             },
+            None,
         ));
         self.running
             .lock()
@@ -446,8 +547,14 @@ pub(crate) fn resume_point(engine: &Engine, name: &str, sql: &str) -> Result<Pum
     })
 }
 
-/// Runs a pump until its source ends, it fails, or it is stopped (its task aborted).
-async fn run(engine: Engine, name: String, prepared: PreparedPump) {
+/// Runs a pump until its source ends, it fails, or it is stopped (its task aborted); into its
+/// target stream here, or through the cluster's `output`.
+async fn run(
+    engine: Engine,
+    name: String,
+    prepared: PreparedPump,
+    output: Option<Arc<dyn PumpOutput>>,
+) {
     let PreparedPump {
         mut rows,
         target,
@@ -464,6 +571,15 @@ async fn run(engine: Engine, name: String, prepared: PreparedPump) {
             let batch = batch?;
             let records = sink.records(&batch)?;
             let count = records.len() as u64;
+            if let Some(output) = &output {
+                if count > 0 {
+                    output
+                        .commit(records.into_records(), checkpoint)
+                        .await
+                        .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+                }
+                return Ok(count);
+            }
             let target = Arc::clone(&target);
             let engine = engine.clone();
             let pump = name.clone();

@@ -30,7 +30,7 @@ use crate::create_stream::stream_spec;
 use crate::error::{Error, Result};
 use crate::identifiers::{KnownNames, resolve_kda_names};
 use crate::parser::{SluiceStatement, parse_statements};
-use crate::pumps::PumpManager;
+use crate::pumps::{ClusterPumps, PumpManager};
 use crate::schema_provider::{StreamCatalog, StreamSchemaProvider, StreamView};
 use crate::similar_to::rewrite_similar_to;
 use crate::source::SourceManager;
@@ -95,6 +95,8 @@ pub struct SluiceSession {
     provider: Arc<StreamSchemaProvider>,
     /// The pumps running on this session's engine.
     pumps: Arc<PumpManager>,
+    /// In a cluster: its pumps (those writing into streams it shares), set by the server.
+    cluster_pumps: Arc<std::sync::OnceLock<Arc<dyn ClusterPumps>>>,
     /// The delivery streams running on this session's engine.
     deliveries: Arc<DeliveryManager>,
     /// The built-in sources feeding streams (`source = 'demo'`).
@@ -173,6 +175,7 @@ impl SluiceSession {
             ctx,
             provider,
             pumps: Arc::new(PumpManager::default()),
+            cluster_pumps: Arc::default(),
             deliveries: Arc::new(DeliveryManager::default()),
             sources: Arc::new(SourceManager::default()),
             applications: None,
@@ -713,6 +716,36 @@ impl SluiceSession {
         ContinuousPlan::decide(plan)?.start(context).await
     }
 
+    /// Hands the pumps writing into streams a cluster shares to `pumps` (the server does, as
+    /// the node joins): CREATE PUMP into such a stream defines the pump for the whole cluster.
+    pub fn set_cluster_pumps(&self, pumps: Arc<dyn ClusterPumps>) {
+        let _ = self.cluster_pumps.set(pumps);
+    }
+
+    /// The pumps running on this session's engine (a cluster's pumps run through them too).
+    pub fn pump_manager(&self) -> &Arc<PumpManager> {
+        &self.pumps
+    }
+
+    /// The cluster's register of pumps, if `sql`'s target is a stream it shares.
+    fn cluster_pumps_for(&self, sql: &str) -> Option<(Arc<dyn ClusterPumps>, String)> {
+        let cluster = self.cluster_pumps.get()?;
+        let target = crate::pumps::pump_target(sql)?;
+        let shared = self.engine.try_stream(&target)?.is_shared();
+        shared.then(|| (Arc::clone(cluster), target))
+    }
+
+    /// The cluster's pumps, for SHOW PUMPS and DROP PUMP.
+    async fn cluster_pump_list(&self) -> Result<Vec<crate::pumps::ClusterPump>> {
+        match self.cluster_pumps.get() {
+            Some(cluster) => cluster
+                .list()
+                .await
+                .map_err(|e| Error::Plan(format!("cannot list the cluster's pumps: {e}"))),
+            None => Ok(Vec::new()),
+        }
+    }
+
     async fn execute_pump_statement(&self, statement: SluiceStatement) -> Result<StatementOutput> {
         let engine = self.engine.clone();
         let unknown = |name: &str| {
@@ -728,6 +761,23 @@ impl SluiceSession {
                 insert: _,
                 text: sql,
             } => {
+                if let Some((cluster, target)) = self.cluster_pumps_for(&sql) {
+                    if find(&name).is_some() {
+                        return Err(Error::Plan(format!(
+                            "pump '{name}' runs on this node only; DROP PUMP it before creating \
+                             one of that name for the cluster"
+                        )));
+                    }
+                    // Its errors now, as for a pump here; then the cluster runs it somewhere.
+                    self.pumps.check(self, &sql).await?;
+                    cluster
+                        .create(&name, &sql, &target, or_replace)
+                        .await
+                        .map_err(Error::Plan)?;
+                    return Ok(StatementOutput::Done(format!(
+                        "Pump '{name}' created; the cluster runs it on one node at a time."
+                    )));
+                }
                 // A replaced pump's successor keeps its place (saved read positions and
                 // watermark), so replacing the query neither repeats nor skips records.
                 let replaced = find(&name);
@@ -767,6 +817,12 @@ impl SluiceSession {
                 )))
             }
             SluiceStatement::DropPump { name, if_exists } => {
+                if find(&name).is_none()
+                    && let Some(cluster) = self.cluster_pumps.get()
+                    && cluster.remove(&name).await.map_err(Error::Plan)?
+                {
+                    return Ok(StatementOutput::Done(format!("Pump '{name}' dropped.")));
+                }
                 if find(&name).is_none() {
                     return if if_exists {
                         Ok(StatementOutput::Done("OK.".into()))
@@ -786,6 +842,19 @@ impl SluiceSession {
                 })
                 .await?;
                 Ok(StatementOutput::Done(format!("Pump '{name}' dropped.")))
+            }
+            SluiceStatement::StartPump { name } | SluiceStatement::StopPump { name }
+                if find(&name).is_none()
+                    && self
+                        .cluster_pump_list()
+                        .await?
+                        .iter()
+                        .any(|p| p.name == name) =>
+            {
+                Err(Error::Plan(format!(
+                    "pump '{name}' is the cluster's and always runs (on one node at a time); \
+                     DROP PUMP stops it for good"
+                )))
             }
             SluiceStatement::StartPump { name } => {
                 let mut pump = find(&name).ok_or_else(|| unknown(&name))?;
@@ -808,7 +877,10 @@ impl SluiceSession {
                 blocking(move || engine.save_pump(pump)).await?;
                 Ok(StatementOutput::Done(format!("Pump '{name}' stopped.")))
             }
-            SluiceStatement::ShowPumps => rows(self.pumps.show(&self.engine)?),
+            SluiceStatement::ShowPumps => rows(
+                self.pumps
+                    .show(&self.engine, &self.cluster_pump_list().await?)?,
+            ),
             other => Err(Error::Plan(format!("not a pump statement: {other:?}"))),
         }
     }

@@ -404,6 +404,11 @@ impl Appendable {
         self.records.len()
     }
 
+    /// The records, encoded for the stream (for a writer that appends them elsewhere).
+    pub(crate) fn into_records(self) -> Vec<PutRecord> {
+        self.records
+    }
+
     /// Appends the records to `stream` with `writer`'s commit in the same log frame.
     pub(crate) fn append_committing_to(
         &self,

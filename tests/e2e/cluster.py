@@ -31,6 +31,13 @@ Usage:
       read-your-writes across nodes: puts a record into each shard through one node and at
       once queries for it with Flight SQL through the next node, which must find it on the
       first try (a query takes in what other nodes acknowledged before it began).
+  cluster.py pump KINESIS_URL FLIGHT_URL NODE_ID
+      creates stream `copies` (3 shards) and, with Flight SQL through that node, the pump
+      `copier` copying every record of `orders` into it (both streams shared, so the pump is
+      the cluster's); waits until some node runs it and prints `pump runs on: NODE`.
+  cluster.py copies ENDPOINT...
+      through each endpoint, waits (up to 30 s) until `copies` holds every record of `orders`
+      exactly once: the pump neither repeats nor skips records, wherever it ran.
 """
 
 import json
@@ -157,13 +164,17 @@ def probe(state_file, since, label, endpoints):
     print(f"every shard took writes {time.time() - since:.2f} s after")
 
 
-def read_all(kinesis):
+def read_all(kinesis, stream=STREAM):
     """Every record of the stream with its shard and sequence number, shard by shard."""
     got = []
-    for shard in kinesis.list_shards(StreamName=STREAM)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=STREAM, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        # Asked of the shard's owner, which may have just been lost: retried while it moves.
+        iterator, _ = retrying(
+            lambda: kinesis.get_shard_iterator(
+                StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"],
+            "a shard iterator",
+        )
         while iterator:
             page, _ = retrying(lambda: kinesis.get_records(ShardIterator=iterator, Limit=10000), "a read")
             got.extend(
@@ -352,6 +363,63 @@ def fresh(state_file, pairs):
     print(f"fresh: ok ({len(acked)} records read through another node straight after their put)")
 
 
+PUMP_TARGET = "copies"
+
+
+def pump(endpoint, flight_url, node_id):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    kinesis = client("kinesis", endpoint)
+    kinesis.create_stream(StreamName=PUMP_TARGET, ShardCount=3)
+    wait_for(
+        "the pump's target stream",
+        lambda: kinesis.describe_stream_summary(StreamName=PUMP_TARGET)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE",
+    )
+    with flight_sql.connect(flight_url, db_kwargs={"username": "test", "password": "test"}, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE PUMP copier AS INSERT INTO {PUMP_TARGET} SELECT STREAM _partition_key, _data FROM {STREAM}")
+            cur.fetchall()
+        runs_on = []
+
+        def running():
+            with conn.cursor() as cur:
+                cur.execute("SHOW PUMPS")
+                rows = [r for r in cur.fetch_arrow_table().to_pylist() if r["name"] == "copier"]
+            check(len(rows) == 1, f"SHOW PUMPS lists the pump once: {rows}")
+            state = rows[0]["state"]
+            check(not state.startswith("failed"), f"the pump failed: {state}")
+            if state == "running":
+                runs_on.append(node_id)
+            elif state.startswith("running on "):
+                runs_on.append(state.removeprefix("running on "))
+            return bool(runs_on)
+
+        wait_for("a node to run the pump", running, timeout=30)
+    print(f"pump runs on: {runs_on[0]}")
+
+
+def copies(endpoints):
+    from collections import Counter
+
+    for endpoint, kinesis in zip(endpoints, clients(endpoints)):
+        started = time.time()
+        while True:
+            source = Counter(r["data"] for r in read_all(kinesis))
+            copied = Counter(r["data"] for r in read_all(kinesis, PUMP_TARGET))
+            if copied == source:
+                break
+            repeated = {d: n for d, n in copied.items() if n > source.get(d, 0)}
+            check(not repeated, f"{endpoint}: the pump wrote records more often than they were put: {list(repeated.items())[:3]}")
+            missing = source - copied
+            check(
+                time.time() - started < 30,
+                f"{endpoint}: {sum(missing.values())} of {sum(source.values())} records not copied within 30 s, e.g. {list(missing)[:3]}",
+            )
+            time.sleep(0.3)
+        print(f"{endpoint}: {sum(copied.values())} records copied once each")
+    print("copies: ok")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "write":
         write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
@@ -363,6 +431,10 @@ if __name__ == "__main__":
         recreate(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "fresh":
         fresh(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "pump":
+        pump(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "copies":
+        copies(sys.argv[2:])
     elif sys.argv[1] == "query":
         query(sys.argv[2], sys.argv[3:])
     else:

@@ -363,6 +363,12 @@ impl ShardLog {
             .await?)
     }
 
+    /// The last batch of `writer` the log took (0: none), as of its last acknowledged chunk.
+    pub fn last_batch_of(&self, writer: &str) -> u64 {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.producers.get(writer).copied().unwrap_or(0)
+    }
+
     /// Whether the log stopped taking writes (a write failed, or the owner lost the shard).
     pub fn is_stopped(&self) -> bool {
         self.task.is_finished()
