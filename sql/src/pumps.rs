@@ -232,11 +232,12 @@ impl PumpManager {
     }
 
     /// Checks that `sql` plans as a pump (its errors now, as CREATE PUMP reports them),
-    /// without running it.
-    pub async fn check(&self, planner: &dyn ContinuousPlanner, sql: &str) -> Result<()> {
-        prepare(planner, sql, Arc::new(PumpProgress::default()))
-            .await
-            .map(|_| ())
+    /// without running it; the streams it reads.
+    pub async fn check(&self, planner: &dyn ContinuousPlanner, sql: &str) -> Result<Vec<String>> {
+        let progress = Arc::new(PumpProgress::default());
+        let prepared = prepare(planner, sql, Arc::clone(&progress)).await?;
+        drop(prepared);
+        Ok(progress.cursor.streams())
     }
 
     /// Stops pump `name` if it runs, and waits until it has stopped.

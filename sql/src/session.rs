@@ -768,8 +768,19 @@ impl SluiceSession {
                              one of that name for the cluster"
                         )));
                     }
-                    // Its errors now, as for a pump here; then the cluster runs it somewhere.
-                    self.pumps.check(self, &sql).await?;
+                    // Its errors now, as for a pump here; then the cluster runs it somewhere,
+                    // so it may read only streams every node has.
+                    for source in self.pumps.check(self, &sql).await? {
+                        if self.engine.try_stream(&source).is_some_and(|s| !s.is_shared()) {
+                            return Err(Error::Plan(format!(
+                                "pump '{name}' writes into '{target}', which the cluster shares, \
+                                 so it runs on whichever node the cluster picks; it reads \
+                                 '{source}', which only this node has. Read streams the cluster \
+                                 shares (created with the Kinesis API), or write into a stream \
+                                 of this node's own"
+                            )));
+                        }
+                    }
                     cluster
                         .create(&name, &sql, &target, or_replace)
                         .await

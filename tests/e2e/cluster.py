@@ -377,6 +377,14 @@ def pump(endpoint, flight_url, node_id):
     )
     with flight_sql.connect(flight_url, db_kwargs={"username": "test", "password": "test"}, autocommit=True) as conn:
         with conn.cursor() as cur:
+            # A cluster's pump runs on any node: reading a stream only this node has is refused.
+            cur.execute("CREATE STREAM only_here (n BIGINT)")
+            try:
+                cur.execute(f"CREATE PUMP stray AS INSERT INTO {PUMP_TARGET} SELECT STREAM 'k' AS _partition_key, arrow_cast(CAST(n AS VARCHAR), 'Binary') AS _data FROM only_here")
+                refused = None
+            except Exception as e:  # the driver's own error type
+                refused = str(e)
+            check(refused and "which only this node has" in refused, f"a cluster pump reading a node's own stream: {refused}")
             cur.execute(f"CREATE PUMP copier AS INSERT INTO {PUMP_TARGET} SELECT STREAM _partition_key, _data FROM {STREAM}")
             cur.fetchall()
         runs_on = []

@@ -347,6 +347,18 @@ impl NodeShards {
         if owned.is_empty() {
             return Ok(());
         }
+        // A log stopped by a failed write is opened again (as a put would), then goes on.
+        let mut open = Vec::with_capacity(owned.len());
+        for (shard, log) in owned {
+            if log.is_stopped() {
+                let stream = self.engine.stream(target).map_err(|e| e.to_string())?;
+                let key = ShardKey::new(target, shard);
+                open.push((shard, self.reopen(&stream, &key).await?));
+            } else {
+                open.push((shard, log));
+            }
+        }
+        let owned = open;
         // Where each shard is: the last batch its log took, or a later one this node went
         // through for it (a batch may hold no records for a shard).
         let taken: HashMap<u32, u64> = {
