@@ -32,9 +32,12 @@ Usage:
       once queries for it with Flight SQL through the next node, which must find it on the
       first try (a query takes in what other nodes acknowledged before it began).
   cluster.py pump KINESIS_URL FLIGHT_URL NODE_ID
-      creates stream `copies` (3 shards) and, with Flight SQL through that node, the pump
+      creates stream `copies` (2 shards) and, with Flight SQL through that node, the pump
       `copier` copying every record of `orders` into it (both streams shared, so the pump is
       the cluster's); waits until some node runs it and prints `pump runs on: NODE`.
+  cluster.py where FLIGHT_URL NODE_ID
+      prints which node runs the pump (`pump runs on: NODE`), as SHOW PUMPS says through
+      that node.
   cluster.py copies ENDPOINT...
       through each endpoint, waits (up to 30 s) until `copies` holds every record of `orders`
       exactly once: the pump neither repeats nor skips records, wherever it ran.
@@ -370,7 +373,7 @@ def pump(endpoint, flight_url, node_id):
     import adbc_driver_flightsql.dbapi as flight_sql
 
     kinesis = client("kinesis", endpoint)
-    kinesis.create_stream(StreamName=PUMP_TARGET, ShardCount=3)
+    kinesis.create_stream(StreamName=PUMP_TARGET, ShardCount=2)
     wait_for(
         "the pump's target stream",
         lambda: kinesis.describe_stream_summary(StreamName=PUMP_TARGET)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE",
@@ -387,7 +390,16 @@ def pump(endpoint, flight_url, node_id):
             check(refused and "which only this node has" in refused, f"a cluster pump reading a node's own stream: {refused}")
             cur.execute(f"CREATE PUMP copier AS INSERT INTO {PUMP_TARGET} SELECT STREAM _partition_key, _data FROM {STREAM}")
             cur.fetchall()
-        runs_on = []
+    where(flight_url, node_id)
+
+
+def where(flight_url, node_id):
+    """Prints which node runs the pump, as SHOW PUMPS through `flight_url` (node `node_id`)
+    says, waiting until one does."""
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    runs_on = []
+    with flight_sql.connect(flight_url, db_kwargs={"username": "test", "password": "test"}, autocommit=True) as conn:
 
         def running():
             with conn.cursor() as cur:
@@ -441,6 +453,8 @@ if __name__ == "__main__":
         fresh(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "pump":
         pump(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "where":
+        where(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "copies":
         copies(sys.argv[2:])
     elif sys.argv[1] == "query":
