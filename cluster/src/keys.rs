@@ -11,6 +11,7 @@
 //! | `manifest/{stream}@{incarnation}/{shard}` | what the shard's owners have committed, fenced by the owner key ([`crate::shard_log::LogKey`]) | the owner |
 //! | `pumps/{pump}` | a pump whose output goes into a shared stream ([`PumpSpec`] JSON): leased like a shard, as the unit [`ShardKey::pump`] | the node whose SQL created it |
 //! | `pumplog/{pump}@{incarnation}` | the pump's committed batches, fenced by its unit's owner key ([`crate::pump_log`]) | the pump's owner |
+//! | `pumptaken/{pump}@{incarnation}/{shard}` | the last of the pump's batches a target shard has gone through, fenced by the shard's owner key (now and then, not per batch) | the target shard's owner |
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,7 @@ pub const MANIFEST: &str = "/sluice/v1/manifest/";
 pub const CONSUMERS: &str = "/sluice/v1/consumers/";
 pub const PUMPS: &str = "/sluice/v1/pumps/";
 pub const PUMP_LOGS: &str = "/sluice/v1/pumplog/";
+pub const PUMPS_TAKEN: &str = "/sluice/v1/pumptaken/";
 
 /// What a unit's "stream" begins with when the unit is a pump (stream names in a cluster,
 /// Kinesis's, cannot hold `:`).

@@ -16,7 +16,10 @@
 //! from the last committed batch's checkpoint, so nothing is repeated or skipped when a pump
 //! moves.
 //!
-//! Not yet done here: deleting batches every target shard has taken.
+//! Each target shard's owner records now and then (fenced by its owner key) the last batch it
+//! has gone through ([`record_taken`]): its next owner starts there, and the pump's owner
+//! deletes the batches every target shard has gone through, but never the last committed one
+//! ([`delete_taken`]).
 
 use std::sync::{Arc, LazyLock};
 
@@ -59,6 +62,16 @@ impl PumpLogKey {
             .clone()
             .join(".pumps")
             .join(format!("{}@{}", self.pump, self.incarnation).as_str())
+    }
+
+    /// `pumptaken/{pump}@{incarnation}/{shard:06}`.
+    fn taken_key(&self, shard: u32) -> String {
+        format!(
+            "{}{}@{}/{shard:06}",
+            keys::PUMPS_TAKEN,
+            self.pump,
+            self.incarnation
+        )
     }
 
     /// The name the target shards' logs know the pump's batches by.
@@ -236,7 +249,14 @@ pub async fn remove(
             .await
             .map_err(|e| LogError::Storage(format!("cannot delete {}: {e}", meta.location)))?;
     }
-    if let Some(kv) = coordinator.get(&key.state_key()).await? {
+    let taken_prefix = format!("{}{}@{}/", keys::PUMPS_TAKEN, key.pump, key.incarnation);
+    let state = coordinator.get(&key.state_key()).await?;
+    for kv in coordinator
+        .list(&taken_prefix)
+        .await?
+        .into_iter()
+        .chain(state)
+    {
         let fence = Fence {
             key: kv.key,
             epoch: kv.create_revision,
@@ -244,6 +264,75 @@ pub async fn remove(
         coordinator.release(&fence).await?;
     }
     Ok(())
+}
+
+/// Records that target shard `shard` has gone through batch `batch` of pump log `key` (a put
+/// fenced by the shard's owner key); whether it was recorded.
+pub async fn record_taken(
+    coordinator: &dyn Coordinator,
+    key: &PumpLogKey,
+    shard: u32,
+    batch: u64,
+    fence: &Fence,
+) -> Result<bool> {
+    Ok(coordinator
+        .put_fenced(fence, &key.taken_key(shard), batch.to_string().into_bytes())
+        .await?)
+}
+
+/// The last batch of pump log `key` target shard `shard` was recorded to have gone through.
+pub async fn taken(coordinator: &dyn Coordinator, key: &PumpLogKey, shard: u32) -> Result<u64> {
+    Ok(coordinator
+        .get(&key.taken_key(shard))
+        .await?
+        .and_then(|kv| String::from_utf8(kv.value).ok()?.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Deletes the batches of pump log `key` that each of the target's shards `shards` has gone
+/// through, except the last committed one (a new owner resumes from it); how many.
+pub async fn delete_taken(
+    coordinator: &dyn Coordinator,
+    storage: &SharedStorage,
+    key: &PumpLogKey,
+    shards: &[u32],
+) -> Result<usize> {
+    let mut everywhere = u64::MAX;
+    for &shard in shards {
+        everywhere = everywhere.min(taken(coordinator, key, shard).await?);
+    }
+    let last = read_state(coordinator, key).await?.last;
+    let below = everywhere.min(last);
+    if below <= 1 {
+        return Ok(0);
+    }
+    let folder = key.folder(&storage.prefix);
+    let listed: Vec<object_store::ObjectMeta> = storage
+        .store
+        .list(Some(&folder))
+        .try_collect()
+        .await
+        .map_err(|e| LogError::Storage(format!("cannot list {folder}: {e}")))?;
+    let mut deleted = 0;
+    for meta in listed {
+        let Some(batch) = meta
+            .location
+            .filename()
+            .and_then(|name| name.split_once('-'))
+            .and_then(|(batch, _)| batch.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if batch < below {
+            storage
+                .store
+                .delete(&meta.location)
+                .await
+                .map_err(|e| LogError::Storage(format!("cannot delete {}: {e}", meta.location)))?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 fn batch_path(folder: &Path, batch: u64, epoch: Revision) -> Path {

@@ -13,12 +13,14 @@ use sluice_cluster::{Claim, Coordinator, Fence, LeaseId, ShardKey, keys};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Claims `unit` (the pump, or a target shard) for `node`: its fence and lease.
 async fn claim(
     etcd: &MemoryCoordinator,
+    unit: &ShardKey,
     node: &str,
 ) -> Result<(Fence, LeaseId), Box<dyn std::error::Error>> {
     let lease = etcd.grant(Duration::from_secs(10)).await?;
-    let key = ShardKey::pump("totals").key(keys::OWNER);
+    let key = unit.key(keys::OWNER);
     match etcd
         .create(&key, node.as_bytes().to_vec(), Some(lease))
         .await?
@@ -53,7 +55,7 @@ async fn batches_are_committed_once_and_a_new_owner_resumes_after_the_last() -> 
     };
     let key = PumpLogKey::new("totals", 42);
 
-    let (fence1, lease1) = claim(&etcd, "n1").await?;
+    let (fence1, lease1) = claim(&etcd, &ShardKey::pump("totals"), "n1").await?;
     let (mut log1, last) = PumpLog::open(&etcd, &storage, &key, &fence1).await?;
     assert!(last.is_none());
     for batch in 1..=3 {
@@ -76,7 +78,7 @@ async fn batches_are_committed_once_and_a_new_owner_resumes_after_the_last() -> 
 
     // n1's lease ends; n2 claims the pump and resumes after batch 3.
     etcd.revoke(lease1).await?;
-    let (fence2, _) = claim(&etcd, "n2").await?;
+    let (fence2, _) = claim(&etcd, &ShardKey::pump("totals"), "n2").await?;
     let (mut log2, last) = PumpLog::open(&etcd, &storage, &key, &fence2).await?;
     let last = last.ok_or("the last committed batch")?;
     assert_eq!((last.batch, last.checkpoint), (3, checkpoint(3)));
@@ -91,9 +93,36 @@ async fn batches_are_committed_once_and_a_new_owner_resumes_after_the_last() -> 
     assert_eq!(read[0].records, output(4));
     assert_eq!(pump_log::last_batch(&etcd, &key).await?, 4);
 
+    // The target shards' owners record how far they have gone; the batches all of them went
+    // through go, but never the last committed one.
+    let shards = [0, 1, 2, 3];
+    for (shard, through) in [(0, 4), (1, 3), (2, 4), (3, 4)] {
+        let (fence, _) = claim(&etcd, &ShardKey::new("copies", shard), "n2").await?;
+        assert!(pump_log::record_taken(&etcd, &key, shard, through, &fence).await?);
+        assert_eq!(pump_log::taken(&etcd, &key, shard).await?, through);
+    }
+    // Shard 1 has gone through batch 3: batches 1 and 2 go, 3 and 4 stay.
+    assert_eq!(
+        pump_log::delete_taken(&etcd, &storage, &key, &shards).await?,
+        2
+    );
+    let read = pump_log::read_batches(&etcd, &storage, &key, 2, 10).await?;
+    assert_eq!(read.iter().map(|b| b.batch).collect::<Vec<_>>(), [3, 4]);
+    assert!(
+        pump_log::read_batches(&etcd, &storage, &key, 0, 10)
+            .await
+            .is_err()
+    );
+    // A shard that has gone through none keeps them all.
+    assert_eq!(
+        pump_log::delete_taken(&etcd, &storage, &key, &[0, 1, 2, 3, 4]).await?,
+        0
+    );
+
     // Dropped: its state and batches go.
     pump_log::remove(&etcd, &storage, &key).await?;
     assert_eq!(pump_log::last_batch(&etcd, &key).await?, 0);
+    assert_eq!(pump_log::taken(&etcd, &key, 0).await?, 0);
     assert!(
         pump_log::read_batches(&etcd, &storage, &key, 0, 10)
             .await?

@@ -2,7 +2,8 @@
 //! etcd and a real S3 server): `CREATE PUMP` into a shared stream through one node defines it
 //! for every node; one node runs it; killed with SIGKILL while records flow, the pump moves to
 //! another node and goes on from its last committed batch, so the target holds every record
-//! of the source exactly once (`tests/e2e/cluster.py pump` and `copies`).
+//! of the source exactly once (`tests/e2e/cluster.py pump` and `copies`); the batches every
+//! target shard took are then deleted from object storage.
 
 mod common;
 #[path = "../../tests/support/etcd.rs"]
@@ -65,6 +66,23 @@ fn write(state: &Path, first: usize, count: usize, endpoints: &[String]) -> Resu
     common::server::python_script("cluster.py", &args)
 }
 
+/// How many files are under `dir`, at any depth.
+fn count_files(dir: &Path) -> std::io::Result<usize> {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
 #[test]
 fn a_clusters_pump_moves_with_its_node_and_copies_every_record_once() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -124,6 +142,29 @@ fn a_clusters_pump_moves_with_its_node_and_copies_every_record_once() -> TestRes
     args.extend(survivors.iter().cloned());
     let out = common::server::python_script("cluster.py", &args)?;
     eprintln!("{}", out.trim());
+    assert!(out.contains("copies: ok"), "{out}");
+
+    // Once every target shard has gone through them (recorded every 10 s), the pump's node
+    // deletes its batches (every 30 s), all but the last committed one (and any a zombie left
+    // after it).
+    let batches = root.join("lake").join("cluster").join(".pumps");
+    let committed = count_files(&batches)?;
+    assert!(committed > 2, "{committed} batch objects");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let left = count_files(&batches)?;
+        if left <= 2 {
+            eprintln!("pump batches: {committed} written, {left} left once every shard took them");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} of {committed} pump batches still there after 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    // And the target still reads back whole.
+    let out = common::server::python_script("cluster.py", &args)?;
     assert!(out.contains("copies: ok"), "{out}");
     drop(nodes);
     s3.abort();

@@ -117,8 +117,9 @@ pub struct NodeShards {
     session: OnceLock<sluice_sql::SluiceSession>,
     /// The cluster's pumps running here.
     pumps: Mutex<HashMap<String, pumps::RunningHere>>,
-    /// For each pump log and target shard owned here, the last batch gone through for it.
-    pump_intake: Mutex<HashMap<(sluice_cluster::pump_log::PumpLogKey, u32), u64>>,
+    /// For each pump log and target shard owned here, how far it has gone through the batches
+    /// (forgotten when the shard is opened or given up: its next stay starts from etcd's).
+    pump_intake: Mutex<HashMap<(sluice_cluster::pump_log::PumpLogKey, ShardKey), pumps::Intake>>,
     /// This node's shards themselves, for what streams call back (weak: streams outlive it).
     me: std::sync::Weak<NodeShards>,
 }
@@ -252,6 +253,7 @@ impl NodeShards {
             log::info!("{shard}: took {imported} records over from the shared log");
         }
         let log = Arc::new(log);
+        self.pump_intake.lock().retain(|(_, s), _| s != shard);
         self.logs
             .lock()
             .insert(shard.clone(), (incarnation, Arc::clone(&log)));
@@ -722,11 +724,15 @@ impl ClusterMember {
 /// How often a node takes the cluster's pumps' new batches into the shards it owns.
 const TAKE_PUMP_BATCHES_EVERY: Duration = Duration::from_millis(200);
 
+/// How often a pump's node deletes the batches every target shard has gone through.
+const DELETE_TAKEN_BATCHES_EVERY: Duration = Duration::from_secs(30);
+
 /// Takes the cluster's pumps' committed batches into the target shards this node owns, and
 /// restarts the pumps running here whose statement was replaced.
 async fn serve_pumps(shards: Arc<NodeShards>) {
     let mut tick = tokio::time::interval(TAKE_PUMP_BATCHES_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cleaned = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let specs = match shards.coordinator.list(keys::PUMPS).await {
@@ -741,6 +747,10 @@ async fn serve_pumps(shards: Arc<NodeShards>) {
         }
         shards.restart_replaced_pumps(&specs).await;
         shards.take_pump_batches(&specs).await;
+        if cleaned.elapsed() >= DELETE_TAKEN_BATCHES_EVERY {
+            cleaned = tokio::time::Instant::now();
+            shards.delete_taken_batches(&specs).await;
+        }
     }
 }
 

@@ -771,7 +771,11 @@ impl SluiceSession {
                     // Its errors now, as for a pump here; then the cluster runs it somewhere,
                     // so it may read only streams every node has.
                     for source in self.pumps.check(self, &sql).await? {
-                        if self.engine.try_stream(&source).is_some_and(|s| !s.is_shared()) {
+                        if self
+                            .engine
+                            .try_stream(&source)
+                            .is_some_and(|s| !s.is_shared())
+                        {
                             return Err(Error::Plan(format!(
                                 "pump '{name}' writes into '{target}', which the cluster shares, \
                                  so it runs on whichever node the cluster picks; it reads \

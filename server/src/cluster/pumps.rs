@@ -23,6 +23,20 @@ use super::NodeShards;
 /// The most committed batches a shard's owner takes of one pump per round.
 const TAKE_AT_MOST: usize = 64;
 
+/// How often a target shard's owner records in etcd how far it has gone through a pump's
+/// batches (when it moved on): seconds apart, not per batch.
+const RECORD_TAKEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How far a target shard has gone through a pump's batches, here.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Intake {
+    /// The last batch gone through.
+    through: u64,
+    /// What was last recorded in etcd, and when.
+    recorded: u64,
+    recorded_at: tokio::time::Instant,
+}
+
 /// A pump this node runs for the cluster.
 #[derive(Debug, Clone)]
 pub(super) struct RunningHere {
@@ -359,18 +373,35 @@ impl NodeShards {
             }
         }
         let owned = open;
-        // Where each shard is: the last batch its log took, or a later one this node went
-        // through for it (a batch may hold no records for a shard).
-        let taken: HashMap<u32, u64> = {
-            let gone_through = self.pump_intake.lock();
-            owned
-                .iter()
-                .map(|(shard, log)| {
-                    let through = gone_through.get(&(key.clone(), *shard)).copied();
-                    (*shard, log.last_batch_of(&writer).max(through.unwrap_or(0)))
-                })
-                .collect()
-        };
+        // Where each shard is: the last batch its log took, or a later one gone through for
+        // it (a batch may hold no records for a shard) — here, or as recorded by an earlier
+        // owner.
+        let mut taken: HashMap<u32, u64> = HashMap::new();
+        for (shard, log) in &owned {
+            let known = self
+                .pump_intake
+                .lock()
+                .get(&(key.clone(), ShardKey::new(target, *shard)))
+                .map(|intake| intake.through);
+            let through = match known {
+                Some(through) => through,
+                None => {
+                    let recorded = pump_log::taken(self.coordinator.as_ref(), key, *shard)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    self.pump_intake.lock().insert(
+                        (key.clone(), ShardKey::new(target, *shard)),
+                        Intake {
+                            through: recorded,
+                            recorded,
+                            recorded_at: tokio::time::Instant::now(),
+                        },
+                    );
+                    recorded
+                }
+            };
+            taken.insert(*shard, log.last_batch_of(&writer).max(through));
+        }
         let after = taken.values().copied().min().unwrap_or(0);
         let batches = pump_log::read_batches(
             self.coordinator.as_ref(),
@@ -382,6 +413,7 @@ impl NodeShards {
         .await
         .map_err(|e| e.to_string())?;
         if batches.is_empty() {
+            self.record_taken(key, target).await;
             return Ok(());
         }
         // Each shard on its own, all at once: a batch's records go to their shards' logs.
@@ -410,12 +442,84 @@ impl NodeShards {
             }
         }))
         .await;
-        let mut gone_through = self.pump_intake.lock();
         let mut outcome = Ok(());
-        for (shard, through, result) in results {
-            gone_through.insert((key.clone(), shard), through);
-            outcome = outcome.and(result);
+        {
+            let mut intake = self.pump_intake.lock();
+            for (shard, through, result) in results {
+                if let Some(intake) = intake.get_mut(&(key.clone(), ShardKey::new(target, shard))) {
+                    intake.through = through;
+                }
+                outcome = outcome.and(result);
+            }
         }
+        self.record_taken(key, target).await;
         outcome
+    }
+
+    /// Records in etcd how far each shard of `target` owned here has gone through pump log
+    /// `key`, for those that moved on since it was last recorded long enough ago.
+    async fn record_taken(&self, key: &PumpLogKey, target: &str) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<(u32, u64)> = self
+            .pump_intake
+            .lock()
+            .iter()
+            .filter(|((k, _), intake)| {
+                k == key
+                    && intake.through > intake.recorded
+                    && now.duration_since(intake.recorded_at) >= RECORD_TAKEN_EVERY
+            })
+            .map(|((_, shard), intake)| (shard.shard, intake.through))
+            .collect();
+        for (shard, through) in due {
+            let Some(fence) = self
+                .ownership
+                .get()
+                .and_then(|o| o.fence(&ShardKey::new(target, shard)))
+            else {
+                continue;
+            };
+            match pump_log::record_taken(self.coordinator.as_ref(), key, shard, through, &fence)
+                .await
+            {
+                Ok(true) => {
+                    if let Some(intake) = self
+                        .pump_intake
+                        .lock()
+                        .get_mut(&(key.clone(), ShardKey::new(target, shard)))
+                    {
+                        intake.recorded = through;
+                        intake.recorded_at = now;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => log::debug!("cannot record how far {target} took pump {}: {e}", key.pump),
+            }
+        }
+    }
+
+    /// Deletes, for each pump running here, the batches every target shard has gone through.
+    pub(super) async fn delete_taken_batches(&self, specs: &[KeyValue]) {
+        for kv in specs {
+            let Some(name) = kv.key.strip_prefix(keys::PUMPS) else {
+                continue;
+            };
+            if !self.pumps.lock().contains_key(name) {
+                continue;
+            }
+            let Ok(spec) = spec_of(kv) else { continue };
+            let Some(target) = self.engine.try_stream(&spec.target) else {
+                continue;
+            };
+            let shards: Vec<u32> = target.shards().iter().map(|s| s.index()).collect();
+            let key = PumpLogKey::new(name, kv.create_revision);
+            match pump_log::delete_taken(self.coordinator.as_ref(), &self.storage, &key, &shards)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => log::debug!("pump {name}: deleted {n} batches every shard took"),
+                Err(e) => log::warn!("pump {name}: cannot delete batches every shard took: {e}"),
+            }
+        }
     }
 }
