@@ -166,6 +166,20 @@ fn a_clusters_pump_moves_with_its_node_and_copies_every_record_once() -> TestRes
     // And the target still reads back whole.
     let out = common::server::python_script("cluster.py", &args)?;
     assert!(out.contains("copies: ok"), "{out}");
+
+    // Dropped through any node, it stops everywhere and its batches go.
+    let survivor = nodes.values().next().ok_or("a surviving node")?;
+    let args = ["unpump", &survivor.flight, &survivor.kinesis].map(String::from);
+    let out = common::server::python_script("cluster.py", &args)?;
+    assert!(out.contains("unpump: ok"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count_files(&batches)? > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped pump's batches are still there after 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     drop(nodes);
     s3.abort();
     Ok(())

@@ -38,6 +38,9 @@ Usage:
   cluster.py where FLIGHT_URL NODE_ID
       prints which node runs the pump (`pump runs on: NODE`), as SHOW PUMPS says through
       that node.
+  cluster.py unpump FLIGHT_URL KINESIS_URL
+      drops the pump through that node: no node lists it any more, and records put afterwards
+      are not copied.
   cluster.py copies ENDPOINT...
       through each endpoint, waits (up to 30 s) until `copies` holds every record of `orders`
       exactly once: the pump neither repeats nor skips records, wherever it ran.
@@ -418,6 +421,31 @@ def where(flight_url, node_id):
     print(f"pump runs on: {runs_on[0]}")
 
 
+def unpump(flight_url, endpoint):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    with flight_sql.connect(flight_url, db_kwargs={"username": "test", "password": "test"}, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            try:
+                cur.execute("STOP PUMP copier")
+                refused = None
+            except Exception as e:  # the driver's own error type
+                refused = str(e)
+            check(refused and "is the cluster's" in refused, f"STOP PUMP of the cluster's pump: {refused}")
+            cur.execute("DROP PUMP copier")
+            cur.fetchall()
+            cur.execute("SHOW PUMPS")
+            listed = [r["name"] for r in cur.fetch_arrow_table().to_pylist()]
+            check("copier" not in listed, f"SHOW PUMPS after DROP PUMP: {listed}")
+    kinesis = client("kinesis", endpoint)
+    before = len(read_all(kinesis, PUMP_TARGET))
+    retrying(lambda: kinesis.put_record(StreamName=STREAM, PartitionKey="after-drop", Data=b"after-drop"), "a put")
+    time.sleep(2)
+    after = read_all(kinesis, PUMP_TARGET)
+    check(len(after) == before, f"a dropped pump copied {len(after) - before} more records")
+    print("unpump: ok")
+
+
 def copies(endpoints):
     from collections import Counter
 
@@ -455,6 +483,8 @@ if __name__ == "__main__":
         pump(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "where":
         where(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "unpump":
+        unpump(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "copies":
         copies(sys.argv[2:])
     elif sys.argv[1] == "query":
