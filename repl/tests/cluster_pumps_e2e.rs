@@ -2,7 +2,7 @@
 //! etcd and a real S3 server): `CREATE PUMP` into a shared stream through one node defines it
 //! for every node; one node runs it; killed with SIGKILL while records flow, the pump moves to
 //! another node and goes on from its last committed batch, so the target holds every record
-//! of the source exactly once (`tests/e2e/cluster.py pump` and `copies`); the batches every
+//! of the source exactly once, and a windowed pump beside it emits each window once (`tests/e2e/cluster.py pump` and `copies`); the batches every
 //! target shard took are then deleted from object storage.
 
 mod common;
@@ -109,7 +109,7 @@ fn a_clusters_pump_moves_with_its_node_and_copies_every_record_once() -> TestRes
 
     // The pump, created through n1, copies what is there and what comes.
     let n1 = &nodes["n1"];
-    let args = ["pump", &n1.kinesis, &n1.flight, "n1"].map(String::from);
+    let args = ["pump-windows", &n1.kinesis, &n1.flight, "n1"].map(String::from);
     let out = common::server::python_script("cluster.py", &args)?;
     let runs_on = out
         .lines()
@@ -138,6 +138,13 @@ fn a_clusters_pump_moves_with_its_node_and_copies_every_record_once() -> TestRes
     assert!(out.contains("acknowledged: 150"), "{out}");
     eprintln!("pump ran on {runs_on}, killed mid-stream");
 
+    // The windowed pump, which moved with it, emitted each closed window once.
+    let survivor = nodes.values().next().ok_or("a surviving node")?;
+    let windows = ["windows", &survivor.kinesis, &survivor.flight].map(String::from);
+    let out = common::server::python_script("cluster.py", &windows)?;
+    eprintln!("{}", out.trim());
+    assert!(out.contains("windows: ok"), "{out}");
+
     let mut args = vec!["copies".to_string()];
     args.extend(survivors.iter().cloned());
     let out = common::server::python_script("cluster.py", &args)?;
@@ -147,7 +154,12 @@ fn a_clusters_pump_moves_with_its_node_and_copies_every_record_once() -> TestRes
     // Once every target shard has gone through them (recorded every 10 s), the pump's node
     // deletes its batches (every 30 s), all but the last committed one (and any a zombie left
     // after it).
-    let batches = root.join("lake").join("cluster").join(".pumps");
+    let pumps = root.join("lake").join("cluster").join(".pumps");
+    let copier = std::fs::read_dir(&pumps)?
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("copier@"))
+        .ok_or("the copier's batches")?;
+    let batches = copier.path();
     let committed = count_files(&batches)?;
     assert!(committed > 2, "{committed} batch objects");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);

@@ -806,6 +806,12 @@ async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
     }
 }
 
+/// How long after its arrival at its shard's owner a record may reach another node's copy:
+/// an upload (a group commit window, then the write; a slow one is given up after seconds),
+/// then the follower's next look at an idle shard ([`IDLE_FOLLOW_AT_MOST`]). Windows over
+/// `ROWTIME` wait this long before they close, so such a record still counts.
+const ARRIVAL_LAG: Duration = Duration::from_secs(3);
+
 /// How often a node looks for what other nodes logged to the shards it does not own.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
@@ -843,6 +849,7 @@ impl NodeShards {
     /// takes in what they logged.
     fn mark_shared(&self, stream: &Stream, incarnation: Revision) {
         stream.set_shared(true);
+        stream.set_arrival_lag(ARRIVAL_LAG);
         let node = self.me.clone();
         let name = stream.name().to_string();
         stream.set_catch_up(Arc::new(move || {

@@ -368,6 +368,13 @@ impl TableFunctionImpl for TumbleFunction {
             Some(w) => (0, 0, w.idle_timeout_ms),
             None => (0, 0, 0),
         };
+        // Over `ROWTIME`, a record reaching this copy of the stream late (a cluster node takes
+        // other nodes' records in as it follows them) still finds its window open.
+        let lateness = if column == ROWTIME {
+            lateness.max(stream.arrival_lag_ms() * mul / div)
+        } else {
+            lateness
+        };
         let spec = TumbleSpec {
             processing_time: column == ROWTIME,
             time_column: column,

@@ -208,6 +208,8 @@ pub struct Stream {
     shared: std::sync::atomic::AtomicBool,
     /// What brings this copy up to date before a query reads it ([`Stream::set_catch_up`]).
     catch_up: CatchUpSlot,
+    /// How long after its `ROWTIME` a record may reach this copy ([`Stream::set_arrival_lag`]).
+    arrival_lag_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Default)]
@@ -339,6 +341,7 @@ impl Stream {
             errors,
             appends: tokio::sync::watch::Sender::new(0),
             shared: std::sync::atomic::AtomicBool::new(false),
+            arrival_lag_ms: std::sync::atomic::AtomicI64::new(0),
             catch_up: CatchUpSlot::default(),
             retention_hours,
         });
@@ -594,6 +597,23 @@ impl Stream {
         if let Some(catch_up) = catch_up {
             catch_up().await;
         }
+    }
+
+    /// Sets how long after its `ROWTIME` (its arrival at the shard's owner) a record may reach
+    /// this copy: a cluster node takes other nodes' records in as it follows their logs, so a
+    /// window over `ROWTIME` waits that much longer before it closes (none on one node).
+    pub fn set_arrival_lag(&self, lag: std::time::Duration) {
+        self.arrival_lag_ms.store(
+            i64::try_from(lag.as_millis()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// How long after its `ROWTIME` a record may reach this copy, in ms
+    /// ([`Stream::set_arrival_lag`]).
+    pub fn arrival_lag_ms(&self) -> i64 {
+        self.arrival_lag_ms
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether a cluster shares this stream ([`Stream::set_shared`]).
