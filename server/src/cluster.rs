@@ -117,6 +117,8 @@ pub struct NodeShards {
     session: OnceLock<sluice_sql::SluiceSession>,
     /// The cluster's pumps running here.
     pumps: Mutex<HashMap<String, pumps::RunningHere>>,
+    /// Held while a cluster pump starts or stops here.
+    pump_changes: tokio::sync::Mutex<()>,
     /// For each pump log and target shard owned here, how far it has gone through the batches
     /// (forgotten when the shard is opened or given up: its next stay starts from etcd's).
     pump_intake: Mutex<HashMap<(sluice_cluster::pump_log::PumpLogKey, ShardKey), pumps::Intake>>,
@@ -428,7 +430,7 @@ impl ShardHost for NodeShards {
             // Everything acknowledged is in the shared log already; what is being uploaded
             // finishes (acknowledged or certainly not written) before the next owner opens it.
             if shard.pump_name().is_some() {
-                self.close_pump(shard).await;
+                self.close_pump(shard, None).await;
                 return Ok(());
             }
             let log = self.logs.lock().remove(shard);
@@ -441,10 +443,11 @@ impl ShardHost for NodeShards {
 
     fn lost(&self, shard: &ShardKey) {
         if shard.pump_name().is_some() {
-            // Its commits are refused from now on (the fence is gone); stop it soon.
-            if let Some(me) = self.me.upgrade() {
+            // Its commits are refused from now on (the fence is gone); stop it soon — unless
+            // this node has claimed it again meanwhile.
+            if let (Some(me), Some(epoch)) = (self.me.upgrade(), self.pump_epoch(shard)) {
                 let unit = shard.clone();
-                tokio::spawn(async move { me.close_pump(&unit).await });
+                tokio::spawn(async move { me.close_pump(&unit, Some(epoch)).await });
             }
             return;
         }
@@ -679,6 +682,7 @@ impl ClusterMember {
             creating: Mutex::new(std::collections::HashSet::new()),
             session: OnceLock::new(),
             pumps: Mutex::new(HashMap::new()),
+            pump_changes: tokio::sync::Mutex::new(()),
             pump_intake: Mutex::new(HashMap::new()),
         }))
     }

@@ -99,6 +99,13 @@ impl ClusterPumps for Register {
                 "pump '{name}' already exists; CREATE OR REPLACE PUMP replaces it"
             )),
             sluice_cluster::Claim::Held(kv) => {
+                if spec_of(&kv)?.target != target {
+                    // Its committed batches are routed to the old target's shards.
+                    return Err(format!(
+                        "CREATE OR REPLACE PUMP cannot change the stream the cluster's pump \
+                         '{name}' writes into; DROP PUMP it and create it again"
+                    ));
+                }
                 // The same pump with a new statement: it keeps its log, so it goes on from
                 // where the old statement stopped (its node restarts it).
                 let fence = Fence {
@@ -250,6 +257,8 @@ impl NodeShards {
     /// This node now owns pump `unit`: runs it from where its log says it stopped.
     pub(super) async fn open_pump(&self, unit: &ShardKey, fence: &Fence) -> Result<(), String> {
         let name = unit.pump_name().unwrap_or_default();
+        // One start or stop at a time: a stop of the last epoch's run must not stop this one.
+        let _one = self.pump_changes.lock().await;
         let Some(kv) = self
             .coordinator
             .get(&spec_key(name))
@@ -303,12 +312,26 @@ impl NodeShards {
     }
 
     /// Stops pump `unit` here (handed off or lost): whatever it committed stays committed.
-    pub(super) async fn close_pump(&self, unit: &ShardKey) {
+    /// Given `epoch`, only if it still runs here at that epoch (not claimed again since).
+    pub(super) async fn close_pump(&self, unit: &ShardKey, epoch: Option<Revision>) {
         let name = unit.pump_name().unwrap_or_default();
-        self.pumps.lock().remove(name);
+        let _one = self.pump_changes.lock().await;
+        {
+            let mut running = self.pumps.lock();
+            if epoch.is_some_and(|e| running.get(name).is_some_and(|r| r.fence.epoch != e)) {
+                return;
+            }
+            running.remove(name);
+        }
         if let Some(session) = self.session.get() {
             session.pump_manager().stop(name).await;
         }
+    }
+
+    /// The epoch pump `unit` runs here at, if it does.
+    pub(super) fn pump_epoch(&self, unit: &ShardKey) -> Option<Revision> {
+        let name = unit.pump_name()?;
+        self.pumps.lock().get(name).map(|r| r.fence.epoch)
     }
 
     /// Restarts the pumps running here whose definition was replaced (CREATE OR REPLACE).
@@ -327,7 +350,7 @@ impl NodeShards {
         };
         for (name, fence) in replaced {
             let unit = ShardKey::pump(&name);
-            self.close_pump(&unit).await;
+            self.close_pump(&unit, None).await;
             if let Err(e) = self.open_pump(&unit, &fence).await {
                 log::warn!("pump {name} could not restart with its new statement: {e}");
             }
