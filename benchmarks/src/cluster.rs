@@ -11,6 +11,9 @@
 //!   with the puts 100 ms apart, so each finds its shard idle;
 //! - PutRecords throughput: three nodes (clients spread over them) beside one node, on the same
 //!   2 cores (this shows the overhead, not scaling);
+//! - a pump's latency: from a PutRecord into a stream until a Flight SQL query sees the pump's
+//!   copy of the record in another stream — one node's pump beside a cluster's (whose output is
+//!   committed to its pump log, then taken by the target shard's owner);
 //! - failover: from `kill -9` of the node owning a shard until that shard takes a write through
 //!   another node (target under 10 s, aim 3 s).
 
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_cluster::Coordinator;
 
-use crate::kinesis::{Client, put_records_body, start_sluice, start_sluice_env};
+use crate::kinesis::{Client, put_records_body, start_sluice_served};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -47,6 +50,8 @@ const SHARDS: u32 = 6;
 /// Puts spaced out so the shard is idle (past its group-commit window) at each one.
 const IDLE_PUTS: usize = 100;
 const IDLE_GAP: Duration = Duration::from_millis(100);
+/// Records put one at a time through a pump per pump-latency figure.
+const PUMP_PUTS: usize = 30;
 
 pub fn cluster(args: &ClusterArgs) -> Result<(), BoxError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -58,6 +63,8 @@ pub fn cluster(args: &ClusterArgs) -> Result<(), BoxError> {
 struct Node {
     child: std::process::Child,
     client: Client,
+    /// Its Flight SQL address.
+    flight: String,
 }
 
 impl Drop for Node {
@@ -83,7 +90,7 @@ fn start_node(
     id: &str,
 ) -> Result<Node, BoxError> {
     let cluster = format!("etcd://{etcd}");
-    let (child, endpoint) = start_sluice_with_s3(
+    let (child, endpoint, flight) = start_sluice_with_s3(
         &dir.join(id),
         s3,
         &[
@@ -100,6 +107,7 @@ fn start_node(
     Ok(Node {
         child,
         client: client(&endpoint)?,
+        flight,
     })
 }
 
@@ -107,8 +115,8 @@ fn start_sluice_with_s3(
     dir: &std::path::Path,
     s3: std::net::SocketAddr,
     extra: &[&str],
-) -> Result<(std::process::Child, String), BoxError> {
-    start_sluice_env(
+) -> Result<(std::process::Child, String, String), BoxError> {
+    start_sluice_served(
         dir,
         extra,
         &[
@@ -158,6 +166,89 @@ async fn put_to(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Creates streams `pump_in` and `pump_out` through `client` and, with Flight SQL at `flight`,
+/// a pump copying the one into the other; then puts [`PUMP_PUTS`] records into `pump_in` one at
+/// a time, each once the previous one's copy was seen: p50 and p99 (ms) of how long until a
+/// query counts the copy.
+async fn pump_latency(client: &Client, flight: &str) -> Result<(f64, f64), BoxError> {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    for name in ["pump_in", "pump_out"] {
+        client
+            .call(
+                "CreateStream",
+                json!({"StreamName": name, "ShardCount": 2}).to_string(),
+            )
+            .await?;
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{flight}"))?
+        .connect()
+        .await?;
+    let mut sql = FlightSqlServiceClient::new(channel);
+    // The copy is made where its node is: retried while the cluster still creates the streams
+    // on every node or assigns the pump.
+    let create = "CREATE PUMP copier AS INSERT INTO pump_out SELECT STREAM _partition_key, _data FROM pump_in";
+    let started = Instant::now();
+    while let Err(e) = sql.execute_update(create.to_string(), None).await {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("CREATE PUMP: {e}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut waits = Vec::with_capacity(PUMP_PUTS);
+    for n in 0..PUMP_PUTS {
+        let body = json!({"StreamName": "pump_in", "PartitionKey": format!("k{n}"), "Data": "eyJuIjoxfQ=="})
+            .to_string();
+        let started = Instant::now();
+        loop {
+            match client.call("PutRecord", body.clone()).await {
+                Ok(_) => break,
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        loop {
+            if count_rows(&mut sql, "SELECT count(*) FROM pump_out").await? > n as i64 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("record {n} was not copied within 30 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        waits.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    waits.sort_by(f64::total_cmp);
+    let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// The single `count(*)` a query answers.
+async fn count_rows(
+    sql: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    query: &str,
+) -> Result<i64, BoxError> {
+    use arrow::array::AsArray;
+    use futures::StreamExt;
+    let info = sql.execute(query.to_string(), None).await?;
+    let mut count = 0;
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.ok_or("no ticket")?;
+        let mut stream = sql.do_get(ticket).await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let column = batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            if !column.is_empty() {
+                count = column.value(0);
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// Waits until every node answers PutRecord for every shard (stream known, shards owned).
@@ -256,10 +347,12 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
         .map_err(|e| e.to_string())?;
 
     // The baseline: one node, its default durability (acknowledged after the local fsync).
-    let (local_child, local_endpoint) = start_sluice(&dir.path().join("single"), &[])?;
+    let (local_child, local_endpoint, local_flight) =
+        start_sluice_served(&dir.path().join("single"), &[], &[])?;
     let single = Node {
         child: local_child,
         client: client(&local_endpoint)?,
+        flight: local_flight,
     };
     create_stream(&single.client).await?;
     wait_writable(&[&single.client]).await?;
@@ -267,6 +360,7 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
     let (local_idle_p50, local_idle_p99) =
         spaced_latency(&single.client, 0, IDLE_PUTS, IDLE_GAP).await?;
     let single_rate = throughput(&[&single.client], args.clients, args.seconds).await?;
+    let (local_pump_p50, local_pump_p99) = pump_latency(&single.client, &single.flight).await?;
     drop(single);
 
     // Three nodes sharing the stream through etcd and S3.
@@ -300,6 +394,9 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
         .await
         .map_err(|e| format!("at the owner, spaced: {e}"))?;
     let cluster_rate = throughput(&clients, args.clients, args.seconds).await?;
+    let (pump_p50, pump_p99) = pump_latency(&nodes[other_at].client, &nodes[owner_at].flight)
+        .await
+        .map_err(|e| format!("through a cluster's pump: {e}"))?;
 
     // kill -9 of shard 0's owner: until shard 0 takes a write through another node.
     let mut nodes = nodes;
@@ -340,6 +437,15 @@ async fn run(args: &ClusterArgs) -> Result<(), BoxError> {
         args.clients,
         args.seconds,
         cluster_rate / single_rate
+    );
+    println!(
+        "Through a pump: PutRecord until a Flight SQL query sees its copy ({PUMP_PUTS} records, one at a time):"
+    );
+    println!(
+        "  one node's pump (baseline)              p50 {local_pump_p50:>7.2} ms   p99 {local_pump_p99:>7.2} ms"
+    );
+    println!(
+        "  a cluster's pump (pump log, then owner) p50 {pump_p50:>7.2} ms   p99 {pump_p99:>7.2} ms"
     );
     println!(
         "Failover: kill -9 of a shard's owner until the shard took a write elsewhere: {:.2} s (target under 10 s, aim 3 s)",

@@ -123,6 +123,15 @@ pub(crate) fn start_sluice_env(
     extra: &[&str],
     env: &[(&str, String)],
 ) -> Result<(std::process::Child, String), BoxError> {
+    start_sluice_served(dir, extra, env).map(|(child, kinesis, _)| (child, kinesis))
+}
+
+/// [`start_sluice_env`], returning its Flight SQL address (`host:port`) too.
+pub(crate) fn start_sluice_served(
+    dir: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Result<(std::process::Child, String, String), BoxError> {
     use std::io::BufRead;
     let exe = std::env::current_exe()?;
     let sluice = exe.with_file_name("sluice");
@@ -157,7 +166,12 @@ pub(crate) fn start_sluice_env(
         .find(|w| w.starts_with("http://"))
         .ok_or_else(|| format!("no Kinesis address in {first:?}"))?
         .to_string();
-    Ok((child, endpoint))
+    let flight = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc://"))
+        .ok_or_else(|| format!("no Flight SQL address in {first:?}"))?
+        .to_string();
+    Ok((child, endpoint, flight))
 }
 
 pub(crate) struct Client {

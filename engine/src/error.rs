@@ -62,9 +62,10 @@ pub enum Error {
 
     #[error(
         "stream '{0}' is shared by the cluster and its records are numbered by each shard's owner: \
-         write it through the Kinesis API (PutRecord, PutRecords) on any node. SQL INSERT, Flight \
-         DoPut, pumps and delivery do not write into shared streams yet; write into a stream \
-         created with SQL (kept by this node) instead"
+         write it through the Kinesis API (PutRecord, PutRecords) on any node, or with a pump \
+         the cluster runs (CREATE PUMP on a node of the cluster). SQL INSERT, Flight DoPut and \
+         delivery do not write into shared streams yet; write into a stream created with SQL \
+         (kept by this node) instead"
     )]
     SharedStream(String),
 }

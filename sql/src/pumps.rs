@@ -71,6 +71,9 @@ pub trait ClusterPumps: Send + Sync {
     async fn remove(&self, name: &str) -> std::result::Result<bool, String>;
     /// Every pump the cluster keeps.
     async fn list(&self) -> std::result::Result<Vec<ClusterPump>, String>;
+    /// Whether the cluster shares stream `name` (a pump into it is the cluster's), whatever
+    /// this node's copy knows yet.
+    async fn shares(&self, name: &str) -> std::result::Result<bool, String>;
 }
 
 /// What a running pump shares with the statements that ask about it.

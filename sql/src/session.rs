@@ -727,12 +727,30 @@ impl SluiceSession {
         &self.pumps
     }
 
-    /// The cluster's register of pumps, if `sql`'s target is a stream it shares.
-    fn cluster_pumps_for(&self, sql: &str) -> Option<(Arc<dyn ClusterPumps>, String)> {
-        let cluster = self.cluster_pumps.get()?;
-        let target = crate::pumps::pump_target(sql)?;
-        let shared = self.engine.try_stream(&target)?.is_shared();
-        shared.then(|| (Arc::clone(cluster), target))
+    /// The cluster's register of pumps, if `sql`'s target is a stream it shares (asked of the
+    /// cluster: a copy created here a moment ago may not know it yet).
+    async fn cluster_pumps_for(
+        &self,
+        sql: &str,
+    ) -> Result<Option<(Arc<dyn ClusterPumps>, String)>> {
+        let (Some(cluster), Some(target)) =
+            (self.cluster_pumps.get(), crate::pumps::pump_target(sql))
+        else {
+            return Ok(None);
+        };
+        if self
+            .engine
+            .try_stream(&target)
+            .is_some_and(|s| s.is_shared())
+        {
+            return Ok(Some((Arc::clone(cluster), target)));
+        }
+        let shared = cluster.shares(&target).await.map_err(|e| {
+            Error::Plan(format!(
+                "cannot ask the cluster whether it shares stream '{target}': {e}"
+            ))
+        })?;
+        Ok(shared.then(|| (Arc::clone(cluster), target)))
     }
 
     /// The cluster's pumps, for SHOW PUMPS and DROP PUMP.
@@ -761,7 +779,7 @@ impl SluiceSession {
                 insert: _,
                 text: sql,
             } => {
-                if let Some((cluster, target)) = self.cluster_pumps_for(&sql) {
+                if let Some((cluster, target)) = self.cluster_pumps_for(&sql).await? {
                     if find(&name).is_some() {
                         return Err(Error::Plan(format!(
                             "pump '{name}' runs on this node only; DROP PUMP it before creating \
