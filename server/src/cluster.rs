@@ -117,6 +117,9 @@ pub struct NodeShards {
     session: OnceLock<sluice_sql::SluiceSession>,
     /// The cluster's pumps running here.
     pumps: Mutex<HashMap<String, pumps::RunningHere>>,
+    /// Held while this node makes (or checks) its copy of a stream: a shard being opened and
+    /// the watch of the streams may both find it missing at once.
+    making_copies: tokio::sync::Mutex<()>,
     /// Held while a cluster pump starts or stops here.
     pump_changes: tokio::sync::Mutex<()>,
     /// For each pump log and target shard owned here, how far it has gone through the batches
@@ -148,6 +151,7 @@ impl NodeShards {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("stream {name} is not defined in the cluster"))?;
+        let _one = self.making_copies.lock().await;
         let stream = create_local(&self.engine, &entry).await?;
         self.mark_shared(&stream, entry.create_revision);
         Ok(stream)
@@ -683,6 +687,7 @@ impl ClusterMember {
             session: OnceLock::new(),
             pumps: Mutex::new(HashMap::new()),
             pump_changes: tokio::sync::Mutex::new(()),
+            making_copies: tokio::sync::Mutex::new(()),
             pump_intake: Mutex::new(HashMap::new()),
         }))
     }
@@ -804,6 +809,7 @@ async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
         // Created through this node: the creating call marks its copy.
         return;
     }
+    let _one = shards.making_copies.lock().await;
     match create_local(&shards.engine, entry).await {
         Ok(stream) => shards.mark_shared(&stream, entry.create_revision),
         Err(e) => log::warn!("cannot create a stream defined in the cluster: {e}"),

@@ -236,8 +236,16 @@ impl PumpManager {
 
     /// Checks that `sql` plans as a pump (its errors now, as CREATE PUMP reports them),
     /// without running it; the streams it reads.
-    pub async fn check(&self, planner: &dyn ContinuousPlanner, sql: &str) -> Result<Vec<String>> {
-        let progress = Arc::new(PumpProgress::default());
+    pub async fn check(
+        &self,
+        planner: &dyn ContinuousPlanner,
+        name: &str,
+        sql: &str,
+    ) -> Result<Vec<String>> {
+        let progress = Arc::new(PumpProgress {
+            cursor: Arc::new(PumpCursor::default().for_pump(name)),
+            ..PumpProgress::default()
+        });
         let prepared = prepare(planner, sql, Arc::clone(&progress)).await?;
         drop(prepared);
         Ok(progress.cursor.streams())

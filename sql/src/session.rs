@@ -788,7 +788,7 @@ impl SluiceSession {
                     }
                     // Its errors now, as for a pump here; then the cluster runs it somewhere,
                     // so it may read only streams every node has.
-                    for source in self.pumps.check(self, &sql).await? {
+                    for source in self.pumps.check(self, &name, &sql).await? {
                         if self
                             .engine
                             .try_stream(&source)

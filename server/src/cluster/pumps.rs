@@ -155,27 +155,16 @@ impl ClusterPumps for Register {
     }
 
     async fn shares(&self, name: &str) -> Result<bool, String> {
-        let shards = self.shards()?;
+        // Defined in etcd: the cluster's, whether or not this node's copy is made (or marked)
+        // yet.
         let key = format!("{}{name}", keys::STREAMS);
-        if shards
+        Ok(self
+            .shards()?
             .coordinator
             .get(&key)
             .await
             .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            return Ok(false);
-        }
-        // This node's stream of that name is the cluster's copy (marked so as it was made, or
-        // being created through this node), not one it keeps for itself (created with SQL).
-        Ok(match shards.engine.try_stream(name) {
-            None => true,
-            Some(stream) => {
-                stream.is_shared()
-                    || shards.creating.lock().contains(name)
-                    || super::copy_of(&stream)?.is_some()
-            }
-        })
+            .is_some())
     }
 
     async fn list(&self) -> Result<Vec<ClusterPump>, String> {
