@@ -27,13 +27,12 @@ use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, UInt32Arra
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
-use crate::shard_log::{LogError, Result, SharedStorage};
+use crate::shard_log::{LogError, Result, SharedStorage, list_objects, read_object};
 use crate::{Coordinator, Fence, Revision};
 
 /// Which pump log: a pump of one incarnation (the create revision of its `pumps/` key).
@@ -236,12 +235,7 @@ pub async fn remove(
     key: &PumpLogKey,
 ) -> Result<()> {
     let folder = key.folder(&storage.prefix);
-    let listed: Vec<object_store::ObjectMeta> = storage
-        .store
-        .list(Some(&folder))
-        .try_collect()
-        .await
-        .map_err(|e| LogError::Storage(format!("cannot list {folder}: {e}")))?;
+    let listed = list_objects(storage.store.as_ref(), &folder).await?;
     for meta in listed {
         storage
             .store
@@ -307,12 +301,7 @@ pub async fn delete_taken(
         return Ok(0);
     }
     let folder = key.folder(&storage.prefix);
-    let listed: Vec<object_store::ObjectMeta> = storage
-        .store
-        .list(Some(&folder))
-        .try_collect()
-        .await
-        .map_err(|e| LogError::Storage(format!("cannot list {folder}: {e}")))?;
+    let listed = list_objects(storage.store.as_ref(), &folder).await?;
     let mut deleted = 0;
     for meta in listed {
         let Some(batch) = meta
@@ -378,13 +367,7 @@ async fn read_batch(
         .owner_of(batch)
         .ok_or_else(|| LogError::Corrupt(format!("no epoch of {folder} holds batch {batch}")))?;
     let path = batch_path(folder, batch, epoch);
-    let bytes = store
-        .get(&path)
-        .await
-        .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?
-        .bytes()
-        .await
-        .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?;
+    let bytes = read_object(store, &path).await?;
     let (records, checkpoint) =
         decode(bytes).map_err(|e| LogError::Corrupt(format!("{path}: {e}")))?;
     Ok(PumpBatch {

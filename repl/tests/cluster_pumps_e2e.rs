@@ -31,22 +31,13 @@ fn node(
     etcd: &str,
     id: &str,
 ) -> Result<Node, Box<dyn std::error::Error>> {
-    let cluster = format!("etcd://{etcd}");
-    let (server, flight, kinesis) = common::server::serve_with(
+    let (server, flight, kinesis) = common::server::serve_cluster_node(
         env!("CARGO_BIN_EXE_sluice").as_ref(),
         data,
         s3,
         (S3_KEY, S3_SECRET),
-        &[
-            "--cluster",
-            &cluster,
-            "--node-id",
-            id,
-            "--storage",
-            "s3://lake/cluster",
-            "--advertise",
-            "127.0.0.1",
-        ],
+        etcd,
+        id,
     )?;
     Ok(Node {
         server,

@@ -190,21 +190,7 @@ impl PumpManager {
         sql: &str,
     ) -> Result<()> {
         let checkpoint = resume_point(planner.engine(), name, sql)?;
-        let progress = Arc::new(PumpProgress {
-            cursor: Arc::new(PumpCursor::resuming(checkpoint).for_pump(name)),
-            ..PumpProgress::default()
-        });
-        let prepared = prepare(planner, sql, Arc::clone(&progress)).await?;
-        let task = tokio::spawn(run(
-            planner.engine().clone(),
-            name.to_string(),
-            prepared,
-            None,
-        ));
-        self.running
-            .lock()
-            .insert(name.to_string(), RunningPump::new(progress, task));
-        Ok(())
+        self.start_from(planner, name, sql, checkpoint, None).await
     }
 
     /// Plans `sql` for pump `name`, a cluster's, and runs it writing through `output`, from
@@ -217,6 +203,20 @@ impl PumpManager {
         output: Arc<dyn PumpOutput>,
     ) -> Result<()> {
         let checkpoint = output.resume_point().unwrap_or_default();
+        self.start_from(planner, name, sql, checkpoint, Some(output))
+            .await
+    }
+
+    /// Plans `sql` for pump `name` reading from `checkpoint` on, and runs it writing into its
+    /// target here or through `output`.
+    async fn start_from(
+        &self,
+        planner: &dyn ContinuousPlanner,
+        name: &str,
+        sql: &str,
+        checkpoint: PumpCheckpoint,
+        output: Option<Arc<dyn PumpOutput>>,
+    ) -> Result<()> {
         let progress = Arc::new(PumpProgress {
             cursor: Arc::new(PumpCursor::resuming(checkpoint).for_pump(name)),
             ..PumpProgress::default()
@@ -226,7 +226,7 @@ impl PumpManager {
             planner.engine().clone(),
             name.to_string(),
             prepared,
-            Some(output),
+            output,
         ));
         self.running
             .lock()

@@ -538,6 +538,30 @@ async fn read_manifest(coordinator: &dyn Coordinator, log: &LogKey) -> Result<Ma
     }
 }
 
+/// The bytes of the object at `path`.
+pub(crate) async fn read_object(store: &dyn ObjectStore, path: &Path) -> Result<bytes::Bytes> {
+    let read = |e: object_store::Error| LogError::Storage(format!("cannot read {path}: {e}"));
+    store
+        .get(path)
+        .await
+        .map_err(read)?
+        .bytes()
+        .await
+        .map_err(read)
+}
+
+/// The objects under `folder`.
+pub(crate) async fn list_objects(
+    store: &dyn ObjectStore,
+    folder: &Path,
+) -> Result<Vec<object_store::ObjectMeta>> {
+    store
+        .list(Some(folder))
+        .try_collect()
+        .await
+        .map_err(|e| LogError::Storage(format!("cannot list {folder}: {e}")))
+}
+
 /// How many chunks a new owner reads at once.
 const READ_AHEAD: usize = 32;
 
@@ -547,13 +571,7 @@ async fn fetch<K: Eq + std::hash::Hash + Send + 'static>(
     paths: Vec<(K, Path)>,
 ) -> Result<std::collections::HashMap<K, chunk::Chunk>> {
     futures::stream::iter(paths.into_iter().map(|(key, path)| async move {
-        let bytes = store
-            .get(&path)
-            .await
-            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?
-            .bytes()
-            .await
-            .map_err(|e| LogError::Storage(format!("cannot read {path}: {e}")))?;
+        let bytes = read_object(store, &path).await?;
         let chunk = chunk::decode(bytes).map_err(|e| LogError::Corrupt(format!("{path}: {e}")))?;
         Ok::<_, LogError>((key, chunk))
     }))

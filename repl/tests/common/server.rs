@@ -139,3 +139,33 @@ pub fn sql(binary: &Path, flight: &str, sql: &str) -> Result<String, String> {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// `binary` as node `id` of a cluster: etcd at `etcd`, the shared storage
+/// `s3://lake/cluster` on the S3 server at `s3` (with `credentials`), advertised on 127.0.0.1;
+/// the server, its Flight SQL URL and its Kinesis endpoint.
+pub fn serve_cluster_node(
+    binary: &Path,
+    data: &Path,
+    s3: SocketAddr,
+    credentials: (&str, &str),
+    etcd: &str,
+    id: &str,
+) -> Result<(Server, String, String), Box<dyn std::error::Error>> {
+    let cluster = format!("etcd://{etcd}");
+    serve_with(
+        binary,
+        data,
+        s3,
+        credentials,
+        &[
+            "--cluster",
+            &cluster,
+            "--node-id",
+            id,
+            "--storage",
+            "s3://lake/cluster",
+            "--advertise",
+            "127.0.0.1",
+        ],
+    )
+}
