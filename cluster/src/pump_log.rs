@@ -25,13 +25,12 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
+use crate::shard_log::chunk::{read_file, write_file};
 use crate::shard_log::{LogError, Result, SharedStorage, list_objects, read_object};
 use crate::{Coordinator, Fence, Revision};
 
@@ -410,27 +409,17 @@ fn encode(records: &[PumpRecord], checkpoint: &[u8]) -> Result<Vec<u8>, String> 
     .map_err(|e| e.to_string())?;
     let checkpoint = String::from_utf8(checkpoint.to_vec())
         .map_err(|_| "a pump's checkpoint is JSON text".to_string())?;
-    let mut writer = FileWriter::try_new(Vec::new(), &SCHEMA).map_err(|e| e.to_string())?;
-    writer.write_metadata(CHECKPOINT_KEY, checkpoint);
-    writer.write(&batch).map_err(|e| e.to_string())?;
-    writer.into_inner().map_err(|e| e.to_string())
+    write_file(&batch, vec![(CHECKPOINT_KEY, checkpoint)]).map_err(|e| e.to_string())
 }
 
 fn decode(bytes: bytes::Bytes) -> Result<(Vec<PumpRecord>, Vec<u8>), String> {
-    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|e| format!("not an Arrow IPC file: {e}"))?;
-    if reader.schema() != *SCHEMA {
-        return Err(format!("unexpected columns {:?}", reader.schema()));
-    }
-    let checkpoint = reader
-        .custom_metadata()
-        .get(CHECKPOINT_KEY)
+    let (batches, mut footer) = read_file(bytes, &SCHEMA)?;
+    let checkpoint = footer
+        .remove(CHECKPOINT_KEY)
         .ok_or("no checkpoint in its footer")?
-        .clone()
         .into_bytes();
     let mut records = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| e.to_string())?;
+    for batch in batches {
         let column = |i: usize| batch.column(i).as_ref();
         let (Some(shard), Some(arrival), Some(keys), Some(data)) = (
             column(0).as_any().downcast_ref::<UInt32Array>(),

@@ -110,15 +110,13 @@ pub struct NodeShards {
     reopening: tokio::sync::Mutex<()>,
     /// The readers of the shards this node follows.
     followers: Mutex<HashMap<LogKey, FollowingSlot>>,
-    /// Streams being created through this node's Kinesis API: known to etcd a moment before
-    /// their copy here is marked as the cluster's, which the creating call does itself.
-    creating: Mutex<std::collections::HashSet<String>>,
     /// The SQL session the cluster's pumps run in (set once the server has one).
     session: OnceLock<sluice_sql::SluiceSession>,
     /// The cluster's pumps running here.
     pumps: Mutex<HashMap<String, pumps::RunningHere>>,
     /// Held while this node makes (or checks) its copy of a stream: a shard being opened and
-    /// the watch of the streams may both find it missing at once.
+    /// the watch of the streams may both find it missing at once, and a stream created
+    /// through this node is in etcd a moment before it is marked as the copy.
     making_copies: tokio::sync::Mutex<()>,
     /// Held while a cluster pump starts or stops here.
     pump_changes: tokio::sync::Mutex<()>,
@@ -505,10 +503,10 @@ impl ShardPlacement for NodeShards {
         };
         let key = format!("{}{}", keys::STREAMS, stream.name());
         let value = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-        self.creating.lock().insert(stream.name().to_string());
-        let created = self.share_created(stream, &key, value);
-        self.creating.lock().remove(stream.name());
-        created
+        // Known to etcd a moment before this node's stream is marked as its copy: the watch of
+        // the streams waits, and then finds it marked.
+        let _one = Handle::current().block_on(self.making_copies.lock());
+        self.share_created(stream, &key, value)
     }
 
     fn consumers(&self, stream: &Stream) -> Result<Vec<Consumer>, String> {
@@ -683,7 +681,6 @@ impl ClusterMember {
             ownership: OnceLock::new(),
             reopening: tokio::sync::Mutex::new(()),
             followers: Mutex::new(HashMap::new()),
-            creating: Mutex::new(std::collections::HashSet::new()),
             session: OnceLock::new(),
             pumps: Mutex::new(HashMap::new()),
             pump_changes: tokio::sync::Mutex::new(()),
@@ -804,11 +801,6 @@ async fn sync_streams(shards: Arc<NodeShards>) {
 }
 
 async fn ensure_local(shards: &NodeShards, entry: &sluice_cluster::KeyValue) {
-    let name = entry.key.strip_prefix(keys::STREAMS).unwrap_or_default();
-    if shards.creating.lock().contains(name) {
-        // Created through this node: the creating call marks its copy.
-        return;
-    }
     let _one = shards.making_copies.lock().await;
     match create_local(&shards.engine, entry).await {
         Ok(stream) => shards.mark_shared(&stream, entry.create_revision),

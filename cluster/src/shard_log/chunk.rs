@@ -93,30 +93,54 @@ pub fn encode(
             )),
         ],
     )?;
-    let mut writer = FileWriter::try_new(Vec::new(), &SCHEMA)?;
+    let mut footer = Vec::new();
     if !producers.is_empty() {
         let json = serde_json::to_string(producers)
             .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
-        writer.write_metadata(PRODUCERS_KEY, json);
+        footer.push((PRODUCERS_KEY, json));
     }
-    writer.write(&batch)?;
+    write_file(&batch, footer)
+}
+
+/// An Arrow IPC file holding `batch`, with `footer` (key, value) pairs in its footer.
+pub(crate) fn write_file(
+    batch: &RecordBatch,
+    footer: Vec<(&str, String)>,
+) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut writer = FileWriter::try_new(Vec::new(), &batch.schema())?;
+    for (key, value) in footer {
+        writer.write_metadata(key, value);
+    }
+    writer.write(batch)?;
     writer.into_inner()
 }
 
-pub fn decode(bytes: bytes::Bytes) -> Result<Chunk, String> {
+/// The batches of an Arrow IPC file whose columns must be `schema`, and its footer.
+pub(crate) fn read_file(
+    bytes: bytes::Bytes,
+    schema: &SchemaRef,
+) -> Result<(Vec<RecordBatch>, std::collections::HashMap<String, String>), String> {
     let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| format!("not an Arrow IPC file: {e}"))?;
-    if reader.schema() != *SCHEMA {
+    if reader.schema() != *schema {
         return Err(format!("unexpected columns {:?}", reader.schema()));
     }
-    let producers = match reader.custom_metadata().get(PRODUCERS_KEY) {
+    let footer = reader.custom_metadata().clone();
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok((batches, footer))
+}
+
+pub fn decode(bytes: bytes::Bytes) -> Result<Chunk, String> {
+    let (batches, footer) = read_file(bytes, &SCHEMA)?;
+    let producers = match footer.get(PRODUCERS_KEY) {
         Some(json) => serde_json::from_str(json)
             .map_err(|e| format!("its writers' batch numbers cannot be read: {e}"))?,
         None => Producers::new(),
     };
     let mut records = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| e.to_string())?;
+    for batch in batches {
         let column = |i: usize| batch.column(i).as_ref();
         let (Some(seq), Some(arrival), Some(keys), Some(data)) = (
             column(0).as_any().downcast_ref::<UInt64Array>(),

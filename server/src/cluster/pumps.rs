@@ -4,9 +4,8 @@
 //! the controller assigns it like a shard ([`ShardKey::pump`]) and the node it lands on runs
 //! it through the session's pump manager, writing through [`LoggedOutput`]: each batch is
 //! committed to the pump's log ([`sluice_cluster::pump_log`]) under the node's epoch, then
-//! taken by the target shards' owners ([`NodeShards::take_pump_batches`]), each batch once.
-//! When the pump moves, its next node resumes from the checkpoint of the last committed
-//! batch, so its output is neither repeated nor skipped.
+//! taken by the target shards' owners ([`NodeShards::take_pump_batches`]), each batch once;
+//! the pump log's own docs say why nothing is repeated or skipped when the pump moves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
